@@ -1,0 +1,589 @@
+"""READ step: any input file -> Frame (float32 RGB 0..1, orientation applied once, ICC kept).
+
+Decisions worth knowing:
+- Alpha channels are dropped everywhere: focus stacking works on the colour only and the
+  outputs carry no alpha.
+- Integer samples are scaled by 2**BitsPerSample - 1 as the file declares it, so 16-bit files
+  holding 12-bit values (BitsPerSample=16) stay dark-ish, exactly as every other reader shows
+  them, while packed 12-bit TIFFs (BitsPerSample=12) come out full range.
+- Float TIFFs keep their values (linear data may have headroom above 1); only NaN and
+  infinities are replaced (NaN, -inf -> 0, +inf -> 1) so the fusers never see them.
+- RAW is decoded linear with the camera white balance in LibRaw's default output space
+  (sRGB primaries, gamma 1); bit_depth is 16.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from .errors import InputError, one_line
+
+# Every extension LibRaw reads (its documented camera list and dcraw's heritage).
+RAW_EXTENSIONS = frozenset({
+    '.3fr', '.ari', '.arw', '.bay', '.braw', '.cap', '.cr2', '.cr3', '.crw', '.cs1', '.dcr',
+    '.dcs', '.dng', '.drf', '.eip', '.erf', '.fff', '.gpr', '.iiq', '.k25', '.kc2', '.kdc',
+    '.mdc', '.mef', '.mos', '.mrw', '.nef', '.nrw', '.obm', '.orf', '.ori', '.pef', '.ptx',
+    '.pxn', '.qtk', '.r3d', '.raf', '.raw', '.rdc', '.rw2', '.rwl', '.rwz', '.sr2', '.srf',
+    '.srw', '.sti', '.x3f',
+})
+TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
+JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif'})
+PNG_EXTENSIONS = frozenset({'.png'})
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_ICC_TAG = 34675
+_ORIENTATION_TAG = 274
+
+
+@dataclass
+class Frame:
+    pixels: np.ndarray      # float32, H x W x C, C in {1, 3}, RGB order, 0..1 in file encoding
+    path: Path | None       # None for arrays passed to the API
+    bit_depth: int          # bits per sample of the source: 8, 16 or 32 (float)
+    icc: bytes | None       # embedded ICC profile, travels to the output
+    kind: str               # 'raw' | 'tiff' | 'jpeg' | 'png' | 'array'
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    kind: str
+
+
+# ---------------------------------------------------------------------------- public API
+
+def read_frame(path: str | Path) -> Frame:
+    """Decode one input file into a Frame; every failure is an InputError naming the file."""
+    path = Path(path)
+    kind = _kind_of(path)
+    try:
+        return _READERS[kind](path)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(path, 'not enough memory to decode this image') from None
+    except Exception as exc:  # library errors on corrupt files come in many types
+        raise _decode_error(path, kind, exc) from exc
+
+
+def probe_frame(path: str | Path) -> FrameInfo:
+    """Size, channels and bit depth after orientation, without decoding pixels where possible.
+
+    A successful probe does not promise that read_frame will succeed: a RAW whose header is
+    intact but whose image data is truncated probes fine and fails to read.
+    """
+    path = Path(path)
+    kind = _kind_of(path)
+    try:
+        return _PROBERS[kind](path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _decode_error(path, kind, exc) from exc
+
+
+def frame_from_array(arr: np.ndarray, bit_depth: int | None = None) -> Frame:
+    """Wrap an array from the Python API: uint8/uint16/float, H x W or H x W x 1/2/3/4.
+
+    For integer arrays `bit_depth` says how many bits are significant (a uint16 array holding
+    12-bit values: bit_depth=12, scaled by 4095); for float arrays it only sets the reported
+    bit depth (default 32). The array is copied, never modified.
+    """
+    arr = np.asarray(arr)
+    label = '<array>'
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise InputError(label, f'expected an H x W or H x W x 1/3/4 image, got shape {arr.shape}')
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(label, f'empty image, shape {arr.shape}')
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+        bit_depth = bit_depth or 1
+    if arr.dtype.kind == 'u':
+        bits = bit_depth or arr.dtype.itemsize * 8
+        pixels = _scale_int(arr, (1 << bits) - 1)
+        depth = 8 if bits <= 8 else 16
+    elif arr.dtype.kind == 'f':
+        pixels = _finite(np.array(arr, dtype=np.float32, copy=True))
+        depth = bit_depth or 32
+    else:
+        raise InputError(label, f'unsupported sample type {arr.dtype} (use uint8, uint16 or float)')
+    return Frame(_to_rgb_or_gray(pixels), None, depth, None, 'array')
+
+
+# ------------------------------------------------------------------ file kind, errors
+
+_NAMES = {'raw': 'RAW', 'tiff': 'TIFF', 'jpeg': 'JPEG', 'png': 'PNG'}
+
+
+def _describe(exc: BaseException) -> str:
+    return one_line(exc.args[0] if len(exc.args) == 1 else exc) or type(exc).__name__
+
+
+def _decode_error(path: Path, kind: str, exc: Exception) -> InputError:
+    detail = _describe(exc)
+    if kind == 'raw':
+        detail = f'LibRaw: {detail}'
+        if type(exc).__name__ == 'LibRawIOError':      # LibRaw's word for "ran out of data"
+            detail += '; the file is probably truncated'
+    return InputError(path, f'not a readable {_NAMES[kind]} file ({detail})')
+
+
+def _kind_of(path: Path) -> str:
+    """'raw' | 'tiff' | 'jpeg' | 'png' from the extension, else from the magic bytes."""
+    try:
+        with open(path, 'rb') as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise InputError(path, 'no such file') from None
+    except IsADirectoryError:
+        raise InputError(path, 'is a folder, not an image file') from None
+    except PermissionError:
+        raise InputError(path, 'permission denied') from None
+    except OSError as exc:
+        raise InputError(path, f'cannot read ({one_line(exc.strerror or exc)})') from None
+    ext = path.suffix.lower()
+    if ext in RAW_EXTENSIONS:       # most RAWs are TIFF inside: the extension decides
+        return 'raw'
+    if not head:
+        raise InputError(path, 'empty file')
+    sniffed = _sniff(head)
+    if sniffed:
+        return sniffed
+    for kind, exts in (('tiff', TIFF_EXTENSIONS), ('jpeg', JPEG_EXTENSIONS),
+                       ('png', PNG_EXTENSIONS)):
+        if ext in exts:
+            return kind             # the reader will say what is wrong with it
+    raise InputError(path, 'unsupported file type (not JPEG, PNG, TIFF or a camera RAW)')
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(b'\xff\xd8\xff'):
+        return 'jpeg'
+    if head.startswith(_PNG_SIGNATURE):
+        return 'png'
+    if head[:4] in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
+        return 'tiff'
+    # RAW formats that are not plain TIFF: CR3 (ISO BMFF), RAF, ORF, RW2, CRW, MRW, X3F.
+    if head[4:12] == b'ftypcrx ' or head.startswith((b'FUJIFILM', b'IIRO', b'IIRS', b'MMOR',
+                                                      b'IIU\x00', b'\x00MRM', b'FOVb')):
+        return 'raw'
+    if head[6:14] == b'HEAPCCDR':
+        return 'raw'
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f'cannot read ({one_line(exc.strerror or exc)})') from None
+
+
+# ------------------------------------------------------------------ pixel helpers
+
+def _scale_int(arr: np.ndarray, maxval: int) -> np.ndarray:
+    out = arr.astype(np.float32)
+    out *= np.float32(1.0 / maxval)
+    return out
+
+
+def _finite(arr: np.ndarray) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    return arr
+
+
+def _to_rgb_or_gray(pixels: np.ndarray) -> np.ndarray:
+    """H x W x C (C from 1..4, RGB order) -> H x W x 1 or H x W x 3; alpha dropped."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    c = pixels.shape[2]
+    if c == 2:                       # gray + alpha
+        pixels = pixels[:, :, :1]
+    elif c >= 4:                     # RGB + alpha (or extra samples)
+        pixels = pixels[:, :, :3]
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def _bgr_to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 3 and img.shape[2] >= 3:
+        return img[:, :, [2, 1, 0]]  # also drops alpha (BGRA)
+    return img
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn pixels stored with EXIF/TIFF Orientation 1..8 upright (like exif_transpose)."""
+    if orientation == 2:
+        img = img[:, ::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    elif orientation == 4:
+        img = img[::-1]
+    elif orientation == 5:
+        img = img.swapaxes(0, 1)
+    elif orientation == 6:
+        img = img.swapaxes(0, 1)[:, ::-1]      # 90 degrees clockwise
+    elif orientation == 7:
+        img = img[::-1, ::-1].swapaxes(0, 1)
+    elif orientation == 8:
+        img = img.swapaxes(0, 1)[::-1]         # 90 degrees counter-clockwise
+    else:
+        return img
+    return np.ascontiguousarray(img)
+
+
+def _swaps_axes(orientation: int) -> bool:
+    return orientation in (5, 6, 7, 8)
+
+
+# LibRaw/dcraw `flip` (bit 4: transpose, bit 2: flip rows, bit 1: flip columns) as EXIF
+# orientation: 3 = 180 degrees, 5 = 90 CCW, 6 = 90 CW.
+_LIBRAW_FLIP_TO_EXIF = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
+
+
+# ------------------------------------------------------------------ RAW
+
+def _rawpy():
+    import rawpy  # imported lazily: only RAW inputs pay for it
+    return rawpy
+
+
+def _read_raw(path: Path) -> Frame:
+    rawpy = _rawpy()
+    with rawpy.imread(str(path)) as raw:
+        flip = raw.sizes.flip
+        rgb = raw.postprocess(output_bps=16, gamma=(1, 1), no_auto_bright=True,
+                              use_camera_wb=True, user_flip=0,
+                              # LibRaw would otherwise rescale each file by its own
+                              # brightest pixel when that exceeds 75 % of the white level,
+                              # so frames of one bracket could differ in brightness.
+                              adjust_maximum_thr=0.0)
+    pixels = _scale_int(rgb, 65535)
+    del rgb
+    pixels = apply_orientation(pixels, _LIBRAW_FLIP_TO_EXIF.get(flip, 1))
+    return Frame(_to_rgb_or_gray(pixels), path, 16, None, 'raw')
+
+
+def _probe_raw(path: Path) -> FrameInfo:
+    rawpy = _rawpy()
+    with rawpy.imread(str(path)) as raw:  # parses the header only, no unpacking
+        s = raw.sizes
+        colors = raw.num_colors
+    height, width = s.height, s.width
+    if s.pixel_aspect and abs(s.pixel_aspect - 1) > 1e-6:   # LibRaw stretches these
+        if s.pixel_aspect < 1:
+            height = int(height / s.pixel_aspect + 0.5)
+        else:
+            width = int(width * s.pixel_aspect + 0.5)
+    if _swaps_axes(_LIBRAW_FLIP_TO_EXIF.get(s.flip, 1)):
+        height, width = width, height
+    return FrameInfo(height, width, 1 if colors == 1 else 3, 16, 'raw')
+
+
+# ------------------------------------------------------------------ TIFF
+
+def _tiff_page(tif: tifffile.TiffFile):
+    """The main image: the first page that is not a reduced-resolution preview."""
+    for page in tif.pages:
+        if not (getattr(page, 'subfiletype', 0) & 1):
+            return page
+    return tif.pages.first
+
+
+def _tiff_check(path: Path, page) -> None:
+    photometric = int(page.photometric)
+    if photometric not in (0, 1, 2, 3, 6):  # miniswhite, minisblack, rgb, palette, ycbcr
+        name = getattr(page.photometric, 'name', photometric)
+        raise InputError(path, f'unsupported TIFF colour model {name} (need RGB or grayscale)')
+    if page.dtype is None or page.dtype.kind not in 'uf?':
+        raise InputError(path, f'unsupported TIFF sample type {page.dtype}')
+
+
+def _tiff_orientation(page) -> int:
+    tag = page.tags.get(_ORIENTATION_TAG)
+    try:
+        return int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _tiff_channels(page) -> int:
+    if int(page.photometric) == 3:          # palette -> RGB
+        return 3
+    samples = page.samplesperpixel
+    return 1 if samples <= 2 else 3
+
+
+def _tiff_bits(page) -> int:
+    bps = page.bitspersample
+    return bps if isinstance(bps, int) else int(max(bps))
+
+
+def _read_tiff(path: Path) -> Frame:
+    with tifffile.TiffFile(path) as tif:
+        page = _tiff_page(tif)
+        _tiff_check(path, page)
+        try:
+            data = page.asarray()
+        except (KeyError, ValueError, ImportError) as exc:
+            # tifffile needs the optional imagecodecs for LZW, PackBits and JPEG; OpenCV's
+            # libtiff decodes those, so let it (tags still come from tifffile below).
+            if 'imagecodecs' not in str(exc):
+                raise
+            data = None
+        orientation = _tiff_orientation(page)
+        icc_tag = page.tags.get(_ICC_TAG)
+        icc = bytes(icc_tag.value) if icc_tag is not None else None
+        photometric = int(page.photometric)
+        bits = _tiff_bits(page)
+        colormap = page.colormap if photometric == 3 else None
+        separate = int(page.planarconfig) == 2 and page.samplesperpixel > 1
+
+    if data is None:
+        pixels, depth = _tiff_via_cv2(path)
+    else:
+        pixels, depth = _tiff_pixels(path, data, photometric, bits, colormap, separate)
+        del data
+    pixels = _to_rgb_or_gray(pixels)
+    pixels = apply_orientation(pixels, orientation)
+    return Frame(pixels, path, depth, icc, 'tiff')
+
+
+def _tiff_pixels(path, data, photometric, bits, colormap, separate):
+    if separate and data.ndim == 3:           # planes first -> samples last
+        data = np.moveaxis(data, 0, -1)
+    while data.ndim > 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim not in (2, 3):
+        raise InputError(path, f'unsupported TIFF layout, shape {data.shape}')
+
+    if photometric == 3:                       # palette: look colours up (16-bit table)
+        if colormap is None:
+            raise InputError(path, 'palette TIFF without a colour map')
+        pixels = _scale_int(np.moveaxis(colormap, 0, -1)[data], 65535)
+        depth = 8 if bits <= 8 else 16
+    elif data.dtype.kind == 'f':
+        pixels = _finite(data.astype(np.float32))
+        depth = 32
+    else:
+        data = data.astype(np.uint8) if data.dtype == np.bool_ else data
+        bits = min(bits, data.dtype.itemsize * 8)
+        pixels = _scale_int(data, (1 << bits) - 1)
+        depth = 8 if bits <= 8 else 16
+    if photometric == 0:                       # MinIsWhite: 0 is white
+        pixels = 1.0 - pixels
+    return pixels, depth
+
+
+def _tiff_via_cv2(path: Path) -> tuple[np.ndarray, int]:
+    img = _decode_cv2(path, _read_bytes(path), 'tiff')
+    img = _bgr_to_rgb(img)
+    if img.dtype == np.uint8:
+        return _scale_int(img, 255), 8
+    if img.dtype == np.uint16:
+        return _scale_int(img, 65535), 16
+    if img.dtype.kind == 'f':
+        return _finite(img.astype(np.float32)), 32
+    raise InputError(path, f'unsupported TIFF sample type {img.dtype}')
+
+
+def _probe_tiff(path: Path) -> FrameInfo:
+    with tifffile.TiffFile(path) as tif:
+        page = _tiff_page(tif)
+        _tiff_check(path, page)
+        height, width = page.imagelength, page.imagewidth
+        channels = _tiff_channels(page)
+        depth = 32 if page.dtype.kind == 'f' else (8 if _tiff_bits(page) <= 8 else 16)
+        if _swaps_axes(_tiff_orientation(page)):
+            height, width = width, height
+    return FrameInfo(height, width, channels, depth, 'tiff')
+
+
+# ------------------------------------------------------------------ JPEG / PNG headers
+
+@dataclass
+class _Header:
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    orientation: int = 1
+    icc: bytes | None = None
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """Orientation (tag 274) from IFD0 of a TIFF-structured EXIF block; 1 when absent."""
+    try:
+        return _exif_orientation_unchecked(tiff)
+    except struct.error:             # damaged EXIF must not make the image unreadable
+        return 1
+
+
+def _exif_orientation_unchecked(tiff: bytes) -> int:
+    if len(tiff) < 8 or tiff[:2] not in (b'II', b'MM'):
+        return 1
+    end = '<' if tiff[:2] == b'II' else '>'
+    (ifd,) = struct.unpack_from(end + 'I', tiff, 4)
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack_from(end + 'H', tiff, ifd)
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(tiff):
+            break
+        tag, typ, _n = struct.unpack_from(end + 'HHI', tiff, entry)
+        if tag == _ORIENTATION_TAG and typ == 3:            # SHORT, stored inline
+            (value,) = struct.unpack_from(end + 'H', tiff, entry + 8)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _jpeg_header(path: Path, data: bytes) -> _Header:
+    """Walk the JPEG markers up to the first scan: size (SOFn), EXIF orientation, ICC."""
+    if not data.startswith(b'\xff\xd8'):
+        raise InputError(path, 'not a JPEG file (no JPEG start marker)')
+    pos, size = 2, None
+    orientation, icc_parts = 1, {}
+    while True:
+        if data[pos:pos + 2] == b'\xff\xff':                   # fill byte before a marker
+            pos += 1
+            continue
+        if pos + 4 > len(data):
+            raise InputError(path, 'truncated JPEG file (ends inside its header)')
+        if data[pos] != 0xFF:
+            raise InputError(path, 'corrupt JPEG file (bad marker in header)')
+        marker = data[pos + 1]
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:          # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from('>H', data, pos + 2)
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xDA:                                    # start of scan
+            break
+        if len(body) < length - 2:
+            raise InputError(path, 'truncated JPEG file (ends inside its header)')
+        if marker == 0xE1 and body.startswith(b'Exif\x00\x00') and orientation == 1:
+            orientation = _exif_orientation(body[6:])
+        elif marker == 0xE2 and body.startswith(b'ICC_PROFILE\x00') and len(body) > 14:
+            icc_parts[body[12]] = body[14:]                   # sequence number -> chunk
+        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB,
+                        0xCD, 0xCE, 0xCF) and size is None:
+            precision, height, width, ncomp = struct.unpack_from('>BHHB', body, 0)
+            size = (height, width, 1 if ncomp == 1 else 3, 8 if precision <= 8 else 16)
+        pos += 2 + length
+    if size is None:
+        raise InputError(path, 'corrupt JPEG file (no frame header)')
+    # Entropy-coded data cannot contain FF D9, so a missing end marker means truncation.
+    if data.find(b'\xff\xd9', pos) < 0:
+        raise InputError(path, 'truncated JPEG file (no end-of-image marker)')
+    icc = b''.join(icc_parts[k] for k in sorted(icc_parts)) or None
+    return _Header(*size, orientation=orientation, icc=icc)
+
+
+def _png_chunks(path: Path, data: bytes):
+    if not data.startswith(_PNG_SIGNATURE):
+        raise InputError(path, 'not a PNG file (bad signature)')
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack_from('>I4s', data, pos)
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) < length:
+            break
+        yield ctype, body
+        if ctype == b'IEND':
+            return
+        pos += 12 + length
+    raise InputError(path, 'truncated PNG file (no IEND chunk)')
+
+
+def _png_header(path: Path, data: bytes) -> _Header:
+    header, orientation, icc = None, 1, None
+    for ctype, body in _png_chunks(path, data):
+        if ctype == b'IHDR':
+            width, height, depth, color = struct.unpack_from('>IIBB', body, 0)
+            channels = 1 if color in (0, 4) else 3  # gray, gray+alpha | rgb, palette, rgba
+            header = (height, width, channels, 16 if depth == 16 else 8)
+        elif ctype == b'iCCP':
+            name_end = body.find(b'\x00')
+            if name_end >= 0 and body[name_end + 1:name_end + 2] == b'\x00':
+                icc = zlib.decompress(body[name_end + 2:])
+        elif ctype == b'eXIf':
+            orientation = _exif_orientation(body)
+    if header is None:
+        raise InputError(path, 'corrupt PNG file (no IHDR chunk)')
+    return _Header(*header, orientation=orientation, icc=icc)
+
+
+def _decode_cv2(path: Path, data: bytes, kind: str) -> np.ndarray:
+    # np.frombuffer + imdecode instead of imread: works for any file name (non-ASCII too).
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise InputError(path, f'not a readable {_NAMES[kind]} file (corrupt or truncated)')
+    return img
+
+
+def _read_jpeg_png(path: Path, kind: str) -> Frame:
+    data = _read_bytes(path)
+    if not data:
+        raise InputError(path, 'empty file')
+    header = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
+    img = _decode_cv2(path, data, kind)
+    del data
+    if img.dtype == np.uint8:
+        pixels, depth = _scale_int(img, 255), 8
+    elif img.dtype == np.uint16:
+        pixels, depth = _scale_int(img, 65535), 16
+    else:
+        raise InputError(path, f'unsupported sample type {img.dtype}')
+    del img
+    if header.channels == 1 and pixels.ndim == 3 and pixels.shape[2] >= 3:
+        pixels = pixels[:, :, :1]    # gray+alpha PNG decodes as BGRA: keep gray
+    pixels = _to_rgb_or_gray(_bgr_to_rgb(pixels))
+    pixels = apply_orientation(pixels, header.orientation)
+    return Frame(pixels, path, depth, header.icc, kind)
+
+
+def _probe_jpeg_png(path: Path, kind: str) -> FrameInfo:
+    data = _read_bytes(path)
+    if not data:
+        raise InputError(path, 'empty file')
+    h = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
+    height, width = (h.width, h.height) if _swaps_axes(h.orientation) else (h.height, h.width)
+    return FrameInfo(height, width, h.channels, h.bit_depth, kind)
+
+
+_READERS = {
+    'raw': _read_raw,
+    'tiff': _read_tiff,
+    'jpeg': lambda p: _read_jpeg_png(p, 'jpeg'),
+    'png': lambda p: _read_jpeg_png(p, 'png'),
+}
+_PROBERS = {
+    'raw': _probe_raw,
+    'tiff': _probe_tiff,
+    'jpeg': lambda p: _probe_jpeg_png(p, 'jpeg'),
+    'png': lambda p: _probe_jpeg_png(p, 'png'),
+}

@@ -1,0 +1,231 @@
+"""FUSE step: fold aligned frames, one at a time, into one all-in-focus image.
+
+Both fusers keep a fixed amount of state (a few full-size arrays, or one pyramid), whatever the
+number of frames, so a 300-frame bracket needs the memory of a 15-frame one.
+
+* `DepthMapFuser` ("depthmap", DMap-like): a per-pixel focus measure (smoothed energy of the
+  Laplacian of Gaussian) picks the sharpest frame; each frame is composited where it wins, with
+  a feathered mask, so the selection follows smooth regions rather than single noisy pixels.
+* `PyramidFuser` ("pyramid", PMax-like): Laplacian-pyramid fusion; at fine levels each
+  coefficient comes from the frame with the highest *local* contrast (activity summed over a
+  small window: the consistency step that keeps flat areas from turning into noise). With halo
+  suppression (default) the coarse levels do not pick by contrast, which is what spreads a
+  defocused foreground's blur into a halo; they follow the full-resolution focus decision,
+  blended through a Gaussian pyramid of its mask.
+
+Both track the depth map (index of the sharpest frame) and a confidence map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+METHODS = ("pyramid", "depthmap")
+_LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)   # Rec. 601 weights, as cv2's RGB2GRAY
+
+
+@dataclass
+class FusionResult:
+    image: np.ndarray        # float32 H x W x C
+    depth: np.ndarray        # uint16 H x W: index (in bracket order) of the sharpest frame
+    confidence: np.ndarray   # float32 H x W, 0..1: how clearly that frame won
+    coverage: np.ndarray     # uint16 H x W: how many frames covered each pixel
+
+
+def focus_measure(pixels: np.ndarray, window_sigma: float) -> np.ndarray:
+    """Local sharpness: squared Laplacian of the (slightly smoothed) grey image, averaged over a
+    Gaussian window. The pre-smoothing keeps sensor noise from reading as detail."""
+    grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    grey = cv2.GaussianBlur(grey, (0, 0), 1.0)
+    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
+    return cv2.GaussianBlur(cv2.multiply(lap, lap), (0, 0), window_sigma)
+
+
+class _FocusTracker:
+    """Running argmax of the focus measure, plus what the confidence map needs."""
+
+    def __init__(self, shape: tuple[int, int], window_sigma: float):
+        self.window_sigma = window_sigma
+        self.best = np.full(shape, -1.0, np.float32)
+        self.second = np.zeros(shape, np.float32)
+        self.depth = np.zeros(shape, np.uint16)
+        self.coverage = np.zeros(shape, np.uint16)
+
+    def update(self, index: int, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Returns the uint8 mask (0/255) of pixels where this frame is the sharpest so far."""
+        f = focus_measure(pixels, self.window_sigma)
+        if valid is not None:
+            # the border of a warped frame is replicated, not real: never let it win
+            inner = cv2.erode(valid, np.ones((5, 5), np.uint8))
+            f = cv2.subtract(f, 1e30, mask=cv2.bitwise_not(inner), dst=f)
+            cv2.add(self.coverage, 1, dst=self.coverage, mask=valid, dtype=cv2.CV_16U)
+        else:
+            cv2.add(self.coverage, 1, dst=self.coverage, dtype=cv2.CV_16U)
+        wins = cv2.compare(f, self.best, cv2.CMP_GT)
+        # runner-up: the old best where this frame wins, else the larger of runner-up and f
+        cv2.max(self.second, f, dst=self.second)
+        cv2.copyTo(self.best, wins, self.second)
+        cv2.copyTo(f, wins, self.best)
+        self.depth[wins > 0] = index
+        return wins
+
+    def confidence(self) -> np.ndarray:
+        best = np.maximum(self.best, 0)
+        conf = (best - self.second) / (best + self.second + 1e-12)
+        return np.clip(conf, 0, 1).astype(np.float32)
+
+
+def _levels_for(shape: tuple[int, int], limit: int = 7) -> int:
+    """Pyramid depth: stop when the coarsest level is about 16 px."""
+    n = int(np.floor(np.log2(max(1, min(shape) / 16))))
+    return max(1, min(limit, n))
+
+
+def _laplacian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
+    pyr = []
+    cur = img
+    for _ in range(levels):
+        down = cv2.pyrDown(cur)
+        up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
+        pyr.append(cv2.subtract(cur, up).reshape(cur.shape))
+        cur = down.reshape(down.shape[0], down.shape[1], -1)
+    pyr.append(cur)
+    return pyr
+
+
+def _gaussian_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
+    pyr = [mask]
+    for _ in range(levels):
+        pyr.append(cv2.pyrDown(pyr[-1]))
+    return pyr
+
+
+def _collapse(pyr: list[np.ndarray]) -> np.ndarray:
+    cur = pyr[-1]
+    for lap in reversed(pyr[:-1]):
+        up = cv2.pyrUp(cur, dstsize=(lap.shape[1], lap.shape[0])).reshape(lap.shape)
+        cur = cv2.add(up, lap)
+    return cur
+
+
+def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
+    """dst = alpha*src + (1-alpha)*dst, in place, per-pixel alpha (H x W float32)."""
+    if dst.ndim == 3 and dst.shape[2] == 1:
+        dst[..., 0] = cv2.blendLinear(src[..., 0], dst[..., 0], alpha, 1.0 - alpha)
+    else:
+        dst[...] = cv2.blendLinear(src, dst, alpha, 1.0 - alpha).reshape(dst.shape)
+
+
+class _Fuser:
+    def __init__(self, shape: tuple[int, int], channels: int, window_sigma: float | None = None):
+        self.shape = shape
+        self.channels = channels
+        # the focus window grows with the image: ~0.1 % of the long side, at least 2 px
+        self.window_sigma = window_sigma or max(2.0, 0.0012 * max(shape))
+        self.focus = _FocusTracker(shape, self.window_sigma)
+        self.frames = 0
+
+    def add(self, index: int, pixels: np.ndarray, valid: np.ndarray | None = None) -> None:
+        pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
+        wins = self.focus.update(index, pixels, valid)
+        self._fold(pixels, valid, wins)
+        self.frames += 1
+
+    def finish(self) -> FusionResult:
+        image = np.clip(self._image(), 0.0, None).astype(np.float32, copy=False)
+        return FusionResult(image=image, depth=self.focus.depth, confidence=self.focus.confidence(),
+                            coverage=self.focus.coverage)
+
+
+class DepthMapFuser(_Fuser):
+    """Composite each frame where it is the sharpest so far, with a feathered mask."""
+
+    def __init__(self, shape, channels, window_sigma=None, feather: float = 1.5):
+        super().__init__(shape, channels, window_sigma)
+        self.feather = feather
+        self.result = np.zeros((shape[0], shape[1], channels), np.float32)
+
+    def _fold(self, pixels, valid, wins):
+        if self.frames == 0:
+            self.result[...] = pixels
+            return
+        alpha = cv2.GaussianBlur(wins.astype(np.float32) * (1 / 255), (0, 0), self.feather)
+        if valid is not None:
+            alpha = cv2.multiply(alpha, valid.astype(np.float32) * (1 / 255))
+        _blend_into(self.result, pixels, alpha)
+
+    def _image(self):
+        return self.result
+
+
+class PyramidFuser(_Fuser):
+    """Laplacian-pyramid maximum-contrast fusion with a consistency window and halo
+    suppression at coarse levels."""
+
+    def __init__(self, shape, channels, window_sigma=None, halo_suppression: bool = True,
+                 fine_levels: int = 3):
+        super().__init__(shape, channels, window_sigma)
+        self.levels = _levels_for(shape)
+        self.halo_suppression = halo_suppression
+        # levels below `contrast_levels` choose by local contrast; the rest follow the
+        # focus decision (halo suppression) or, without it, contrast too
+        self.contrast_levels = min(fine_levels, self.levels) if halo_suppression else self.levels
+        self.pyr: list[np.ndarray] | None = None
+        self.activity: list[np.ndarray] = []
+
+    @staticmethod
+    def _activity(lap: np.ndarray) -> np.ndarray:
+        """Local contrast of a pyramid level: energy of its luminance (the Laplacian is linear,
+        so this is the Laplacian of the luminance) over a small window."""
+        if lap.ndim == 3 and lap.shape[2] > 1:
+            lum = cv2.transform(lap, _LUMA[:, : lap.shape[2]])
+        else:
+            lum = lap
+        lum = lum.reshape(lap.shape[0], lap.shape[1])
+        return cv2.GaussianBlur(cv2.multiply(lum, lum), (0, 0), 1.0)
+
+    def _fold(self, pixels, valid, wins):
+        lap = _laplacian_pyramid(pixels, self.levels)
+        valid_pyr = None
+        if valid is not None:
+            valid_pyr = _gaussian_pyramid(valid.astype(np.float32) * (1 / 255), self.levels)
+        if self.pyr is None:
+            self.pyr = lap
+            self.activity = [self._activity(lap[i]) for i in range(self.contrast_levels)]
+            self.top_sum = lap[-1].copy() if not self.halo_suppression else None
+            return
+        for i in range(self.contrast_levels):
+            act = self._activity(lap[i])
+            if valid_pyr is not None:
+                act[valid_pyr[i] < 0.999] = -1.0
+            take = cv2.compare(act, self.activity[i], cv2.CMP_GT)
+            cv2.copyTo(lap[i], take, self.pyr[i])
+            cv2.copyTo(act, take, self.activity[i])
+        if self.halo_suppression:
+            mask = wins.astype(np.float32) * (1 / 255)
+            if valid_pyr is not None:
+                mask = cv2.multiply(mask, valid_pyr[0])
+            mask_pyr = _gaussian_pyramid(mask, self.levels)
+            for i in range(self.contrast_levels, self.levels + 1):
+                _blend_into(self.pyr[i], lap[i], mask_pyr[i])
+        else:
+            # classic PMax: the base level is the mean of all frames
+            cv2.add(self.top_sum, lap[-1], self.top_sum)
+
+    def _image(self):
+        if self.pyr is None:
+            raise RuntimeError("no frames were added")
+        if not self.halo_suppression:
+            self.pyr[-1] = self.top_sum * (1.0 / self.frames)
+        return _collapse(self.pyr)
+
+
+def make_fuser(method: str, shape: tuple[int, int], channels: int, *,
+               halo_suppression: bool = True) -> _Fuser:
+    if method == "pyramid":
+        return PyramidFuser(shape, channels, halo_suppression=halo_suppression)
+    if method == "depthmap":
+        return DepthMapFuser(shape, channels)
+    raise ValueError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")

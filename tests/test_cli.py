@@ -1,0 +1,296 @@
+"""The `focusbridge` command: stack, demo, run-job, bad input, progress, cancel."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from synthetic import make_bracket, save_bracket
+
+REPO = Path(__file__).resolve().parents[1]
+FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
+
+
+def run(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*FOCUSBRIDGE, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bracket_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bracket")
+    b = make_bracket(5, (200, 300), breathing=0.01, seed=4)
+    return save_bracket(b, folder, ".tif", bit_depth=16)
+
+
+def _assert_one_line_error(done, *must_contain):
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    err = done.stderr.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("focusbridge: error: ")
+    for text in must_contain:
+        assert str(text) in err, (text, err)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- happy paths --------------------------------------------------------------------------
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("focusbridge")
+    done = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("focusbridge ")
+
+
+def test_help_explains_every_option():
+    done = run("stack", "--help")
+    assert done.returncode == 0
+    for option in ("--method", "--no-align", "--align-model", "--reference", "--no-gain",
+                   "--no-halo-suppression", "--crop", "--depth-map", "--confidence-map",
+                   "--bit-depth", "--overwrite", "--no-metadata", "--sources", "--base",
+                   "--report", "--progress"):
+        assert option in done.stdout
+
+
+def test_stack_writes_result_maps_report_and_json_progress(tmp_path, bracket_files):
+    out = tmp_path / "result.tif"
+    done = run("stack", *bracket_files, "-o", out, "--depth-map", "--confidence-map",
+               "--report", tmp_path / "report.json", "--progress", "json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {e["phase"] for e in events} >= {"align", "fuse", "write", "done"}
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(e["count"] == 5 for e in events if e["phase"] in ("align", "fuse"))
+    assert sorted(e["frame"] for e in events if e["phase"] == "fuse") == [0, 1, 2, 3, 4]
+    assert events[-1]["output"] == str(out)
+
+    assert tifffile.imread(out).dtype == np.uint16
+    depth = tifffile.imread(tmp_path / "result_depth.tif")
+    assert depth.dtype == np.uint16 and depth.max() <= 4 and len(np.unique(depth)) >= 3
+    conf = tifffile.imread(tmp_path / "result_confidence.tif")
+    assert conf.dtype == np.uint16 and conf.shape == depth.shape
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["frames"]) == 5 and report["reference"] == 2
+    assert report["frames"][2]["scale"] == 1.0
+    assert abs(report["frames"][4]["scale"] - 1.0201) < 0.003   # 1 % breathing per frame
+    assert _leftovers(tmp_path) == ["report.json", "result.tif", "result_confidence.tif",
+                                    "result_depth.tif"]
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_output_format_follows_extension(tmp_path, bracket_files, ext):
+    import cv2
+    out = tmp_path / f"result{ext}"
+    done = run("stack", *bracket_files, "-o", out)
+    assert done.returncode == 0, done.stderr
+    img = cv2.imdecode(np.fromfile(out, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (200, 300, 3)
+    assert img.dtype == (np.uint16 if ext == ".png" else np.uint8)
+
+
+def test_demo_stacks_the_bundled_bracket(tmp_path):
+    done = run("demo", "--progress", "none", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "focusbridge-demo" / "ring6_stacked.tif"
+    assert str(out) in done.stdout
+    data = tifffile.imread(out)
+    assert data.shape == (1141, 1521, 3) and data.dtype == np.uint16
+    assert (tmp_path / "focusbridge-demo" / "ring6_depth.tif").is_file()
+
+
+def test_unicode_and_shell_characters_in_names(tmp_path, bracket_files):
+    folder = tmp_path / "Küvette $(touch PWNED); `id` 'q' \"d\""
+    folder.mkdir()
+    frames = []
+    for i, f in enumerate(bracket_files):
+        target = folder / f"Kä$fer;{i} `x`.tif"
+        shutil.copy(f, target)
+        frames.append(target)
+    out = folder / "Ergebnis – gestapelt.tif"
+    done = run("stack", *frames, "-o", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
+    assert not (tmp_path / "PWNED").exists()
+
+
+# -- bad input: one line naming the file, non-zero exit, no output --------------------------
+
+def test_single_frame(tmp_path, bracket_files):
+    done = run("stack", bracket_files[0], "-o", tmp_path / "out.tif")
+    _assert_one_line_error(done, bracket_files[0], "at least two frames")
+    assert _leftovers(tmp_path) == []
+
+
+def test_missing_file(tmp_path, bracket_files):
+    missing = tmp_path / "nope.tif"
+    done = run("stack", bracket_files[0], missing, "-o", tmp_path / "out.tif")
+    _assert_one_line_error(done, missing, "no such file")
+    assert _leftovers(tmp_path) == []
+
+
+def test_frames_of_different_sizes(tmp_path, bracket_files):
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((100, 150, 3), np.uint16))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    done = run("stack", bracket_files[0], bracket_files[1], small, "-o", out_dir / "out.tif")
+    _assert_one_line_error(done, small, "150x100", "300x200")
+    assert _leftovers(out_dir) == []
+
+
+def test_broken_file(tmp_path, bracket_files, shared_data):
+    broken = shared_data / "raw" / "broken" / "filetype_fixture.cr3"
+    done = run("stack", bracket_files[0], broken, "-o", tmp_path / "out.tif")
+    _assert_one_line_error(done, broken)
+    assert _leftovers(tmp_path) == []
+
+
+def test_unsupported_file(tmp_path, bracket_files):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    done = run("stack", bracket_files[0], text, "-o", out_dir / "out.tif")
+    _assert_one_line_error(done, text)
+    assert _leftovers(out_dir) == []
+
+
+def test_output_is_an_input(tmp_path, bracket_files):
+    frames = [shutil.copy(f, tmp_path) for f in bracket_files[:3]]
+    before = Path(frames[1]).read_bytes()
+    done = run("stack", *frames, "-o", frames[1], "--overwrite")
+    _assert_one_line_error(done, frames[1], "input")
+    assert Path(frames[1]).read_bytes() == before
+
+
+def test_output_exists_without_overwrite(tmp_path, bracket_files):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"precious")
+    done = run("stack", *bracket_files, "-o", out)
+    _assert_one_line_error(done, out, "--overwrite")
+    assert out.read_bytes() == b"precious"
+    assert _leftovers(tmp_path) == ["out.tif"]
+    done = run("stack", *bracket_files, "-o", out, "--overwrite")
+    assert done.returncode == 0 and out.read_bytes() != b"precious"
+
+
+def test_unwritable_folder(tmp_path, bracket_files):
+    missing = tmp_path / "no" / "such" / "folder"
+    done = run("stack", *bracket_files, "-o", missing / "out.tif")
+    _assert_one_line_error(done, missing, "does not exist")
+    if os.geteuid() != 0:      # root writes anywhere; the permission case needs a normal user
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        done = run("stack", *bracket_files, "-o", locked / "out.tif")
+        _assert_one_line_error(done, locked, "not writable")
+        assert _leftovers(locked) == []
+
+
+def test_unknown_option_is_a_usage_error(bracket_files, tmp_path):
+    done = run("stack", *bracket_files, "-o", tmp_path / "o.tif", "--method", "magic")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert _leftovers(tmp_path) == []
+
+
+# -- cancel: nothing half-written ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_bracket(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("long")
+    b = make_bracket(24, (400, 600), breathing=0.003, seed=9)
+    return save_bracket(b, folder, ".tif", bit_depth=16)
+
+
+def _start(args, **kw):
+    return subprocess.Popen([*FOCUSBRIDGE, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_mid_run_leaves_nothing(tmp_path, long_bracket):
+    out = tmp_path / "out.tif"
+    proc = _start(["stack", *long_bracket, "-o", out, "--depth-map", "--progress", "json"])
+    first = proc.stdout.readline()          # the run is under way
+    assert json.loads(first)["phase"] == "align"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert _leftovers(tmp_path) == []
+
+
+def test_run_job_cancel_file(tmp_path, long_bracket):
+    work = tmp_path / "job"
+    work.mkdir()
+    out_dir = tmp_path / "photos"
+    out_dir.mkdir()
+    manifest = {
+        "version": 1, "frames": [str(f) for f in long_bracket],
+        "output": str(out_dir / "stacked.tif"), "options": {"depth_map": True},
+        "progress_file": str(work / "progress.jsonl"), "cancel_file": str(work / "cancel"),
+        "status_file": str(work / "status.json"),
+    }
+    (work / "job.json").write_text(json.dumps(manifest))
+    proc = _start(["run-job", work / "job.json"])
+    proc.stdout.readline()
+    (work / "cancel").touch()
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    status = json.loads((work / "status.json").read_text())
+    assert status == {"ok": False, "output": None, "error": "cancelled", "cancelled": True}
+    assert _leftovers(out_dir) == []
+    lines = (work / "progress.jsonl").read_text().splitlines()
+    assert 1 <= len(lines) < 2 * len(long_bracket)
+
+
+def test_run_job_success_and_failure_status(tmp_path, bracket_files):
+    out = tmp_path / "stacked.tif"
+    job = {"version": 1, "frames": [str(f) for f in bracket_files], "output": str(out),
+           "options": {"method": "depthmap", "depth_map": True, "format": "tiff"},
+           "status_file": str(tmp_path / "status.json")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    done = run("run-job", tmp_path / "job.json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["ok"] and status["output"] == str(out) and out.is_file()
+    assert status["depth_map"] == str(tmp_path / "stacked_depth.tif")
+    assert len(status["frames"]) == 5
+
+    # the same job again: the output exists, so a one-line error in stderr and the status
+    done = run("run-job", tmp_path / "job.json")
+    assert done.returncode == 1
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert not status["ok"] and str(out) in status["error"] and "--overwrite" in status["error"]
+    assert done.stderr.strip() == f"focusbridge: error: {status['error']}"
+
+
+def test_run_job_rejects_a_bad_manifest(tmp_path):
+    bad = tmp_path / "job.json"
+    bad.write_text("{not json")
+    done = run("run-job", bad)
+    _assert_one_line_error(done, bad, "JSON")
+    bad.write_text(json.dumps({"version": 1, "frames": "a.tif", "output": "x.tif"}))
+    _assert_one_line_error(run("run-job", bad), bad, "'frames'")
+
+
+def test_python_api_cancel_writes_nothing(tmp_path, bracket_files):
+    from pybridge import stack
+    from pybridge.errors import Cancelled
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+    with pytest.raises(Cancelled):
+        stack(bracket_files, tmp_path / "out.tif", cancel=cancel)
+    assert _leftovers(tmp_path) == []
