@@ -243,8 +243,9 @@ def warp_frame(pixels: np.ndarray, t: Transform, shape: tuple[int, int], *,
             valid = None
     out = out.reshape(h, w, -1)
     if not np.allclose(t.gain, 1.0):
-        gain = t.gain[: out.shape[2]] if out.shape[2] > 1 else t.gain[:1].mean(keepdims=True)
-        out = cv2.multiply(out, tuple(float(g) for g in gain) + (0,) * (4 - len(gain))) \
-            if out.shape[2] <= 4 else out * gain
-        out = out.reshape(h, w, -1)
+        gain = t.gain if out.shape[2] == 3 else t.gain.mean(keepdims=True)
+        scalar = tuple(float(g) for g in gain) + (0.0,) * (4 - len(gain))
+        # in place when `out` is ours (a warped copy), never on the caller's array
+        dst = out if out is not pixels else None
+        out = cv2.multiply(out, scalar, dst=dst).reshape(h, w, -1)
     return out, valid

@@ -40,7 +40,10 @@ def focus_measure(pixels: np.ndarray, window_sigma: float) -> np.ndarray:
     grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     grey = cv2.GaussianBlur(grey, (0, 0), 1.0)
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
-    return cv2.GaussianBlur(cv2.multiply(lap, lap), (0, 0), window_sigma)
+    del grey
+    # in place: this runs on full-size frames, and memory is the budget that matters
+    cv2.multiply(lap, lap, dst=lap)
+    return cv2.GaussianBlur(lap, (0, 0), window_sigma, dst=lap)
 
 
 class _FocusTracker:
@@ -83,23 +86,26 @@ def _levels_for(shape: tuple[int, int], limit: int = 7) -> int:
     return max(1, min(limit, n))
 
 
-def _laplacian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
-    pyr = []
+def _laplacian_levels(img: np.ndarray, levels: int):
+    """Yield the Laplacian pyramid of `img` one level at a time, finest first, then the
+    coarsest Gaussian level (levels + 1 arrays in all)."""
     cur = img
     for _ in range(levels):
         down = cv2.pyrDown(cur)
         up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
-        pyr.append(cv2.subtract(cur, up).reshape(cur.shape))
-        cur = down.reshape(down.shape[0], down.shape[1], -1)
-    pyr.append(cur)
-    return pyr
+        lap = cv2.subtract(cur, up, dst=up).reshape(cur.shape)   # in place: saves a frame
+        cur = down.reshape(down.shape[0], down.shape[1], -1) if img.ndim == 3 else down
+        yield lap
+    yield cur
 
 
-def _gaussian_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
-    pyr = [mask]
+def _gaussian_levels(mask: np.ndarray, levels: int):
+    """Yield the Gaussian pyramid of a single-channel mask, full size first."""
+    cur = mask
+    yield cur
     for _ in range(levels):
-        pyr.append(cv2.pyrDown(pyr[-1]))
-    return pyr
+        cur = cv2.pyrDown(cur)
+        yield cur
 
 
 def _collapse(pyr: list[np.ndarray]) -> np.ndarray:
@@ -184,35 +190,42 @@ class PyramidFuser(_Fuser):
         else:
             lum = lap
         lum = lum.reshape(lap.shape[0], lap.shape[1])
-        return cv2.GaussianBlur(cv2.multiply(lum, lum), (0, 0), 1.0)
+        if lum is lap or lum.base is lap:
+            lum = lum.copy()
+        cv2.multiply(lum, lum, dst=lum)
+        return cv2.GaussianBlur(lum, (0, 0), 1.0, dst=lum)
 
     def _fold(self, pixels, valid, wins):
-        lap = _laplacian_pyramid(pixels, self.levels)
-        valid_pyr = None
-        if valid is not None:
-            valid_pyr = _gaussian_pyramid(valid.astype(np.float32) * (1 / 255), self.levels)
+        # Level by level, so only one level of this frame's pyramid exists at a time.
+        levels = _laplacian_levels(pixels, self.levels)
+        valid_levels = _gaussian_levels(valid.astype(np.float32) * (1 / 255), self.levels) \
+            if valid is not None else None
         if self.pyr is None:
-            self.pyr = lap
-            self.activity = [self._activity(lap[i]) for i in range(self.contrast_levels)]
-            self.top_sum = lap[-1].copy() if not self.halo_suppression else None
+            self.pyr = list(levels)
+            self.activity = [self._activity(self.pyr[i]) for i in range(self.contrast_levels)]
+            self.top_sum = None if self.halo_suppression else self.pyr[-1].copy()
             return
-        for i in range(self.contrast_levels):
-            act = self._activity(lap[i])
-            if valid_pyr is not None:
-                act[valid_pyr[i] < 0.999] = -1.0
-            take = cv2.compare(act, self.activity[i], cv2.CMP_GT)
-            cv2.copyTo(lap[i], take, self.pyr[i])
-            cv2.copyTo(act, take, self.activity[i])
+        mask_levels = None
         if self.halo_suppression:
             mask = wins.astype(np.float32) * (1 / 255)
-            if valid_pyr is not None:
-                mask = cv2.multiply(mask, valid_pyr[0])
-            mask_pyr = _gaussian_pyramid(mask, self.levels)
-            for i in range(self.contrast_levels, self.levels + 1):
-                _blend_into(self.pyr[i], lap[i], mask_pyr[i])
-        else:
-            # classic PMax: the base level is the mean of all frames
-            cv2.add(self.top_sum, lap[-1], self.top_sum)
+            if valid is not None:
+                mask = cv2.multiply(mask, valid.astype(np.float32) * (1 / 255))
+            mask_levels = _gaussian_levels(mask, self.levels)
+        for i, lap in enumerate(levels):
+            v = next(valid_levels) if valid_levels is not None else None
+            m = next(mask_levels) if mask_levels is not None else None
+            if i < self.contrast_levels:
+                act = self._activity(lap)
+                if v is not None:
+                    act[v < 0.999] = -1.0
+                take = cv2.compare(act, self.activity[i], cv2.CMP_GT)
+                cv2.copyTo(lap, take, self.pyr[i])
+                cv2.copyTo(act, take, self.activity[i])
+            elif self.halo_suppression:
+                _blend_into(self.pyr[i], lap, m)
+            elif i == self.levels:
+                # classic PMax: the base level is the mean of all frames
+                cv2.add(self.top_sum, lap, self.top_sum)
 
     def _image(self):
         if self.pyr is None:

@@ -23,7 +23,7 @@ from .errors import Cancelled, InputError, OutputError, StackError
 from .frames import Frame, FrameInfo, frame_from_array, probe_frame, read_frame
 from .fuse import METHODS, make_fuser
 from .progress import silent
-from .write import atomic_output, atomic_outputs, write_confidence_map, write_depth_map, write_image
+from .write import atomic_output, atomic_outputs, check_target, write_confidence_map, write_depth_map, write_image
 
 FrameSource = str | os.PathLike | np.ndarray
 
@@ -122,15 +122,9 @@ def _load(src: FrameSource) -> Frame:
 def _check_outputs(outputs: Sequence[Path], inputs: Sequence[FrameSource], overwrite: bool) -> None:
     input_paths = [Path(s).resolve() for s in inputs if not isinstance(s, np.ndarray)]
     for out in outputs:
-        resolved = out.resolve()
-        if resolved in input_paths:
+        if out.resolve() in input_paths:
             raise OutputError(out, "is one of the input frames; choose another output name")
-        if out.exists() and not overwrite:
-            raise OutputError(out, "exists; pass --overwrite to replace it")
-        if not out.parent.is_dir():
-            raise OutputError(out.parent, "folder does not exist")
-        if not os.access(out.parent, os.W_OK):
-            raise OutputError(out.parent, "folder is not writable")
+        check_target(out, overwrite)
 
 
 def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:

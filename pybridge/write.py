@@ -40,7 +40,8 @@ _ICC_SEGMENT_MAX = 65535 - 2 - 14      # APP2 length field counts itself; 14-byt
 
 # ---------------------------------------------------------------------------- atomic output
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool) -> None:
+    """Raise OutputError unless `path` can be written (used up front, before heavy work)."""
     folder = path.parent
     if not folder.exists():
         raise OutputError(folder, 'folder does not exist')
@@ -112,7 +113,7 @@ def atomic_outputs(paths: Sequence[str | Path], overwrite: bool = False) -> Iter
     if len({os.path.abspath(p) for p in paths}) != len(paths):
         raise OutputError(paths[0], 'the same output path is given twice')
     for p in paths:
-        _check_target(p, overwrite)
+        check_target(p, overwrite)
     temps: list[Path] = []
     committed: list[Path] = []
     try:
