@@ -102,9 +102,53 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
 
 
 def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
-    from exif.lens import run_lens_job
-    files = _string_list(manifest, "files", path)
-    return run_lens_job(manifest, files, progress=progress)
+    """Lens rewrite or undo on the original files (the plugin's lens section)."""
+    from exif.lens import LensSpec, format_lens_info, preset, set_lens, undo_lens
+    from exif.tool import ExifError
+
+    files = [Path(f) for f in _string_list(manifest, "files", path)]
+    action = manifest.get("action", "set")
+    progress("lens", count=len(files), fraction=0.1)
+    try:
+        if action == "undo":
+            done = undo_lens(files)
+            results = [{"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
+                        "message": r.error or ("" if r.undone else "nothing to undo")}
+                       if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error}
+                       for r in done]
+        elif action == "set":
+            spec = LensSpec()
+            if manifest.get("preset"):
+                spec = preset(manifest["preset"])
+            fields = dict(manifest.get("fields") or {})
+            if isinstance(fields.get("lens_info"), list):
+                fields["lens_info"] = format_lens_info(fields["lens_info"])
+            unknown = set(fields) - set(vars(LensSpec()))
+            if unknown:
+                raise ManifestError(path, f"unknown lens field(s): {', '.join(sorted(unknown))}")
+            spec = spec.merged(LensSpec(**{k: v for k, v in fields.items() if v not in ("", None)}))
+            report = set_lens(files, spec, dry_run=bool(manifest.get("dry_run")))
+            results = []
+            for r in report.results:
+                if not r.ok:
+                    results.append({"file": str(r.path), "outcome": "error", "message": r.error})
+                    continue
+                message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
+                if r.not_writable:
+                    message += (("; " if message else "") + "not in this file's maker notes: "
+                                + ", ".join(r.not_writable))
+                results.append({"file": str(r.path),
+                                "outcome": "updated" if r.changes else "unchanged",
+                                "message": message})
+        else:
+            raise ManifestError(path, f"unknown lens action {action!r} (set or undo)")
+    except ExifError as exc:
+        raise StackError(str(exc)) from None
+    ok = all(r["outcome"] != "error" for r in results)
+    failed = [r for r in results if r["outcome"] == "error"]
+    error = None if ok else (f"{len(failed)} of {len(results)} files failed; first: "
+                             f"{failed[0]['file']}: {failed[0]['message']}")
+    return {"ok": ok, "error": error, "results": results}
 
 
 def run_job(manifest_path: Path) -> int:

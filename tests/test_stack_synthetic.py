@@ -146,14 +146,45 @@ def test_aligner_falls_back_on_a_featureless_frame():
     assert not t3.fallback
 
 
-def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels(tmp_path, bracket):
+def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels_and_icc(tmp_path, bracket,
+                                                                            icc_profile):
     import tifffile
-    paths = save_bracket(bracket, tmp_path / "in", ".tif", bit_depth=16)
+    from pybridge.write import write_image
+    (tmp_path / "in").mkdir()
+    paths = [tmp_path / "in" / f"f{k}.tif" for k in range(len(bracket.frames))]
+    for p, f in zip(paths, bracket.frames):
+        write_image(p, f, bit_depth=16, icc=icc_profile)
     out = tmp_path / "stacked.tif"
     stack(paths, out, metadata=False)
-    data = tifffile.imread(out)
+    with tifffile.TiffFile(out) as tif:
+        data = tif.asarray()
+        assert tif.pages[0].tags[34675].value == icc_profile   # the ICC profile travelled
     assert data.dtype == np.uint16 and data.shape == bracket.truth.shape
     # real 16-bit content: far more distinct levels than 8 bits can hold
     assert len(np.unique(data[..., 1])) > 5000
     m = _interior(bracket.truth.shape)
     assert psnr(data.astype(np.float32) / 65535, bracket.truth, m) > 28
+
+
+def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
+    """Streaming: frames are folded in one at a time, so 64 frames peak no higher than 16.
+    Measured with tracemalloc (numpy reports its buffers to it) on files read from disk."""
+    import tracemalloc
+    b = make_bracket(8, (240, 360), breathing=0.004, seed=8)
+    paths = save_bracket(b, tmp_path, ".tif", bit_depth=16)
+
+    def peak(frames):
+        tracemalloc.start()
+        try:
+            stack(frames, depth_map=None)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    # The peak is the worst overlap of the read-ahead thread with the fusing thread, which
+    # varies a little with timing; storing frames would grow it 4x.
+    few = peak(paths * 2)           # 16 frames
+    many = peak(paths * 8)          # 64 frames: the same files again, in order
+    assert many <= 1.25 * few, (few, many)
+    # and the peak is a handful of frames' worth, not the bracket's
+    frame_bytes = 240 * 360 * 3 * 4
+    assert few < 16 * frame_bytes, few / frame_bytes

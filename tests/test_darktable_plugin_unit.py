@@ -1,0 +1,696 @@
+"""Unit tests of darktable_lua/focus_stack.lua under lupa (Lua 5.4) with a fake darktable.
+
+The fake records everything the plugin does. dt.control.execute is answered in Python: it
+creates the job folder for `mkdir`, and plays the bridge for `run-job` (reading the manifest,
+writing progress and status files) according to the scenario a test picks. One test runs the
+plugin's real command line through `sh` against a stub bridge to prove the quoting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+lupa = pytest.importorskip('lupa.lua54')
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / 'darktable_lua' / 'focus_stack.lua'
+FAKE = Path(__file__).resolve().parent / 'darktable_harness' / 'fake_darktable.lua'
+
+NASTY = ["it's \"q\".jpg", 'a $(touch PWNED).jpg', 'b `touch PWNED`.jpg', 'c; touch PWNED.jpg',
+         'Ærø ünïcødé.jpg']
+
+
+def lua_table(lua, items):
+    return lua.table_from(list(items))
+
+
+class Plugin:
+    """One loaded copy of the plugin with its fake darktable."""
+
+    def __init__(self, tmp: Path, *, prefs: dict | None = None, api: str = '9.0.0',
+                 with_bridge: bool = True, path_env: str | None = None,
+                 fake_src: str | None = None):
+        self.tmp = tmp
+        self.dt_tmp = tmp / 'dt tmp'
+        self.dt_tmp.mkdir(exist_ok=True)
+        self.photos = tmp / 'photos'
+        self.photos.mkdir(exist_ok=True)
+        self.bin = tmp / 'bin'
+        self.bin.mkdir(exist_ok=True)
+        self.exe = self.bin / 'focusbridge'
+        if with_bridge:
+            self.exe.write_text('#!/bin/sh\nexit 0\n')
+            self.exe.chmod(0o755)
+        self.scenario = 'ok'
+        self.manifests: list[dict] = []
+        self.bridge_runs = 0
+        self.cancel_after_sleeps: int | None = None
+        self.sleeps = 0
+        self.shell = False  # True: run commands for real through sh
+        self.status_extra: dict = {}
+        self.lens_results = None
+
+        self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+        old_path = os.environ.get('PATH', '')
+        os.environ['PATH'] = path_env if path_env is not None else f'{self.bin}{os.pathsep}/usr/bin:/bin'
+        try:
+            self.fake = self.lua.execute(fake_src or FAKE.read_text())
+            self.dt = self.fake.dt
+            self.dt.configuration.tmp_dir = str(self.dt_tmp)
+            self.dt.configuration.config_dir = str(tmp / 'config')
+            self.dt.configuration.api_version_string = api
+            self.fake.execute_handler = self._execute
+            self.fake.sleep_handler = self._sleep
+            for k, v in (prefs or {}).items():
+                self.fake.prefs[f'focus_stack/{k}'] = v
+            if prefs:
+                self.fake.prefs['focus_stack/initialized'] = True
+            self.lua.globals().package.preload['darktable'] = self.lua.eval(
+                'function(dt) return function() return dt end end')(self.dt)
+            self.script_data = self.lua.eval('function(p) return dofile(p) end')(str(PLUGIN))
+        finally:
+            self.path_during_load = os.environ['PATH']
+            os.environ['PATH'] = old_path
+        self.fs = self.script_data.focus_stack if self.script_data else None
+
+    # -- images -----------------------------------------------------------------------
+    def images(self, names, folder: Path | None = None):
+        folder = folder or self.photos
+        out = []
+        for n in names:
+            (folder / n).write_bytes(b'jpeg')
+            out.append(self.fake.new_image(str(folder), n))
+        return out
+
+    def select(self, imgs):
+        self.dt.gui.action_images = lua_table(self.lua, imgs)
+        self.fake.selection = lua_table(self.lua, imgs)
+
+    def click(self, name):
+        w = self.fs.widgets[name]
+        old_path = os.environ['PATH']
+        os.environ['PATH'] = self.path_during_load
+        try:
+            return w.clicked_callback(w)
+        finally:
+            os.environ['PATH'] = old_path
+
+    def call(self, fn, *args):
+        old_path = os.environ['PATH']
+        os.environ['PATH'] = self.path_during_load
+        try:
+            return fn(*args)
+        finally:
+            os.environ['PATH'] = old_path
+
+    # -- records ----------------------------------------------------------------------
+    @property
+    def commands(self):
+        return list(self.fake.commands.values())
+
+    @property
+    def printed(self):
+        return list(self.fake.printed.values())
+
+    @property
+    def imports(self):
+        return list(self.fake.imports.values())
+
+    def tags(self, img):
+        return sorted(t.name for t in img.tags.values())
+
+    # -- fake darktable's execute / sleep ---------------------------------------------
+    def _execute(self, cmd):
+        if self.shell:
+            return subprocess.run(['sh', '-c', cmd]).returncode * 256
+        tokens = shlex.split(cmd)
+        if tokens[:3] == ['mkdir', '-m', '700']:
+            os.mkdir(tokens[3], 0o700)
+            return 0
+        if 'run-job' in tokens:
+            i = tokens.index('run-job')
+            exe, manifest_path = tokens[i - 1], tokens[i + 1]
+            self.run_exe = exe
+            self.run_manifest = manifest_path
+            self.bridge_runs += 1
+            m = json.loads(Path(manifest_path).read_text())
+            self.manifests.append(m)
+            self._bridge(m, Path(manifest_path).parent)
+            return 0
+        if tokens[:2] == ['kill', '-TERM']:
+            return 0
+        if tokens[:2] == ['rm', '-rf']:
+            subprocess.run(['rm', '-rf', tokens[2]])
+            return 0
+        raise AssertionError(f'unexpected command {cmd!r}')
+
+    def _status(self, m, data):
+        Path(m['status_file']).write_text(json.dumps(data))
+
+    def _bridge(self, m, jobdir: Path):
+        self.pending = None
+        if m.get('kind') == 'lens':
+            results = self.lens_results or [
+                {'file': f, 'outcome': 'updated', 'message': ''} for f in m['files']]
+            self._status(m, {'ok': True, 'results': results, 'error': None})
+            return
+        progress = Path(m['progress_file'])
+        n = len(m['frames'])
+        with progress.open('a') as p:
+            for i in range(n):
+                p.write(json.dumps({'phase': 'fuse', 'frame': i, 'count': n,
+                                    'fraction': (i + 1) / (n + 1)}) + '\n')
+        if self.scenario == 'ok':
+            Path(m['output']).write_bytes(b'stacked')
+            dm = None
+            if m['options'].get('depth_map'):
+                dm = str(Path(m['output']).with_name(Path(m['output']).stem + '_depth.tif'))
+                Path(dm).write_bytes(b'depth')
+            self._status(m, {'ok': True, 'output': m['output'], 'depth_map': dm, 'error': None,
+                             **self.status_extra})
+        elif self.scenario == 'fail':
+            self._status(m, {'ok': False, 'output': None, 'cancelled': False,
+                             'error': '/x/frame_002.tif: frames differ in size (600x400 vs 640x480)'})
+        elif self.scenario == 'crash':
+            (jobdir / 'stderr.txt').write_text('Traceback...\nfocusbridge: error: out of memory\n')
+            (jobdir / 'rc').write_text('1\n')
+        elif self.scenario == 'no_output':
+            self._status(m, {'ok': True, 'output': m['output'], 'depth_map': None, 'error': None})
+        elif self.scenario == 'slow':
+            self.pending = (m, jobdir)  # finishes only when cancelled (see _sleep)
+        else:
+            raise AssertionError(self.scenario)
+
+    def _sleep(self, ms):
+        self.sleeps += 1
+        if self.shell:
+            time.sleep(ms / 1000)
+            if self.sleeps > 300:
+                raise AssertionError('bridge never finished')
+            return
+        if self.cancel_after_sleeps is not None and self.sleeps == self.cancel_after_sleeps:
+            job = self.fake.jobs[len(self.fake.jobs)]
+            job.cancel_cb(job)  # what darktable does when the user presses cancel
+        pending = getattr(self, 'pending', None)
+        if pending:
+            m, jobdir = pending
+            if Path(m['cancel_file']).exists():
+                self._status(m, {'ok': False, 'output': None, 'cancelled': True,
+                                 'error': 'cancelled'})
+                self.pending = None
+        if self.sleeps > 200:
+            raise AssertionError('plugin polled forever')
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    return Plugin(tmp_path)
+
+
+def leftovers(p: Plugin):
+    return sorted(str(x.relative_to(p.dt_tmp)) for x in p.dt_tmp.rglob('*'))
+
+
+# --- registration --------------------------------------------------------------------
+
+def test_registers_module_storage_and_script_data(plugin):
+    p = plugin
+    lib = p.fake.libs['focus_stack']
+    assert lib.label == 'focus stack'
+    assert p.fake.storages['focus_stack'].label == 'focus stack'
+    md = p.script_data.metadata
+    assert md.name == 'focus stack' and md.purpose and md.author and md.help
+    assert p.script_data.destroy_method == 'hide'
+    supported = p.fake.storages['focus_stack'].supported
+    assert supported(None, p.lua.table(extension='tif')) is True
+    assert supported(None, p.lua.table(extension='jpg')) is False
+    p.script_data.destroy()
+    assert p.fake.destroyed_storage == 'focus_stack'
+    assert p.dt.gui.libs['focus_stack'].visible is False
+    p.script_data.restart()
+    assert p.fake.storages['focus_stack'] is not None
+    assert p.dt.gui.libs['focus_stack'].visible is True
+
+
+def test_module_waits_for_lighttable_when_started_elsewhere(tmp_path):
+    lua_src = FAKE.read_text().replace(
+        'FAKE.dt = dt', 'FAKE.current_view = {id = "darkroom", name = "darkroom"}\nFAKE.dt = dt')
+    p = Plugin(tmp_path, fake_src=lua_src)
+    assert p.fake.libs['focus_stack'] is None
+    (name, event, fn) = p.fake.events[1].values()
+    assert event == 'view-changed'
+    fn('view-changed', p.lua.table(name='darkroom'), p.lua.table(name='lighttable'))
+    assert p.fake.libs['focus_stack'] is not None
+
+
+def test_refuses_old_api(tmp_path):
+    with pytest.raises(lupa.LuaError, match='Minimum API 9.0.0'):
+        Plugin(tmp_path, api='8.0.0')
+
+
+def test_source_follows_lua_scripts_conventions():
+    src = PLUGIN.read_text()
+    assert src.startswith('--[[\n') and 'GNU General Public License' in src.split(']]')[0]
+    assert 'ADDITIONAL SOFTWARE NEEDED FOR THIS SCRIPT' in src and 'USAGE' in src
+    assert 'return script_data' in src.rstrip().splitlines()[-1]
+    # nothing beyond API 9.0.0: no dt.control.dispatch, no 9.1+ additions
+    for newer in ('control.dispatch', 'dt.gui.mimic', 'dtutils.system'):
+        assert newer not in src
+    # every dt.print goes through gettext or notify(); never os.execute / io.popen
+    assert 'os.execute' not in src and 'io.popen' not in src
+
+
+# --- the button path -----------------------------------------------------------------
+
+def test_button_stacks_imports_groups_tags(plugin):
+    p = plugin
+    imgs = p.images(['IMG_3.jpg', 'IMG_1.jpg', 'IMG_2.jpg'])
+    i3, i1, i2 = imgs
+    i1.tags[1] = p.dt.tags.create('flowers|rose')
+    i3.tags[1] = p.dt.tags.create('macro')
+    i3.tags[2] = p.dt.tags.create('darktable|format|jpg')
+    i2.rating = 4
+    i2.title = 'rose'
+    p.select(imgs)
+    p.click('stack_button')
+
+    assert p.bridge_runs == 1
+    m = p.manifests[0]
+    jobdir = Path(m['status_file']).parent
+    assert jobdir.parent == p.dt_tmp and jobdir.name.startswith('focus_stack_')
+    assert m['version'] == 1 and m['kind'] == 'stack'
+    assert m['sources'] == [str(p.photos / f'IMG_{i}.jpg') for i in (1, 2, 3)]
+    assert m['frames'] == [str(jobdir / f'frame_{i:03d}.tif') for i in (1, 2, 3)]
+    assert m['output'] == str(p.photos / 'IMG_1_stacked.tif')
+    assert m['options'] == {'method': 'pyramid', 'align': True, 'depth_map': False,
+                            'format': 'tiff', 'reference': 'middle', 'overwrite': False,
+                            'crop': False, 'metadata': True}
+    assert m['progress_file'] == str(jobdir / 'progress.jsonl')
+    assert m['cancel_file'] == str(jobdir / 'cancel')
+    # frames were exported 16-bit, in name order, with darktable's own export
+    frames = list(p.fake.written_frames.values())
+    assert [f.bpp for f in frames] == [16, 16, 16]
+    assert [f.id for f in frames] == [i1.id, i2.id, i3.id]
+
+    assert p.imports == [str(p.photos / 'IMG_1_stacked.tif')]
+    result = [x for x in p.fake.all_images.values() if x.filename == 'IMG_1_stacked.tif'][0]
+    assert all(x.group_id == result.id for x in (i1, i2, i3, result))
+    assert p.fake.leaders[len(p.fake.leaders)] == result.id
+    assert p.tags(result) == ['flowers|rose', 'focus stack|stacked', 'macro']
+    for img in (i1, i2, i3):
+        assert 'focus stack|source' in p.tags(img)
+    assert result.rating == 4 and result.title == 'rose'
+    job = p.fake.jobs[1]
+    percents = list(job.percents.values())
+    assert percents == sorted(percents) and percents[-1] > 0.9
+    assert job.valid is False
+    assert p.printed[-1] == 'focus stack: imported IMG_1_stacked.tif'
+    assert leftovers(p) == []
+
+
+def test_command_has_no_file_name(plugin):
+    p = plugin
+    imgs = p.images(NASTY)
+    p.select(imgs)
+    p.click('stack_button')
+    assert p.bridge_runs == 1
+    m = p.manifests[0]
+    jobdir = Path(m['status_file']).parent
+    run_cmd = [c for c in p.commands if 'run-job' in c][0]
+    for c in p.commands:
+        for name in NASTY + ['PWNED', 'photos', '_stacked', 'frame_']:
+            assert name not in c, (name, c)
+    tokens = shlex.split(run_cmd)
+    assert tokens[1:4] == [str(p.exe), 'run-job', str(jobdir / 'manifest.json')]
+    paths = [t for t in tokens if '/' in t and not t.startswith(('<', '>', '2>'))]
+    assert all(t == str(p.exe) or t.startswith(str(jobdir)) or t.lstrip('2>') .startswith(str(jobdir))
+               for t in paths), paths
+    # every name travels inside the manifest instead, byte for byte
+    assert [Path(s).name for s in m['sources']] == sorted(NASTY)
+    assert Path(m['output']).name == Path(sorted(NASTY)[0]).stem + '_stacked.tif'
+
+
+def test_real_shell_runs_only_the_bridge(tmp_path):
+    """The command line goes through a real `sh`, with quotes and $(...) in the temp path."""
+    p = Plugin(tmp_path)
+    evil_tmp = tmp_path / "tmp it's $(touch PWNED) `touch PWNED`; touch PWNED"
+    evil_tmp.mkdir()
+    p.dt.configuration.tmp_dir = str(evil_tmp)
+    p.dt_tmp = evil_tmp
+    record = tmp_path / 'argv.json'
+    p.exe.write_text(f'''#!{sys.executable}
+import json, sys, os
+m = json.load(open(sys.argv[2]))
+json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd()}}, open({str(record)!r}, "w"))
+open(m["progress_file"], "a").write(json.dumps({{"phase": "done", "fraction": 1.0}}) + "\\n")
+open(m["output"], "wb").write(b"x")
+tmp = m["status_file"] + ".tmp"
+open(tmp, "w").write(json.dumps({{"ok": True, "output": m["output"], "depth_map": None, "error": None}}))
+os.replace(tmp, m["status_file"])
+''')
+    p.shell = True
+    imgs = p.images(NASTY)
+    p.select(imgs)
+    p.click('stack_button')
+    argv = json.loads(record.read_text())['argv']
+    assert argv[0] == 'run-job' and len(argv) == 2
+    assert Path(argv[1]).name == 'manifest.json' and Path(argv[1]).parent.parent == evil_tmp
+    assert p.printed[-1].startswith('focus stack: imported ')
+    assert not list(tmp_path.rglob('PWNED')) and not Path('PWNED').exists()
+    assert list(evil_tmp.iterdir()) == []
+
+
+# --- error paths ---------------------------------------------------------------------
+
+def test_fewer_than_two_images(plugin):
+    p = plugin
+    p.select(p.images(['one.jpg']))
+    p.click('stack_button')
+    assert p.printed == ['focus stack: select at least two images']
+    assert p.commands == [] and p.imports == [] and leftovers(p) == []
+
+
+def test_bridge_missing(tmp_path):
+    p = Plugin(tmp_path, with_bridge=False, path_env=str(tmp_path / 'nowhere'))
+    assert 'not found' in p.fs.widgets.bridge_label.label
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert 'focusbridge not found on PATH' in p.printed[-1]
+    assert p.commands == [] and p.imports == []
+
+
+@pytest.mark.parametrize('value, message', [
+    ('relative/focusbridge', 'must be absolute'),
+    ('/nonexistent/focusbridge', 'not found at /nonexistent/focusbridge'),
+    ('/bin/focus\nbridge', 'cannot be run safely'),
+])
+def test_bad_executable_preference(tmp_path, value, message):
+    p = Plugin(tmp_path, prefs={'executable': value})
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert message in p.printed[-1]
+    assert p.commands == [] and p.imports == []
+
+
+def test_executable_preference_is_used(tmp_path):
+    other = tmp_path / 'elsewhere' / 'fb'
+    other.parent.mkdir()
+    other.write_text('#!/bin/sh\n')
+    p = Plugin(tmp_path, prefs={'executable': str(other)})
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert p.run_exe == str(other)
+
+
+def test_bridge_failure_shows_its_one_line_error(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    p.select(imgs)
+    p.scenario = 'fail'
+    p.click('stack_button')
+    assert p.printed[-1] == ('focus stack failed: /x/frame_002.tif: frames differ in size '
+                             '(600x400 vs 640x480)')
+    assert p.imports == [] and all(p.tags(i) == [] for i in imgs)
+    assert all(i.group_id is None for i in imgs)
+    assert leftovers(p) == []
+
+
+def test_bridge_crash_without_status(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'crash'
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack failed: out of memory'
+    assert p.imports == [] and leftovers(p) == []
+
+
+def test_success_without_output_file_is_an_error(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'no_output'
+    # the fake bridge claims success but writes nothing
+    p.click('stack_button')
+    assert 'was not written' in p.printed[-1]
+    assert p.imports == []
+
+
+def test_export_that_produces_nothing(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    p.select(imgs)
+    p.fake.export_produces_nothing = True
+    p.click('stack_button')
+    assert p.printed[-1] == 'the export of a.jpg produced nothing'
+    assert p.bridge_runs == 0 and p.imports == [] and leftovers(p) == []
+    assert p.fake.jobs[1].valid is False
+
+
+def test_cancel_stops_bridge_and_leaves_nothing(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    p.select(imgs)
+    p.scenario = 'slow'
+    p.cancel_after_sleeps = 2
+    p.click('stack_button')
+    assert p.bridge_runs == 1
+    assert p.printed[-1] == 'focus stack cancelled'
+    assert p.imports == [] and all(p.tags(i) == [] for i in imgs)
+    assert not Path(p.manifests[0]['output']).exists()
+    assert leftovers(p) == []
+    assert p.fake.jobs[1].valid is False
+    assert p.fs.state.busy is False
+
+
+def test_busy_guard(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.fs.state.busy = True
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack is already running' and p.commands == []
+
+
+# --- options ---------------------------------------------------------------------------
+
+def test_options_persist_and_reach_the_manifest(tmp_path):
+    p = Plugin(tmp_path)
+    out = tmp_path / 'out dir'
+    out.mkdir()
+    opts = p.fs.widgets.options
+    opts.method.selected = 2
+    opts.method.changed_callback(opts.method)
+    opts.align.value = False
+    opts.align.clicked_callback(opts.align)
+    opts.format.selected = 2
+    opts.format.changed_callback(opts.format)
+    opts.depth_map.value = True
+    opts.depth_map.clicked_callback(opts.depth_map)
+    w = p.fs.widgets.output_folder
+    w.value = str(out)
+    w.changed_callback(w)
+    prefs = {k.split('/', 1)[1]: v for k, v in p.fake.prefs.items()}
+    assert prefs['method'] == 'depthmap' and prefs['align'] is False
+    assert prefs['format'] == 'jpeg' and prefs['depth_map'] is True
+    assert prefs['output_folder'] == str(out)
+
+    # a fresh darktable session reads them back
+    (tmp_path / 'second').mkdir()
+    q = Plugin(tmp_path / 'second', prefs={k: v for k, v in prefs.items() if k != 'initialized'})
+    assert q.fs.widgets.options.method.selected == 2
+    assert q.fs.widgets.options.format.selected == 2
+    assert q.fs.widgets.options.align.value is False
+    imgs = q.images(['f1.jpg', 'f2.jpg'])
+    q.select(imgs)
+    q.click('stack_button')
+    m = q.manifests[0]
+    assert m['options']['method'] == 'depthmap' and m['options']['align'] is False
+    assert m['options']['format'] == 'jpeg' and m['options']['depth_map'] is True
+    assert m['output'] == str(out / 'f1_stacked.jpg')
+    # the depth map comes back too, grouped under the result
+    names = [x.filename for x in q.fake.all_images.values()]
+    assert 'f1_stacked_depth.tif' in names
+    dm = [x for x in q.fake.all_images.values() if x.filename == 'f1_stacked_depth.tif'][0]
+    res = [x for x in q.fake.all_images.values() if x.filename == 'f1_stacked.jpg'][0]
+    assert dm.group_id == res.id and 'focus stack|depth map' in q.tags(dm)
+
+
+def test_storage_and_module_widgets_stay_in_sync(plugin):
+    p = plugin
+    storage_box = p.fake.storages['focus_stack'].widget
+    sm = storage_box[1]
+    sm.selected = 2
+    sm.changed_callback(sm)
+    assert p.fs.widgets.options.method.selected == 2
+
+
+def test_existing_output_is_never_overwritten(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    (p.photos / 'a_stacked.tif').write_bytes(b'old')
+    (p.photos / 'a_stacked_2.tif').write_bytes(b'old')
+    p.select(imgs)
+    p.click('stack_button')
+    assert p.manifests[0]['output'] == str(p.photos / 'a_stacked_3.tif')
+    assert p.manifests[0]['options']['overwrite'] is False
+    assert (p.photos / 'a_stacked.tif').read_bytes() == b'old'
+
+
+# --- the export target -----------------------------------------------------------------
+
+def storage_export(p: Plugin, imgs, bpp=16):
+    st = p.fake.storages['focus_stack']
+    fmt = p.lua.table(bpp=bpp, extension='tif')
+    extra = p.lua.table()
+    p.call(st.initialize, st, fmt, p.lua.table_from(imgs), True, extra)
+    files = {}
+    for n, img in enumerate(imgs, 1):
+        # darktable names its temp files after the source: these collide for equal basenames
+        f = p.dt_tmp / f'{Path(img.filename).stem}.tif'
+        f.write_bytes(b'II*\0darktable export')
+        files[img.id] = str(f)
+        p.call(st.store, st, img, fmt, str(f), n, len(imgs), True, extra)
+    table = p.lua.table()
+    for img in imgs:
+        table[img] = files[img.id]
+    p.call(st.finalize, st, table, extra)
+    return files
+
+
+def test_export_target_uses_darktables_16bit_files(plugin):
+    p = plugin
+    imgs = p.images(['b.jpg', 'a.jpg', 'c.jpg'])
+    storage_export(p, imgs, bpp=16)
+    assert p.bridge_runs == 1
+    m = p.manifests[0]
+    assert [Path(s).name for s in m['sources']] == ['a.jpg', 'b.jpg', 'c.jpg']
+    jobdir = Path(m['status_file']).parent
+    assert all(Path(f).parent == jobdir for f in m['frames'])
+    assert list(p.fake.written_frames.values()) == []  # darktable exported, not us
+    assert p.imports == [str(p.photos / 'a_stacked.tif')]
+    assert p.fs.state.storage_runs == 1
+    assert leftovers(p) == []
+
+
+def test_export_target_reexports_8bit_as_16bit(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    storage_export(p, imgs, bpp=8)
+    assert [f.bpp for f in p.fake.written_frames.values()] == [16, 16]
+    assert p.bridge_runs == 1 and len(p.imports) == 1
+    assert leftovers(p) == []
+
+
+def test_export_target_refuses_one_image(plugin):
+    p = plugin
+    storage_export(p, p.images(['a.jpg']))
+    assert p.printed[-1] == 'focus stack: select at least two images'
+    assert p.bridge_runs == 0 and p.imports == [] and leftovers(p) == []
+
+
+def test_export_target_without_bridge(tmp_path):
+    p = Plugin(tmp_path, with_bridge=False, path_env=str(tmp_path / 'nowhere'))
+    storage_export(p, p.images(['a.jpg', 'b.jpg']))
+    assert 'not found' in p.printed[-1]
+    assert p.bridge_runs == 0 and p.imports == [] and leftovers(p) == []
+
+
+def test_export_target_bridge_failure_cleans_up(plugin):
+    p = plugin
+    p.scenario = 'fail'
+    storage_export(p, p.images(['a.jpg', 'b.jpg']))
+    assert p.printed[-1].startswith('focus stack failed: ')
+    assert p.imports == [] and leftovers(p) == []
+
+
+# --- lens metadata ---------------------------------------------------------------------
+
+def test_lens_set_and_undo(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    other = p.images(['other.jpg'])
+    p.select(imgs[:2])
+    p.fake.selection = p.lua.table_from(other)  # what the user had selected before
+    w = p.fs.widgets
+    w.lens_preset.text = ' laowa-25 '
+    w.lens_focal_length.text = '25'
+    w.lens_aperture.text = '2,8'
+    w.lens_model.text = 'LAOWA 25mm f/2.8 2.5-5X Ultra Macro'
+    p.lens_results = [{'file': str(p.photos / 'a.jpg'), 'outcome': 'updated', 'message': ''},
+                      {'file': str(p.photos / 'b.jpg'), 'outcome': 'error',
+                       'message': 'file is read-only'}]
+    p.click('lens_apply')
+    m = p.manifests[0]
+    assert m['kind'] == 'lens' and m['action'] == 'set' and m['version'] == 1
+    assert m['files'] == [str(p.photos / 'a.jpg'), str(p.photos / 'b.jpg')]
+    assert m['preset'] == 'laowa-25' and m['dry_run'] is False
+    assert m['fields'] == {'focal_length': 25, 'aperture': 2.8,
+                           'model': 'LAOWA 25mm f/2.8 2.5-5X Ultra Macro'}
+    assert w.lens_outcome.text == 'a.jpg: updated\nb.jpg: error (file is read-only)'
+    acts = list(p.fake.actions.values())
+    assert acts[-1].path == 'lib/image/refresh EXIF'
+    assert list(acts[-1].selection.values()) == [imgs[0].id, imgs[1].id]
+    assert [i.id for i in p.fake.selection.values()] == [other[0].id]  # selection restored
+    for c in p.commands:
+        assert 'a.jpg' not in c and 'photos' not in c
+    # undo acts on the files of the last change, whatever is selected now
+    p.select(imgs[2:])
+    p.click('lens_undo')
+    m2 = p.manifests[1]
+    assert m2['action'] == 'undo' and m2['files'] == m['files'] and 'preset' not in m2
+    assert p.printed[-1] == 'lens data restored'
+    assert leftovers(p) == []
+
+
+def test_lens_needs_something_to_write(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg']))
+    p.click('lens_apply')
+    assert 'choose a preset' in p.printed[-1] and p.commands == []
+    p.click('lens_undo')
+    assert p.printed[-1] == 'lens data: nothing to undo'
+
+
+def test_lens_failure_is_shown(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg']))
+    p.fs.widgets.lens_make.text = 'Canon'
+    p.scenario = 'ok'
+    p.lens_results = []
+    orig = p._bridge
+
+    def failing(m, jobdir):
+        p._status(m, {'ok': False, 'results': [], 'error': 'exiftool not found: apt install exiftool'})
+    p._bridge = failing
+    p.click('lens_apply')
+    assert p.printed[-1] == 'lens data failed: exiftool not found: apt install exiftool'
+    assert 'exiftool not found' in p.fs.widgets.lens_outcome.text
+    assert list(p.fake.actions.values()) == []  # nothing changed: no refresh
+    p._bridge = orig
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+def test_json_round_trip_and_decimal_point(plugin):
+    j = plugin.fs.json
+    lua = plugin.lua
+    data = lua.eval('''function(j)
+      local s = j.encode({a = 2.8, b = {1, 2, 3}, c = "q\\"\\n\\\\ é $(x) `y`", d = true, e = {}})
+      local back = j.decode(s)
+      return s, back.a, back.c, #back.b
+    end''')(j)
+    text, a, c, n = data
+    parsed = json.loads(text)
+    assert parsed == {'a': 2.8, 'b': [1, 2, 3], 'c': 'q"\n\\ é $(x) `y`', 'd': True, 'e': {}}
+    assert a == 2.8 and c == 'q"\n\\ é $(x) `y`' and n == 3
+    dec = lua.eval('function(j, s) local v = j.decode(s) return v.fraction, v.output end')
+    assert dec(j, '{"phase": "done", "fraction": 1.0, "output": "/a/\\u00e9\\ud83d\\ude00.tif"}') == (
+        1.0, '/a/é😀.tif')
+    assert dec(j, '{"fraction": 0.5e0}')[0] == 0.5
