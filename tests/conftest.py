@@ -65,3 +65,45 @@ def exiftool():
         assert done.returncode == 0, done.stderr
         return done.stdout
     return run
+
+
+@pytest.fixture(scope='session')
+def unprivileged():
+    """Run a command as an ordinary user, so permission bits apply (they don't stop root).
+
+    Returns run(args, cwd) -> CompletedProcess for `python -m pybridge ARGS`. As root it
+    drops to uid/gid 65534 with setpriv and an interpreter that user may execute (the venv's
+    own one often lives under /root). Paths it touches must be reachable by that user.
+    """
+    import os
+    import sysconfig
+    base = [sys.executable]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()['purelib']]))
+    if os.geteuid() == 0:
+        drop = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+        version = f'python{sys.version_info.major}.{sys.version_info.minor}'
+        for candidate in (os.path.realpath(sys.executable), f'/usr/bin/{version}',
+                          f'/usr/local/bin/{version}'):
+            probe = subprocess.run([*drop, candidate, '-c', 'import numpy, cv2, pybridge'],
+                                   env=env, capture_output=True, cwd='/')
+            if probe.returncode == 0:
+                base = [*drop, candidate]
+                break
+        else:
+            pytest.fail(f'no {version} interpreter that uid 65534 can run with the project '
+                        f'(tried the venv\'s and /usr/bin/{version}); install python3')
+
+    def run(args, cwd='/'):
+        return subprocess.run([*base, '-m', 'pybridge', *map(str, args)], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+    return run
+
+
+@pytest.fixture
+def public_tmp():
+    """A temp folder every user can enter (pytest's tmp_path is private to root)."""
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix='focusbridge-test-'))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

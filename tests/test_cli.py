@@ -186,16 +186,29 @@ def test_output_exists_without_overwrite(tmp_path, bracket_files):
     assert done.returncode == 0 and out.read_bytes() != b"precious"
 
 
-def test_unwritable_folder(tmp_path, bracket_files):
+def test_missing_output_folder(tmp_path, bracket_files):
     missing = tmp_path / "no" / "such" / "folder"
     done = run("stack", *bracket_files, "-o", missing / "out.tif")
     _assert_one_line_error(done, missing, "does not exist")
-    if os.geteuid() != 0:      # root writes anywhere; the permission case needs a normal user
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o555)
-        done = run("stack", *bracket_files, "-o", locked / "out.tif")
-        _assert_one_line_error(done, locked, "not writable")
-        assert _leftovers(locked) == []
+
+
+def test_unwritable_folder(public_tmp, bracket_files, unprivileged):
+    """A real read-only folder, run as an ordinary user (root ignores permission bits)."""
+    frames = [shutil.copy(f, public_tmp) for f in bracket_files[:3]]
+    for f in frames:
+        os.chmod(f, 0o644)
+    locked = public_tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    done = unprivileged(["stack", *frames, "-o", locked / "out.tif"])
+    _assert_one_line_error(done, locked, "not writable")
+    assert _leftovers(locked) == []
+    # the same user can write where it may: the failure above was the folder, nothing else
+    mine = public_tmp / "mine"
+    mine.mkdir()
+    mine.chmod(0o777)
+    done = unprivileged(["stack", *frames, "-o", mine / "out.tif", "--no-metadata"])
+    assert done.returncode == 0, done.stderr
 
 
 def test_unknown_option_is_a_usage_error(bracket_files, tmp_path):

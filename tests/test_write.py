@@ -122,21 +122,6 @@ def test_file_used_as_folder(tmp_path):
             pass
 
 
-def test_read_only_folder(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip('running as root: permission bits do not stop root '
-                    '(test_missing_folder and test_file_used_as_folder cover the error path)')
-    folder = tmp_path / 'ro'
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        with pytest.raises(OutputError, match='ro: not writable'):
-            with atomic_output(folder / 'out.tif'):
-                pass
-    finally:
-        folder.chmod(0o755)
-
-
 def test_non_ascii_and_spaces(tmp_path):
     for name in ('mon résultat final.tif', 'Größe 焦点.png', 'ring stack.jpg'):
         target = tmp_path / name
