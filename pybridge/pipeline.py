@@ -282,13 +282,14 @@ def _metadata_step(sources: list[Path], base, ref: int, method: str, count: int,
     from exif.merge import StackInfo, merge_metadata, sources_have_metadata
     from exif.tool import ExifError, require_exiftool
 
+    # "when there is some" mode: a cheap header check needs no exiftool, so a bracket without
+    # metadata (synthetic, scanned) stacks on a machine that lacks it
+    if not required and not sources_have_metadata(sources):
+        return None
     try:
-        # even in "when there is some" mode: without exiftool we can't look, so say so
         require_exiftool()
     except ExifError as exc:
         raise StackError(str(exc)) from None
-    if not required and not sources_have_metadata(sources):
-        return None
     info = StackInfo(frame_count=count, method=method, reference_index=ref,
                      software=f"focusbridge {__version__}")
     base_path = Path(base) if base else sources[ref]

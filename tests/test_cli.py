@@ -307,3 +307,25 @@ def test_python_api_cancel_writes_nothing(tmp_path, bracket_files):
     with pytest.raises(Cancelled):
         stack(bracket_files, tmp_path / "out.tif", cancel=cancel)
     assert _leftovers(tmp_path) == []
+
+
+def test_without_exiftool_stack_says_how_to_install_and_no_metadata_still_works(
+        tmp_path, shared_data):
+    """pcb7's frames carry camera EXIF, so metadata is wanted: without exiftool the run stops
+    before any work with the install hint; --no-metadata stacks anyway; a bracket with no
+    metadata at all stacks without exiftool and without being asked."""
+    env = dict(os.environ, FOCUSBRIDGE_EXIFTOOL=str(tmp_path / "no-exiftool-here"))
+    frames = sorted((shared_data / "brackets" / "pcb7").glob("pcb_00[1-3].jpg"))
+    out = tmp_path / "out.tif"
+    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    _assert_one_line_error(done, "exiftool not found", "--no-metadata", "apt-get install")
+    assert not out.exists()
+    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out),
+                           "--no-metadata"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    synthetic = save_bracket(make_bracket(3, (200, 300), seed=1), tmp_path / "synth", ".png")
+    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, synthetic), "-o",
+                           str(tmp_path / "synth.tif")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,224 @@
+"""exiftool through pyexiftool: one long-lived exiftool process per run.
+
+Everything that talks to exiftool goes through :func:`open_exiftool` (one ``-stay_open``
+process, our ``focusbridge.config`` loaded first) and the small helpers below.  File names are
+passed as absolute paths in pyexiftool's argument list (one argument per line, never a shell).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+CONFIG_FILE = Path(__file__).with_name('focusbridge.config')
+
+#: Arguments of every command sent to the exiftool process (exiftool puts them after the
+#: command's own, so they must not include options a command wants to vary: no ``-n``, no
+#: ``-G``).  Read calls ask for numeric values per tag with a ``#`` suffix or pass ``-n``.
+COMMON_ARGS = ['-a', '-charset', 'filename=utf8']
+
+INSTALL_HINT = ('exiftool not found: install it (Debian/Ubuntu: apt-get install '
+                'libimage-exiftool-perl; macOS: brew install exiftool) or pass --no-metadata')
+
+
+def one_line(text: object) -> str:
+    if isinstance(text, bytes):
+        text = text.decode('utf-8', 'replace')
+    return ' '.join(str(text).split())
+
+
+class ExifError(Exception):
+    """A metadata problem; ``str()`` is one line, ``<file>: <problem>`` when about a file."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
+        self.problem = one_line(message)
+        super().__init__(f'{path}: {self.problem}' if path is not None else self.problem)
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+class ExiftoolMissing(ExifError):
+    """exiftool is not installed (or not runnable)."""
+
+    def __init__(self, message: str = INSTALL_HINT):
+        super().__init__(message)
+
+
+def find_exiftool() -> str | None:
+    """Path of the exiftool executable, or None.  ``FOCUSBRIDGE_EXIFTOOL`` overrides PATH."""
+    override = os.environ.get('FOCUSBRIDGE_EXIFTOOL')
+    if override is not None:
+        p = shutil.which(override) if os.sep not in override else override
+        if p and os.path.isfile(p) and os.access(p, os.X_OK):
+            return str(p)
+        return None
+    return shutil.which('exiftool')
+
+
+def require_exiftool() -> str:
+    """Return the exiftool path or raise :class:`ExiftoolMissing` with install instructions."""
+    exe = find_exiftool()
+    if exe is None:
+        raise ExiftoolMissing()
+    return exe
+
+
+@contextmanager
+def open_exiftool(executable: str | None = None) -> Iterator['ExifToolHelper']:  # noqa: F821
+    """One long-lived exiftool process (pyexiftool ``ExifToolHelper``) for the whole run.
+
+    The process is started with ``-config exif/focusbridge.config`` (which must come first on
+    exiftool's command line, hence ``config_file=``) and :data:`COMMON_ARGS`.
+    """
+    exe = executable or require_exiftool()
+    try:
+        from exiftool import ExifToolHelper
+    except ImportError as e:  # pragma: no cover - pyexiftool is a dependency
+        raise ExifError(f'pyexiftool is not installed ({e})') from e
+    et = ExifToolHelper(executable=exe, common_args=list(COMMON_ARGS), config_file=CONFIG_FILE,
+                        encoding='utf-8', check_execute=False, check_tag_names=False)
+    try:
+        et.run()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
+    except Exception as e:  # ExifToolVersionError and friends
+        raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
+    try:
+        yield et
+    finally:
+        if et.running:
+            try:
+                et.terminate()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                pass
+
+
+@contextmanager
+def maybe_exiftool(et=None):
+    """Use the caller's exiftool process when given, else start one for this block."""
+    if et is not None:
+        yield et
+    else:
+        with open_exiftool() as new:
+            yield new
+
+
+# --------------------------------------------------------------------------------------------
+# running commands
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+    counts: dict = field(default_factory=dict)
+
+    def errors_by_file(self) -> dict[str, str]:
+        return messages_by_file(self.stderr, 'Error')
+
+    def warnings_by_file(self) -> dict[str, str]:
+        return messages_by_file(self.stderr, 'Warning')
+
+
+_COUNT_RE = re.compile(r'^\s*(\d+) (image files|files|directories) ([a-z \']+?)\s*$', re.M)
+
+
+def parse_counts(stdout: str) -> dict[str, int]:
+    """exiftool's summary lines -> {'updated': n, 'unchanged': n, 'created': n, 'errors': n, ...}."""
+    counts: dict[str, int] = {}
+    for m in _COUNT_RE.finditer(stdout or ''):
+        n, what = int(m.group(1)), m.group(3)
+        if what.startswith("weren't updated due to errors") or what.startswith('weren\'t created'):
+            counts['errors'] = counts.get('errors', 0) + n
+        else:
+            counts[what.split()[0]] = counts.get(what.split()[0], 0) + n
+    return counts
+
+
+def messages_by_file(stderr: str, kind: str) -> dict[str, str]:
+    """``Error: <msg> - <file>`` lines -> {file: msg} (the last message per file wins)."""
+    out: dict[str, str] = {}
+    for line in (stderr or '').splitlines():
+        if not line.startswith(kind + ':'):
+            continue
+        body = line[len(kind) + 1:].strip()
+        if ' - ' in body:
+            msg, _, fname = body.rpartition(' - ')
+            out[fname] = msg.strip()
+        else:
+            out.setdefault('', body)
+    return out
+
+
+def check_arg(arg: str, path: object = None) -> str:
+    if '\n' in arg or '\r' in arg:
+        raise ExifError('file names and values with line breaks are not supported',
+                        path if path is not None else None)
+    return arg
+
+
+def fname(path: str | os.PathLike) -> str:
+    """Absolute file name as an exiftool argument (never starts with '-' or '#')."""
+    return check_arg(os.path.abspath(os.fspath(path)), path)
+
+
+def run(et, args: Iterable[str]) -> Result:
+    args = [check_arg(a) for a in args]
+    try:
+        stdout = et.execute(*args)
+    except UnicodeDecodeError as e:
+        raise ExifError(f'exiftool printed text that is not UTF-8 ({e})') from e
+    status = et.last_status if et.last_status is not None else 0
+    stderr = et.last_stderr or ''
+    return Result(int(status), stdout or '', stderr, parse_counts(stdout))
+
+
+def read_json(et, files: list[str | os.PathLike], tags: Iterable[str] = (),
+              extra: Iterable[str] = (), groups: str = '-G1') -> tuple[dict[str, dict], Result]:
+    """Read ``tags`` (e.g. ``'FocusDistanceUpper#'``) of many files in one exiftool call.
+
+    Returns ({absolute path: {'Group:Tag': value}}, result); files exiftool could not read are
+    missing from the dict (their messages are in ``result.errors_by_file()``) or carry an
+    ``ExifTool:Error`` key.
+    """
+    names = [fname(f) for f in files]
+    if not names:
+        return {}, Result(0, '', '')
+    tags = list(tags)
+    if tags:
+        tags.append('Error')   # exiftool reports unreadable files through this tag
+    args = ['-j', '-struct', groups, *extra, *[f'-{t}' for t in tags], *names]
+    res = run(et, args)
+    data: dict[str, dict] = {}
+    if res.stdout.strip():
+        try:
+            items = json.loads(res.stdout)
+        except json.JSONDecodeError as e:
+            raise ExifError(f'could not parse exiftool output ({e})') from e
+        for item in items:
+            src = item.pop('SourceFile', None)
+            if src is not None:
+                data[os.path.abspath(src)] = item
+    return data, res
+
+
+def tag(meta: dict, *names: str, default=None):
+    """First present value among ``'Group:Tag'`` names (``'*:Tag'`` matches any group)."""
+    for name in names:
+        if name.startswith('*:'):
+            suffix = name[1:]
+            for k, v in meta.items():
+                if k.endswith(suffix) and k.count(':') == suffix.count(':'):
+                    if v not in (None, ''):
+                        return v
+        elif meta.get(name) not in (None, ''):
+            return meta[name]
+    return default
