@@ -35,6 +35,8 @@ find_uv() {
 
 python_env() {
     find_uv
+    # trust the system's certificate store, as pip and apt do (TLS-inspecting proxies, mirrors)
+    export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
     "${UV[@]}" sync --locked --group dev --quiet
 }
 
