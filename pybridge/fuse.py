@@ -46,23 +46,35 @@ def focus_measure(pixels: np.ndarray, window_sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(lap, (0, 0), window_sigma, dst=lap)
 
 
+def window_sigma_for(shape: tuple[int, int]) -> float:
+    """The focus window grows with the image: ~0.1 % of the long side, at least 2 px."""
+    return max(2.0, 0.0012 * max(shape))
+
+
+def frame_focus(pixels: np.ndarray, valid: np.ndarray | None, window_sigma: float) -> np.ndarray:
+    """The focus measure of one aligned frame, pushed far down where the frame has no data.
+    A pure function, so the pipeline can compute it for the next frame in its read-ahead thread."""
+    f = focus_measure(pixels, window_sigma)
+    if valid is not None:
+        # the border of a warped frame is replicated, not real: never let it win
+        inner = cv2.erode(valid, np.ones((5, 5), np.uint8))
+        cv2.subtract(f, 1e30, dst=f, mask=cv2.bitwise_not(inner))
+    return f
+
+
 class _FocusTracker:
     """Running argmax of the focus measure, plus what the confidence map needs."""
 
-    def __init__(self, shape: tuple[int, int], window_sigma: float):
-        self.window_sigma = window_sigma
+    def __init__(self, shape: tuple[int, int]):
         self.best = np.full(shape, -1.0, np.float32)
         self.second = np.zeros(shape, np.float32)
         self.depth = np.zeros(shape, np.uint16)
         self.coverage = np.zeros(shape, np.uint16)
 
-    def update(self, index: int, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        """Returns the uint8 mask (0/255) of pixels where this frame is the sharpest so far."""
-        f = focus_measure(pixels, self.window_sigma)
+    def update(self, index: int, f: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Fold in one frame's focus measure `f` (from frame_focus). Returns the uint8 mask
+        (0/255) of pixels where this frame is the sharpest so far."""
         if valid is not None:
-            # the border of a warped frame is replicated, not real: never let it win
-            inner = cv2.erode(valid, np.ones((5, 5), np.uint8))
-            f = cv2.subtract(f, 1e30, mask=cv2.bitwise_not(inner), dst=f)
             cv2.add(self.coverage, 1, dst=self.coverage, mask=valid, dtype=cv2.CV_16U)
         else:
             cv2.add(self.coverage, 1, dst=self.coverage, dtype=cv2.CV_16U)
@@ -128,14 +140,18 @@ class _Fuser:
     def __init__(self, shape: tuple[int, int], channels: int, window_sigma: float | None = None):
         self.shape = shape
         self.channels = channels
-        # the focus window grows with the image: ~0.1 % of the long side, at least 2 px
-        self.window_sigma = window_sigma or max(2.0, 0.0012 * max(shape))
-        self.focus = _FocusTracker(shape, self.window_sigma)
+        self.window_sigma = window_sigma or window_sigma_for(shape)
+        self.focus = _FocusTracker(shape)
         self.frames = 0
 
-    def add(self, index: int, pixels: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def add(self, index: int, pixels: np.ndarray, valid: np.ndarray | None = None,
+            focus: np.ndarray | None = None) -> None:
+        """Fold in one aligned frame. `valid`: uint8 mask of pixels the frame covers (None: all);
+        `focus`: its frame_focus() if already computed."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
-        wins = self.focus.update(index, pixels, valid)
+        if focus is None:
+            focus = frame_focus(pixels, valid, self.window_sigma)
+        wins = self.focus.update(index, focus, valid)
         self._fold(pixels, valid, wins)
         self.frames += 1
 
@@ -157,9 +173,10 @@ class DepthMapFuser(_Fuser):
         if self.frames == 0:
             self.result[...] = pixels
             return
-        alpha = cv2.GaussianBlur(wins.astype(np.float32) * (1 / 255), (0, 0), self.feather)
-        if valid is not None:
-            alpha = cv2.multiply(alpha, valid.astype(np.float32) * (1 / 255))
+        alpha = np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
+        cv2.GaussianBlur(alpha, (0, 0), self.feather, dst=alpha)
+        if valid is not None:     # feathering must not reach past the frame's own border
+            np.copyto(alpha, 0.0, where=valid == 0)
         _blend_into(self.result, pixels, alpha)
 
     def _image(self):
@@ -198,8 +215,8 @@ class PyramidFuser(_Fuser):
     def _fold(self, pixels, valid, wins):
         # Level by level, so only one level of this frame's pyramid exists at a time.
         levels = _laplacian_levels(pixels, self.levels)
-        valid_levels = _gaussian_levels(valid.astype(np.float32) * (1 / 255), self.levels) \
-            if valid is not None else None
+        # uint8 masks: pyrDown keeps 255 exactly where a level is wholly inside the frame
+        valid_levels = _gaussian_levels(valid, self.levels) if valid is not None else None
         if self.pyr is None:
             self.pyr = list(levels)
             self.activity = [self._activity(self.pyr[i]) for i in range(self.contrast_levels)]
@@ -207,17 +224,16 @@ class PyramidFuser(_Fuser):
             return
         mask_levels = None
         if self.halo_suppression:
-            mask = wins.astype(np.float32) * (1 / 255)
-            if valid is not None:
-                mask = cv2.multiply(mask, valid.astype(np.float32) * (1 / 255))
-            mask_levels = _gaussian_levels(mask, self.levels)
+            mask = wins if valid is None else cv2.bitwise_and(wins, valid)
+            mask_levels = _gaussian_levels(np.multiply(mask, np.float32(1 / 255), dtype=np.float32),
+                                           self.levels)
         for i, lap in enumerate(levels):
             v = next(valid_levels) if valid_levels is not None else None
             m = next(mask_levels) if mask_levels is not None else None
             if i < self.contrast_levels:
                 act = self._activity(lap)
                 if v is not None:
-                    act[v < 0.999] = -1.0
+                    np.copyto(act, -1.0, where=v < 255)
                 take = cv2.compare(act, self.activity[i], cv2.CMP_GT)
                 cv2.copyTo(lap, take, self.pyr[i])
                 cv2.copyTo(act, take, self.activity[i])

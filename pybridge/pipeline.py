@@ -21,7 +21,7 @@ from . import __version__
 from .align import MODELS, ChainAligner, Transform, warp_frame
 from .errors import Cancelled, InputError, OutputError, StackError
 from .frames import Frame, FrameInfo, frame_from_array, probe_frame, read_frame
-from .fuse import METHODS, make_fuser
+from .fuse import METHODS, frame_focus, make_fuser, window_sigma_for
 from .progress import silent
 from .write import atomic_output, atomic_outputs, check_target, write_confidence_map, write_depth_map, write_image
 
@@ -198,8 +198,8 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
         merge = _metadata_step(meta_sources, base, ref, method, count, required=bool(metadata))
 
     # -- read, align, fuse: one frame at a time -------------------------------------------
-    # A helper thread reads, registers and resamples the next frame while this one fuses the
-    # current one: the two halves take about as long, and machines have at least two cores.
+    # A helper thread reads, registers, resamples and measures the focus of the next frame
+    # while this one fuses the current one: the two halves take about as long.
     aligner = ChainAligner(model=model, match_gain=match_gain)
     transforms: list[Transform | None] = [None] * count
     order = chain_order(count, ref)
@@ -223,7 +223,10 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
                 aligner.restart()
             t = aligner.align(pixels)
         warped, valid = warp_frame(pixels, t, first["shape"])
-        return warped, valid, t, frame.icc
+        icc = frame.icc
+        del frame, pixels          # the unwarped frame is done with: free it before the next step
+        focus = frame_focus(warped, valid, window_sigma_for(first["shape"]))
+        return warped, valid, focus, t, icc
 
     fuser = None
     icc = None
@@ -232,7 +235,7 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
         for step, index in enumerate(order):
             if cancel is not None and cancel():
                 raise Cancelled()
-            warped, valid, t, frame_icc = pending.result()
+            warped, valid, focus, t, frame_icc = pending.result()
             if step + 1 < count:
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
@@ -241,8 +244,8 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
             icc = icc or frame_icc
             transforms[index] = t
             progress("align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count)
-            fuser.add(index, warped, valid)
-            del warped
+            fuser.add(index, warped, valid, focus)
+            del warped, focus
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
     result = fuser.finish()
     timings["stack"] = time.perf_counter() - t0
