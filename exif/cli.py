@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import focus as _focus
-from .tool import ExifError, open_exiftool
+from .tool import ExifError
 
 PROG = 'focusbridge'
 

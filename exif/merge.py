@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import focus as _focus
-from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
+from .tool import ExifError, fname, maybe_exiftool, read_json, replaced_atomically, run, tag
 
 __all__ = ['StackInfo', 'MergeReport', 'merge_metadata', 'sources_have_metadata', 'software_name']
 
@@ -360,8 +360,7 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         if orig_doc:
             assign.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
 
-        tmp = target.with_name(f'.{target.stem}.fbmeta-{uuid.uuid4().hex[:8]}{target.suffix}')
-        try:
+        with replaced_atomically(target, 'fbmeta') as tmp:
             res = run(et, ['-n', '-TagsFromFile', fname(base), *copy, *excl, *assign,
                            '-o', fname(tmp), fname(target)])
             if res.status != 0 or not tmp.is_file() or res.counts.get('created', 0) != 1:
@@ -415,17 +414,6 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
                     report.validation_warnings.append(val)
                 elif key.endswith('Error'):
                     report.validation_errors.append(val)
-            try:
-                os.chmod(tmp, os.stat(target).st_mode & 0o7777)
-            except OSError:
-                pass
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-            raise
     return report
 
 

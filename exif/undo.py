@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tool import ExifError
+from .tool import ExifError, replaced_atomically
 
 _MAGIC = b'FBDELTA1'
 _HEADER = struct.Struct('<8sQQQQ')   # magic, original size, prefix, suffix, new size
@@ -287,20 +287,11 @@ class UndoStore:
             if not all_levels:
                 break
         # write the restored bytes atomically in place, with the original mode and times
-        tmp = path.with_name(f'.{path.name}.fbundo-{uuid.uuid4().hex[:8]}')
-        try:
+        with replaced_atomically(path, 'fbundo', entry.get('mode', st.st_mode & 0o7777)) as tmp:
             with open(tmp, 'wb') as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, entry.get('mode', st.st_mode & 0o7777))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-            raise
         os.utime(path, ns=(entry['atime_ns'], entry['mtime_ns']))
         # forget what was undone
         if rec_path != path:

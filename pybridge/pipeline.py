@@ -184,7 +184,7 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     count = len(frames)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    infos = _check_inputs(frames)
+    _check_inputs(frames)
     ref = resolve_reference(reference, count)
 
     outputs = [Path(p) for p in (output, depth_map, confidence_map) if p is not None]

@@ -107,3 +107,14 @@ def public_tmp():
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_camera_files(shared_data: Path, folder: Path, names) -> Path:
+    """Copy real camera files into `folder` (created; a name with a space and an umlaut keeps
+    file-name handling honest), writable, so tests never touch the shared originals."""
+    import os
+    folder.mkdir()
+    for name in names:
+        shutil.copy(shared_data / 'camera-metadata' / name, folder / name)
+        os.chmod(folder / name, 0o644)
+    return folder

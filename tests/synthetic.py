@@ -307,7 +307,7 @@ class _Scene:
 
     def _background(self, k):
         rmap = self.radius(self.bg_depth - k).astype(np.float32)
-        rmin, rmax = float(rmap.min()), float(rmap.max())
+        rmax = float(rmap.max())
         if rmax <= 0.5:
             return self.bg.copy()
         ladder = _radius_ladder(rmax)

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import copy_camera_files
 import tifffile
 
 from exif.lens import LensSpec, format_lens_info, preset, set_lens, show_lens, undo_lens
@@ -51,11 +53,7 @@ def store_files(store: Path) -> list[Path]:
 
 @pytest.fixture()
 def photos(shared_data, tmp_path) -> Path:
-    d = tmp_path / 'Fotos mit Leerzeichen ü'
-    d.mkdir()
-    for name in FILES:
-        shutil.copy(shared_data / 'camera-metadata' / name, d / name)
-        os.chmod(d / name, 0o644)
+    d = copy_camera_files(shared_data, tmp_path / 'Fotos mit Leerzeichen ü', FILES)
     shutil.copy(d / 'CanonRaw.cr3', d / 'Makro Käfer 001.CR3')
     return d
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import copy_camera_files
 import tifffile
 
 from exif.merge import StackInfo, merge_metadata, sources_have_metadata
@@ -85,12 +87,7 @@ def decode(path: Path) -> np.ndarray:
 @pytest.fixture()
 def cam(shared_data, tmp_path) -> Path:
     """The camera files copied into a writable folder whose name has a space and an umlaut."""
-    d = tmp_path / 'Kamera Dateien ü'
-    d.mkdir()
-    for name in CAMERA_FILES:
-        shutil.copy(shared_data / 'camera-metadata' / name, d / name)
-        os.chmod(d / name, 0o644)
-    return d
+    return copy_camera_files(shared_data, tmp_path / 'Kamera Dateien ü', CAMERA_FILES)
 
 
 @pytest.fixture()
