@@ -424,7 +424,7 @@ local function bridge_executable()
   end
   local found = find_on_path("focusbridge")
   if found and not unsafe_path(found) then return found end
-  return nil, _("focusbridge not found on PATH: install it (pip install focusbridge) or choose the program in the focus stack module")
+  return nil, _("focusbridge not found on PATH: install it (uv tool install, see its README) or choose the program in the focus stack module")
 end
 
 local function random_name()
