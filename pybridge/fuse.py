@@ -188,8 +188,11 @@ class PyramidFuser(_Fuser):
     suppression at coarse levels."""
 
     def __init__(self, shape, channels, window_sigma=None, halo_suppression: bool = True,
-                 fine_levels: int = 3):
+                 fine_levels: int = 3, consistency_sigma: float = 1.0):
         super().__init__(shape, channels, window_sigma)
+        # window over which a level's contrast is summed before frames compete (0: classic
+        # per-coefficient PMax, which turns flat areas into noise; see bench/halo.py)
+        self.consistency_sigma = consistency_sigma
         self.levels = _levels_for(shape)
         self.halo_suppression = halo_suppression
         # levels below `contrast_levels` choose by local contrast; the rest follow the
@@ -198,8 +201,7 @@ class PyramidFuser(_Fuser):
         self.pyr: list[np.ndarray] | None = None
         self.activity: list[np.ndarray] = []
 
-    @staticmethod
-    def _activity(lap: np.ndarray) -> np.ndarray:
+    def _activity(self, lap: np.ndarray) -> np.ndarray:
         """Local contrast of a pyramid level: energy of its luminance (the Laplacian is linear,
         so this is the Laplacian of the luminance) over a small window."""
         if lap.ndim == 3 and lap.shape[2] > 1:
@@ -210,7 +212,9 @@ class PyramidFuser(_Fuser):
         if lum is lap or lum.base is lap:
             lum = lum.copy()
         cv2.multiply(lum, lum, dst=lum)
-        return cv2.GaussianBlur(lum, (0, 0), 1.0, dst=lum)
+        if self.consistency_sigma <= 0:
+            return lum
+        return cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
 
     def _fold(self, pixels, valid, wins):
         # Level by level, so only one level of this frame's pyramid exists at a time.
