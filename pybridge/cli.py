@@ -43,6 +43,10 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
                    help="alignment model. similarity (default): shift, rotation and scale, "
                         "which covers focus breathing; affine/homography: also shear/"
                         "perspective, for tilted rails; translation: shift only")
+    p.add_argument("--interpolation", choices=("cubic", "lanczos", "linear"), default="cubic",
+                   help="how frames are resampled onto the reference: cubic (default), "
+                        "lanczos (keeps more of the finest texture, about 30 %% slower), "
+                        "linear (fastest, softest)")
     p.add_argument("--reference", default="middle", metavar="REF",
                    help="frame the others are aligned to: middle (default), first, last, or a "
                         "frame number counted from 0 (negative counts from the end)")
@@ -101,7 +105,8 @@ def cmd_stack(args) -> int:
     result = stack(
         args.frames, output, method=args.method,
         align=args.align_model if args.align else False, reference=args.reference,
-        match_gain=args.match_gain, halo_suppression=args.halo_suppression, crop=args.crop,
+        match_gain=args.match_gain, interpolation=args.interpolation,
+        halo_suppression=args.halo_suppression, crop=args.crop,
         depth_map=_side_path(output, args.depth_map, "depth"),
         confidence_map=_side_path(output, args.confidence_map, "confidence"),
         bit_depth=args.bit_depth, overwrite=args.overwrite, metadata=args.metadata,

@@ -19,7 +19,7 @@ from .errors import StackError, one_line
 
 _STACK_OPTIONS = {"method", "align", "depth_map", "format", "reference", "overwrite", "crop",
                   "metadata", "halo_suppression", "match_gain", "bit_depth", "align_model",
-                  "confidence_map"}
+                  "confidence_map", "interpolation"}
 
 
 _FORMAT_SUFFIXES = {"tiff": (".tif", ".tiff"), "jpeg": (".jpg", ".jpeg"), "png": (".png",)}
@@ -90,6 +90,7 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
     result = stack(frames, out, method=options.get("method", "pyramid"), align=align,
                    reference=options.get("reference", "middle"),
                    match_gain=options.get("match_gain", True),
+                   interpolation=options.get("interpolation", "cubic"),
                    halo_suppression=options.get("halo_suppression", True),
                    crop=options.get("crop", False), depth_map=depth, confidence_map=confidence,
                    bit_depth=options.get("bit_depth", 16), overwrite=options.get("overwrite", False),

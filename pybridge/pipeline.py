@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .align import MODELS, ChainAligner, Transform, warp_frame
+from .align import INTERPOLATIONS, MODELS, ChainAligner, Transform, warp_frame
 from .errors import Cancelled, InputError, OutputError, StackError
 from .frames import Frame, FrameInfo, frame_from_array, probe_frame, read_frame
 from .fuse import METHODS, frame_focus, make_fuser, window_sigma_for
@@ -155,6 +155,7 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
           align: bool | str = True,
           reference: str | int = "middle",
           match_gain: bool = True,
+          interpolation: str = "cubic",
           halo_suppression: bool = True,
           crop: bool = False,
           depth_map: str | os.PathLike | None = None,
@@ -170,7 +171,8 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
 
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
     write the result (format by extension; None: only return it). `align`: True (similarity),
-    False, or a model name from align.MODELS. `metadata`: copy the sources' EXIF/XMP onto the
+    False, or a model name from align.MODELS. `interpolation`: cubic (default), lanczos
+    (sharper, slower) or linear. `metadata`: copy the sources' EXIF/XMP onto the
     output (None: when the inputs carry any). `sources`: the original files to take metadata
     from when `frames` are derived copies (darktable exports). `cancel`: polled between frames;
     returning True stops the run, and nothing is written.
@@ -180,6 +182,9 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     model = "similarity" if align is True else ("none" if align is False else align)
     if model not in MODELS:
         raise StackError(f"unknown alignment model {model!r}; choose from {', '.join(MODELS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise StackError(f"unknown interpolation {interpolation!r}; choose from "
+                         f"{', '.join(INTERPOLATIONS)}")
     frames = list(frames)
     count = len(frames)
     timings: dict[str, float] = {}
@@ -222,7 +227,8 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
             if index == ref - 1:
                 aligner.restart()
             t = aligner.align(pixels)
-        warped, valid = warp_frame(pixels, t, first["shape"])
+        warped, valid = warp_frame(pixels, t, first["shape"],
+                                   interpolation=INTERPOLATIONS[interpolation])
         icc = frame.icc
         del frame, pixels          # the unwarped frame is done with: free it before the next step
         focus = frame_focus(warped, valid, window_sigma_for(first["shape"]))

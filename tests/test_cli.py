@@ -55,7 +55,7 @@ def test_console_script_is_installed():
 def test_help_explains_every_option():
     done = run("stack", "--help")
     assert done.returncode == 0
-    for option in ("--method", "--no-align", "--align-model", "--reference", "--no-gain",
+    for option in ("--method", "--no-align", "--align-model", "--interpolation", "--reference", "--no-gain",
                    "--no-halo-suppression", "--crop", "--depth-map", "--confidence-map",
                    "--bit-depth", "--overwrite", "--no-metadata", "--sources", "--base",
                    "--report", "--progress"):

@@ -188,3 +188,11 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
     # and the peak is a handful of frames' worth, not the bracket's
     frame_bytes = 240 * 360 * 3 * 4
     assert few < 16 * frame_bytes, few / frame_bytes
+
+
+def test_lanczos_resampling_keeps_more_texture_than_cubic(bracket):
+    m = _interior(bracket.truth.shape)
+    cubic = psnr(stack(bracket.frames).image, bracket.truth, m)
+    lanczos = psnr(stack(bracket.frames, interpolation="lanczos").image, bracket.truth, m)
+    linear = psnr(stack(bracket.frames, interpolation="linear").image, bracket.truth, m)
+    assert lanczos > cubic + 0.3 > linear + 1.0, (linear, cubic, lanczos)
