@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .align import INTERPOLATIONS, MODELS, ChainAligner, Transform, warp_frame
 from .errors import Cancelled, InputError, OutputError, StackError
-from .frames import Frame, FrameInfo, frame_from_array, probe_frame, read_frame
+from .frames import Frame, frame_from_array, probe_frame, read_frame
 from .fuse import METHODS, frame_focus, make_fuser, window_sigma_for
 from .progress import silent
 from .write import atomic_output, atomic_outputs, check_target, write_confidence_map, write_depth_map, write_image
@@ -85,26 +85,24 @@ def resolve_reference(reference: str | int, count: int) -> int:
     return index
 
 
-def _check_inputs(sources: Sequence[FrameSource]) -> list[FrameInfo | None]:
-    """Fail before any heavy work: too few frames, missing files, mismatched sizes."""
+def _check_inputs(sources: Sequence[FrameSource]) -> None:
+    """Fail before any heavy work: too few frames, missing or unreadable headers, mismatched
+    sizes. (A RAW whose header is fine but whose data is truncated fails later, when read.)"""
     if len(sources) < 2:
         what = str(sources[0]) if sources and not isinstance(sources[0], np.ndarray) else "input"
         raise InputError(what, "a stack needs at least two frames")
-    infos: list[FrameInfo | None] = []
+    first = None
     for src in sources:
         if isinstance(src, np.ndarray):
-            infos.append(None)
-            continue
-        infos.append(probe_frame(src))
-    first = None
-    for src, info in zip(sources, infos):
-        shape = (info.height, info.width, info.channels) if info else _array_shape(src)
+            shape = _array_shape(src)
+        else:
+            info = probe_frame(src)
+            shape = (info.height, info.width, info.channels)
         if first is None:
             first = (src, shape)
         elif shape[:2] != first[1][:2]:
             raise InputError(_name(src), f"is {shape[1]}x{shape[0]} but {_name(first[0])} is "
                                          f"{first[1][1]}x{first[1][0]}: all frames must have one size")
-    return infos
 
 
 def _array_shape(a: np.ndarray) -> tuple[int, int, int]:
