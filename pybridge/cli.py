@@ -61,9 +61,9 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
                    help="crop to the area every frame covers; default keeps the reference "
                         "frame's size, filling the borders from the frames that reach them")
     p.add_argument("--depth-map", nargs="?", const="auto", metavar="PATH",
-                   help="also write a 16-bit depth map: each pixel holds the number (from 0, in "
-                        "the order given) of the frame that was sharpest there. Without PATH: "
-                        "OUT_depth.tif")
+                   help="also write a 16-bit depth map of which frame was sharpest: black = "
+                        "first frame, white = last; frame = round(value * (frames-1) / 65535). "
+                        "Without PATH: OUT_depth.tif")
     p.add_argument("--confidence-map", nargs="?", const="auto", metavar="PATH",
                    help="also write a 16-bit confidence map (how clearly the sharpest frame "
                         "won). Without PATH: OUT_confidence.tif")

@@ -271,8 +271,22 @@ def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 16,
     _write_bytes(path, out)
 
 
+def depth_map_levels(index: np.ndarray, count: int) -> np.ndarray:
+    """Frame index -> 16-bit level spread over the full range (index * 65535 / (count - 1)),
+    so the map is visible in any viewer (darktable imports it into the stack's group) and
+    still exact: index = round(level * (count - 1) / 65535) for up to 65536 frames."""
+    scale = 65535 / max(count - 1, 1)
+    return np.round(np.asarray(index, np.float64) * scale).astype(np.uint16)
+
+
+def depth_map_index(levels: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of depth_map_levels: the frame index of each pixel of a written depth map."""
+    return np.round(np.asarray(levels, np.float64) * (max(count - 1, 1) / 65535)).astype(np.int64)
+
+
 def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
-    """Frame index per pixel (0..count-1) as 16-bit grayscale holding the index itself."""
+    """Frame index per pixel (0..count-1) as 16-bit greyscale, black = first frame, white =
+    last (see depth_map_levels); the frame count is in the file's description."""
     path = Path(path)
     index = np.asarray(index)
     if index.ndim != 2 or index.dtype.kind not in 'iu':
@@ -283,15 +297,15 @@ def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
     if index.size and (index.min() < 0 or index.max() >= count):
         raise OutputError(path, f'depth map holds indices outside 0..{count - 1}')
     ext = path.suffix.lower()
-    description = (f'focusbridge depth map: pixel value = index of the sharpest frame, '
-                   f'0..{count - 1} of {count} frames (near to far as given)')
-    if ext in JPEG_EXTENSIONS:        # 8-bit lossy cannot hold indices: a scaled preview
+    description = (f'focusbridge depth map of {count} frames: pixel value = index of the '
+                   f'sharpest frame (0..{count - 1}, in the order given) * 65535 / {max(count - 1, 1)}')
+    if ext in JPEG_EXTENSIONS:        # 8-bit lossy cannot hold indices exactly: a preview
         write_image(path, index.astype(np.float32) / max(count - 1, 1), bit_depth=8)
         return
     if ext not in TIFF_EXTENSIONS | PNG_EXTENSIONS:
         raise OutputError(path, f'unsupported depth map format {ext or "(no extension)"!r}'
                                 ' (use .tif or .png)')
-    data = np.ascontiguousarray(index, dtype=np.uint16)
+    data = np.ascontiguousarray(depth_map_levels(index, count))
     if ext in TIFF_EXTENSIONS:
         _write_tiff(path, data, None, description)
     else:

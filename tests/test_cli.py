@@ -77,7 +77,10 @@ def test_stack_writes_result_maps_report_and_json_progress(tmp_path, bracket_fil
 
     assert tifffile.imread(out).dtype == np.uint16
     depth = tifffile.imread(tmp_path / "result_depth.tif")
-    assert depth.dtype == np.uint16 and depth.max() <= 4 and len(np.unique(depth)) >= 3
+    assert depth.dtype == np.uint16 and len(np.unique(depth)) >= 3
+    from pybridge.write import depth_map_index
+    assert set(np.unique(depth)) <= {round(i * 65535 / 4) for i in range(5)}
+    assert depth_map_index(depth, 5).max() <= 4
     conf = tifffile.imread(tmp_path / "result_confidence.tif")
     assert conf.dtype == np.uint16 and conf.shape == depth.shape
     report = json.loads((tmp_path / "report.json").read_text())

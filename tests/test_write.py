@@ -14,7 +14,8 @@ import tifffile
 from pybridge.errors import OutputError
 from pybridge.frames import read_frame
 from pybridge.write import (atomic_output, atomic_outputs, write_confidence_map,
-                            write_depth_map, write_image)
+                            write_depth_map, write_image, depth_map_index,
+                            depth_map_levels)
 
 
 def gradient(h: int = 64, w: int = 1024) -> np.ndarray:
@@ -270,8 +271,17 @@ def test_depth_map_holds_frame_indices(tmp_path, ext):
     write_depth_map(path, index, 300)
     data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     assert data.dtype == np.uint16 and data.shape == (40, 60)
-    np.testing.assert_array_equal(data, index)
-    assert b'depth map' in path.read_bytes()                 # self-describing
+    # spread over the full range (visible), and exactly invertible
+    assert data.min() == 0 and data.max() == 65535
+    np.testing.assert_array_equal(depth_map_index(data, 300), index)
+    assert b'depth map of 300 frames' in path.read_bytes()   # self-describing
+
+
+def test_depth_map_levels_are_exact_for_any_frame_count():
+    for count in (2, 3, 7, 300, 4097, 65536):
+        index = np.arange(count)
+        np.testing.assert_array_equal(depth_map_index(depth_map_levels(index, count), count),
+                                      index)
 
 
 def test_depth_map_rejects_bad_indices(tmp_path):
