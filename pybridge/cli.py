@@ -89,10 +89,11 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
 
 
 def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
+    from .pipeline import side_path
     if value is None:
         return None
     if value == "auto":
-        return output.with_name(f"{output.stem}_{suffix}.tif")
+        return side_path(output, suffix)
     return Path(value)
 
 

@@ -76,16 +76,7 @@ class FrameInfo:
 
 def read_frame(path: str | Path) -> Frame:
     """Decode one input file into a Frame; every failure is an InputError naming the file."""
-    path = Path(path)
-    kind = _kind_of(path)
-    try:
-        return _READERS[kind](path)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(path, 'not enough memory to decode this image') from None
-    except Exception as exc:  # library errors on corrupt files come in many types
-        raise _decode_error(path, kind, exc) from exc
+    return _decode(_READERS, path)
 
 
 def probe_frame(path: str | Path) -> FrameInfo:
@@ -94,13 +85,21 @@ def probe_frame(path: str | Path) -> FrameInfo:
     A successful probe does not promise that read_frame will succeed: a RAW whose header is
     intact but whose image data is truncated probes fine and fails to read.
     """
+    return _decode(_PROBERS, path)
+
+
+def _decode(handlers: dict, path: str | Path):
+    """Run the reader/prober for the file's kind, turning any library failure into one
+    InputError line that names the file."""
     path = Path(path)
     kind = _kind_of(path)
     try:
-        return _PROBERS[kind](path)
+        return handlers[kind](path)
     except InputError:
         raise
-    except Exception as exc:
+    except MemoryError:
+        raise InputError(path, 'not enough memory to decode this image') from None
+    except Exception as exc:  # library errors on corrupt files come in many types
         raise _decode_error(path, kind, exc) from exc
 
 

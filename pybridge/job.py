@@ -63,7 +63,7 @@ def _write_status(status_file: str | None, status: dict) -> None:
 
 
 def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
-    from .pipeline import stack
+    from .pipeline import side_path, stack
 
     frames = _string_list(manifest, "frames", path)
     sources = _string_list(manifest, "sources", path, required=False)
@@ -82,8 +82,8 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
             raise ManifestError(path, f"unknown output format {fmt!r} (tiff, jpeg or png)")
         if out.suffix.lower() not in suffixes:
             out = out.with_suffix(suffixes[0])
-    depth = out.with_name(f"{out.stem}_depth.tif") if options.get("depth_map") else None
-    confidence = out.with_name(f"{out.stem}_confidence.tif") if options.get("confidence_map") else None
+    depth = side_path(out, "depth") if options.get("depth_map") else None
+    confidence = side_path(out, "confidence") if options.get("confidence_map") else None
     align = options.get("align", True)
     if align is True and options.get("align_model"):
         align = options["align_model"]

@@ -62,6 +62,12 @@ class StackResult:
         }
 
 
+def side_path(output: str | os.PathLike, suffix: str) -> Path:
+    """Default name of a map written beside the result: OUT_depth.tif, OUT_confidence.tif."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_{suffix}.tif")
+
+
 def chain_order(count: int, reference: int) -> list[int]:
     """Reference first, then outwards: each frame follows the neighbour it is aligned to."""
     return [reference, *range(reference + 1, count), *range(reference - 1, -1, -1)]

@@ -58,15 +58,12 @@ def silent(*args, **kwargs) -> None:
     pass
 
 
-def choose(mode: str, progress_file: str | Path | None = None) -> ProgressCallback:
+def choose(mode: str) -> ProgressCallback:
     """`mode`: 'auto' (a bar when stderr is a terminal), 'bar', 'json' or 'none'."""
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
     if mode == "json":
-        return JsonLines(sys.stdout, progress_file)
-    if progress_file:
-        watchers = [JsonLines(None, progress_file)] + ([Bar()] if mode == "bar" else [])
-        return lambda *a, **k: [w(*a, **k) for w in watchers] and None
+        return JsonLines(sys.stdout)
     if mode == "bar":
         return Bar()
     if mode == "none":
