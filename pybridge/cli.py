@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, signals
 from .errors import Cancelled, StackError, one_line
 
 EXIT_ERROR = 1
@@ -24,6 +23,7 @@ Frames are stacked in the order given (near to far or far to near, either works)
 
 
 def _add_stack_options(p: argparse.ArgumentParser) -> None:
+    from .frames import DEFAULT_MAX_PIXELS
     p.add_argument("frames", nargs="+", metavar="FRAME",
                    help="input frames: RAW (any format LibRaw reads), TIFF (8/16-bit, float), "
                         "JPEG or PNG, in focus order")
@@ -70,6 +70,9 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=16,
                    help="bits per sample of TIFF/PNG output (default 16; JPEG is always 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--max-pixels", type=_megapixels, default=None, metavar="MP",
+                   help="refuse frames larger than MP megapixels, checked from the file header "
+                        "before decoding (default %d; 0: no limit)" % (DEFAULT_MAX_PIXELS // 10**6))
     p.add_argument("--no-metadata", dest="metadata", action="store_false", default=None,
                    help="don't copy EXIF/XMP from the sources onto the result (copied by "
                         "default when the inputs carry metadata; needs exiftool)")
@@ -88,6 +91,16 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
                         "per line on stdout (phase, frame, count, fraction) for programs")
 
 
+def _megapixels(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megapixels, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of megapixels >= 0, not {text!r}")
+    return int(value * 10**6)
+
+
 def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
     from .pipeline import side_path
     if value is None:
@@ -98,27 +111,43 @@ def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
 
 
 def cmd_stack(args) -> int:
-    from .pipeline import stack, write_report
+    from .pipeline import check_outputs, read_paths, stack, write_report
     from .progress import choose
 
     output = Path(args.output)
     progress = choose(args.progress)
+    depth_map = _side_path(output, args.depth_map, "depth")
+    confidence_map = _side_path(output, args.confidence_map, "confidence")
+    if args.report:
+        # the report is written after the stack: check it now against everything else
+        writes = [(role, p) for role, p in (("result", output), ("depth map", depth_map),
+                                            ("confidence map", confidence_map),
+                                            ("--report", Path(args.report))) if p is not None]
+        check_outputs(writes, read_paths(args.frames, args.sources, args.base), args.overwrite)
     result = stack(
         args.frames, output, method=args.method,
         align=args.align_model if args.align else False, reference=args.reference,
         match_gain=args.match_gain, interpolation=args.interpolation,
         halo_suppression=args.halo_suppression, crop=args.crop,
-        depth_map=_side_path(output, args.depth_map, "depth"),
-        confidence_map=_side_path(output, args.confidence_map, "confidence"),
+        depth_map=depth_map, confidence_map=confidence_map,
         bit_depth=args.bit_depth, overwrite=args.overwrite, metadata=args.metadata,
-        sources=args.sources, base=args.base, progress=progress)
+        sources=args.sources, base=args.base, max_pixels=args.max_pixels, progress=progress)
     if args.report:
-        write_report(result, args.report, args.frames)
+        write_report(result, args.report, args.frames, overwrite=args.overwrite)
+    for warning in result.warnings:
+        print(f"focusbridge: warning: {warning}", file=sys.stderr)
     progress("done", fraction=1.0, output=str(result.output),
              depth_map=str(result.depth_map_path) if result.depth_map_path else None)
     if args.progress != "json":
         print(f"wrote {result.output}")
+    note_late_cancel()
     return 0
+
+
+def note_late_cancel() -> None:
+    if signals.cancel_held():
+        print("focusbridge: the cancel came while the result was being written; it was "
+              "finished instead", file=sys.stderr)
 
 
 def sample_bracket() -> list[Path]:
@@ -187,10 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_cancelled(signum, frame):
-    raise Cancelled("cancelled by signal")
-
-
 def describe_failure(exc: BaseException) -> tuple[int | None, str]:
     """Exit status and one-line message for anything that ends a run; (None, '') for what
     should propagate (SystemExit, or any error when FOCUSBRIDGE_DEBUG is set)."""
@@ -214,11 +239,14 @@ def print_failure(code: int, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     # SIGTERM (a parent stopping us) cleans up like Ctrl-C: temp files go, nothing half-written
-    signal.signal(signal.SIGTERM, _raise_cancelled)
+    signals.install()
+    # a file name that is not UTF-8 is printed with escapes rather than failing to print
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except BaseException as exc:
         code, message = describe_failure(exc)

@@ -15,14 +15,52 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import StackError, one_line
-
-_STACK_OPTIONS = {"method", "align", "depth_map", "format", "reference", "overwrite", "crop",
-                  "metadata", "halo_suppression", "match_gain", "bit_depth", "align_model",
-                  "confidence_map", "interpolation"}
-
+from .errors import Cancelled, StackError, one_line
 
 _FORMAT_SUFFIXES = {"tiff": (".tif", ".tiff"), "jpeg": (".jpg", ".jpeg"), "png": (".png",)}
+
+
+def _choice(*allowed):
+    def check(v):
+        return isinstance(v, str) and v in allowed, "one of " + ", ".join(map(repr, allowed))
+    return check
+
+
+def _flag(v):
+    return isinstance(v, bool), "true or false"
+
+
+def _flag_or_null(v):
+    return v is None or isinstance(v, bool), "true, false or null"
+
+
+def _int_in(*allowed):
+    def check(v):
+        return (isinstance(v, int) and not isinstance(v, bool) and v in allowed,
+                " or ".join(map(str, allowed)))
+    return check
+
+
+def _reference(v):
+    ok = (isinstance(v, int) and not isinstance(v, bool)) or v in ("middle", "first", "last")
+    return ok, "'middle', 'first', 'last' or a frame number"
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"
+
+
+def _stack_options():
+    from .align import INTERPOLATIONS, MODELS
+    from .fuse import METHODS
+    # JSON types are checked, not truthiness: "false" (a string) is an error, not true
+    return {"method": _choice(*METHODS), "align": _flag,
+            "align_model": _choice(*(m for m in MODELS if m != "none")),
+            "interpolation": _choice(*INTERPOLATIONS), "reference": _reference,
+            "match_gain": _flag, "halo_suppression": _flag, "crop": _flag,
+            "depth_map": _flag, "confidence_map": _flag, "format": _choice(*_FORMAT_SUFFIXES),
+            "bit_depth": _int_in(8, 16), "overwrite": _flag, "metadata": _flag_or_null,
+            "max_pixels": _count}
 
 
 class ManifestError(StackError):
@@ -39,9 +77,18 @@ def load_manifest(path: Path) -> dict:
         raise ManifestError(path, f"not a readable JSON job manifest ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ManifestError(path, "a job manifest must be a JSON object")
-    if data.get("version", 1) != 1:
+    if data.get("version", 1) != 1 or isinstance(data.get("version"), bool):
         raise ManifestError(path, f"unsupported manifest version {data.get('version')!r}")
+    for key in ("status_file", "progress_file", "cancel_file", "pid_file"):
+        _optional_path(data, key, path)
     return data
+
+
+def _optional_path(manifest: dict, key: str, path: Path) -> str | None:
+    value = manifest.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ManifestError(path, f"'{key}' must be a file path or null")
+    return value
 
 
 def _string_list(manifest: dict, key: str, path: Path, required: bool = True) -> list[str] | None:
@@ -53,12 +100,50 @@ def _string_list(manifest: dict, key: str, path: Path, required: bool = True) ->
     return value
 
 
+def _checked(manifest: dict, key: str, table: dict, path: Path) -> dict:
+    """`manifest[key]` as a dict whose every entry passes its type check in `table`."""
+    value = manifest.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError(path, f"'{key}' must be a JSON object")
+    unknown = set(value) - set(table)
+    if unknown:
+        raise ManifestError(path, f"unknown {key} entr{'y' if len(unknown) == 1 else 'ies'}: "
+                                  f"{', '.join(sorted(unknown))}")
+    for name, v in value.items():
+        ok, expected = table[name](v)
+        if not ok:
+            raise ManifestError(path, f"{key} '{name}' must be {expected}, not {json.dumps(v)}")
+    return value
+
+
+def _check_side_files(manifest: dict) -> None:
+    """The files run-job itself writes (status, progress, pid) must be none of the files the
+    job reads or writes, whatever else is wrong with the manifest: checked first, so that not
+    even an error status lands on a photograph."""
+    from .pipeline import check_outputs, side_path
+
+    side = [(key, Path(manifest[key])) for key in ("status_file", "progress_file", "pid_file")
+            if manifest.get(key)]
+    named = [("input", Path(v)) for key in ("frames", "sources", "files")
+             for v in (manifest.get(key) if isinstance(manifest.get(key), list) else [])
+             if isinstance(v, str) and v]
+    output = manifest.get("output")
+    if isinstance(output, str) and output:
+        for suffix in [Path(output).suffix] + [s for s, *_ in _FORMAT_SUFFIXES.values()]:
+            out = Path(output).with_suffix(suffix) if suffix else Path(output)
+            named += [("result", out), ("depth map", side_path(out, "depth")),
+                      ("confidence map", side_path(out, "confidence"))]
+    check_outputs(side, named, overwrite=True)
+
+
 def _write_status(status_file: str | None, status: dict) -> None:
     if not status_file:
         return
     target = Path(status_file)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(status, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(json.dumps(status), encoding="utf-8")
     os.replace(tmp, target)
 
 
@@ -70,18 +155,11 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
     output = manifest.get("output")
     if not isinstance(output, str) or not output:
         raise ManifestError(path, "'output' must be a file path")
-    options = manifest.get("options") or {}
-    unknown = set(options) - _STACK_OPTIONS
-    if unknown:
-        raise ManifestError(path, f"unknown option(s): {', '.join(sorted(unknown))}")
+    options = _checked(manifest, "options", _stack_options(), path)
     out = Path(output)
     fmt = options.get("format")
-    if fmt:
-        suffixes = _FORMAT_SUFFIXES.get(fmt)
-        if suffixes is None:
-            raise ManifestError(path, f"unknown output format {fmt!r} (tiff, jpeg or png)")
-        if out.suffix.lower() not in suffixes:
-            out = out.with_suffix(suffixes[0])
+    if fmt and out.suffix.lower() not in _FORMAT_SUFFIXES[fmt]:
+        out = out.with_suffix(_FORMAT_SUFFIXES[fmt][0])
     depth = side_path(out, "depth") if options.get("depth_map") else None
     confidence = side_path(out, "confidence") if options.get("confidence_map") else None
     align = options.get("align", True)
@@ -95,40 +173,65 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
                    crop=options.get("crop", False), depth_map=depth, confidence_map=confidence,
                    bit_depth=options.get("bit_depth", 16), overwrite=options.get("overwrite", False),
                    metadata=options.get("metadata", None), sources=sources,
-                   progress=progress, cancel=cancel)
+                   max_pixels=options.get("max_pixels"), progress=progress, cancel=cancel)
     return {"output": str(result.output),
             "depth_map": str(result.depth_map_path) if result.depth_map_path else None,
             "metadata": result.metadata_written,
+            "warnings": result.warnings,
             "frames": [t.to_dict() for t in result.transforms]}
+
+
+def _lens_fields():
+    def text(v):
+        return isinstance(v, str), "a string"
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"
+
+    def lens_info(v):
+        ok = isinstance(v, str) or (isinstance(v, list) and all(
+            isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in v))
+        return ok, 'a string like "100 100 2.8 2.8" or a list of numbers'
+
+    def lens_type(v):
+        return isinstance(v, int) and not isinstance(v, bool), "a whole number"
+    return {"make": text, "model": text, "serial": text, "focal_length": number,
+            "aperture": number, "lens_info": lens_info, "canon_lens_type": lens_type}
 
 
 def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     """Lens rewrite or undo on the original files (the plugin's lens section)."""
     from exif.lens import LensSpec, format_lens_info, preset, set_lens, undo_lens
-    from exif.tool import ExifError
+    from exif.tool import ExifCancelled, ExifError
 
     files = [Path(f) for f in _string_list(manifest, "files", path)]
     action = manifest.get("action", "set")
+    if action not in ("set", "undo"):
+        raise ManifestError(path, f"unknown lens action {action!r} (set or undo)")
+    fields = _checked(manifest, "fields", _lens_fields(), path)
+    if not isinstance(manifest.get("dry_run", False), bool):
+        raise ManifestError(path, "'dry_run' must be true or false")
+    if manifest.get("preset") is not None and not isinstance(manifest["preset"], str):
+        raise ManifestError(path, "'preset' must be a lens preset name")
     progress("lens", count=len(files), fraction=0.1)
     try:
         if action == "undo":
-            done = undo_lens(files)
-            results = [{"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
-                        "message": r.error or ("" if r.undone else "nothing to undo")}
-                       if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error}
-                       for r in done]
-        elif action == "set":
-            spec = LensSpec()
-            if manifest.get("preset"):
-                spec = preset(manifest["preset"])
-            fields = dict(manifest.get("fields") or {})
+            results = []
+            for f in files:       # one at a time, so a cancel stops between files
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                r = undo_lens([f])[0]
+                results.append({"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
+                                "message": r.error or ("" if r.undone else "nothing to undo")}
+                               if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error})
+        else:
+            spec = preset(manifest["preset"]) if manifest.get("preset") else LensSpec()
+            fields = dict(fields)
             if isinstance(fields.get("lens_info"), list):
                 fields["lens_info"] = format_lens_info(fields["lens_info"])
-            unknown = set(fields) - set(vars(LensSpec()))
-            if unknown:
-                raise ManifestError(path, f"unknown lens field(s): {', '.join(sorted(unknown))}")
             spec = spec.merged(LensSpec(**{k: v for k, v in fields.items() if v not in ("", None)}))
-            report = set_lens(files, spec, dry_run=bool(manifest.get("dry_run")))
+            report = set_lens(files, spec, dry_run=manifest.get("dry_run", False),
+                              should_stop=cancel)
             results = []
             for r in report.results:
                 if not r.ok:
@@ -141,8 +244,8 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
                 results.append({"file": str(r.path),
                                 "outcome": "updated" if r.changes else "unchanged",
                                 "message": message})
-        else:
-            raise ManifestError(path, f"unknown lens action {action!r} (set or undo)")
+    except ExifCancelled:
+        raise Cancelled() from None
     except ExifError as exc:
         raise StackError(str(exc)) from None
     ok = all(r["outcome"] != "error" for r in results)
@@ -152,28 +255,37 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     return {"ok": ok, "error": error, "results": results}
 
 
+def _write_pid(pid_file: str | None) -> None:
+    """The bridge's own pid, so the plugin can stop it on any platform (no shell's `$!`)."""
+    if pid_file:
+        _write_status(pid_file, os.getpid())
+
+
 def run_job(manifest_path: Path) -> int:
     """Run one job; returns the process exit status (0, 1, or 130 when cancelled)."""
-    from .cli import EXIT_CANCELLED, EXIT_ERROR, describe_failure, print_failure
+    from .cli import EXIT_CANCELLED, EXIT_ERROR, describe_failure, note_late_cancel, print_failure
     from .progress import JsonLines
 
     status_file = None
     try:
         manifest = load_manifest(manifest_path)
+        kind = manifest.get("kind", "stack")
+        runner = {"stack": _run_stack, "lens": _run_lens}.get(kind) if isinstance(kind, str) else None
+        if runner is None:
+            raise ManifestError(manifest_path, f"unknown job kind {kind!r} (stack or lens)")
+        _check_side_files(manifest)
         status_file = manifest.get("status_file")
         progress = JsonLines(sys.stdout, manifest.get("progress_file"))
         cancel_file = manifest.get("cancel_file")
         cancel = (lambda: os.path.exists(cancel_file)) if cancel_file else None
-        kind = manifest.get("kind", "stack")
-        runner = {"stack": _run_stack, "lens": _run_lens}.get(kind)
-        if runner is None:
-            raise ManifestError(manifest_path, f"unknown job kind {kind!r} (stack or lens)")
+        _write_pid(manifest.get("pid_file"))
         outcome = runner(manifest, manifest_path, progress, cancel)
         ok = outcome.pop("ok", True)
         status = {"ok": ok, "error": outcome.pop("error", None), "cancelled": False, **outcome}
         _write_status(status_file, status)
         progress("done", fraction=1.0, **{k: v for k, v in outcome.items()
                                            if k in ("output", "depth_map")})
+        note_late_cancel()
         return 0 if ok else EXIT_ERROR
     except BaseException as exc:
         code, message = describe_failure(exc)

@@ -19,11 +19,14 @@ import numpy as np
 
 from . import __version__
 from .align import INTERPOLATIONS, MODELS, ChainAligner, Transform, warp_frame
-from .errors import Cancelled, InputError, OutputError, StackError
-from .frames import Frame, frame_from_array, probe_frame, read_frame
+from .errors import Cancelled, InputError, StackError
+from .frames import Frame, frame_from_array, icc_colour_space, probe_frame, read_frame
 from .fuse import METHODS, frame_focus, make_fuser, window_sigma_for
 from .progress import silent
-from .write import atomic_output, atomic_outputs, check_target, write_confidence_map, write_depth_map, write_image
+from .signals import committing
+from .write import (OUTPUT_EXTENSIONS, atomic_output, atomic_outputs,
+                    check_extension, check_no_clash, check_target, write_confidence_map,
+                    write_depth_map, write_image)
 
 FrameSource = str | os.PathLike | np.ndarray
 
@@ -44,6 +47,7 @@ class StackResult:
     depth_map_path: Path | None = None
     confidence_map_path: Path | None = None
     metadata_written: bool = False
+    warnings: list[str] = field(default_factory=list)   # one line each, naming the file
     timings: dict = field(default_factory=dict)
 
     def report(self, sources: Sequence[str] | None = None) -> dict:
@@ -56,6 +60,7 @@ class StackResult:
             "depth_map": str(self.depth_map_path) if self.depth_map_path else None,
             "confidence_map": str(self.confidence_map_path) if self.confidence_map_path else None,
             "metadata": self.metadata_written,
+            "warnings": list(self.warnings),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "frames": [dict(index=i, source=(str(sources[i]) if sources else None), **t.to_dict())
                        for i, t in enumerate(self.transforms)],
@@ -91,24 +96,28 @@ def resolve_reference(reference: str | int, count: int) -> int:
     return index
 
 
-def _check_inputs(sources: Sequence[FrameSource]) -> None:
-    """Fail before any heavy work: too few frames, missing or unreadable headers, mismatched
-    sizes. (A RAW whose header is fine but whose data is truncated fails later, when read.)"""
+def _check_inputs(sources: Sequence[FrameSource], max_pixels: int | None) -> int:
+    """Fail before any heavy work: too few frames, missing or unreadable headers, too many
+    pixels, mismatched sizes. (A RAW whose header is fine but whose data is truncated fails
+    later, when read.) Returns the output's channel count: colour when any frame is."""
     if len(sources) < 2:
         what = str(sources[0]) if sources and not isinstance(sources[0], np.ndarray) else "input"
         raise InputError(what, "a stack needs at least two frames")
     first = None
+    channels = 1
     for src in sources:
         if isinstance(src, np.ndarray):
             shape = _array_shape(src)
         else:
-            info = probe_frame(src)
+            info = probe_frame(src, max_pixels=max_pixels)
             shape = (info.height, info.width, info.channels)
+        channels = max(channels, 3 if shape[2] >= 3 else 1)
         if first is None:
             first = (src, shape)
         elif shape[:2] != first[1][:2]:
             raise InputError(_name(src), f"is {shape[1]}x{shape[0]} but {_name(first[0])} is "
                                          f"{first[1][1]}x{first[1][0]}: all frames must have one size")
+    return channels
 
 
 def _array_shape(a: np.ndarray) -> tuple[int, int, int]:
@@ -119,16 +128,39 @@ def _name(src: FrameSource) -> str:
     return "<array>" if isinstance(src, np.ndarray) else str(src)
 
 
-def _load(src: FrameSource) -> Frame:
-    return frame_from_array(src) if isinstance(src, np.ndarray) else read_frame(src)
+def _load(src: FrameSource, max_pixels: int | None) -> Frame:
+    return frame_from_array(src) if isinstance(src, np.ndarray) else read_frame(src, max_pixels=max_pixels)
 
 
-def _check_outputs(outputs: Sequence[Path], inputs: Sequence[FrameSource], overwrite: bool) -> None:
-    input_paths = [Path(s).resolve() for s in inputs if not isinstance(s, np.ndarray)]
-    for out in outputs:
-        if out.resolve() in input_paths:
-            raise OutputError(out, "is one of the input frames; choose another output name")
+def read_paths(frames: Sequence[FrameSource], sources=None, base=None) -> list[tuple[str, Path]]:
+    """(role, path) of every file a stack reads: frames, metadata sources, metadata base."""
+    reads = [("input frame", Path(f)) for f in frames if not isinstance(f, np.ndarray)]
+    reads += [("metadata source", Path(s)) for s in sources or ()]
+    reads += [("metadata base", Path(base))] if base else []
+    return reads
+
+
+def check_outputs(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str, Path]],
+                  overwrite: bool) -> None:
+    """Up front, before any pixel is read: no output replaces an input or another output, and
+    every output can be created (folder writable, name free unless overwrite)."""
+    check_no_clash(writes, reads)
+    for _, out in writes:
         check_target(out, overwrite)
+
+
+def _check_metadata_sources(sources: Sequence[Path], base, count: int, explicit: bool) -> None:
+    """The metadata inputs exist and can be named to exiftool, before the heavy work."""
+    if explicit and len(sources) != count:
+        raise StackError(f"--sources names {len(sources)} files for {count} frames")
+    for role, path in [("metadata source", s) for s in sources] + \
+                      ([("metadata base", Path(base))] if base else []):
+        if not path.is_file():
+            raise InputError(path, f"no such file ({role})" if not path.exists()
+                             else f"is not a regular file ({role})")
+        if "\n" in str(path) or "\r" in str(path):
+            raise InputError(path, f"line breaks in file names are not supported by exiftool "
+                                   f"({role}); rename it or pass --no-metadata")
 
 
 def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:
@@ -169,6 +201,7 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
           metadata: bool | None = None,
           sources: Sequence[str | os.PathLike] | None = None,
           base: str | os.PathLike | None = None,
+          max_pixels: int | None = None,
           progress: Callable[..., None] = silent,
           cancel: Callable[[], bool] | None = None) -> StackResult:
     """Stack a focus bracket.
@@ -178,8 +211,9 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     False, or a model name from align.MODELS. `interpolation`: cubic (default), lanczos
     (sharper, slower) or linear. `metadata`: copy the sources' EXIF/XMP onto the
     output (None: when the inputs carry any). `sources`: the original files to take metadata
-    from when `frames` are derived copies (darktable exports). `cancel`: polled between frames;
-    returning True stops the run, and nothing is written.
+    from when `frames` are derived copies (darktable exports). `max_pixels`: refuse frames
+    larger than this (None: frames.DEFAULT_MAX_PIXELS; 0: no limit). `cancel`: polled between
+    frames; returning True stops the run, and nothing is written.
     """
     if method not in METHODS:
         raise StackError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")
@@ -189,22 +223,32 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     if interpolation not in INTERPOLATIONS:
         raise StackError(f"unknown interpolation {interpolation!r}; choose from "
                          f"{', '.join(INTERPOLATIONS)}")
+    if bit_depth not in (8, 16) or isinstance(bit_depth, bool):
+        raise StackError(f"bit depth must be 8 or 16, not {bit_depth!r}")
     frames = list(frames)
     count = len(frames)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    _check_inputs(frames)
-    ref = resolve_reference(reference, count)
 
-    outputs = [Path(p) for p in (output, depth_map, confidence_map) if p is not None]
-    _check_outputs(outputs, frames, overwrite)
-    meta_sources = [Path(s) for s in sources] if sources else [Path(f) for f in frames
-                                                              if not isinstance(f, np.ndarray)]
-    if sources is not None and len(sources) != count:
-        raise StackError(f"--sources names {len(sources)} files for {count} frames")
+    # -- everything checkable is checked before a pixel is read ------------------------------
+    writes = [(role, Path(p)) for role, p in (("result", output), ("depth map", depth_map),
+                                              ("confidence map", confidence_map)) if p is not None]
+    for role, p in writes:
+        check_extension(p, OUTPUT_EXTENSIONS, role)
+    check_outputs(writes, read_paths(frames, sources, base), overwrite)
+    explicit_sources = sources is not None
+    meta_sources = [Path(s) for s in sources] if explicit_sources else \
+        [Path(f) for f in frames if not isinstance(f, np.ndarray)]
+    wants_metadata = output is not None and metadata is not False and \
+        (explicit_sources or len(meta_sources) == count)
+    if wants_metadata:
+        _check_metadata_sources(meta_sources, base, count, explicit_sources)
+    channels = _check_inputs(frames, max_pixels)
+    ref = resolve_reference(reference, count)
     merge = None
-    if output is not None and metadata is not False and len(meta_sources) == count:
-        merge = _metadata_step(meta_sources, base, ref, method, count, required=bool(metadata))
+    if wants_metadata:
+        merge = _metadata_step(meta_sources, base, ref, method, count,
+                               required=bool(metadata))
 
     # -- read, align, fuse: one frame at a time -------------------------------------------
     # A helper thread reads, registers, resamples and measures the focus of the next frame
@@ -213,17 +257,19 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     transforms: list[Transform | None] = [None] * count
     order = chain_order(count, ref)
     first = {}
+    warnings: list[str] = []
 
     def read_and_register(index: int):
-        frame = _load(frames[index])
+        frame = _load(frames[index], max_pixels)
+        warnings.extend(frame.warnings)
         pixels = frame.pixels
         if not first:
-            first.update(shape=pixels.shape[:2], channels=pixels.shape[2])
-        elif pixels.shape[:2] != first["shape"]:
+            first.update(shape=pixels.shape[:2], channels=channels)
+        if pixels.shape[:2] != first["shape"]:
             h, w = first["shape"]
             raise InputError(_name(frames[index]), f"is {pixels.shape[1]}x{pixels.shape[0]} but "
                                                    f"the reference is {w}x{h}")
-        elif pixels.shape[2] != first["channels"]:
+        if pixels.shape[2] != first["channels"]:
             pixels = _match_channels(pixels, first["channels"])
         if index == ref:
             t = aligner.set_reference(pixels)
@@ -233,7 +279,7 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
             t = aligner.align(pixels)
         warped, valid = warp_frame(pixels, t, first["shape"],
                                    interpolation=INTERPOLATIONS[interpolation])
-        icc = frame.icc
+        icc = _usable_icc(frame, channels, warnings)
         del frame, pixels          # the unwarped frame is done with: free it before the next step
         focus = frame_focus(warped, valid, window_sigma_for(first["shape"]))
         return warped, valid, focus, t, icc
@@ -267,19 +313,34 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
         image, depth, conf = (a[top:top + h, left:left + w] for a in (image, depth, conf))
 
     res = StackResult(image=image, depth=depth, confidence=conf, transforms=transforms,
-                      reference=ref, crop=box, icc=icc, timings=timings)
+                      reference=ref, crop=box, icc=icc, warnings=list(dict.fromkeys(warnings)),
+                      timings=timings)
     if cancel is not None and cancel():
         raise Cancelled()
 
     # -- write: all outputs appear together or not at all ------------------------------------
     t1 = time.perf_counter()
-    if outputs:
+    if writes:
         progress("write", count=count, fraction=_FRAMES_SHARE + 0.02)
         _write_outputs(res, output, depth_map, confidence_map, bit_depth, overwrite, merge,
                        count, progress)
     timings["write"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     return res
+
+
+def _usable_icc(frame: Frame, channels: int, warnings: list[str]) -> bytes | None:
+    """The frame's ICC profile if it describes the result's pixels; a grey profile on a
+    frame that became colour (or any mismatch) is dropped, and the user told."""
+    if not frame.icc:
+        return None
+    space = icc_colour_space(frame.icc)
+    if space == ("RGB" if channels == 3 else "GRAY"):
+        return frame.icc
+    warnings.append(f"{frame.path}: its {space or 'unrecognised'} ICC profile does not describe "
+                    f"the {'colour' if channels == 3 else 'grey'} result; the result is written "
+                    "without it")
+    return None
 
 
 def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
@@ -307,11 +368,11 @@ def _metadata_step(sources: list[Path], base, ref: int, method: str, count: int,
                      software=f"focusbridge {__version__}")
     base_path = Path(base) if base else sources[ref]
 
-    def merge(target: Path) -> None:
+    def merge(target: Path, output: Path) -> None:
         try:
             merge_metadata(target, sources, base_path, info)
-        except ExifError as exc:
-            raise StackError(str(exc)) from None
+        except ExifError as exc:   # name the user's file, not the hidden temp file
+            raise StackError(str(exc).replace(str(target), str(output))) from None
     return merge
 
 
@@ -319,7 +380,8 @@ def _write_outputs(res: StackResult, output, depth_map, confidence_map, bit_dept
                    merge, count, progress) -> None:
     wanted = [(k, Path(p)) for k, p in (("output", output), ("depth", depth_map),
                                         ("confidence", confidence_map)) if p is not None]
-    with atomic_outputs([p for _, p in wanted], overwrite=overwrite) as temp_paths:
+    # from here on a signal no longer cancels half-way: the set is finished or fully removed
+    with committing(), atomic_outputs([p for _, p in wanted], overwrite=overwrite) as temp_paths:
         temps = dict(zip((k for k, _ in wanted), temp_paths))
         if "output" in temps:
             ext = Path(output).suffix.lower()
@@ -327,7 +389,7 @@ def _write_outputs(res: StackResult, output, depth_map, confidence_map, bit_dept
             write_image(temps["output"], res.image, bit_depth=bits, icc=res.icc)
             if merge is not None:
                 progress("metadata", count=count, fraction=_FRAMES_SHARE + 0.04)
-                merge(temps["output"])
+                merge(temps["output"], Path(output))
                 res.metadata_written = True
         if "depth" in temps:
             write_depth_map(temps["depth"], res.depth, count)
@@ -339,7 +401,8 @@ def _write_outputs(res: StackResult, output, depth_map, confidence_map, bit_dept
     res.confidence_map_path = Path(confidence_map) if confidence_map else None
 
 
-def write_report(res: StackResult, path: str | os.PathLike, sources=None) -> None:
+def write_report(res: StackResult, path: str | os.PathLike, sources=None,
+                 overwrite: bool = True) -> None:
     path = Path(path)
-    with atomic_output(path, overwrite=True) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         Path(tmp).write_text(json.dumps(res.report(sources), indent=2), encoding="utf-8")

@@ -26,7 +26,7 @@ class JsonLines:
                  fraction: float = 0.0, **extra) -> None:
         event = {"phase": phase, "frame": frame, "count": count, "fraction": round(fraction, 4)}
         event.update(extra)
-        line = json.dumps(event, ensure_ascii=False)
+        line = json.dumps(event)   # ASCII: any file name survives, even one that is not UTF-8
         if self.stream is not None:
             print(line, file=self.stream, flush=True)
         if self.file is not None:

@@ -1,0 +1,53 @@
+"""Ctrl-C and SIGTERM: a run stops at a safe point, never between committing its outputs.
+
+Before the outputs are written a signal cancels at once (temp files go, nothing is left).
+Once writing has begun, the first signal is held back and the run finishes: the result,
+its maps and its metadata are committed together and the run says "done". A second signal
+while still writing forces the cancel, and every temp file is removed. After the commit the
+run is finished and signals no longer change its outcome.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_CANCELLABLE, _COMMITTING, _FINISHED = 'cancellable', 'committing', 'finished'
+_state = {'phase': _CANCELLABLE, 'held': False}
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM through this module (the command line does this once)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    _state.update(phase=_CANCELLABLE, held=False)
+
+
+def _on_signal(signum, frame) -> None:
+    phase = _state['phase']
+    if phase == _CANCELLABLE or (phase == _COMMITTING and _state['held']):
+        # KeyboardInterrupt, not an Exception: no library's `except Exception` swallows it
+        raise KeyboardInterrupt(f'cancelled by signal {signum}')
+    _state['held'] = True
+
+
+def cancel_held() -> bool:
+    """True when a signal arrived too late to cancel (the run finished instead)."""
+    return _state['held']
+
+
+@contextmanager
+def committing() -> Iterator[None]:
+    """The write-and-commit phase: hold back the first signal, finish when it succeeds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                          # signals are only delivered to the main thread
+        return
+    previous = _state['phase']
+    _state['phase'] = _COMMITTING
+    try:
+        yield
+    except BaseException:
+        _state['phase'] = previous
+        raise
+    _state['phase'] = _FINISHED
