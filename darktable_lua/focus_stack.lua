@@ -40,8 +40,11 @@
 
     SAFETY
     * no file name ever appears in a shell command: every name travels inside a JSON
-      job manifest written to a private temporary folder, and the one command run is
-      `<focusbridge> run-job <manifest>`.
+      job manifest written to a private temporary folder (random name, created
+      exclusively), and the one command run is `<focusbridge> run-job <manifest>`; on
+      Windows through a pure-ASCII run.bat in that folder that names the folder only as
+      %~dp0.  Cancel writes a cancel file the bridge honours; a bridge still running after
+      a grace period is ended through the pid it wrote itself (kill / taskkill).
 
     BUGS, COMMENTS, SUGGESTIONS
     * https://github.com/focusbridge/focusbridge/issues
@@ -128,7 +131,7 @@ local METHODS = {"pyramid", "depthmap"}
 local METHOD_LABELS = {_("pyramid (sharpest detail)"), _("depth map (smooth surfaces)")}
 local FORMATS = {"tiff", "jpeg"}
 local FORMAT_LABELS = {_("TIFF 16-bit"), _("JPEG")}
-local FORMAT_EXT = {tiff = ".tif", jpeg = ".jpg"}
+local FORMAT_EXT = {tiff = ".tif", jpeg = ".jpg", png = ".png"}
 
 local TAG_STACKED = "focus stack|stacked"
 local TAG_SOURCE = "focus stack|source"
@@ -380,17 +383,47 @@ end
 -- the one shell command: `<exe> run-job <manifest>`, quoted for the platform
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
 
+-- one argument for sh: single quotes keep everything literal, a quote inside is '\''
 local function quote(arg)
-  if IS_WINDOWS then
-    return '"' .. arg .. '"'
-  end
   return "'" .. arg:gsub("'", "'\\''") .. "'"
 end
 
--- characters a path may not contain to be passed to the shell safely
+-- a path for cmd.exe's own command line (dt.control.execute is system(), i.e. `cmd /c`):
+-- inside "..." cmd still expands %VAR% (and !VAR! where delayed expansion is switched on),
+-- there is no escape for them there, and system() passes the bytes through the ANSI code
+-- page; a path with any of those goes in as %TEMP%... when it lies there (cmd expands the
+-- variable itself, in Unicode, and does not look into the result again), else not at all
+local CMD_UNSAFE = '[%%!"%c\128-\255]'
+local CMD_VARS = {"TEMP", "TMP", "LOCALAPPDATA", "USERPROFILE"}
+
+local function cmd_path(path)
+  if not path:find(CMD_UNSAFE) then return '"' .. path .. '"' end
+  for _, var in ipairs(CMD_VARS) do
+    local value = os.getenv(var)
+    if value and value ~= "" and path:sub(1, #value) == value then
+      local rest = path:sub(#value + 1)
+      if (rest == "" or rest:match("^[/\\]")) and not rest:find(CMD_UNSAFE) then
+        return '"%' .. var .. '%' .. rest .. '"'
+      end
+    end
+  end
+  return nil
+end
+
+local function is_batch_file(path)
+  local ext = (path:match("%.(%w+)$") or ""):lower()
+  return ext == "bat" or ext == "cmd"
+end
+
+-- characters a program path may not contain to be run safely
 local function unsafe_path(path)
   if path:find("[%z\r\n]") then return true end
-  if IS_WINDOWS and path:find('[%%"!^]') then return true end
+  if IS_WINDOWS then
+    -- run.bat doubles %, quotes the rest and turns delayed expansion off; `call` (needed for a
+    -- .bat/.cmd) expands % once more and doubles carets even inside quotes
+    if path:find('[%c"]') then return true end
+    if is_batch_file(path) and path:find("[%%!^]") then return true end
+  end
   return false
 end
 
@@ -406,7 +439,8 @@ local function find_on_path(program)
   return nil
 end
 
--- returns the focusbridge program to run, or nil and a message for the user
+-- returns the focusbridge program to run and whether it came from PATH, or nil and a
+-- message for the user
 local function bridge_executable()
   local chosen = pref_read("executable")
   if chosen and chosen ~= "" then
@@ -420,20 +454,54 @@ local function bridge_executable()
     if not is_regular_file(chosen) then
       return nil, string.format(_("focusbridge not found at %s"), chosen)
     end
-    return chosen
+    return chosen, nil, false
   end
   local found = find_on_path("focusbridge")
-  if found and not unsafe_path(found) then return found end
+  if found and not unsafe_path(found) then return found, nil, true end
   return nil, _("focusbridge not found on PATH: install it (uv tool install, see its README) or choose the program in the focus stack module")
 end
 
-local function random_name()
-  local t = {}
-  for i = 1, 12 do t[i] = string.format("%x", math.random(0, 15)) end
-  return table.concat(t)
+local function to_hex(bytes)
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
-math.randomseed(os.time() + math.floor((os.clock() * 1000000) % 1000000))
+-- FNV-1a, 64 bit (Lua integers wrap around)
+local function fnv1a(text, h)
+  h = h or 0xcbf29ce484222325
+  for i = 1, #text do
+    h = (h ~ text:byte(i)) * 0x100000001b3
+  end
+  return h
+end
+
+local name_counter = 0
+
+-- 24 hex digits no other user can guess; never math.randomseed: that would reseed the
+-- generator every other script shares
+local function random_name()
+  if not IS_WINDOWS then
+    local f = io.open("/dev/urandom", "rb")
+    if f then
+      local bytes = f:read(12)
+      f:close()
+      if bytes and #bytes == 12 then return to_hex(bytes) end
+    end
+  end
+  -- Windows has no /dev/urandom: mix what changes between calls and processes
+  name_counter = name_counter + 1
+  local tmpname = ""
+  if IS_WINDOWS then
+    -- Lua on Windows uses the C library's tmpnam: it only makes up a name, creates nothing
+    local ok, name = pcall(os.tmpname)
+    if ok and name then tmpname = name end
+  end
+  local material = table.concat({tmpname, tostring(os.clock()), tostring(os.time()),
+    tostring({}), tostring(random_name), tostring(name_counter),
+    tostring(dt.configuration.tmp_dir)}, "|")
+  local h1 = fnv1a(material)
+  local h2 = fnv1a(material, h1 ~ 0x5bd1e995)
+  return string.format("%016x%08x", h1, h2 & 0xffffffff)
+end
 
 -- run one shell command (never with a user's file name in it)
 local function execute(cmd)
@@ -441,41 +509,74 @@ local function execute(cmd)
   return dt.control.execute(cmd)
 end
 
--- create a private temporary folder for one job; returns its path
+-- create a private temporary folder for one job; returns its path, or nil and a message
 local function make_job_dir()
   local base = dt.configuration.tmp_dir
+  if IS_WINDOWS and not cmd_path(base) then
+    return nil, string.format(_("the temporary folder %s has characters the Windows command line cannot pass: start darktable with --tmpdir set to a plain folder"), base)
+  end
   for _ = 1, 5 do
     local dir = base .. PS .. "focus_stack_" .. random_name()
+    -- mkdir fails when the name exists (a folder, a file or a link): never reuse one
     local rc
     if IS_WINDOWS then
-      rc = execute("mkdir " .. quote(dir))
+      rc = execute("mkdir " .. cmd_path(dir) .. " >NUL 2>NUL")
     else
-      rc = execute("mkdir -m 700 " .. quote(dir))
+      rc = execute("mkdir -m 700 -- " .. quote(dir))
     end
     if rc == 0 and write_file(dir .. PS .. ".probe", "") then
       os.remove(dir .. PS .. ".probe")
       return dir
     end
   end
-  return nil
+  return nil, _("could not create a temporary folder")
 end
 
 local JOB_FILES = {"manifest.json", "progress.jsonl", "cancel", "status.json", "status.json.tmp",
-                   "stderr.txt", "rc", "pid", "run.bat", ".probe"}
+                   "stderr.txt", "rc", "pid", "shell_pid", "run.bat", ".probe"}
 
 local function remove_job_dir(job)
   if not job or not job.dir then return end
   for _, f in ipairs(job.frames or {}) do os.remove(f) end
   for _, name in ipairs(JOB_FILES) do os.remove(job.dir .. PS .. name) end
-  if not os.remove(job.dir) and file_exists(job.dir .. PS .. ".") then
+  -- on Windows os.remove never removes a folder, nor can io.open tell one exists
+  if not os.remove(job.dir) and (IS_WINDOWS or file_exists(job.dir .. PS .. ".")) then
     -- something unexpected is left: remove the folder (our generated path only)
     if IS_WINDOWS then
-      execute("rmdir /s /q " .. quote(job.dir))
+      local dir = cmd_path(job.dir)
+      if dir then execute("rmdir /s /q " .. dir .. " >NUL 2>NUL") end
     else
-      execute("rm -rf " .. quote(job.dir))
+      execute("rm -rf -- " .. quote(job.dir))
     end
   end
   job.dir = nil
+end
+
+-- run.bat: pure ASCII and no user's string but the bridge's path from the preferences: the
+-- job folder is referred to as %~dp0 (cmd expands it once, in Unicode), the manifest holds
+-- every other path, a bridge found on PATH is called by its name
+local function windows_script(job)
+  local program
+  if job.exe_from_path then
+    program = "call focusbridge"
+  elseif is_batch_file(job.exe) then
+    program = 'call "' .. job.exe .. '"'  -- unsafe_path let no % ^ ! through
+  else
+    program = '"' .. job.exe:gsub("%%", "%%%%") .. '"'
+  end
+  local lines = {
+    "@echo off",
+    "setlocal DisableDelayedExpansion",
+    'cd /d "%~dp0"',
+    program .. ' run-job "%~dp0manifest.json" <NUL >NUL 2>"%~dp0stderr.txt"',
+    -- redirection first: `echo 1>file` would redirect handle 1
+    '>"%~dp0rc" echo %ERRORLEVEL%',
+  }
+  if program:find("[\128-\255]") then
+    -- cmd reads a .bat in the console's code page: switch it to UTF-8 before that line
+    table.insert(lines, 1, "@chcp 65001 >NUL")
+  end
+  return table.concat(lines, "\r\n") .. "\r\n"
 end
 
 -- start `<exe> run-job <manifest>` in the background; returns true or nil, message
@@ -484,16 +585,19 @@ local function start_bridge(job)
   local cmd
   if IS_WINDOWS then
     local bat = d .. PS .. "run.bat"
-    local script = "@echo off\r\n" ..
-      quote(job.exe) .. " run-job " .. quote(job.manifest) ..
-      " >NUL 2>" .. quote(d .. PS .. "stderr.txt") .. "\r\n" ..
-      "echo %ERRORLEVEL% >" .. quote(d .. PS .. "rc") .. "\r\n"
-    write_file(bat, script)
-    cmd = "start \"\" /b " .. quote(bat)
+    local bat_arg = cmd_path(bat)
+    if not bat_arg then
+      return nil, string.format(_("the temporary folder %s has characters the Windows command line cannot pass: start darktable with --tmpdir set to a plain folder"), d)
+    end
+    job.script = windows_script(job)
+    local written, err = write_file(bat, job.script)
+    if not written then return nil, tostring(err) end
+    cmd = 'start "" /b ' .. bat_arg
   else
+    -- the bridge writes its own pid (pid_file); $! is the fallback for a bridge that does not
     cmd = "( " .. quote(job.exe) .. " run-job " .. quote(job.manifest) ..
       " </dev/null >/dev/null 2>" .. quote(d .. "/stderr.txt") ..
-      " & echo $! >" .. quote(d .. "/pid") ..
+      " & echo $! >" .. quote(d .. "/shell_pid") ..
       "; wait $!; echo $? >" .. quote(d .. "/rc") .. " ) </dev/null >/dev/null 2>&1 &"
   end
   job.command = cmd
@@ -504,14 +608,53 @@ local function start_bridge(job)
   return true
 end
 
+-- a pid from a file: decimal digits only, and never 0 or 1 (`kill 0` signals our own group)
+local function read_pid(path)
+  if not path then return nil end
+  local digits = (read_file(path) or ""):match("^%s*(%d+)%s*$")
+  if not digits or #digits > 10 then return nil end
+  local pid = tonumber(digits)
+  if not pid or pid < 2 then return nil end
+  return string.format("%d", pid)
+end
+
 local function kill_bridge(job)
-  local pid = (read_file(job.dir .. PS .. "pid") or ""):match("^%s*(%d+)%s*$")
+  local pid = read_pid(job.pid_file) or (not IS_WINDOWS and read_pid(job.dir .. PS .. "shell_pid"))
   if not pid then return end
   if IS_WINDOWS then
-    execute("taskkill /F /T /PID " .. pid)
+    execute("taskkill /F /T /PID " .. pid .. " >NUL 2>NUL")
   else
     execute("kill -TERM " .. pid .. " >/dev/null 2>&1")
   end
+end
+
+-- one job: the program and its private folder with the files the plugin and bridge share
+local function new_job(exe, from_path, dir, frames)
+  local job = {exe = exe, exe_from_path = from_path, cancelled = false, frames = frames, dir = dir}
+  if dir then
+    job.manifest = dir .. PS .. "manifest.json"
+    job.cancel_file = dir .. PS .. "cancel"
+    job.pid_file = dir .. PS .. "pid"
+    job.on_cancel = function()
+      job.cancelled = true
+      write_file(job.cancel_file, "cancel\n")
+    end
+  end
+  return job
+end
+
+-- write the manifest with the keys every kind of job carries (the bridge stops when the
+-- cancel file appears, and writes its own pid for a kill after the grace period)
+local function write_manifest(job, manifest)
+  manifest.version = 1
+  manifest.progress_file = job.dir .. PS .. "progress.jsonl"
+  manifest.status_file = job.dir .. PS .. "status.json"
+  manifest.cancel_file = job.cancel_file
+  manifest.pid_file = job.pid_file
+  fs.last_manifest = manifest
+  local written, err = write_file(job.manifest, json.encode(manifest) .. "\n")
+  if not written then return nil, tostring(err) end
+  return true
 end
 
 local function last_line(text)
@@ -598,18 +741,22 @@ local function current_options()
   }
 end
 
+-- the first <name>_stacked[_N] whose whole set is free: the result and the maps the bridge
+-- writes beside it (pybridge.pipeline.side_path: <stem>_depth.tif, <stem>_confidence.tif);
+-- the bridge never overwrites, and the GUI offers no --overwrite
 local function output_path_for(sources, format)
   local folder = pref_read("output_folder")
   if not folder or folder == "" then folder = dirname(sources[1]) end
-  local stem = basename_noext(sources[1]) .. "_stacked"
+  local base = folder .. PS .. basename_noext(sources[1]) .. "_stacked"
   local ext = FORMAT_EXT[format] or ".tif"
-  local candidate = folder .. PS .. stem .. ext
-  local n = 1
-  while file_exists(candidate) do
-    n = n + 1
-    candidate = folder .. PS .. stem .. "_" .. n .. ext
+  for n = 1, 9999 do
+    local stem = n == 1 and base or base .. "_" .. n
+    if not (file_exists(stem .. ext) or file_exists(stem .. "_depth.tif")
+            or file_exists(stem .. "_confidence.tif")) then
+      return stem .. ext
+    end
   end
-  return candidate
+  return nil
 end
 
 local function sort_by_name(images)
@@ -713,27 +860,20 @@ local function stack(images, frames, job_dir)
     notify(_("focus stack: select at least two images"))
     return false
   end
-  local exe, exe_err = bridge_executable()
+  local exe, exe_err, from_path = bridge_executable()
   if not exe then
     notify(exe_err)
     return false
   end
 
   fs.busy = true
-  local job = {exe = exe, cancelled = false, frames = frames}
+  local dir, dir_err = job_dir, nil
+  if not dir then dir, dir_err = make_job_dir() end
+  local job = new_job(exe, from_path, dir, frames)
   fs.current_job = job
-  job.dir = job_dir or make_job_dir()
   local gui_job
   local ok, result, message = pcall(function()
-    if not job.dir then
-      return nil, _("could not create a temporary folder")
-    end
-    job.manifest = job.dir .. PS .. "manifest.json"
-    job.cancel_file = job.dir .. PS .. "cancel"
-    job.on_cancel = function()
-      job.cancelled = true
-      write_file(job.cancel_file, "cancel\n")
-    end
+    if not job.dir then return nil, dir_err end
     gui_job = dt.gui.create_job(_("focus stack"), true, job.on_cancel)
     gui_job.percent = 0
 
@@ -758,26 +898,23 @@ local function stack(images, frames, job_dir)
     for i, img in ipairs(images) do sources[i] = image_file(img) end
     local options = current_options()
     local output = output_path_for(sources, options.format)
+    if not output then return nil, _("focus stack: no free name for the result") end
     local manifest = {
-      version = 1,
       kind = "stack",
       frames = frames,
       sources = sources,
       output = output,
       options = options,
-      progress_file = job.dir .. PS .. "progress.jsonl",
-      cancel_file = job.cancel_file,
-      status_file = job.dir .. PS .. "status.json",
     }
-    job.manifest_table = manifest
-    local written, werr = write_file(job.manifest, json.encode(manifest) .. "\n")
-    if not written then return nil, tostring(werr) end
-    fs.last_manifest = manifest
+    local written, werr = write_manifest(job, manifest)
+    if not written then return nil, werr end
 
     local started, start_err = start_bridge(job)
     if not started then return nil, start_err end
     local status = wait_for_bridge(job, function(f) gui_job.percent = 0.25 + 0.75 * f end)
-    if job.cancelled or status.cancelled then
+    -- a cancel that reaches the bridge while it writes lets it finish (it says ok): what it
+    -- wrote is imported rather than left unseen beside the sources
+    if status.cancelled or (job.cancelled and not status.ok) then
       return nil, _("focus stack cancelled")
     end
     if not status.ok then
@@ -843,42 +980,32 @@ local function run_lens_job(images, action, preset, fields)
     notify(_("lens data: select at least one image"))
     return nil
   end
-  local exe, exe_err = bridge_executable()
+  local exe, exe_err, from_path = bridge_executable()
   if not exe then
     notify(exe_err)
     return nil
   end
   fs.busy = true
-  local job = {exe = exe, cancelled = false, frames = {}}
+  local dir, dir_err = make_job_dir()
+  local job = new_job(exe, from_path, dir, {})
   fs.current_job = job
-  job.dir = make_job_dir()
   local gui_job
   local ok, status = pcall(function()
-    if not job.dir then return {ok = false, error = _("could not create a temporary folder")} end
-    job.manifest = job.dir .. PS .. "manifest.json"
-    job.cancel_file = job.dir .. PS .. "cancel"
+    if not job.dir then return {ok = false, error = dir_err} end
     local files = {}
     for i, img in ipairs(images) do files[i] = image_file(img) end
     local manifest = {
-      version = 1,
       kind = "lens",
       action = action,
       files = files,
       dry_run = false,
-      status_file = job.dir .. PS .. "status.json",
-      progress_file = job.dir .. PS .. "progress.jsonl",
-      cancel_file = job.cancel_file,
     }
     if action == "set" then
       if preset and preset ~= "" then manifest.preset = preset end
       if fields and next(fields) then manifest.fields = fields end
     end
-    fs.last_manifest = manifest
-    write_file(job.manifest, json.encode(manifest) .. "\n")
-    job.on_cancel = function()
-      job.cancelled = true
-      write_file(job.cancel_file, "cancel\n")
-    end
+    local written, werr = write_manifest(job, manifest)
+    if not written then return {ok = false, error = werr} end
     gui_job = dt.gui.create_job(_("lens data"), true, job.on_cancel)
     local started, start_err = start_bridge(job)
     if not started then return {ok = false, error = start_err} end
@@ -1193,9 +1320,10 @@ local function storage_initialize(storage, format, images, high_quality, extra)
     extra.self_export = true
     return nil
   end
-  extra.dir = make_job_dir()
+  local dir_err
+  extra.dir, dir_err = make_job_dir()
   if not extra.dir then
-    notify(_("could not create a temporary folder"))
+    notify(dir_err)
     extra.refused = true
     return nil
   end

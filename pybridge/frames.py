@@ -10,13 +10,23 @@ Decisions worth knowing:
   infinities are replaced (NaN, -inf -> 0, +inf -> 1) so the fusers never see them.
 - RAW is decoded linear with the camera white balance in LibRaw's default output space
   (sRGB primaries, gamma 1); bit_depth is 16.
+- Only regular files are read (symlinks followed): a FIFO would block forever, /dev/zero
+  never ends. Every file is opened once and the libraries read that open file, so what
+  was checked is what is decoded, and any file name works (LibRaw wants UTF-8 names).
+- Frames larger than max_pixels are refused from the header, before anything is decoded:
+  an 875 kB PNG can declare 30000 x 30000 pixels.
+- An ICC profile that does not describe the pixels as read (a CMYK JPEG decodes to RGB) is
+  dropped, with a line in Frame.warnings.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -37,6 +47,13 @@ TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif'})
 PNG_EXTENSIONS = frozenset({'.png'})
 
+# Largest frame read unless the caller says otherwise (max_pixels; CLI --max-pixels). Stacking
+# keeps several float32 copies of a frame (~60-80 bytes a pixel in all), so 250 MP already
+# needs most of a 24 GB machine. It covers every single-shot sensor (Phase One IQ4: 151 MP)
+# and the 240 MP pixel-shift composites of Sony; larger ones (Fujifilm GFX 400 MP) need the
+# option, and decompression bombs (30000 x 30000 PNG = 900 MP) are refused.
+DEFAULT_MAX_PIXELS = 250_000_000
+
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _ICC_TAG = 34675
 _ORIENTATION_TAG = 274
@@ -49,6 +66,7 @@ class Frame:
     bit_depth: int          # bits per sample of the source: 8, 16 or 32 (float)
     icc: bytes | None       # embedded ICC profile, travels to the output
     kind: str               # 'raw' | 'tiff' | 'jpeg' | 'png' | 'array'
+    warnings: list[str] = field(default_factory=list)   # one line each, naming the file
 
     @property
     def height(self) -> int:
@@ -74,33 +92,49 @@ class FrameInfo:
 
 # ---------------------------------------------------------------------------- public API
 
-def read_frame(path: str | Path) -> Frame:
-    """Decode one input file into a Frame; every failure is an InputError naming the file."""
-    return _decode(_READERS, path)
+def read_frame(path: str | os.PathLike, *, max_pixels: int | None = None) -> Frame:
+    """Decode one input file into a Frame; every failure is an InputError naming the file.
+
+    `max_pixels`: refuse larger frames, checked from the header before decoding (None:
+    DEFAULT_MAX_PIXELS; 0: no limit).
+    """
+    return _decode(path, max_pixels, probe=False)
 
 
-def probe_frame(path: str | Path) -> FrameInfo:
-    """Size, channels and bit depth after orientation, without decoding pixels where possible.
+def probe_frame(path: str | os.PathLike, *, max_pixels: int | None = None) -> FrameInfo:
+    """Size, channels and bit depth after orientation, without decoding pixels where possible;
+    refuses what read_frame would refuse for its size.
 
     A successful probe does not promise that read_frame will succeed: a RAW whose header is
     intact but whose image data is truncated probes fine and fails to read.
     """
-    return _decode(_PROBERS, path)
+    return _decode(path, max_pixels, probe=True)
 
 
-def _decode(handlers: dict, path: str | Path):
-    """Run the reader/prober for the file's kind, turning any library failure into one
-    InputError line that names the file."""
-    path = Path(path)
-    kind = _kind_of(path)
-    try:
-        return handlers[kind](path)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(path, 'not enough memory to decode this image') from None
-    except Exception as exc:  # library errors on corrupt files come in many types
-        raise _decode_error(path, kind, exc) from exc
+def icc_colour_space(icc: bytes | None) -> str | None:
+    """The colour space an ICC profile describes, from its header: 'RGB', 'GRAY', 'CMYK',
+    'Lab', ...; None when the bytes are not an ICC profile."""
+    if not icc or len(icc) < 128 or icc[36:40] != b'acsp':
+        return None
+    space = icc[16:20].decode('latin-1').strip()
+    return space if space.isascii() and space.isalnum() else None
+
+
+def _decode(path: str | os.PathLike, max_pixels: int | None, probe: bool):
+    """Run the handler for the file's kind, turning any library failure into one InputError
+    line that names the file."""
+    path = Path(os.fsdecode(path))          # bytes names too (undecodable bytes: surrogates)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with _open_regular(path) as fh:
+        kind = _kind_of(path, fh)
+        try:
+            return _HANDLERS[kind](path, fh, limit, probe)
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(path, 'not enough memory to decode this image') from None
+        except Exception as exc:  # library errors on corrupt files come in many types
+            raise _decode_error(path, kind, exc) from exc
 
 
 def frame_from_array(arr: np.ndarray, bit_depth: int | None = None) -> Frame:
@@ -149,19 +183,59 @@ def _decode_error(path: Path, kind: str, exc: Exception) -> InputError:
     return InputError(path, f'not a readable {_NAMES[kind]} file ({detail})')
 
 
-def _kind_of(path: Path) -> str:
-    """'raw' | 'tiff' | 'jpeg' | 'png' from the extension, else from the magic bytes."""
+_FILE_TYPES = {stat.S_IFDIR: 'a folder', stat.S_IFIFO: 'a named pipe', stat.S_IFSOCK: 'a socket',
+               stat.S_IFCHR: 'a device', stat.S_IFBLK: 'a device'}
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        what = _FILE_TYPES.get(stat.S_IFMT(mode), 'a special file')
+        raise InputError(path, f'is not a regular file ({what}); give image files only')
+
+
+def _os_error(path: Path, exc: OSError) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(path, 'no such file')
+    if isinstance(exc, PermissionError):
+        return InputError(path, 'permission denied')
+    return InputError(path, f'cannot read ({one_line(exc.strerror or exc)})')
+
+
+_O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)      # not on Windows, which has no FIFOs to fear
+
+
+def _open_regular(path: Path):
+    """The file opened for reading, if it is a regular file once symlinks are followed."""
     try:
-        with open(path, 'rb') as fh:
-            head = fh.read(16)
-    except FileNotFoundError:
-        raise InputError(path, 'no such file') from None
-    except IsADirectoryError:
-        raise InputError(path, 'is a folder, not an image file') from None
-    except PermissionError:
-        raise InputError(path, 'permission denied') from None
+        _require_regular(path, os.stat(path).st_mode)
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block open() waiting for a
+        # writer; the fstat below refuses it. Reads of regular files ignore the flag.
+        fh = open(path, 'rb', opener=lambda p, flags: os.open(p, flags | _O_NONBLOCK))
     except OSError as exc:
-        raise InputError(path, f'cannot read ({one_line(exc.strerror or exc)})') from None
+        raise _os_error(path, exc) from None
+    try:
+        _require_regular(path, os.fstat(fh.fileno()).st_mode)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _read(path: Path, fh, size: int = -1) -> bytes:
+    """`size` bytes (default: all) from the start of the file, left at its start for the
+    next reader."""
+    try:
+        fh.seek(0)
+        data = fh.read(size)
+        fh.seek(0)
+        return data
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+
+
+def _kind_of(path: Path, fh) -> str:
+    """'raw' | 'tiff' | 'jpeg' | 'png' from the extension, else from the magic bytes."""
+    head = _read(path, fh, 16)
     ext = path.suffix.lower()
     if ext in RAW_EXTENSIONS:       # most RAWs are TIFF inside: the extension decides
         return 'raw'
@@ -193,11 +267,35 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f'cannot read ({one_line(exc.strerror or exc)})') from None
+def _check_size(path: Path, info: FrameInfo, limit: int) -> FrameInfo:
+    """Refuse, from the header, frames with no pixels or more than `limit` (0: no limit)."""
+    pixels = info.height * info.width
+    if not pixels:
+        raise InputError(path, f'has no pixels ({info.width}x{info.height})')
+    if limit and pixels > limit:
+        raise InputError(path, f'is {info.width}x{info.height} = {pixels / 1e6:.6g} megapixels, '
+                               f'more than the limit of {limit / 1e6:.6g} megapixels (raise it '
+                               'with --max-pixels; 0: no limit)')
+    return info
+
+
+def _oriented(height: int, width: int, orientation: int) -> tuple[int, int]:
+    return (width, height) if _swaps_axes(orientation) else (height, width)
+
+
+def _frame_with_icc(path: Path, pixels: np.ndarray, depth: int, icc: bytes | None,
+                    kind: str) -> Frame:
+    """A Frame that keeps its ICC profile only if the profile describes the pixels as read:
+    a CMYK JPEG decodes to RGB, and its CMYK profile would mislabel the result."""
+    warnings = []
+    read_as = 'RGB' if pixels.shape[2] == 3 else 'GRAY'
+    space = icc_colour_space(icc) if icc else read_as
+    if space != read_as:
+        warnings.append(f'{path}: {space or "unrecognised"} ICC profile dropped: the pixels '
+                        f'read are {"RGB" if read_as == "RGB" else "grey"}, which it does not '
+                        'describe; the frame is used without a profile')
+        icc = None
+    return Frame(pixels, path, depth, icc or None, kind, warnings)
 
 
 # ------------------------------------------------------------------ pixel helpers
@@ -269,9 +367,21 @@ def _rawpy():
     return rawpy
 
 
-def _read_raw(path: Path) -> Frame:
-    rawpy = _rawpy()
-    with rawpy.imread(str(path)) as raw:
+def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
+    # The open file, not the name: LibRaw decodes what was checked, and it cannot open names
+    # that are not UTF-8. But rawpy reads a file object whole, so a probe of a UTF-8 name
+    # lets LibRaw open it by name and read the header only (a 100-frame bracket of 60 MB
+    # RAWs on a network share would otherwise be read twice).
+    source = fh
+    if probe:
+        try:
+            source = os.fsencode(path).decode('utf-8')
+        except UnicodeDecodeError:
+            pass
+    with _rawpy().imread(source) as raw:
+        info = _check_size(path, _raw_info(raw), limit)
+        if probe:
+            return info
         flip = raw.sizes.flip
         rgb = raw.postprocess(output_bps=16, gamma=(1, 1), no_auto_bright=True,
                               use_camera_wb=True, user_flip=0,
@@ -285,20 +395,16 @@ def _read_raw(path: Path) -> Frame:
     return Frame(_to_rgb_or_gray(pixels), path, 16, None, 'raw')
 
 
-def _probe_raw(path: Path) -> FrameInfo:
-    rawpy = _rawpy()
-    with rawpy.imread(str(path)) as raw:  # parses the header only, no unpacking
-        s = raw.sizes
-        colors = raw.num_colors
+def _raw_info(raw) -> FrameInfo:
+    s = raw.sizes
     height, width = s.height, s.width
     if s.pixel_aspect and abs(s.pixel_aspect - 1) > 1e-6:   # LibRaw stretches these
         if s.pixel_aspect < 1:
             height = int(height / s.pixel_aspect + 0.5)
         else:
             width = int(width * s.pixel_aspect + 0.5)
-    if _swaps_axes(_LIBRAW_FLIP_TO_EXIF.get(s.flip, 1)):
-        height, width = width, height
-    return FrameInfo(height, width, 1 if colors == 1 else 3, 16, 'raw')
+    height, width = _oriented(height, width, _LIBRAW_FLIP_TO_EXIF.get(s.flip, 1))
+    return FrameInfo(height, width, 1 if raw.num_colors == 1 else 3, 16, 'raw')
 
 
 # ------------------------------------------------------------------ TIFF
@@ -340,10 +446,17 @@ def _tiff_bits(page) -> int:
     return bps if isinstance(bps, int) else int(max(bps))
 
 
-def _read_tiff(path: Path) -> Frame:
-    with tifffile.TiffFile(path) as tif:
+def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
+    with tifffile.TiffFile(fh) as tif:
         page = _tiff_page(tif)
         _tiff_check(path, page)
+        orientation = _tiff_orientation(page)
+        depth = 32 if page.dtype.kind == 'f' else (8 if _tiff_bits(page) <= 8 else 16)
+        info = _check_size(path, FrameInfo(*_oriented(page.imagelength, page.imagewidth,
+                                                      orientation),
+                                           _tiff_channels(page), depth, 'tiff'), limit)
+        if probe:
+            return info
         try:
             data = page.asarray()
         except (KeyError, ValueError, ImportError) as exc:
@@ -352,22 +465,22 @@ def _read_tiff(path: Path) -> Frame:
             if 'imagecodecs' not in str(exc):
                 raise
             data = None
-        orientation = _tiff_orientation(page)
         icc_tag = page.tags.get(_ICC_TAG)
         icc = bytes(icc_tag.value) if icc_tag is not None else None
         photometric = int(page.photometric)
         bits = _tiff_bits(page)
         colormap = page.colormap if photometric == 3 else None
         separate = int(page.planarconfig) == 2 and page.samplesperpixel > 1
+        stored = (page.imagelength, page.imagewidth)
 
     if data is None:
-        pixels, depth = _tiff_via_cv2(path)
+        pixels, depth = _tiff_via_cv2(path, _read(path, fh), *stored)
     else:
         pixels, depth = _tiff_pixels(path, data, photometric, bits, colormap, separate)
         del data
     pixels = _to_rgb_or_gray(pixels)
     pixels = apply_orientation(pixels, orientation)
-    return Frame(pixels, path, depth, icc, 'tiff')
+    return _frame_with_icc(path, pixels, depth, icc, 'tiff')
 
 
 def _tiff_pixels(path, data, photometric, bits, colormap, separate):
@@ -396,8 +509,8 @@ def _tiff_pixels(path, data, photometric, bits, colormap, separate):
     return pixels, depth
 
 
-def _tiff_via_cv2(path: Path) -> tuple[np.ndarray, int]:
-    img = _decode_cv2(path, _read_bytes(path), 'tiff')
+def _tiff_via_cv2(path: Path, data: bytes, height: int, width: int) -> tuple[np.ndarray, int]:
+    img = _decode_cv2(path, data, 'tiff', height, width)
     img = _bgr_to_rgb(img)
     if img.dtype == np.uint8:
         return _scale_int(img, 255), 8
@@ -406,18 +519,6 @@ def _tiff_via_cv2(path: Path) -> tuple[np.ndarray, int]:
     if img.dtype.kind == 'f':
         return _finite(img.astype(np.float32)), 32
     raise InputError(path, f'unsupported TIFF sample type {img.dtype}')
-
-
-def _probe_tiff(path: Path) -> FrameInfo:
-    with tifffile.TiffFile(path) as tif:
-        page = _tiff_page(tif)
-        _tiff_check(path, page)
-        height, width = page.imagelength, page.imagewidth
-        channels = _tiff_channels(page)
-        depth = 32 if page.dtype.kind == 'f' else (8 if _tiff_bits(page) <= 8 else 16)
-        if _swaps_axes(_tiff_orientation(page)):
-            height, width = width, height
-    return FrameInfo(height, width, channels, depth, 'tiff')
 
 
 # ------------------------------------------------------------------ JPEG / PNG headers
@@ -535,7 +636,22 @@ def _png_header(path: Path, data: bytes) -> _Header:
     return _Header(*header, orientation=orientation, icc=icc)
 
 
-def _decode_cv2(path: Path, data: bytes, kind: str) -> np.ndarray:
+# OpenCV refuses images over these (environment variable, default) with an assertion message.
+_CV2_LIMITS = (('OPENCV_IO_MAX_IMAGE_WIDTH', 1 << 20), ('OPENCV_IO_MAX_IMAGE_HEIGHT', 1 << 20),
+               ('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30))
+
+
+def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> np.ndarray:
+    """Decode with OpenCV (`height` x `width` as stored), whose own size limits are said
+    plainly rather than as an assertion failure."""
+    for (name, default), value in zip(_CV2_LIMITS, (width, height, width * height)):
+        try:
+            cv2_limit = int(os.environ.get(name, default))
+        except ValueError:      # a form OpenCV reads and int() does not ('1 GB'): OpenCV judges
+            continue
+        if value > cv2_limit:
+            raise InputError(path, f'is {width}x{height}, over the limit {name}={cv2_limit} of '
+                                   'OpenCV, which decodes it (raise it in the environment)')
     # np.frombuffer + imdecode instead of imread: works for any file name (non-ASCII too).
     flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -544,12 +660,14 @@ def _decode_cv2(path: Path, data: bytes, kind: str) -> np.ndarray:
     return img
 
 
-def _read_jpeg_png(path: Path, kind: str) -> Frame:
-    data = _read_bytes(path)
-    if not data:
-        raise InputError(path, 'empty file')
+def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | FrameInfo:
+    data = _read(path, fh)
     header = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
-    img = _decode_cv2(path, data, kind)
+    info = _check_size(path, FrameInfo(*_oriented(header.height, header.width, header.orientation),
+                                       header.channels, header.bit_depth, kind), limit)
+    if probe:
+        return info
+    img = _decode_cv2(path, data, kind, header.height, header.width)
     del data
     if img.dtype == np.uint8:
         pixels, depth = _scale_int(img, 255), 8
@@ -562,27 +680,12 @@ def _read_jpeg_png(path: Path, kind: str) -> Frame:
         pixels = pixels[:, :, :1]    # gray+alpha PNG decodes as BGRA: keep gray
     pixels = _to_rgb_or_gray(_bgr_to_rgb(pixels))
     pixels = apply_orientation(pixels, header.orientation)
-    return Frame(pixels, path, depth, header.icc, kind)
+    return _frame_with_icc(path, pixels, depth, header.icc, kind)
 
 
-def _probe_jpeg_png(path: Path, kind: str) -> FrameInfo:
-    data = _read_bytes(path)
-    if not data:
-        raise InputError(path, 'empty file')
-    h = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
-    height, width = (h.width, h.height) if _swaps_axes(h.orientation) else (h.height, h.width)
-    return FrameInfo(height, width, h.channels, h.bit_depth, kind)
-
-
-_READERS = {
-    'raw': _read_raw,
-    'tiff': _read_tiff,
-    'jpeg': lambda p: _read_jpeg_png(p, 'jpeg'),
-    'png': lambda p: _read_jpeg_png(p, 'png'),
-}
-_PROBERS = {
-    'raw': _probe_raw,
-    'tiff': _probe_tiff,
-    'jpeg': lambda p: _probe_jpeg_png(p, 'jpeg'),
-    'png': lambda p: _probe_jpeg_png(p, 'png'),
+_HANDLERS = {
+    'raw': _raw,
+    'tiff': _tiff,
+    'jpeg': partial(_jpeg_png, kind='jpeg'),
+    'png': partial(_jpeg_png, kind='png'),
 }

@@ -368,11 +368,11 @@ def _metadata_step(sources: list[Path], base, ref: int, method: str, count: int,
                      software=f"focusbridge {__version__}")
     base_path = Path(base) if base else sources[ref]
 
-    def merge(target: Path, output: Path) -> None:
+    def merge(target: Path) -> None:
         try:
             merge_metadata(target, sources, base_path, info)
-        except ExifError as exc:   # name the user's file, not the hidden temp file
-            raise StackError(str(exc).replace(str(target), str(output))) from None
+        except ExifError as exc:
+            raise StackError(str(exc)) from None
     return merge
 
 
@@ -383,18 +383,26 @@ def _write_outputs(res: StackResult, output, depth_map, confidence_map, bit_dept
     # from here on a signal no longer cancels half-way: the set is finished or fully removed
     with committing(), atomic_outputs([p for _, p in wanted], overwrite=overwrite) as temp_paths:
         temps = dict(zip((k for k, _ in wanted), temp_paths))
-        if "output" in temps:
-            ext = Path(output).suffix.lower()
-            bits = 8 if ext in (".jpg", ".jpeg") else bit_depth
-            write_image(temps["output"], res.image, bit_depth=bits, icc=res.icc)
-            if merge is not None:
-                progress("metadata", count=count, fraction=_FRAMES_SHARE + 0.04)
-                merge(temps["output"], Path(output))
-                res.metadata_written = True
-        if "depth" in temps:
-            write_depth_map(temps["depth"], res.depth, count)
-        if "confidence" in temps:
-            write_confidence_map(temps["confidence"], res.confidence)
+        try:
+            if "output" in temps:
+                ext = Path(output).suffix.lower()
+                bits = 8 if ext in (".jpg", ".jpeg") else bit_depth
+                write_image(temps["output"], res.image, bit_depth=bits, icc=res.icc)
+                if merge is not None:
+                    progress("metadata", count=count, fraction=_FRAMES_SHARE + 0.04)
+                    merge(temps["output"])
+                    res.metadata_written = True
+            if "depth" in temps:
+                write_depth_map(temps["depth"], res.depth, count)
+            if "confidence" in temps:
+                write_confidence_map(temps["confidence"], res.confidence)
+        except (StackError, OSError) as exc:
+            # name the user's file, never the hidden temp file it is being written as
+            message = str(exc) if isinstance(exc, StackError) else \
+                f"{exc.filename}: {exc.strerror or exc}"
+            for (_, target), temp in zip(wanted, temp_paths):
+                message = message.replace(str(temp), str(target))
+            raise StackError(message) from None
     # all temp files were renamed into place together when the block closed
     res.output = Path(output) if output else None
     res.depth_map_path = Path(depth_map) if depth_map else None

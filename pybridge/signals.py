@@ -4,7 +4,9 @@ Before the outputs are written a signal cancels at once (temp files go, nothing 
 Once writing has begun, the first signal is held back and the run finishes: the result,
 its maps and its metadata are committed together and the run says "done". A second signal
 while still writing forces the cancel, and every temp file is removed. After the commit the
-run is finished and signals no longer change its outcome.
+run is finished and signals no longer change its outcome; once a cancel is under way, further
+signals are ignored too, so they cannot interrupt the clean-up (or the wait for the reading
+thread, which OpenCV would answer with an abort at exit).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-_CANCELLABLE, _COMMITTING, _FINISHED = 'cancellable', 'committing', 'finished'
+_CANCELLABLE, _COMMITTING, _CANCELLING, _FINISHED = 'cancellable', 'committing', 'cancelling', 'finished'
 _state = {'phase': _CANCELLABLE, 'held': False}
 
 
@@ -26,7 +28,10 @@ def install() -> None:
 
 def _on_signal(signum, frame) -> None:
     phase = _state['phase']
+    if phase == _CANCELLING:
+        return                  # cleaning up already; interrupting that would leave files
     if phase == _CANCELLABLE or (phase == _COMMITTING and _state['held']):
+        _state['phase'] = _CANCELLING
         # KeyboardInterrupt, not an Exception: no library's `except Exception` swallows it
         raise KeyboardInterrupt(f'cancelled by signal {signum}')
     _state['held'] = True
@@ -48,6 +53,11 @@ def committing() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        _state['phase'] = previous
+        if _state['phase'] == _COMMITTING:
+            _state['phase'] = previous
         raise
     _state['phase'] = _FINISHED
+    # the outcome is decided: from now on, interpreter shutdown included, signals are ignored
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, signal.SIG_IGN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -164,6 +165,10 @@ R.result = r and {{id = r.id, filename = r.filename, rating = r.rating, title = 
     for n in NASTY + [NASTY_DIR, 'PWNED', result_name]:
         assert n not in cmd
     assert f"'{BRIDGE_DIR / 'focusbridge'}' run-job '" in cmd
+    # a private job folder with a random name; the bridge is told where to stop and report
+    jobdir = Path(m['status_file']).parent
+    assert re.fullmatch(r'focus_stack_[0-9a-f]{24}', jobdir.name), jobdir
+    assert m['cancel_file'] == str(jobdir / 'cancel') and m['pid_file'] == str(jobdir / 'pid')
     result = folder / result_name
     check_result_file(result, sources[0])
     rid, tagged = check_library(res, sources, result_name)
@@ -176,6 +181,8 @@ def test_export_target_path_and_cancel(tmp_path, shared_data):
     work = tmp_path
     folder = work / 'export ; `x`'
     sources = make_bracket(shared_data, folder, ['e1.jpg', 'e2.jpg', 'e3.jpg'])
+    # a side map of an earlier result takes the name: the new set becomes e1_stacked_2.*
+    (folder / 'e1_stacked_depth.tif').write_bytes(b'earlier depth map')
     big = make_bracket(shared_data, work / 'big', ['b1.jpg', 'b2.jpg', 'b3.jpg', 'b4.jpg'],
                        size=(2048, 1536))
     body = f'''
@@ -208,10 +215,12 @@ R.cancel_manifest = FSI.state.last_manifest
     res = run_darktable(work, body, bridge_dir=BRIDGE_DIR)
     rep = res.report
     assert rep['ok'], (rep, res.log[-3000:])
-    assert rep['export_done'] and rep['export_message'] == 'focus stack: imported e1_stacked.tif', rep
+    assert rep['export_done'] and rep['export_message'] == 'focus stack: imported e1_stacked_2.tif', rep
     assert all(Path(f).name.startswith('frame_') for f in rep['export_manifest']['frames'])
-    check_result_file(folder / 'e1_stacked.tif', sources[0])
-    check_library(res, sources, 'e1_stacked.tif')
+    check_result_file(folder / 'e1_stacked_2.tif', sources[0])
+    check_library(res, sources, 'e1_stacked_2.tif')
+    assert (folder / 'e1_stacked_depth.tif').read_bytes() == b'earlier depth map'
+    assert not (folder / 'e1_stacked.tif').exists()
     # cancel: the bridge stopped, no output, nothing imported or tagged
     assert rep['cancel_sent'] and rep['cancel_done'], rep
     assert rep['cancel_message'] == 'focus stack cancelled', rep

@@ -4,13 +4,22 @@ The fake records everything the plugin does. dt.control.execute is answered in P
 creates the job folder for `mkdir`, and plays the bridge for `run-job` (reading the manifest,
 writing progress and status files) according to the scenario a test picks. One test runs the
 plugin's real command line through `sh` against a stub bridge to prove the quoting.
+
+`Plugin(..., os_name='windows')` loads the script as darktable on Windows would (it reads
+dt.configuration.running_os once, at load): paths then use backslashes, which on this
+machine makes each job file a single oddly named file beside the job folder; the fake
+answers `mkdir`, `start ... run.bat`, `rmdir` and `taskkill` like cmd.exe would.
+Lua's os.time follows a fake clock that each dt.control.sleep advances, so grace periods
+pass without waiting.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +37,11 @@ NASTY = ["it's \"q\".jpg", 'a $(touch PWNED).jpg', 'b `touch PWNED`.jpg', 'c; to
          'Ærø ünïcødé.jpg']
 
 
+def job_file(m, name):
+    """A file in the job folder, on either platform's separator."""
+    return m['status_file'][:-len('status.json')] + name
+
+
 def lua_table(lua, items):
     return lua.table_from(list(items))
 
@@ -37,10 +51,12 @@ class Plugin:
 
     def __init__(self, tmp: Path, *, prefs: dict | None = None, api: str = '9.0.0',
                  with_bridge: bool = True, path_env: str | None = None,
-                 fake_src: str | None = None):
+                 fake_src: str | None = None, os_name: str = 'linux', dt_tmp: str | None = None):
         self.tmp = tmp
+        self.windows = os_name == 'windows'
         self.dt_tmp = tmp / 'dt tmp'
         self.dt_tmp.mkdir(exist_ok=True)
+        self.dt_tmp_str = dt_tmp or str(self.dt_tmp)
         self.photos = tmp / 'photos'
         self.photos.mkdir(exist_ok=True)
         self.bin = tmp / 'bin'
@@ -57,6 +73,11 @@ class Plugin:
         self.shell = False  # True: run commands for real through sh
         self.status_extra: dict = {}
         self.lens_results = None
+        self.pid_text: str | None = '4242\n'  # what the bridge writes to pid_file
+        self.kills: list[str] = []
+        self.mkdir_fail = 0  # answer this many mkdirs with "exists"
+        self.scripts: list[str] = []  # run.bat texts (Windows)
+        self.clock = 0.0
 
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
         old_path = os.environ.get('PATH', '')
@@ -64,9 +85,18 @@ class Plugin:
         try:
             self.fake = self.lua.execute(fake_src or FAKE.read_text())
             self.dt = self.fake.dt
-            self.dt.configuration.tmp_dir = str(self.dt_tmp)
+            self.dt.configuration.tmp_dir = self.dt_tmp_str
             self.dt.configuration.config_dir = str(tmp / 'config')
             self.dt.configuration.api_version_string = api
+            self.dt.configuration.running_os = os_name
+            g = self.lua.globals()
+            t0 = int(time.time())
+            g.os.time = lambda *a: t0 + int(self.clock)
+            self.randomseed_calls = 0
+
+            def randomseed(*a):
+                self.randomseed_calls += 1
+            g.math.randomseed = randomseed
             self.fake.execute_handler = self._execute
             self.fake.sleep_handler = self._sleep
             for k, v in (prefs or {}).items():
@@ -131,9 +161,14 @@ class Plugin:
     def _execute(self, cmd):
         if self.shell:
             return subprocess.run(['sh', '-c', cmd]).returncode * 256
+        if self.windows:
+            return self._execute_cmd(cmd)
         tokens = shlex.split(cmd)
-        if tokens[:3] == ['mkdir', '-m', '700']:
-            os.mkdir(tokens[3], 0o700)
+        if tokens[:4] == ['mkdir', '-m', '700', '--']:
+            if self.mkdir_fail:
+                self.mkdir_fail -= 1
+                return 256
+            os.mkdir(tokens[4], 0o700)
             return 0
         if 'run-job' in tokens:
             i = tokens.index('run-job')
@@ -143,20 +178,63 @@ class Plugin:
             self.bridge_runs += 1
             m = json.loads(Path(manifest_path).read_text())
             self.manifests.append(m)
+            if 'shell_pid' in cmd:  # the shell's `echo $!`
+                (Path(manifest_path).parent / 'shell_pid').write_text('777\n')
             self._bridge(m, Path(manifest_path).parent)
             return 0
         if tokens[:2] == ['kill', '-TERM']:
+            self._killed(tokens[2], '143')
             return 0
-        if tokens[:2] == ['rm', '-rf']:
-            subprocess.run(['rm', '-rf', tokens[2]])
+        if tokens[:3] == ['rm', '-rf', '--']:
+            subprocess.run(['rm', '-rf', '--', tokens[3]])
             return 0
         raise AssertionError(f'unexpected command {cmd!r}')
+
+    def _execute_cmd(self, cmd):
+        """cmd.exe's side: %VAR% expanded once, then "..." words (no escapes inside)."""
+        expanded = re.sub(r'%([^%]+)%', lambda m: os.environ.get(m[1], m[0]), cmd)
+        words = [w[1:-1] if w.startswith('"') else w for w in re.findall(r'"[^"]*"|\S+', expanded)]
+        if words[:1] == ['mkdir'] and words[2:] == ['>NUL', '2>NUL']:
+            if self.mkdir_fail:
+                self.mkdir_fail -= 1
+                return 1
+            os.mkdir(words[1])
+            return 0
+        if words[:3] == ['start', '', '/b'] and len(words) == 4 and words[3].endswith('\\run.bat'):
+            bat = words[3]
+            jobdir = bat[:-len('\\run.bat')]
+            self.scripts.append(Path(bat).read_bytes().decode('utf-8'))
+            self.run_jobdir = jobdir
+            manifest_path = jobdir + '\\manifest.json'
+            self.bridge_runs += 1
+            m = json.loads(Path(manifest_path).read_text())
+            self.manifests.append(m)
+            self._bridge(m, None)
+            return 0
+        if words[:3] == ['rmdir', '/s', '/q'] and words[4:] == ['>NUL', '2>NUL']:
+            shutil.rmtree(words[3], ignore_errors=True)
+            return 0
+        if words[:4] == ['taskkill', '/F', '/T', '/PID'] and words[5:] == ['>NUL', '2>NUL']:
+            self._killed(words[4], '1')
+            return 0
+        raise AssertionError(f'unexpected command {cmd!r}')
+
+    def _killed(self, pid, rc):
+        """What the shell (or run.bat) does once the bridge is killed: write its exit status."""
+        self.kills.append(pid)
+        pending = getattr(self, 'pending', None)
+        if pending:
+            m, _ = pending
+            Path(job_file(m, 'rc')).write_text(rc + '\n')
+            self.pending = None
 
     def _status(self, m, data):
         Path(m['status_file']).write_text(json.dumps(data))
 
-    def _bridge(self, m, jobdir: Path):
+    def _bridge(self, m, jobdir: Path | None):
         self.pending = None
+        if self.pid_text is not None and m.get('pid_file'):
+            Path(m['pid_file']).write_text(self.pid_text)
         if m.get('kind') == 'lens':
             results = self.lens_results or [
                 {'file': f, 'outcome': 'updated', 'message': ''} for f in m['files']]
@@ -180,17 +258,22 @@ class Plugin:
             self._status(m, {'ok': False, 'output': None, 'cancelled': False,
                              'error': '/x/frame_002.tif: frames differ in size (600x400 vs 640x480)'})
         elif self.scenario == 'crash':
-            (jobdir / 'stderr.txt').write_text('Traceback...\nfocusbridge: error: out of memory\n')
-            (jobdir / 'rc').write_text('1\n')
+            Path(job_file(m, 'stderr.txt')).write_text(
+                'Traceback...\nfocusbridge: error: out of memory\n')
+            Path(job_file(m, 'rc')).write_text('1\n')
         elif self.scenario == 'no_output':
             self._status(m, {'ok': True, 'output': m['output'], 'depth_map': None, 'error': None})
-        elif self.scenario == 'slow':
+        elif self.scenario in ('slow', 'writing'):
             self.pending = (m, jobdir)  # finishes only when cancelled (see _sleep)
+        elif self.scenario == 'stuck':
+            self.pending = (m, jobdir)  # ignores the cancel file: only a kill ends it
+            self.stuck = True
         else:
             raise AssertionError(self.scenario)
 
     def _sleep(self, ms):
         self.sleeps += 1
+        self.clock += ms / 1000
         if self.shell:
             time.sleep(ms / 1000)
             if self.sleeps > 300:
@@ -200,9 +283,15 @@ class Plugin:
             job = self.fake.jobs[len(self.fake.jobs)]
             job.cancel_cb(job)  # what darktable does when the user presses cancel
         pending = getattr(self, 'pending', None)
-        if pending:
+        if pending and not getattr(self, 'stuck', False):
             m, jobdir = pending
-            if Path(m['cancel_file']).exists():
+            if Path(m['cancel_file']).exists() and self.scenario == 'writing':
+                # the cancel came while the bridge was writing: it finishes and says ok
+                Path(m['output']).write_bytes(b'stacked')
+                self._status(m, {'ok': True, 'output': m['output'], 'depth_map': None,
+                                 'error': None, 'cancelled': False})
+                self.pending = None
+            elif Path(m['cancel_file']).exists():
                 self._status(m, {'ok': False, 'output': None, 'cancelled': True,
                                  'error': 'cancelled'})
                 self.pending = None
@@ -338,10 +427,21 @@ def test_command_has_no_file_name(plugin):
     assert Path(m['output']).name == Path(sorted(NASTY)[0]).stem + '_stacked.tif'
 
 
-def test_real_shell_runs_only_the_bridge(tmp_path):
-    """The command line goes through a real `sh`, with quotes and $(...) in the temp path."""
-    p = Plugin(tmp_path)
-    evil_tmp = tmp_path / "tmp it's $(touch PWNED) `touch PWNED`; touch PWNED"
+EVIL = "it's $(touch PWNED) `touch PWNED`; touch PWNED"
+
+
+@pytest.mark.parametrize('evil_program', [False, True])
+def test_real_shell_runs_only_the_bridge(tmp_path, evil_program):
+    """The command line goes through a real `sh`, with quotes and $(...) in the temp path
+    and (second run) in the program's path from the preferences."""
+    exe = None
+    if evil_program:
+        exe = tmp_path / f'bin {EVIL}' / 'focus bridge'
+        exe.parent.mkdir()
+    p = Plugin(tmp_path, prefs={'executable': str(exe)} if exe else None)
+    if exe:
+        p.exe = exe
+    evil_tmp = tmp_path / f"tmp {EVIL}"
     evil_tmp.mkdir()
     p.dt.configuration.tmp_dir = str(evil_tmp)
     p.dt_tmp = evil_tmp
@@ -349,6 +449,7 @@ def test_real_shell_runs_only_the_bridge(tmp_path):
     p.exe.write_text(f'''#!{sys.executable}
 import json, sys, os
 m = json.load(open(sys.argv[2]))
+open(m["pid_file"], "w").write(str(os.getpid()) + "\\n")
 json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd()}}, open({str(record)!r}, "w"))
 open(m["progress_file"], "a").write(json.dumps({{"phase": "done", "fraction": 1.0}}) + "\\n")
 open(m["output"], "wb").write(b"x")
@@ -356,6 +457,7 @@ tmp = m["status_file"] + ".tmp"
 open(tmp, "w").write(json.dumps({{"ok": True, "output": m["output"], "depth_map": None, "error": None}}))
 os.replace(tmp, m["status_file"])
 ''')
+    p.exe.chmod(0o755)
     p.shell = True
     imgs = p.images(NASTY)
     p.select(imgs)
@@ -469,6 +571,21 @@ def test_cancel_stops_bridge_and_leaves_nothing(plugin):
     assert p.fs.state.busy is False
 
 
+def test_cancel_while_the_bridge_writes_imports_what_it_finished(plugin):
+    """The bridge finishes a run whose cancel came during writing (it says ok): the result
+    must be imported, not left beside the sources where nobody sees it."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    p.select(imgs)
+    p.scenario = 'writing'
+    p.cancel_after_sleeps = 2
+    p.click('stack_button')
+    out = Path(p.manifests[0]['output'])
+    assert out.exists()
+    assert [Path(i).name for i in p.imports] == [out.name], p.printed
+    assert leftovers(p) == []
+
+
 def test_busy_guard(plugin):
     p = plugin
     p.select(p.images(['a.jpg', 'b.jpg']))
@@ -540,6 +657,106 @@ def test_existing_output_is_never_overwritten(plugin):
     assert p.manifests[0]['output'] == str(p.photos / 'a_stacked_3.tif')
     assert p.manifests[0]['options']['overwrite'] is False
     assert (p.photos / 'a_stacked.tif').read_bytes() == b'old'
+
+
+@pytest.mark.parametrize('fmt, existing, expected', [
+    ('tiff', ['x_stacked_depth.tif'], 'x_stacked_2.tif'),
+    ('tiff', ['x_stacked_confidence.tif', 'x_stacked_2.tif'], 'x_stacked_3.tif'),
+    ('tiff', ['x_stacked.tif', 'x_stacked_2_depth.tif'], 'x_stacked_3.tif'),
+    ('jpeg', ['x_stacked.jpg'], 'x_stacked_2.jpg'),
+    ('jpeg', ['x_stacked.tif'], 'x_stacked.jpg'),
+    ('png', ['x_stacked_depth.tif'], 'x_stacked_2.png'),
+])
+def test_free_name_for_the_whole_set(tmp_path, fmt, existing, expected):
+    """The bridge never overwrites (and the GUI has no --overwrite): the result and the maps
+    it writes beside it (<stem>_depth.tif, <stem>_confidence.tif) must all be free."""
+    p = Plugin(tmp_path, prefs={'format': fmt, 'method': 'pyramid', 'align': True})
+    imgs = p.images(['x.jpg', 'y.jpg'])
+    for name in existing:
+        (p.photos / name).write_bytes(b'old')
+    p.select(imgs)
+    p.click('stack_button')
+    assert p.manifests[0]['output'] == str(p.photos / expected)
+    assert p.manifests[0]['options']['overwrite'] is False
+    assert all((p.photos / name).read_bytes() == b'old' for name in existing)
+    assert p.printed[-1] == f'focus stack: imported {expected}'
+
+
+# --- job folder, pid, cancel -----------------------------------------------------------
+
+def test_job_folders_are_random_and_never_reused(plugin):
+    p = plugin
+    src = PLUGIN.read_text()
+    assert 'math.randomseed(' not in src and 'math.random(' not in src
+    assert p.randomseed_calls == 0
+    p.mkdir_fail = 1  # the first name "exists": another one is tried, never the same
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    p.click('stack_button')
+    mkdirs = [shlex.split(c)[4] for c in p.commands if c.startswith('mkdir')]
+    names = [Path(d).name for d in mkdirs]
+    assert len(names) == 3 and len(set(names)) == 3
+    assert all(re.fullmatch(r'focus_stack_[0-9a-f]{24}', n) for n in names), names
+    used = [Path(m['status_file']).parent.name for m in p.manifests]
+    assert used == names[1:]
+    assert p.randomseed_calls == 0 and leftovers(p) == []
+
+
+def test_manifests_carry_cancel_and_pid_files(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    p.select(imgs)
+    p.click('stack_button')
+    p.fs.widgets.lens_make.text = 'Canon'
+    p.click('lens_apply')
+    p.click('lens_undo')
+    assert [m['kind'] for m in p.manifests] == ['stack', 'lens', 'lens']
+    for m in p.manifests:
+        jobdir = Path(m['status_file']).parent
+        assert m['version'] == 1
+        assert m['cancel_file'] == str(jobdir / 'cancel')
+        assert m['pid_file'] == str(jobdir / 'pid')
+        assert m['progress_file'] == str(jobdir / 'progress.jsonl')
+    assert leftovers(p) == []
+
+
+def test_cancel_kills_a_stuck_bridge_by_its_own_pid(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    p.select(imgs)
+    p.scenario = 'stuck'
+    p.cancel_after_sleeps = 2
+    kill_at = []
+    orig = p._killed
+    p._killed = lambda pid, rc: (kill_at.append(p.clock), orig(pid, rc))
+    p.click('stack_button')
+    assert Path(p.manifests[0]['cancel_file']).name == 'cancel'
+    assert p.kills == ['4242']  # the pid the bridge wrote, not the shell's $!
+    assert kill_at[0] >= 20  # only after the grace period
+    assert [c for c in p.commands if c.startswith('kill')] == ['kill -TERM 4242 >/dev/null 2>&1']
+    assert p.printed[-1] == 'focus stack cancelled'
+    assert p.imports == [] and leftovers(p) == [] and p.fs.state.busy is False
+
+
+@pytest.mark.parametrize('pid_text', [None, '', '0\n', '1\n', '-5\n', '12; rm -rf ~\n',
+                                      '4242 4243\n', '99999999999\n'])
+def test_kill_trusts_only_a_plain_pid(plugin, pid_text):
+    """No pid file from the bridge (an older one), or anything but plain digits >= 2 in it:
+    the shell's $! is used instead, never the file's text."""
+    p = plugin
+    p.pid_text = pid_text
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'stuck'
+    p.cancel_after_sleeps = 2
+    p.click('stack_button')
+    assert p.kills == ['777']
+    assert p.printed[-1] == 'focus stack cancelled' and leftovers(p) == []
+
+
+def test_sh_quote(plugin):
+    q = plugin.fs.quote
+    for s in ["plain", "it's", "'", "a b", "$(x) `y` \\ \" ; & | * ?", "-rf", "é\n"]:
+        assert shlex.split(q(s)) == [s]
 
 
 # --- the export target -----------------------------------------------------------------
@@ -673,6 +890,173 @@ def test_lens_failure_is_shown(plugin):
     assert 'exiftool not found' in p.fs.widgets.lens_outcome.text
     assert list(p.fake.actions.values()) == []  # nothing changed: no refresh
     p._bridge = orig
+
+
+# --- Windows (cmd.exe and run.bat, simulated) ------------------------------------------
+
+WIN_TMP = r'C:\Users\A&B (x) ^y\AppData\Local\Temp'
+WIN_EXE = r'C:\Program Files\focus%PATH%bridge & co!\focusbridge.exe'
+
+
+def win_plugin(tmp_path, monkeypatch, exe=WIN_EXE, dt_tmp=WIN_TMP, **kw):
+    """Windows paths are relative names on this machine: each one is a file in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    if exe:
+        Path(exe).write_text('MZ')
+        kw.setdefault('prefs', {'executable': exe, 'method': 'pyramid', 'format': 'tiff'})
+    return Plugin(tmp_path, os_name='windows', dt_tmp=dt_tmp, **kw)
+
+
+def win_leftovers(tmp_path, prefix=WIN_TMP):
+    return sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(prefix))
+
+
+def bat_lines(program):
+    return ['@echo off',
+            'setlocal DisableDelayedExpansion',
+            'cd /d "%~dp0"',
+            program + ' run-job "%~dp0manifest.json" <NUL >NUL 2>"%~dp0stderr.txt"',
+            '>"%~dp0rc" echo %ERRORLEVEL%']
+
+
+def test_windows_run_bat_holds_no_user_string(tmp_path, monkeypatch):
+    p = win_plugin(tmp_path, monkeypatch)
+    imgs = p.images(NASTY)
+    p.select(imgs)
+    p.click('stack_button')
+    assert p.bridge_runs == 1, p.printed
+    jobdir = p.run_jobdir
+    assert re.fullmatch(re.escape(WIN_TMP) + r'\\focus_stack_[0-9a-f]{24}', jobdir)
+    assert p.commands == [f'mkdir "{jobdir}" >NUL 2>NUL', f'start "" /b "{jobdir}\\run.bat"']
+    script = p.scripts[0]
+    script.encode('ascii')  # pure ASCII: no code page can misread it
+    assert script.endswith('\r\n') and '\n' not in script.replace('\r\n', '')
+    # % doubled (no %PATH% expansion), the rest literal inside quotes, delayed expansion off
+    assert script.split('\r\n')[:-1] == bat_lines(
+        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"')
+    assert WIN_TMP not in script and 'focus_stack_' not in script
+    for name in NASTY:
+        assert name not in script and all(name not in c for c in p.commands)
+    m = p.manifests[0]
+    assert m['pid_file'] == jobdir + r'\pid' and m['cancel_file'] == jobdir + r'\cancel'
+    assert m['frames'] == [jobdir + f'\\frame_{i:03d}.tif' for i in (1, 2, 3, 4, 5)]
+    assert p.printed[-1].startswith('focus stack: imported ')
+    assert win_leftovers(tmp_path) == []
+    assert p.randomseed_calls == 0
+
+
+def test_windows_non_ascii_program_switches_the_bat_to_utf8(tmp_path, monkeypatch):
+    exe = r'C:\Users\Ærø\.local\bin\focusbridge.exe'
+    p = win_plugin(tmp_path, monkeypatch, exe=exe)
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    lines = p.scripts[0].split('\r\n')[:-1]
+    assert lines == ['@chcp 65001 >NUL'] + bat_lines(f'"{exe}"')
+
+
+def test_windows_bridge_on_path_is_called_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(r'C:\Users\Ærø %x%\.local\bin\focusbridge.exe').write_text('MZ')
+    p = win_plugin(tmp_path, monkeypatch, exe=None,
+                   path_env=r'C:\Windows;C:\Users\Ærø %x%\.local\bin')
+    assert 'focusbridge.exe' in p.fs.widgets.bridge_label.label
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert p.scripts[0].split('\r\n')[:-1] == bat_lines('call focusbridge')
+    assert p.printed[-1] == 'focus stack: imported photos\\a_stacked.tif'
+
+
+@pytest.mark.parametrize('exe, ok', [
+    (r'C:\fb\focusbridge.cmd', True),
+    (r'C:\fb 100%\focusbridge.cmd', False),
+    (r'C:\fb^\focusbridge.bat', False),
+    (r'C:\fb!\focusbridge.BAT', False),
+    ('C:\\fb\tx\\focusbridge.exe', False),
+])
+def test_windows_batch_file_bridge(tmp_path, monkeypatch, exe, ok):
+    """A .bat/.cmd needs `call`, which expands % again and doubles carets: refuse those."""
+    p = win_plugin(tmp_path, monkeypatch, exe=exe)
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    if ok:
+        assert p.scripts[0].split('\r\n')[:-1] == bat_lines(f'call "{exe}"')
+    else:
+        assert 'cannot be run safely' in p.printed[-1] and p.commands == []
+
+
+def test_windows_cancel_uses_taskkill_on_the_bridges_pid(tmp_path, monkeypatch):
+    p = win_plugin(tmp_path, monkeypatch)
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'stuck'
+    p.cancel_after_sleeps = 2
+    p.click('stack_button')
+    assert [c for c in p.commands if c.startswith('taskkill')] == [
+        'taskkill /F /T /PID 4242 >NUL 2>NUL']
+    assert p.printed[-1] == 'focus stack cancelled'
+    assert win_leftovers(tmp_path) == [] and p.fs.state.busy is False
+
+
+@pytest.mark.parametrize('pid_text', [None, '0\n', '4242 & del x\n', '-1\n'])
+def test_windows_no_taskkill_without_a_plain_pid(tmp_path, monkeypatch, pid_text):
+    p = win_plugin(tmp_path, monkeypatch)
+    p.pid_text = pid_text
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'stuck'
+    p.cancel_after_sleeps = 2
+    p.click('stack_button')
+    assert not [c for c in p.commands if c.startswith('taskkill')]
+    assert p.printed[-1] == 'focus stack cancelled'  # nothing hangs: the plugin gives up
+    p.pending = None
+
+
+def test_windows_lens_job(tmp_path, monkeypatch):
+    p = win_plugin(tmp_path, monkeypatch)
+    p.select(p.images(['a.jpg']))
+    p.fs.widgets.lens_make.text = 'Canon'
+    p.click('lens_apply')
+    m = p.manifests[0]
+    assert m['kind'] == 'lens' and m['cancel_file'] == p.run_jobdir + r'\cancel'
+    assert m['pid_file'] == p.run_jobdir + r'\pid'
+    assert p.scripts[0].split('\r\n')[:-1] == bat_lines(
+        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"')
+    assert win_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('dt_tmp', [r'C:\Users\100%real\Temp', r'C:\Users\Ærø\Temp',
+                                    r'C:\Users\Hi!\Temp'])
+def test_windows_temp_folder_cmd_cannot_pass(tmp_path, monkeypatch, dt_tmp):
+    """cmd.exe expands %VAR% inside quotes and system() goes through the ANSI code page:
+    such a folder works only as %TEMP%... (cmd expands that itself), else it is refused."""
+    monkeypatch.delenv('TEMP', raising=False)
+    monkeypatch.delenv('TMP', raising=False)
+    monkeypatch.delenv('LOCALAPPDATA', raising=False)
+    monkeypatch.delenv('USERPROFILE', raising=False)
+    p = win_plugin(tmp_path, monkeypatch, dt_tmp=dt_tmp)
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert '--tmpdir' in p.printed[-1] and p.commands == []
+
+    monkeypatch.setenv('TEMP', dt_tmp)
+    p.click('stack_button')
+    mk, start = p.commands
+    assert re.fullmatch(r'mkdir "%TEMP%\\focus_stack_[0-9a-f]{24}" >NUL 2>NUL', mk), mk
+    assert re.fullmatch(r'start "" /b "%TEMP%\\focus_stack_[0-9a-f]{24}\\run\.bat"', start)
+    assert p.run_jobdir.startswith(dt_tmp + '\\focus_stack_')
+    assert p.printed[-1].startswith('focus stack: imported ')
+    assert win_leftovers(tmp_path, dt_tmp) == []
+
+
+def test_windows_job_names_without_urandom(tmp_path, monkeypatch):
+    p = win_plugin(tmp_path, monkeypatch)
+    p.mkdir_fail = 1
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    p.click('stack_button')
+    dirs = [re.search(r'focus_stack_([0-9a-f]+)"', c)[1] for c in p.commands
+            if c.startswith('mkdir')]
+    assert len(dirs) == 3 and len(set(dirs)) == 3
+    assert all(len(d) == 24 for d in dirs)
+    assert p.randomseed_calls == 0
 
 
 # --- JSON ------------------------------------------------------------------------------

@@ -384,3 +384,22 @@ def test_grey_reference_frame_keeps_the_result_in_colour(tmp_path):
     truth = b.truth
     spread = np.abs(img[..., 0] - img[..., 2]).mean() / 65535
     assert spread > 0.5 * np.abs(truth[..., 0] - truth[..., 2]).mean(), spread
+
+
+def test_write_errors_name_the_users_file_not_the_temp_file(tmp_path, frames, monkeypatch):
+    """A disk that fills up while the depth map is written (simulated at the one call that
+    writes it): the message names OUT_depth.tif, and the set leaves nothing behind."""
+    import errno
+
+    from pybridge import pipeline
+    from pybridge.errors import StackError
+
+    def full_disk(path, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(pipeline, "write_depth_map", full_disk)
+    out = tmp_path / "stacked.tif"
+    with pytest.raises(StackError) as err:
+        pipeline.stack(frames, out, depth_map=tmp_path / "stacked_depth.tif")
+    assert "stacked_depth.tif: No space left on device" in str(err.value)
+    assert ".partial-" not in str(err.value)
+    assert listing(tmp_path) == []

@@ -10,6 +10,8 @@ local FAKE = {
 }
 
 local dt = {}
+-- the plugin reads running_os once, at load: set it to "windows" before loading to test
+-- its cmd.exe / run.bat side
 dt.configuration = {
   api_version_string = "9.0.0", version = "4.2.1", has_gui = true,
   tmp_dir = "/tmp", config_dir = "/tmp", running_os = "linux",
