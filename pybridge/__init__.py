@@ -1,15 +1,20 @@
-"""focusbridge's stacking engine: read -> align -> fuse -> write (see pipeline.py)."""
-__version__ = "0.1.0"
+"""focusbridge: focus stacking for darktable users (see docs/ARCHITECTURE.md for the layers)."""
+from importlib.metadata import PackageNotFoundError, version
 
-from .errors import StackError  # noqa: E402
+try:
+    __version__ = version("focusbridge")     # one definition: pyproject.toml
+except PackageNotFoundError:                 # pragma: no cover - run from a bare source tree
+    __version__ = "0+unknown"
 
-__all__ = ["stack", "StackResult", "StackError", "__version__"]
+from .errors import FocusbridgeError  # noqa: E402
+
+__all__ = ["stack", "StackOptions", "StackResult", "FocusbridgeError", "__version__"]
 
 
 def __getattr__(name):
     # the engine (numpy, OpenCV) loads on first use, so `focusbridge` can take charge of
     # Ctrl-C and SIGTERM within milliseconds of starting
-    if name in ("stack", "StackResult"):
-        from . import pipeline
-        return getattr(pipeline, name)
+    if name in ("stack", "StackResult", "StackOptions"):
+        from . import app
+        return getattr(app, name)
     raise AttributeError(f"module 'pybridge' has no attribute {name!r}")

@@ -20,7 +20,9 @@ import math
 import cv2
 import numpy as np
 
-MODELS = ("similarity", "affine", "homography", "translation", "none")
+from .options import ALIGN_MODELS
+
+MODELS = (*ALIGN_MODELS, "none")
 # resampling onto the reference grid: cubic is the speed/quality default; Lanczos keeps more
 # fine texture (+0.8 dB on the benchmark's synthetic scenes) for ~70 ms more per 4 MP frame
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}

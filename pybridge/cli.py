@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from . import __version__, signals
-from .errors import Cancelled, StackError, one_line
-
-EXIT_ERROR = 1
-EXIT_CANCELLED = 130
+from .errors import describe_failure, print_failure, print_warning
+from .options import StackOptions
 
 _STACK_EPILOG = """\
 examples:
@@ -23,43 +20,14 @@ Frames are stacked in the order given (near to far or far to near, either works)
 
 
 def _add_stack_options(p: argparse.ArgumentParser) -> None:
-    from .frames import DEFAULT_MAX_PIXELS
     p.add_argument("frames", nargs="+", metavar="FRAME",
                    help="input frames: RAW (any format LibRaw reads), TIFF (8/16-bit, float), "
                         "JPEG or PNG, in focus order")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="result file; the extension picks the format: .tif/.tiff 16-bit TIFF "
                         "(recommended), .png 16-bit PNG, .jpg 8-bit JPEG")
-    p.add_argument("--method", choices=("pyramid", "depthmap"), default="pyramid",
-                   help="fusion method. pyramid (default): Laplacian-pyramid maximum-contrast "
-                        "fusion, best for fine detail (hair, bristles, crossing structures). "
-                        "depthmap: pick the sharpest frame per region with feathered seams, "
-                        "best for smooth surfaces and colour fidelity, and faster")
-    p.add_argument("--no-align", dest="align", action="store_false",
-                   help="skip alignment, for stacks that are already registered (microscope "
-                        "focus knob, previously aligned exports)")
-    p.add_argument("--align-model", choices=("similarity", "affine", "homography", "translation"),
-                   default="similarity",
-                   help="alignment model. similarity (default): shift, rotation and scale, "
-                        "which covers focus breathing; affine/homography: also shear/"
-                        "perspective, for tilted rails; translation: shift only")
-    p.add_argument("--interpolation", choices=("cubic", "lanczos", "linear"), default="cubic",
-                   help="how frames are resampled onto the reference: cubic (default), "
-                        "lanczos (keeps more of the finest texture, about 30 %% slower), "
-                        "linear (fastest, softest)")
-    p.add_argument("--reference", default="middle", metavar="REF",
-                   help="frame the others are aligned to: middle (default), first, last, or a "
-                        "frame number counted from 0 (negative counts from the end)")
-    p.add_argument("--no-gain", dest="match_gain", action="store_false",
-                   help="don't match brightness and colour between frames (on by default: it "
-                        "removes flicker from flash or LED light)")
-    p.add_argument("--no-halo-suppression", dest="halo_suppression", action="store_false",
-                   help="pyramid method only: let coarse pyramid levels choose by contrast too "
-                        "(classic PMax). Default is on, which avoids bright/dark halos around "
-                        "foreground edges")
-    p.add_argument("--crop", action="store_true",
-                   help="crop to the area every frame covers; default keeps the reference "
-                        "frame's size, filling the borders from the frames that reach them")
+    StackOptions.add_arguments(p)
+    # what the application writes around the result: on the command line these are paths
     p.add_argument("--depth-map", nargs="?", const="auto", metavar="PATH",
                    help="also write a 16-bit depth map of which frame was sharpest: black = "
                         "first frame, white = last; frame = round(value * (frames-1) / 65535). "
@@ -67,12 +35,6 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confidence-map", nargs="?", const="auto", metavar="PATH",
                    help="also write a 16-bit confidence map (how clearly the sharpest frame "
                         "won). Without PATH: OUT_confidence.tif")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=16,
-                   help="bits per sample of TIFF/PNG output (default 16; JPEG is always 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--max-pixels", type=_megapixels, default=None, metavar="MP",
-                   help="refuse frames larger than MP megapixels, checked from the file header "
-                        "before decoding (default %d; 0: no limit)" % (DEFAULT_MAX_PIXELS // 10**6))
     p.add_argument("--no-metadata", dest="metadata", action="store_false", default=None,
                    help="don't copy EXIF/XMP from the sources onto the result (copied by "
                         "default when the inputs carry metadata; needs exiftool)")
@@ -91,16 +53,6 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
                         "per line on stdout (phase, frame, count, fraction) for programs")
 
 
-def _megapixels(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megapixels, not {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of megapixels >= 0, not {text!r}")
-    return int(value * 10**6)
-
-
 def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
     from .pipeline import side_path
     if value is None:
@@ -111,43 +63,28 @@ def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
 
 
 def cmd_stack(args) -> int:
-    from .pipeline import check_outputs, read_paths, stack, write_report
+    from .app import stack
+    from .pipeline import write_report
     from .progress import choose
 
     output = Path(args.output)
     progress = choose(args.progress)
-    depth_map = _side_path(output, args.depth_map, "depth")
-    confidence_map = _side_path(output, args.confidence_map, "confidence")
-    if args.report:
-        # the report is written after the stack: check it now against everything else
-        writes = [(role, p) for role, p in (("result", output), ("depth map", depth_map),
-                                            ("confidence map", confidence_map),
-                                            ("--report", Path(args.report))) if p is not None]
-        check_outputs(writes, read_paths(args.frames, args.sources, args.base), args.overwrite)
-    result = stack(
-        args.frames, output, method=args.method,
-        align=args.align_model if args.align else False, reference=args.reference,
-        match_gain=args.match_gain, interpolation=args.interpolation,
-        halo_suppression=args.halo_suppression, crop=args.crop,
-        depth_map=depth_map, confidence_map=confidence_map,
-        bit_depth=args.bit_depth, overwrite=args.overwrite, metadata=args.metadata,
-        sources=args.sources, base=args.base, max_pixels=args.max_pixels, progress=progress)
-    if args.report:
+    report = [("--report", Path(args.report))] if args.report else []
+    result = stack(args.frames, output, StackOptions.from_args(args),
+                   depth_map=_side_path(output, args.depth_map, "depth"),
+                   confidence_map=_side_path(output, args.confidence_map, "confidence"),
+                   metadata=args.metadata, sources=args.sources, base=args.base,
+                   also_writes=report, progress=progress)
+    if args.report:   # checked with the outputs before the stack began
         write_report(result, args.report, args.frames, overwrite=args.overwrite)
     for warning in result.warnings:
-        print(f"focusbridge: warning: {warning}", file=sys.stderr)
+        print_warning(warning)
     progress("done", fraction=1.0, output=str(result.output),
              depth_map=str(result.depth_map_path) if result.depth_map_path else None)
     if args.progress != "json":
         print(f"wrote {result.output}")
-    note_late_cancel()
+    signals.note_late_cancel()
     return 0
-
-
-def note_late_cancel() -> None:
-    if signals.cancel_held():
-        print("focusbridge: the cancel came while the result was being written; it was "
-              "finished instead", file=sys.stderr)
 
 
 def sample_bracket() -> list[Path]:
@@ -156,7 +93,8 @@ def sample_bracket() -> list[Path]:
 
 
 def cmd_demo(args) -> int:
-    from .pipeline import stack, write_report
+    from .app import stack
+    from .pipeline import write_report
     from .progress import choose
 
     frames = sample_bracket()
@@ -214,28 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     if register is not None:
         register(sub)
     return parser
-
-
-def describe_failure(exc: BaseException) -> tuple[int | None, str]:
-    """Exit status and one-line message for anything that ends a run; (None, '') for what
-    should propagate (SystemExit, or any error when FOCUSBRIDGE_DEBUG is set)."""
-    if isinstance(exc, (Cancelled, KeyboardInterrupt)):
-        return EXIT_CANCELLED, "cancelled"
-    if isinstance(exc, StackError):
-        return EXIT_ERROR, str(exc)
-    if isinstance(exc, OSError):  # disk full, permissions changed under us...
-        where = f"{exc.filename}: " if exc.filename else ""
-        return EXIT_ERROR, f"{where}{one_line(exc.strerror or exc)}"
-    if isinstance(exc, Exception) and not os.environ.get("FOCUSBRIDGE_DEBUG"):
-        # a bug: still one line; FOCUSBRIDGE_DEBUG=1 shows the traceback
-        return EXIT_ERROR, (f"internal error: {type(exc).__name__}: {one_line(exc)} "
-                            f"(set FOCUSBRIDGE_DEBUG=1 for details)")
-    return None, ""
-
-
-def print_failure(code: int, message: str) -> None:
-    kind = "" if code == EXIT_CANCELLED else "error: "
-    print(f"focusbridge: {kind}{message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError, one_line
+from .options import DEFAULT_MAX_PIXELS   # largest frame read unless the caller says otherwise
 
 # Every extension LibRaw reads (its documented camera list and dcraw's heritage).
 RAW_EXTENSIONS = frozenset({
@@ -47,12 +48,6 @@ TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif'})
 PNG_EXTENSIONS = frozenset({'.png'})
 
-# Largest frame read unless the caller says otherwise (max_pixels; CLI --max-pixels). Stacking
-# keeps several float32 copies of a frame (~60-80 bytes a pixel in all), so 250 MP already
-# needs most of a 24 GB machine. It covers every single-shot sensor (Phase One IQ4: 151 MP)
-# and the 240 MP pixel-shift composites of Sony; larger ones (Fujifilm GFX 400 MP) need the
-# option, and decompression bombs (30000 x 30000 PNG = 900 MP) are refused.
-DEFAULT_MAX_PIXELS = 250_000_000
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _ICC_TAG = 34675

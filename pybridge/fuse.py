@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-METHODS = ("pyramid", "depthmap")
+from .options import METHODS
+
 _LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)   # Rec. 601 weights, as cv2's RGB2GRAY
 
 
@@ -51,7 +52,7 @@ def window_sigma_for(shape: tuple[int, int]) -> float:
     return max(2.0, 0.0012 * max(shape))
 
 
-def frame_focus(pixels: np.ndarray, valid: np.ndarray | None, window_sigma: float) -> np.ndarray:
+def aligned_focus_measure(pixels: np.ndarray, valid: np.ndarray | None, window_sigma: float) -> np.ndarray:
     """The focus measure of one aligned frame, pushed far down where the frame has no data.
     A pure function, so the pipeline can compute it for the next frame in its read-ahead thread."""
     f = focus_measure(pixels, window_sigma)
@@ -72,7 +73,7 @@ class _FocusTracker:
         self.coverage = np.zeros(shape, np.uint16)
 
     def update(self, index: int, f: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        """Fold in one frame's focus measure `f` (from frame_focus). Returns the uint8 mask
+        """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns the uint8 mask
         (0/255) of pixels where this frame is the sharpest so far."""
         if valid is not None:
             cv2.add(self.coverage, 1, dst=self.coverage, mask=valid, dtype=cv2.CV_16U)
@@ -147,10 +148,10 @@ class _Fuser:
     def add(self, index: int, pixels: np.ndarray, valid: np.ndarray | None = None,
             focus: np.ndarray | None = None) -> None:
         """Fold in one aligned frame. `valid`: uint8 mask of pixels the frame covers (None: all);
-        `focus`: its frame_focus() if already computed."""
+        `focus`: its aligned_focus_measure() if already computed."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         if focus is None:
-            focus = frame_focus(pixels, valid, self.window_sigma)
+            focus = aligned_focus_measure(pixels, valid, self.window_sigma)
         wins = self.focus.update(index, focus, valid)
         self._fold(pixels, valid, wins)
         self.frames += 1

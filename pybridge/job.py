@@ -13,59 +13,37 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Cancelled, StackError, one_line
+from .errors import (EXIT_ERROR, Cancelled, ManifestError, describe_failure,
+                     one_line, print_failure)
+from .options import FORMATS, OptionError, Options, option, options_schema, split_manifest_options
+from .signals import note_late_cancel
 
-_FORMAT_SUFFIXES = {"tiff": (".tif", ".tiff"), "jpeg": (".jpg", ".jpeg"), "png": (".png",)}
-
-
-def _choice(*allowed):
-    def check(v):
-        return isinstance(v, str) and v in allowed, "one of " + ", ".join(map(repr, allowed))
-    return check
-
-
-def _flag(v):
-    return isinstance(v, bool), "true or false"
+KINDS = ("stack", "lens")
+LENS_ACTIONS = ("set", "undo")
+_PATH = {"type": "string", "minLength": 1}
+_PATHS = {"type": "array", "items": _PATH}
+_OPTIONAL_PATH = {"type": ["string", "null"], "minLength": 1}
+_RUN_FILES = ("status_file", "progress_file", "cancel_file", "pid_file")
 
 
-def _flag_or_null(v):
-    return v is None or isinstance(v, bool), "true, false or null"
-
-
-def _int_in(*allowed):
-    def check(v):
-        return (isinstance(v, int) and not isinstance(v, bool) and v in allowed,
-                " or ".join(map(str, allowed)))
-    return check
-
-
-def _reference(v):
-    ok = (isinstance(v, int) and not isinstance(v, bool)) or v in ("middle", "first", "last")
-    return ok, "'middle', 'first', 'last' or a frame number"
-
-
-def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"
-
-
-def _stack_options():
-    from .align import INTERPOLATIONS, MODELS
-    from .fuse import METHODS
-    # JSON types are checked, not truthiness: "false" (a string) is an error, not true
-    return {"method": _choice(*METHODS), "align": _flag,
-            "align_model": _choice(*(m for m in MODELS if m != "none")),
-            "interpolation": _choice(*INTERPOLATIONS), "reference": _reference,
-            "match_gain": _flag, "halo_suppression": _flag, "crop": _flag,
-            "depth_map": _flag, "confidence_map": _flag, "format": _choice(*_FORMAT_SUFFIXES),
-            "bit_depth": _int_in(8, 16), "overwrite": _flag, "metadata": _flag_or_null,
-            "max_pixels": _count}
-
-
-class ManifestError(StackError):
-    def __init__(self, path: Path, problem: str):
-        super().__init__(f"{path}: {problem}")
+def manifest_schema() -> dict:
+    """JSON Schema of a job manifest, made from the same definitions run-job checks with."""
+    common = {"version": {"const": 1}, **{k: _OPTIONAL_PATH for k in _RUN_FILES}}
+    stack = {"type": "object", "required": ["frames", "output"], "additionalProperties": False,
+             "properties": {**common, "kind": {"const": "stack"},
+                            "frames": {**_PATHS, "minItems": 2}, "sources": _PATHS,
+                            "output": _PATH, "options": options_schema()}}
+    lens = {"type": "object", "required": ["kind", "files"], "additionalProperties": False,
+            "properties": {**common, "kind": {"const": "lens"}, "files": _PATHS,
+                           "action": {"enum": list(LENS_ACTIONS)},
+                           "preset": {"type": ["string", "null"]},
+                           "dry_run": {"type": "boolean"},
+                           "fields": LensFields.schema()}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "focusbridge run-job manifest", "oneOf": [stack, lens]}
 
 
 def load_manifest(path: Path) -> dict:
@@ -79,16 +57,20 @@ def load_manifest(path: Path) -> dict:
         raise ManifestError(path, "a job manifest must be a JSON object")
     if data.get("version", 1) != 1 or isinstance(data.get("version"), bool):
         raise ManifestError(path, f"unsupported manifest version {data.get('version')!r}")
-    for key in ("status_file", "progress_file", "cancel_file", "pid_file"):
-        _optional_path(data, key, path)
+    if data.get("kind", "stack") not in KINDS:
+        raise ManifestError(path, f"unknown job kind {data.get('kind')!r} (stack or lens)")
+    kind = data.get("kind", "stack")
+    allowed = {"version", "kind", *_RUN_FILES} | (
+        {"frames", "sources", "output", "options"} if kind == "stack"
+        else {"files", "action", "preset", "dry_run", "fields"})
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ManifestError(path, f"unknown key(s) for a {kind} job: {', '.join(unknown)}")
+    for key in _RUN_FILES:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ManifestError(path, f"'{key}' must be a file path or null")
     return data
-
-
-def _optional_path(manifest: dict, key: str, path: Path) -> str | None:
-    value = manifest.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ManifestError(path, f"'{key}' must be a file path or null")
-    return value
 
 
 def _string_list(manifest: dict, key: str, path: Path, required: bool = True) -> list[str] | None:
@@ -97,24 +79,6 @@ def _string_list(manifest: dict, key: str, path: Path, required: bool = True) ->
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ManifestError(path, f"'{key}' must be a list of file paths")
-    return value
-
-
-def _checked(manifest: dict, key: str, table: dict, path: Path) -> dict:
-    """`manifest[key]` as a dict whose every entry passes its type check in `table`."""
-    value = manifest.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ManifestError(path, f"'{key}' must be a JSON object")
-    unknown = set(value) - set(table)
-    if unknown:
-        raise ManifestError(path, f"unknown {key} entr{'y' if len(unknown) == 1 else 'ies'}: "
-                                  f"{', '.join(sorted(unknown))}")
-    for name, v in value.items():
-        ok, expected = table[name](v)
-        if not ok:
-            raise ManifestError(path, f"{key} '{name}' must be {expected}, not {json.dumps(v)}")
     return value
 
 
@@ -131,7 +95,7 @@ def _check_side_files(manifest: dict) -> None:
              if isinstance(v, str) and v]
     output = manifest.get("output")
     if isinstance(output, str) and output:
-        for suffix in [Path(output).suffix] + [s for s, *_ in _FORMAT_SUFFIXES.values()]:
+        for suffix in [Path(output).suffix] + [s for s, *_ in FORMATS.values()]:
             out = Path(output).with_suffix(suffix) if suffix else Path(output)
             named += [("result", out), ("depth map", side_path(out, "depth")),
                       ("confidence map", side_path(out, "confidence"))]
@@ -148,32 +112,25 @@ def _write_status(status_file: str | None, status: dict) -> None:
 
 
 def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
-    from .pipeline import side_path, stack
+    from .app import stack
+    from .pipeline import side_path
 
     frames = _string_list(manifest, "frames", path)
     sources = _string_list(manifest, "sources", path, required=False)
     output = manifest.get("output")
     if not isinstance(output, str) or not output:
         raise ManifestError(path, "'output' must be a file path")
-    options = _checked(manifest, "options", _stack_options(), path)
+    try:
+        options, outputs = split_manifest_options(manifest.get("options"))
+    except OptionError as exc:
+        raise ManifestError(path, str(exc)) from None
     out = Path(output)
-    fmt = options.get("format")
-    if fmt and out.suffix.lower() not in _FORMAT_SUFFIXES[fmt]:
-        out = out.with_suffix(_FORMAT_SUFFIXES[fmt][0])
-    depth = side_path(out, "depth") if options.get("depth_map") else None
-    confidence = side_path(out, "confidence") if options.get("confidence_map") else None
-    align = options.get("align", True)
-    if align is True and options.get("align_model"):
-        align = options["align_model"]
-    result = stack(frames, out, method=options.get("method", "pyramid"), align=align,
-                   reference=options.get("reference", "middle"),
-                   match_gain=options.get("match_gain", True),
-                   interpolation=options.get("interpolation", "cubic"),
-                   halo_suppression=options.get("halo_suppression", True),
-                   crop=options.get("crop", False), depth_map=depth, confidence_map=confidence,
-                   bit_depth=options.get("bit_depth", 16), overwrite=options.get("overwrite", False),
-                   metadata=options.get("metadata", None), sources=sources,
-                   max_pixels=options.get("max_pixels"), progress=progress, cancel=cancel)
+    if outputs.format and out.suffix.lower() not in FORMATS[outputs.format]:
+        out = out.with_suffix(FORMATS[outputs.format][0])
+    result = stack(frames, out, options,
+                   depth_map=side_path(out, "depth") if outputs.depth_map else None,
+                   confidence_map=side_path(out, "confidence") if outputs.confidence_map else None,
+                   metadata=outputs.metadata, sources=sources, progress=progress, cancel=cancel)
     return {"output": str(result.output),
             "depth_map": str(result.depth_map_path) if result.depth_map_path else None,
             "metadata": result.metadata_written,
@@ -181,34 +138,32 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
             "frames": [t.to_dict() for t in result.transforms]}
 
 
-def _lens_fields():
-    def text(v):
-        return isinstance(v, str), "a string"
-
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"
-
-    def lens_info(v):
-        ok = isinstance(v, str) or (isinstance(v, list) and all(
-            isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in v))
-        return ok, 'a string like "100 100 2.8 2.8" or a list of numbers'
-
-    def lens_type(v):
-        return isinstance(v, int) and not isinstance(v, bool), "a whole number"
-    return {"make": text, "model": text, "serial": text, "focal_length": number,
-            "aperture": number, "lens_info": lens_info, "canon_lens_type": lens_type}
+@dataclass
+class LensFields(Options):
+    """The `fields` of a lens job: what `focusbridge lens set` takes as options."""
+    make: str | None = option(None, "lens make, e.g. Venus Optics")
+    model: str | None = option(None, "lens model, e.g. Laowa 100mm f/2.8 2X Ultra Macro APO")
+    focal_length: float | None = option(None, "focal length in mm", minimum=0)
+    aperture: float | None = option(None, "f-number used", minimum=0)
+    lens_info: str | list | None = option(
+        None, 'minFocal maxFocal minF@min minF@max, as "100 100 2.8 2.8" or a list')
+    serial: str | None = option(None, "lens serial number")
+    canon_lens_type: int | None = option(None, "Canon LensType id (Canon maker notes only)")
 
 
 def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     """Lens rewrite or undo on the original files (the plugin's lens section)."""
     from exif.lens import LensSpec, format_lens_info, preset, set_lens, undo_lens
-    from exif.tool import ExifCancelled, ExifError
+    from exif.tool import ExifCancelled, ExifError  # noqa: F401  (until exif errors share the base)
 
     files = [Path(f) for f in _string_list(manifest, "files", path)]
     action = manifest.get("action", "set")
     if action not in ("set", "undo"):
         raise ManifestError(path, f"unknown lens action {action!r} (set or undo)")
-    fields = _checked(manifest, "fields", _lens_fields(), path)
+    try:
+        fields = vars(LensFields.from_json(manifest.get("fields"), "fields"))
+    except OptionError as exc:
+        raise ManifestError(path, str(exc)) from None
     if not isinstance(manifest.get("dry_run", False), bool):
         raise ManifestError(path, "'dry_run' must be true or false")
     if manifest.get("preset") is not None and not isinstance(manifest["preset"], str):
@@ -246,8 +201,6 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
                                 "message": message})
     except ExifCancelled:
         raise Cancelled() from None
-    except ExifError as exc:
-        raise StackError(str(exc)) from None
     ok = all(r["outcome"] != "error" for r in results)
     failed = [r for r in results if r["outcome"] == "error"]
     error = None if ok else (f"{len(failed)} of {len(results)} files failed; first: "
@@ -263,7 +216,6 @@ def _write_pid(pid_file: str | None) -> None:
 
 def run_job(manifest_path: Path) -> int:
     """Run one job; returns the process exit status (0, 1, or 130 when cancelled)."""
-    from .cli import EXIT_CANCELLED, EXIT_ERROR, describe_failure, note_late_cancel, print_failure
     from .progress import JsonLines
 
     status_file = None
@@ -292,6 +244,6 @@ def run_job(manifest_path: Path) -> int:
         if code is None:
             raise
         _write_status(status_file, {"ok": False, "output": None, "error": message,
-                                    "cancelled": code == EXIT_CANCELLED})
+                                    "cancelled": isinstance(exc, (Cancelled, KeyboardInterrupt))})
         print_failure(code, message)
         return code

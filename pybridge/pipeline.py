@@ -18,10 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .align import INTERPOLATIONS, MODELS, ChainAligner, Transform, warp_frame
-from .errors import Cancelled, InputError, StackError
+from .align import INTERPOLATIONS, ChainAligner, Transform, warp_frame
+from .errors import Cancelled, FocusbridgeError, InputError, StackError
 from .frames import Frame, frame_from_array, icc_colour_space, probe_frame, read_frame
-from .fuse import METHODS, frame_focus, make_fuser, window_sigma_for
+from .fuse import aligned_focus_measure, make_fuser, window_sigma_for
+from .options import StackOptions
 from .progress import silent
 from .signals import committing
 from .write import (OUTPUT_EXTENSIONS, atomic_output, atomic_outputs,
@@ -96,7 +97,7 @@ def resolve_reference(reference: str | int, count: int) -> int:
     return index
 
 
-def _check_inputs(sources: Sequence[FrameSource], max_pixels: int | None) -> int:
+def _check_inputs(sources: Sequence[FrameSource], max_pixels: int) -> int:
     """Fail before any heavy work: too few frames, missing or unreadable headers, too many
     pixels, mismatched sizes. (A RAW whose header is fine but whose data is truncated fails
     later, when read.) Returns the output's channel count: colour when any frame is."""
@@ -128,16 +129,13 @@ def _name(src: FrameSource) -> str:
     return "<array>" if isinstance(src, np.ndarray) else str(src)
 
 
-def _load(src: FrameSource, max_pixels: int | None) -> Frame:
+def _load(src: FrameSource, max_pixels: int) -> Frame:
     return frame_from_array(src) if isinstance(src, np.ndarray) else read_frame(src, max_pixels=max_pixels)
 
 
-def read_paths(frames: Sequence[FrameSource], sources=None, base=None) -> list[tuple[str, Path]]:
-    """(role, path) of every file a stack reads: frames, metadata sources, metadata base."""
-    reads = [("input frame", Path(f)) for f in frames if not isinstance(f, np.ndarray)]
-    reads += [("metadata source", Path(s)) for s in sources or ()]
-    reads += [("metadata base", Path(base))] if base else []
-    return reads
+def read_paths(frames: Sequence[FrameSource]) -> list[tuple[str, Path]]:
+    """(role, path) of every frame file a stack reads."""
+    return [("input frame", Path(f)) for f in frames if not isinstance(f, np.ndarray)]
 
 
 def check_outputs(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str, Path]],
@@ -147,20 +145,6 @@ def check_outputs(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str,
     check_no_clash(writes, reads)
     for _, out in writes:
         check_target(out, overwrite)
-
-
-def _check_metadata_sources(sources: Sequence[Path], base, count: int, explicit: bool) -> None:
-    """The metadata inputs exist and can be named to exiftool, before the heavy work."""
-    if explicit and len(sources) != count:
-        raise StackError(f"--sources names {len(sources)} files for {count} frames")
-    for role, path in [("metadata source", s) for s in sources] + \
-                      ([("metadata base", Path(base))] if base else []):
-        if not path.is_file():
-            raise InputError(path, f"no such file ({role})" if not path.exists()
-                             else f"is not a regular file ({role})")
-        if "\n" in str(path) or "\r" in str(path):
-            raise InputError(path, f"line breaks in file names are not supported by exiftool "
-                                   f"({role}); rename it or pass --no-metadata")
 
 
 def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:
@@ -186,91 +170,83 @@ def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:
     return top, left, bottom - top, right - left
 
 
-def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None, *,
-          method: str = "pyramid",
-          align: bool | str = True,
-          reference: str | int = "middle",
-          match_gain: bool = True,
-          interpolation: str = "cubic",
-          halo_suppression: bool = True,
-          crop: bool = False,
+def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None,
+          options: StackOptions | None = None, *,
           depth_map: str | os.PathLike | None = None,
           confidence_map: str | os.PathLike | None = None,
-          bit_depth: int = 16,
-          overwrite: bool = False,
-          metadata: bool | None = None,
-          sources: Sequence[str | os.PathLike] | None = None,
-          base: str | os.PathLike | None = None,
-          max_pixels: int | None = None,
+          before_commit: Callable[[Path], None] | None = None,
+          also_reads: Sequence[tuple[str, Path]] = (),
+          also_writes: Sequence[tuple[str, Path]] = (),
           progress: Callable[..., None] = silent,
-          cancel: Callable[[], bool] | None = None) -> StackResult:
-    """Stack a focus bracket.
+          cancel: Callable[[], bool] | None = None, **option_values) -> StackResult:
+    """Stack a focus bracket: the engine, which knows nothing of metadata.
 
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
-    write the result (format by extension; None: only return it). `align`: True (similarity),
-    False, or a model name from align.MODELS. `interpolation`: cubic (default), lanczos
-    (sharper, slower) or linear. `metadata`: copy the sources' EXIF/XMP onto the
-    output (None: when the inputs carry any). `sources`: the original files to take metadata
-    from when `frames` are derived copies (darktable exports). `max_pixels`: refuse frames
-    larger than this (None: frames.DEFAULT_MAX_PIXELS; 0: no limit). `cancel`: polled between
-    frames; returning True stops the run, and nothing is written.
+    write the result (format by extension; None: only return it). `options` (or the same
+    names as keywords, see options.StackOptions): method, alignment, interpolation, ...
+    `before_commit(temp_path)`: called with the written result's temp file before the outputs
+    are renamed into place (the application layer merges metadata there, so it is part of
+    the atomic write). `also_reads` / `also_writes`: (role, path) of other files the caller
+    reads / will write; they are checked with the outputs before any pixel is read. `cancel`: polled between frames; returning True stops the run, and
+    nothing is written.
     """
-    if method not in METHODS:
-        raise StackError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")
-    model = "similarity" if align is True else ("none" if align is False else align)
-    if model not in MODELS:
-        raise StackError(f"unknown alignment model {model!r}; choose from {', '.join(MODELS)}")
-    if interpolation not in INTERPOLATIONS:
-        raise StackError(f"unknown interpolation {interpolation!r}; choose from "
-                         f"{', '.join(INTERPOLATIONS)}")
-    if bit_depth not in (8, 16) or isinstance(bit_depth, bool):
-        raise StackError(f"bit depth must be 8 or 16, not {bit_depth!r}")
+    opts = StackOptions.merged(options, option_values)
     frames = list(frames)
-    count = len(frames)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    # -- everything checkable is checked before a pixel is read ------------------------------
     writes = [(role, Path(p)) for role, p in (("result", output), ("depth map", depth_map),
                                               ("confidence map", confidence_map)) if p is not None]
+    channels, ref = check_before_pixels(frames, writes, opts, also_reads, also_writes)
+    res = _align_and_fuse(frames, channels, ref, opts, progress, cancel)
+    res.timings["stack"] = time.perf_counter() - t0
+    if cancel is not None and cancel():
+        raise Cancelled()
+    t1 = time.perf_counter()
+    if writes:
+        progress("write", count=len(frames), fraction=_FRAMES_SHARE + 0.02)
+        _write_outputs(res, dict((role, p) for role, p in writes), opts, before_commit)
+    res.timings["write"] = time.perf_counter() - t1
+    res.timings["total"] = time.perf_counter() - t0
+    return res
+
+
+def check_before_pixels(frames: Sequence[FrameSource], writes: Sequence[tuple[str, Path]],
+                        opts: StackOptions, also_reads: Sequence[tuple[str, Path]] = (),
+                        also_writes: Sequence[tuple[str, Path]] = ()) -> tuple[int, int]:
+    """Everything that can be known before a pixel is read: output names and folders, no
+    output on an input, frame headers (kind, size, pixel limit). Returns (channels of the
+    result, reference frame index)."""
     for role, p in writes:
         check_extension(p, OUTPUT_EXTENSIONS, role)
-    check_outputs(writes, read_paths(frames, sources, base), overwrite)
-    explicit_sources = sources is not None
-    meta_sources = [Path(s) for s in sources] if explicit_sources else \
-        [Path(f) for f in frames if not isinstance(f, np.ndarray)]
-    wants_metadata = output is not None and metadata is not False and \
-        (explicit_sources or len(meta_sources) == count)
-    if wants_metadata:
-        _check_metadata_sources(meta_sources, base, count, explicit_sources)
-    channels = _check_inputs(frames, max_pixels)
-    ref = resolve_reference(reference, count)
-    merge = None
-    if wants_metadata:
-        merge = _metadata_step(meta_sources, base, ref, method, count,
-                               required=bool(metadata))
+    check_outputs([*writes, *also_writes], read_paths(frames) + list(also_reads), opts.overwrite)
+    channels = _check_inputs(frames, opts.max_pixels)
+    return channels, resolve_reference(opts.reference, len(frames))
 
-    # -- read, align, fuse: one frame at a time -------------------------------------------
-    # A helper thread reads, registers, resamples and measures the focus of the next frame
-    # while this one fuses the current one: the two halves take about as long.
-    aligner = ChainAligner(model=model, match_gain=match_gain)
+
+def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts: StackOptions,
+                    progress, cancel) -> StackResult:
+    """Stream the frames through read -> align -> fuse, one at a time, in chain order.
+
+    A helper thread reads, registers, resamples and measures the focus of the next frame
+    while this one fuses the current one: the two halves take about as long."""
+    count = len(frames)
+    aligner = ChainAligner(model=opts.model, match_gain=opts.match_gain)
     transforms: list[Transform | None] = [None] * count
     order = chain_order(count, ref)
     first = {}
     warnings: list[str] = []
 
     def read_and_register(index: int):
-        frame = _load(frames[index], max_pixels)
+        frame = _load(frames[index], opts.max_pixels)
         warnings.extend(frame.warnings)
         pixels = frame.pixels
         if not first:
-            first.update(shape=pixels.shape[:2], channels=channels)
+            first.update(shape=pixels.shape[:2])
         if pixels.shape[:2] != first["shape"]:
             h, w = first["shape"]
             raise InputError(_name(frames[index]), f"is {pixels.shape[1]}x{pixels.shape[0]} but "
                                                    f"the reference is {w}x{h}")
-        if pixels.shape[2] != first["channels"]:
-            pixels = _match_channels(pixels, first["channels"])
+        if pixels.shape[2] != channels:
+            pixels = _match_channels(pixels, channels)
         if index == ref:
             t = aligner.set_reference(pixels)
         else:
@@ -278,11 +254,11 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
                 aligner.restart()
             t = aligner.align(pixels)
         warped, valid = warp_frame(pixels, t, first["shape"],
-                                   interpolation=INTERPOLATIONS[interpolation])
+                                   interpolation=INTERPOLATIONS[opts.interpolation])
         icc = _usable_icc(frame, channels, warnings)
         del frame, pixels          # the unwarped frame is done with: free it before the next step
-        focus = frame_focus(warped, valid, window_sigma_for(first["shape"]))
-        return warped, valid, focus, t, icc
+        measure = aligned_focus_measure(warped, valid, window_sigma_for(first["shape"]))
+        return warped, valid, measure, t, icc
 
     fuser = None
     icc = None
@@ -291,42 +267,27 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
         for step, index in enumerate(order):
             if cancel is not None and cancel():
                 raise Cancelled()
-            warped, valid, focus, t, frame_icc = pending.result()
+            warped, valid, measure, t, frame_icc = pending.result()
             if step + 1 < count:
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
-                fuser = make_fuser(method, first["shape"], first["channels"],
-                                   halo_suppression=halo_suppression)
+                fuser = make_fuser(opts.method, first["shape"], channels,
+                                   halo_suppression=opts.halo_suppression)
             icc = icc or frame_icc
             transforms[index] = t
             progress("align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count)
-            fuser.add(index, warped, valid, focus)
-            del warped, focus
+            fuser.add(index, warped, valid, measure)
+            del warped, measure
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
-    result = fuser.finish()
-    timings["stack"] = time.perf_counter() - t0
+    fused = fuser.finish()
 
-    box = common_area(result.coverage, count) if crop else None
-    image, depth, conf = result.image, result.depth, result.confidence
+    box = common_area(fused.coverage, count) if opts.crop else None
+    image, depth, conf = fused.image, fused.depth, fused.confidence
     if box is not None:
         top, left, h, w = box
         image, depth, conf = (a[top:top + h, left:left + w] for a in (image, depth, conf))
-
-    res = StackResult(image=image, depth=depth, confidence=conf, transforms=transforms,
-                      reference=ref, crop=box, icc=icc, warnings=list(dict.fromkeys(warnings)),
-                      timings=timings)
-    if cancel is not None and cancel():
-        raise Cancelled()
-
-    # -- write: all outputs appear together or not at all ------------------------------------
-    t1 = time.perf_counter()
-    if writes:
-        progress("write", count=count, fraction=_FRAMES_SHARE + 0.02)
-        _write_outputs(res, output, depth_map, confidence_map, bit_depth, overwrite, merge,
-                       count, progress)
-    timings["write"] = time.perf_counter() - t1
-    timings["total"] = time.perf_counter() - t0
-    return res
+    return StackResult(image=image, depth=depth, confidence=conf, transforms=transforms,
+                       reference=ref, crop=box, icc=icc, warnings=list(dict.fromkeys(warnings)))
 
 
 def _usable_icc(frame: Frame, channels: int, warnings: list[str]) -> bytes | None:
@@ -350,63 +311,36 @@ def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return pixels.mean(axis=2, keepdims=True, dtype=np.float32)
 
 
-def _metadata_step(sources: list[Path], base, ref: int, method: str, count: int, required: bool):
-    """Prepare the metadata merge, failing early (before the heavy work) if exiftool is missing.
-    Returns a callable(target) or None when there is nothing worth copying."""
-    from exif.merge import StackInfo, merge_metadata, sources_have_metadata
-    from exif.tool import ExifError, require_exiftool
-
-    # "when there is some" mode: a cheap header check needs no exiftool, so a bracket without
-    # metadata (synthetic, scanned) stacks on a machine that lacks it
-    if not required and not sources_have_metadata(sources):
-        return None
-    try:
-        require_exiftool()
-    except ExifError as exc:
-        raise StackError(str(exc)) from None
-    info = StackInfo(frame_count=count, method=method, reference_index=ref,
-                     software=f"focusbridge {__version__}")
-    base_path = Path(base) if base else sources[ref]
-
-    def merge(target: Path) -> None:
+def _write_outputs(res: StackResult, paths: dict[str, Path], opts: StackOptions,
+                   before_commit: Callable[[Path], None] | None) -> None:
+    """All outputs appear together or not at all; from the first byte written on, a signal no
+    longer cancels half-way (see signals.py): the set is finished or fully removed."""
+    count = len(res.transforms)
+    roles = list(paths)
+    with committing(), atomic_outputs(list(paths.values()), overwrite=opts.overwrite) as temps:
+        temp = dict(zip(roles, temps))
         try:
-            merge_metadata(target, sources, base_path, info)
-        except ExifError as exc:
-            raise StackError(str(exc)) from None
-    return merge
-
-
-def _write_outputs(res: StackResult, output, depth_map, confidence_map, bit_depth, overwrite,
-                   merge, count, progress) -> None:
-    wanted = [(k, Path(p)) for k, p in (("output", output), ("depth", depth_map),
-                                        ("confidence", confidence_map)) if p is not None]
-    # from here on a signal no longer cancels half-way: the set is finished or fully removed
-    with committing(), atomic_outputs([p for _, p in wanted], overwrite=overwrite) as temp_paths:
-        temps = dict(zip((k for k, _ in wanted), temp_paths))
-        try:
-            if "output" in temps:
-                ext = Path(output).suffix.lower()
-                bits = 8 if ext in (".jpg", ".jpeg") else bit_depth
-                write_image(temps["output"], res.image, bit_depth=bits, icc=res.icc)
-                if merge is not None:
-                    progress("metadata", count=count, fraction=_FRAMES_SHARE + 0.04)
-                    merge(temps["output"])
-                    res.metadata_written = True
-            if "depth" in temps:
-                write_depth_map(temps["depth"], res.depth, count)
-            if "confidence" in temps:
-                write_confidence_map(temps["confidence"], res.confidence)
-        except (StackError, OSError) as exc:
+            if "result" in temp:
+                jpeg = paths["result"].suffix.lower() in (".jpg", ".jpeg")
+                write_image(temp["result"], res.image, bit_depth=8 if jpeg else opts.bit_depth,
+                            icc=res.icc)
+                if before_commit is not None:
+                    before_commit(temp["result"])
+            if "depth map" in temp:
+                write_depth_map(temp["depth map"], res.depth, count)
+            if "confidence map" in temp:
+                write_confidence_map(temp["confidence map"], res.confidence)
+        except (FocusbridgeError, OSError) as exc:
             # name the user's file, never the hidden temp file it is being written as
-            message = str(exc) if isinstance(exc, StackError) else \
+            message = str(exc) if isinstance(exc, FocusbridgeError) else \
                 f"{exc.filename}: {exc.strerror or exc}"
-            for (_, target), temp in zip(wanted, temp_paths):
-                message = message.replace(str(temp), str(target))
+            for role in roles:
+                message = message.replace(str(temp[role]), str(paths[role]))
             raise StackError(message) from None
     # all temp files were renamed into place together when the block closed
-    res.output = Path(output) if output else None
-    res.depth_map_path = Path(depth_map) if depth_map else None
-    res.confidence_map_path = Path(confidence_map) if confidence_map else None
+    res.output = paths.get("result")
+    res.depth_map_path = paths.get("depth map")
+    res.confidence_map_path = paths.get("confidence map")
 
 
 def write_report(res: StackResult, path: str | os.PathLike, sources=None,

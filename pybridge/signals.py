@@ -11,6 +11,7 @@ thread, which OpenCV would answer with an abort at exit).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -40,6 +41,13 @@ def _on_signal(signum, frame) -> None:
 def cancel_held() -> bool:
     """True when a signal arrived too late to cancel (the run finished instead)."""
     return _state['held']
+
+
+def note_late_cancel() -> None:
+    """Say so when a cancel came too late to stop the run (it finished instead)."""
+    if _state['held']:
+        print("focusbridge: the cancel came while the result was being written; it was "
+              "finished instead", file=sys.stderr)
 
 
 @contextmanager

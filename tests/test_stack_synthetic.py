@@ -88,7 +88,7 @@ def test_registered_microscope_stack_with_no_align():
 
 
 def test_homography_model_and_reference_choice(bracket):
-    result = stack(bracket.frames, align="homography", reference="first")
+    result = stack(bracket.frames, align_model="homography", reference="first")
     assert result.reference == 0
     assert np.allclose(result.transforms[0].matrix, np.eye(3))
     # transforms are relative to frame 0 now: frame k's maps compose to the truth's
