@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 # Debian packages: the demo needs exiftool; the tests also run the real darktable under Xvfb
 DEMO_PACKAGES=(python3 python3-venv libimage-exiftool-perl)
-TEST_PACKAGES=("${DEMO_PACKAGES[@]}" darktable xvfb xauth sqlite3)
+TEST_PACKAGES=("${DEMO_PACKAGES[@]}" darktable xvfb xauth sqlite3 lua-check)
 
 apt_install() {
     local missing=()

@@ -1,9 +1,18 @@
 """End-to-end: the real darktable 4.2 GUI under Xvfb, the plugin loaded from luarc, the real
 `focusbridge` (this checkout's .venv/bin/focusbridge) and real brackets from ../shared/data.
 
+The plugin is installed as a user does it, the script with its lib/focus_stack/ folder: into
+lua-scripts' tree (<configdir>/lua/contrib/ + lua/lib/focus_stack/) for most tests, standalone
+(<configdir>/lua/focus_stack.lua) for one and as a checkout of this repository for another.
+
 These tests FAIL when darktable/Xvfb are missing (CI installs them). Set
 FOCUSBRIDGE_SKIP_DARKTABLE=1 to skip them explicitly on a machine without darktable.
 One darktable at a time: the tests run sequentially and each starts one darktable.
+
+FOCUSBRIDGE_SCREENSHOT=1 adds test_screenshots, which retakes docs/screenshot-module.png and
+docs/screenshot-result.png with a bridge installed where users have it (default
+/usr/local/bin/focusbridge, or FOCUSBRIDGE_SCREENSHOT_BRIDGE; a wrapper such as
+`#!/bin/sh` + `exec /path/to/.venv/bin/focusbridge "$@"` will do).
 """
 
 from __future__ import annotations
@@ -13,11 +22,13 @@ import os
 import re
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from darktable_harness.harness import ROOT, darktable_available, lua_string, run_darktable, x_env
+from darktable_harness.harness import (ROOT, darktable_available, lua_string, move_pointer,
+                                       run_darktable, x_env)
 
 pytestmark = [pytest.mark.darktable, pytest.mark.slow]
 
@@ -114,17 +125,6 @@ def no_leftovers(res, work: Path):
     assert not (res.attempt_dir / 'PWNED').exists()
 
 
-def screenshot(started: str, adir: Path):
-    out = ROOT / 'docs' / 'screenshot-module.png'
-    raw = adir / 'screen.png'
-    r = subprocess.run(['import', '-window', 'root', str(raw)], env=x_env(started),
-                       capture_output=True, timeout=30)
-    if r.returncode == 0 and raw.exists():
-        # the right panel holds the module
-        subprocess.run(['convert', str(raw), '-crop', '384x530+896+292', '+repage', '-strip',
-                        '-colors', '128', str(out)], capture_output=True, timeout=30)
-
-
 def test_button_path_real_bracket(tmp_path, shared_data):
     work = tmp_path
     folder = work / NASTY_DIR
@@ -138,20 +138,16 @@ imgs[3].title = "pcb macro"
 dt.gui.selection(imgs)
 local lib = dt.gui.libs["focus_stack"]
 R.lib_visible = lib and lib.visible
-pcall(function() lib.expanded = true end)
-dt.control.sleep(800)
-SHOT()
 local t0 = os.time()
 CLICK("stack_button")
 R.seconds = os.time() - t0
-R.message = FSI.state.last_message
-R.command = FSI.state.last_command
-R.manifest = FSI.state.last_manifest
-local r = FSI.state.last_result
+R.message = PLUGIN.state.last_message
+R.command = PLUGIN.state.last_command
+R.manifest = PLUGIN.state.last_manifest
+local r = PLUGIN.state.last_result
 R.result = r and {{id = r.id, filename = r.filename, rating = r.rating, title = r.title}}
 '''
-    shoot = os.environ.get('FOCUSBRIDGE_SCREENSHOT') == '1'
-    res = run_darktable(work, body, bridge_dir=BRIDGE_DIR, on_shot=screenshot if shoot else None)
+    res = run_darktable(work, body, bridge_dir=BRIDGE_DIR)
     rep = res.report
     assert rep['ok'], (rep, res.log[-3000:])
     assert rep['plugin_loaded'] and rep['lib_visible']
@@ -189,28 +185,28 @@ def test_export_target_path_and_cancel(tmp_path, shared_data):
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 local bigs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in big)} }})
 local function wait_runs(n)
-  for i = 1, 1200 do if (FSI.state.storage_runs or 0) >= n then return true end dt.control.sleep(100) end
+  for i = 1, 1200 do if (PLUGIN.state.storage_runs or 0) >= n then return true end dt.control.sleep(100) end
   return false
 end
 dt.gui.selection(imgs)
 dt.gui.action("lib/export/export", 0, "", "", 1.0)
 R.export_done = wait_runs(1)
-R.export_message = FSI.state.last_message
-R.export_manifest = FSI.state.last_manifest
-FSI.state.last_result = nil
+R.export_message = PLUGIN.state.last_message
+R.export_manifest = PLUGIN.state.last_manifest
+PLUGIN.state.last_result = nil
 -- second export, cancelled as soon as the bridge reports progress
 dt.gui.selection(bigs)
 dt.gui.action("lib/export/export", 0, "", "", 1.0)
 local sent = false
 for i = 1, 1200 do
-  local j = FSI.state.current_job
-  if j and j.dir and EXISTS(j.dir .. "/progress.jsonl") then sent = FSI.cancel() break end
+  local j = PLUGIN.state.current_job
+  if j and j.dir and EXISTS(j.dir .. "/progress.jsonl") then sent = PLUGIN.cancel() break end
   dt.control.sleep(50)
 end
 R.cancel_sent = sent
 R.cancel_done = wait_runs(2)
-R.cancel_message = FSI.state.last_message
-R.cancel_manifest = FSI.state.last_manifest
+R.cancel_message = PLUGIN.state.last_message
+R.cancel_manifest = PLUGIN.state.last_manifest
 '''
     res = run_darktable(work, body, bridge_dir=BRIDGE_DIR)
     rep = res.report
@@ -245,16 +241,16 @@ def test_errors_change_nothing(tmp_path, shared_data):
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 dt.gui.selection({{imgs[1]}})
 CLICK("stack_button")
-R.one = FSI.state.last_message
+R.one = PLUGIN.state.last_message
 -- the bridge fails: the manifest names a frame the bridge cannot read (a truncated file)
 dt.gui.selection(imgs)
 os.remove({lua_string(sources[1])})
 CLICK("stack_button")
-R.fail = FSI.state.last_message
+R.fail = PLUGIN.state.last_message
 '''
-    res = run_darktable(work, body, bridge_dir=BRIDGE_DIR)
+    res = run_darktable(work, body, bridge_dir=BRIDGE_DIR, layout='standalone')
     rep = res.report
-    assert rep['ok'], rep
+    assert rep['ok'] and rep['plugin_loaded'], rep
     assert rep['one'] == 'focus stack: select at least two images'
     # a source gone missing: darktable's export produces nothing for it
     assert rep['fail'].startswith(('the export of', 'focus stack failed:')), rep
@@ -274,14 +270,17 @@ def test_bridge_missing_in_real_darktable(tmp_path, shared_data):
     sources = make_bracket(shared_data, work / 'p', ['a.jpg', 'b.jpg'])
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
-R.label = FSI.widgets.bridge_label.label
+R.label = PLUGIN.widgets.bridge_label.label
 dt.gui.selection(imgs)
 CLICK("stack_button")
-R.message = FSI.state.last_message
+R.message = PLUGIN.state.last_message
 '''
-    res = run_darktable(work, body, env={'PATH': '/usr/bin:/bin'})
+    res = run_darktable(work, body, env={'PATH': '/usr/bin:/bin'}, layout='checkout')
     rep = res.report
-    assert rep['ok'], rep
+    assert rep['ok'] and rep['plugin_loaded'], rep
+    # nothing on darktable's package.path led to the checkout: the script put it first
+    checkout = res.attempt_dir / 'cfg' / 'lua' / 'focusbridge' / 'darktable_lua'
+    assert rep['package_path'].split(';')[0] == f'{checkout}/?.lua', rep['package_path']
     assert 'focusbridge not found on PATH' in rep['label']
     assert 'focusbridge not found on PATH' in rep['message']
     assert len(db_rows(res.library, 'SELECT id FROM images')) == 2
@@ -301,15 +300,15 @@ def test_lens_set_and_undo_refreshes_exif(tmp_path, shared_data):
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 R.before = imgs[1].exif_lens
 dt.gui.selection(imgs)
-FSI.widgets.lens_preset.text = "laowa-25-2.5-5x"
+PLUGIN.widgets.lens_preset.text = "laowa-25-2.5-5x"
 CLICK("lens_apply")
-R.outcome = FSI.state.last_lens_outcome
-R.message = FSI.state.last_message
+R.outcome = PLUGIN.state.last_lens_outcome
+R.message = PLUGIN.state.last_message
 for i = 1, 50 do if imgs[1].exif_lens ~= R.before then break end dt.control.sleep(100) end
 R.after = imgs[1].exif_lens
 R.after2 = imgs[2].exif_lens
 CLICK("lens_undo")
-R.undo_message = FSI.state.last_message
+R.undo_message = PLUGIN.state.last_message
 for i = 1, 50 do if imgs[1].exif_lens ~= R.after then break end dt.control.sleep(100) end
 R.undone = imgs[1].exif_lens
 '''
@@ -324,3 +323,82 @@ R.undone = imgs[1].exif_lens
     assert rep['undone'] == rep['before'], rep
     assert [src.read_bytes() for src in sources] == originals      # byte for byte
     no_leftovers(res, work)
+
+
+# --- the README's pictures (FOCUSBRIDGE_SCREENSHOT=1) ------------------------------------
+
+SHOT_BRIDGE = Path(os.environ.get('FOCUSBRIDGE_SCREENSHOT_BRIDGE', '/usr/local/bin/focusbridge'))
+# picture name -> (file, crop of the 1280x1024 screen, palette colours)
+SHOTS = {
+    'module': (ROOT / 'docs' / 'screenshot-module.png', '384x530+896+292', 128),
+    'result': (ROOT / 'docs' / 'screenshot-result.png', '1280x900+0+0', 128),
+}
+# thumbnails three a row with their overlays (group icon, stars) always shown; the image
+# information module lists only what matters here (no paths of the machine)
+INFO_FIELDS = ('filmroll,|image id,group id,filename,|version,|full path,|local copy,'
+               '|import timestamp,|change timestamp,|export timestamp,|print timestamp,|flags,'
+               'model,maker,lens,aperture,exposure,|exposure bias,focal length,|focus distance,'
+               'ISO,|datetime,width,height,|export width,|export height,title,|description,'
+               '|creator,|publisher,|rights,|notes,|version name,|image id,|latitude,|longitude,'
+               '|elevation,tags,|categories')
+SHOT_CONF = {'plugins/lighttable/images_in_row': '3',
+             'plugins/lighttable/overlays/1/1': '3', 'plugins/lighttable/overlays/1/2': '3',
+             'plugins/lighttable/metadata_view/visible': INFO_FIELDS}
+
+
+@pytest.mark.skipif(os.environ.get('FOCUSBRIDGE_SCREENSHOT') != '1',
+                    reason='FOCUSBRIDGE_SCREENSHOT=1 retakes the README pictures')
+def test_screenshots(tmp_path, shared_data):
+    """docs/screenshot-module.png: the module with a bracket selected, the bridge found on
+    PATH; docs/screenshot-result.png: the lighttable afterwards, the result selected among
+    its sources (all in one group), its tags in the tagging and image information modules."""
+    if not SHOT_BRIDGE.is_file():
+        pytest.fail(f'{SHOT_BRIDGE} missing: install focusbridge there (a wrapper that execs '
+                    f'{BRIDGE_DIR / "focusbridge"} will do) or set FOCUSBRIDGE_SCREENSHOT_BRIDGE')
+    sources = make_bracket(shared_data, tmp_path / 'pcb bracket',
+                           [f'pcb_{i}.jpg' for i in range(1, 6)])
+    body = f'''
+local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
+dt.tags.attach(dt.tags.create("subject|pcb"), imgs[1])
+dt.tags.attach(dt.tags.create("macro"), imgs[2])
+dt.gui.selection(imgs)
+R.label = PLUGIN.widgets.bridge_label.label
+local lib = dt.gui.libs["focus_stack"]
+pcall(function() lib.expanded = true end)
+dt.control.sleep(800)
+SHOT("module")
+CLICK("stack_button")
+R.message = PLUGIN.state.last_message
+pcall(function() lib.expanded = false end)
+pcall(function() dt.gui.libs.metadata_view.expanded = true end)
+pcall(function() dt.gui.libs.tagging.expanded = true end)
+dt.gui.selection({{PLUGIN.state.last_result}})
+dt.control.sleep(1500)
+SHOT("result")
+'''
+    taken, problems = {}, []
+
+    def shoot(started, adir, name):
+        try:
+            move_pointer(started, 400, 40)  # over the empty top bar: no hover, no tooltip
+            time.sleep(1.0)
+            raw = adir / f'{name}.png'
+            subprocess.run(['import', '-window', 'root', str(raw)], env=x_env(started),
+                           check=True, capture_output=True, timeout=30)
+            out, crop, colours = SHOTS[name]
+            subprocess.run(['convert', str(raw), '-crop', crop, '+repage', '-strip',
+                            '-colors', str(colours), str(out)],
+                           check=True, capture_output=True, timeout=60)
+            taken[name] = out
+        except Exception as e:  # noqa: BLE001 -- reported below, darktable must go on
+            problems.append(f'{name}: {e!r}')
+
+    res = run_darktable(tmp_path, body, bridge_dir=SHOT_BRIDGE.parent, on_shot=shoot,
+                        extra_conf=SHOT_CONF, env={'PATH': f'{SHOT_BRIDGE.parent}:/usr/bin:/bin'})
+    rep = res.report
+    assert rep['ok'] and not problems, (rep, problems)
+    assert rep['label'] == f'focusbridge: {SHOT_BRIDGE}', rep
+    assert rep['message'] == 'focus stack: imported pcb_1_stacked.tif', rep
+    assert set(taken) == set(SHOTS)
+    for out in taken.values():
+        assert out.stat().st_size < 300_000, (out, out.stat().st_size)

@@ -1,5 +1,8 @@
-"""Unit tests of darktable_lua/focus_stack.lua under lupa (Lua 5.4) with a fake darktable.
+"""Unit tests of darktable_lua/focus_stack.lua (and its lib/focus_stack/) under lupa (Lua 5.4)
+with a fake darktable.
 
+The plugin is loaded as darktable loads it: the script by its path (dofile), and the script
+finds its lib/focus_stack/ folder beside itself and puts it on package.path.
 The fake records everything the plugin does. dt.control.execute is answered in Python: it
 creates the job folder for `mkdir`, and plays the bridge for `run-job` (reading the manifest,
 writing progress and status files) according to the scenario a test picks. One test runs the
@@ -11,6 +14,10 @@ machine makes each job file a single oddly named file beside the job folder; the
 answers `mkdir`, `start ... run.bat`, `rmdir` and `taskkill` like cmd.exe would.
 Lua's os.time follows a fake clock that each dt.control.sleep advances, so grace periods
 pass without waiting.
+
+Every manifest the plugin hands to the bridge, on either platform and through the real `sh`
+too, passes through `Plugin._record_manifest` and lands decoded in `Plugin.manifests`, in
+order: the one place to check them all (e.g. against the job manifest's JSON Schema).
 """
 
 from __future__ import annotations
@@ -25,12 +32,21 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
+from darktable_harness.harness import LAYOUTS, install_plugin
+
+from pybridge.job import manifest_schema
+
+MANIFEST_SCHEMA = manifest_schema()
 
 lupa = pytest.importorskip('lupa.lua54')
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = ROOT / 'darktable_lua' / 'focus_stack.lua'
+PLUGIN_DIR = ROOT / 'darktable_lua'
+PLUGIN = PLUGIN_DIR / 'focus_stack.lua'
+LIB_DIR = PLUGIN_DIR / 'lib' / 'focus_stack'
+LUA_SOURCES = [PLUGIN, *sorted(LIB_DIR.glob('*.lua'))]
 FAKE = Path(__file__).resolve().parent / 'darktable_harness' / 'fake_darktable.lua'
 
 NASTY = ["it's \"q\".jpg", 'a $(touch PWNED).jpg', 'b `touch PWNED`.jpg', 'c; touch PWNED.jpg',
@@ -51,7 +67,8 @@ class Plugin:
 
     def __init__(self, tmp: Path, *, prefs: dict | None = None, api: str = '9.0.0',
                  with_bridge: bool = True, path_env: str | None = None,
-                 fake_src: str | None = None, os_name: str = 'linux', dt_tmp: str | None = None):
+                 fake_src: str | None = None, os_name: str = 'linux', dt_tmp: str | None = None,
+                 script: Path = PLUGIN):
         self.tmp = tmp
         self.windows = os_name == 'windows'
         self.dt_tmp = tmp / 'dt tmp'
@@ -87,6 +104,11 @@ class Plugin:
             self.dt = self.fake.dt
             self.dt.configuration.tmp_dir = self.dt_tmp_str
             self.dt.configuration.config_dir = str(tmp / 'config')
+            # what darktable adds to package.path (seen on 4.2.1): its own and the user's lua/
+            g_package = self.lua.globals().package
+            g_package.path = (f'{g_package.path};/usr/share/darktable/lua/?.lua;'
+                              f'{tmp / "config"}/lua/?.lua')
+            self.package_path_before = g_package.path.split(';')
             self.dt.configuration.api_version_string = api
             self.dt.configuration.running_os = os_name
             g = self.lua.globals()
@@ -105,11 +127,11 @@ class Plugin:
                 self.fake.prefs['focus_stack/initialized'] = True
             self.lua.globals().package.preload['darktable'] = self.lua.eval(
                 'function(dt) return function() return dt end end')(self.dt)
-            self.script_data = self.lua.eval('function(p) return dofile(p) end')(str(PLUGIN))
+            self.script_data = self.lua.eval('function(p) return dofile(p) end')(str(script))
         finally:
             self.path_during_load = os.environ['PATH']
             os.environ['PATH'] = old_path
-        self.fs = self.script_data.focus_stack if self.script_data else None
+        self.api = self.script_data.focus_stack if self.script_data else None
 
     # -- images -----------------------------------------------------------------------
     def images(self, names, folder: Path | None = None):
@@ -125,7 +147,7 @@ class Plugin:
         self.fake.selection = lua_table(self.lua, imgs)
 
     def click(self, name):
-        w = self.fs.widgets[name]
+        w = self.api.widgets[name]
         old_path = os.environ['PATH']
         os.environ['PATH'] = self.path_during_load
         try:
@@ -158,8 +180,20 @@ class Plugin:
         return sorted(t.name for t in img.tags.values())
 
     # -- fake darktable's execute / sleep ---------------------------------------------
+    def _record_manifest(self, manifest_path) -> dict:
+        """A bridge start: the manifest it was handed, decoded, joins self.manifests, after
+        it was checked against the bridge's JSON Schema (the contract between the two)."""
+        self.bridge_runs += 1
+        m = json.loads(Path(manifest_path).read_text(encoding='utf-8'))
+        jsonschema.validate(m, MANIFEST_SCHEMA)
+        self.manifests.append(m)
+        return m
+
     def _execute(self, cmd):
         if self.shell:
+            if 'run-job' in cmd:
+                tokens = shlex.split(cmd)
+                self._record_manifest(tokens[tokens.index('run-job') + 1])
             return subprocess.run(['sh', '-c', cmd]).returncode * 256
         if self.windows:
             return self._execute_cmd(cmd)
@@ -174,10 +208,7 @@ class Plugin:
             i = tokens.index('run-job')
             exe, manifest_path = tokens[i - 1], tokens[i + 1]
             self.run_exe = exe
-            self.run_manifest = manifest_path
-            self.bridge_runs += 1
-            m = json.loads(Path(manifest_path).read_text())
-            self.manifests.append(m)
+            m = self._record_manifest(manifest_path)
             if 'shell_pid' in cmd:  # the shell's `echo $!`
                 (Path(manifest_path).parent / 'shell_pid').write_text('777\n')
             self._bridge(m, Path(manifest_path).parent)
@@ -205,10 +236,7 @@ class Plugin:
             jobdir = bat[:-len('\\run.bat')]
             self.scripts.append(Path(bat).read_bytes().decode('utf-8'))
             self.run_jobdir = jobdir
-            manifest_path = jobdir + '\\manifest.json'
-            self.bridge_runs += 1
-            m = json.loads(Path(manifest_path).read_text())
-            self.manifests.append(m)
+            m = self._record_manifest(jobdir + '\\manifest.json')
             self._bridge(m, None)
             return 0
         if words[:3] == ['rmdir', '/s', '/q'] and words[4:] == ['>NUL', '2>NUL']:
@@ -345,16 +373,81 @@ def test_refuses_old_api(tmp_path):
         Plugin(tmp_path, api='8.0.0')
 
 
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_finds_its_libraries_in_every_layout(tmp_path, layout):
+    """Installed into lua-scripts' tree or standalone, the libraries are found through the
+    <configdir>/lua/?.lua darktable puts on package.path; in a checkout elsewhere the script
+    puts its own folder first."""
+    lua_dir = tmp_path / 'config' / 'lua'
+    script = lua_dir / (install_plugin(lua_dir, layout) + '.lua')
+    root = lua_dir if layout != 'checkout' else script.parent
+    p = Plugin(tmp_path, script=script)
+    entries = p.lua.eval('package.path').split(';')
+    assert entries.count(f'{root}/?.lua') == 1
+    assert entries[0] == (f'{root}/?.lua' if layout == 'checkout' else p.package_path_before[0])
+    # every library came from the installed copy, none from this checkout
+    where = p.lua.eval('''function(name)
+      local m = package.loaded["lib/focus_stack/" .. name]
+      if type(m) == "table" then
+        for _, v in pairs(m) do if type(v) == "function" then m = v; break end end
+      end
+      return debug.getinfo(m, "S").source
+    end''')
+    for lib in sorted(LIB_DIR.glob('*.lua')):
+        assert where(lib.stem) == f'@{root}/lib/focus_stack/{lib.name}'
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack: imported a_stacked.tif'
+    assert leftovers(p) == []
+
+
+def test_missing_library_folder_is_named(tmp_path):
+    script = tmp_path / 'config' / 'lua' / 'contrib' / 'focus_stack.lua'
+    script.parent.mkdir(parents=True)
+    shutil.copy(PLUGIN, script)
+    with pytest.raises(lupa.LuaError,
+                       match=r'lib/focus_stack/ was not found beside the script or one folder up'):
+        Plugin(tmp_path, script=script)
+
+
+def test_luacheck_is_clean():
+    """luacheck (Debian: lua-check) over the script and its libraries, with darktable_lua's
+    .luacheckrc: no warnings. Missing luacheck is a failure, not a skip."""
+    luacheck = shutil.which('luacheck')
+    if not luacheck:
+        pytest.fail('luacheck is required for this test: apt-get install -y lua-check')
+    done = subprocess.run([luacheck, '--no-color', '--codes', '--config',
+                           str(PLUGIN_DIR / '.luacheckrc'), str(PLUGIN_DIR)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'0 warnings / 0 errors in {len(LUA_SOURCES)} files' in done.stdout, done.stdout
+
+
 def test_source_follows_lua_scripts_conventions():
     src = PLUGIN.read_text()
     assert src.startswith('--[[\n') and 'GNU General Public License' in src.split(']]')[0]
     assert 'ADDITIONAL SOFTWARE NEEDED FOR THIS SCRIPT' in src and 'USAGE' in src
     assert 'return script_data' in src.rstrip().splitlines()[-1]
-    # nothing beyond API 9.0.0: no dt.control.dispatch, no 9.1+ additions
-    for newer in ('control.dispatch', 'dt.gui.mimic', 'dtutils.system'):
-        assert newer not in src
-    # every dt.print goes through gettext or notify(); never os.execute / io.popen
-    assert 'os.execute' not in src and 'io.popen' not in src
+    # script_manager reads the metadata with a regex: one `key = value,` a line
+    md = re.search(r'script_data\.metadata = \{\n(.*?)\n\}', src, re.S)[1].splitlines()
+    assert [line.split('=')[0].strip() for line in md] == ['name', 'purpose', 'author', 'help']
+    # the libraries: one module table each, loaded by require "lib/focus_stack/<name>"
+    libs = {path.stem for path in LIB_DIR.glob('*.lua')}
+    assert libs == {'i18n', 'json', 'lens', 'naming', 'options', 'platform', 'results', 'runner',
+                    'shell'}
+    for path in LUA_SOURCES:
+        text = path.read_text()
+        # nothing beyond API 9.0.0: no dt.control.dispatch, no 9.1+ additions
+        for newer in ('control.dispatch', 'dt.gui.mimic', 'dtutils.system'):
+            assert newer not in text, path
+        # the one way to run anything is dt.control.execute: never os.execute / io.popen
+        assert 'os.execute' not in text and 'io.popen' not in text, path
+        assert 'math.randomseed(' not in text and 'math.random(' not in text, path
+        if path.parent == LIB_DIR:
+            assert text.startswith(f'--[[\n    lib/focus_stack/{path.name} - part of focus_stack.lua')
+            assert re.search(r'^return \w+\s*$', text, re.M), path
+        for required in re.findall(r'require "lib/focus_stack/(\w+)"', text):
+            assert required in libs, (path, required)
 
 
 # --- the button path -----------------------------------------------------------------
@@ -462,6 +555,7 @@ os.replace(tmp, m["status_file"])
     imgs = p.images(NASTY)
     p.select(imgs)
     p.click('stack_button')
+    assert record.exists(), p.printed
     argv = json.loads(record.read_text())['argv']
     assert argv[0] == 'run-job' and len(argv) == 2
     assert Path(argv[1]).name == 'manifest.json' and Path(argv[1]).parent.parent == evil_tmp
@@ -482,7 +576,7 @@ def test_fewer_than_two_images(plugin):
 
 def test_bridge_missing(tmp_path):
     p = Plugin(tmp_path, with_bridge=False, path_env=str(tmp_path / 'nowhere'))
-    assert 'not found' in p.fs.widgets.bridge_label.label
+    assert 'not found' in p.api.widgets.bridge_label.label
     p.select(p.images(['a.jpg', 'b.jpg']))
     p.click('stack_button')
     assert 'focusbridge not found on PATH' in p.printed[-1]
@@ -568,7 +662,7 @@ def test_cancel_stops_bridge_and_leaves_nothing(plugin):
     assert not Path(p.manifests[0]['output']).exists()
     assert leftovers(p) == []
     assert p.fake.jobs[1].valid is False
-    assert p.fs.state.busy is False
+    assert p.api.state.busy is False
 
 
 def test_cancel_while_the_bridge_writes_imports_what_it_finished(plugin):
@@ -589,7 +683,7 @@ def test_cancel_while_the_bridge_writes_imports_what_it_finished(plugin):
 def test_busy_guard(plugin):
     p = plugin
     p.select(p.images(['a.jpg', 'b.jpg']))
-    p.fs.state.busy = True
+    p.api.state.busy = True
     p.click('stack_button')
     assert p.printed[-1] == 'focus stack is already running' and p.commands == []
 
@@ -600,7 +694,7 @@ def test_options_persist_and_reach_the_manifest(tmp_path):
     p = Plugin(tmp_path)
     out = tmp_path / 'out dir'
     out.mkdir()
-    opts = p.fs.widgets.options
+    opts = p.api.widgets.options
     opts.method.selected = 2
     opts.method.changed_callback(opts.method)
     opts.align.value = False
@@ -609,7 +703,7 @@ def test_options_persist_and_reach_the_manifest(tmp_path):
     opts.format.changed_callback(opts.format)
     opts.depth_map.value = True
     opts.depth_map.clicked_callback(opts.depth_map)
-    w = p.fs.widgets.output_folder
+    w = p.api.widgets.output_folder
     w.value = str(out)
     w.changed_callback(w)
     prefs = {k.split('/', 1)[1]: v for k, v in p.fake.prefs.items()}
@@ -620,9 +714,9 @@ def test_options_persist_and_reach_the_manifest(tmp_path):
     # a fresh darktable session reads them back
     (tmp_path / 'second').mkdir()
     q = Plugin(tmp_path / 'second', prefs={k: v for k, v in prefs.items() if k != 'initialized'})
-    assert q.fs.widgets.options.method.selected == 2
-    assert q.fs.widgets.options.format.selected == 2
-    assert q.fs.widgets.options.align.value is False
+    assert q.api.widgets.options.method.selected == 2
+    assert q.api.widgets.options.format.selected == 2
+    assert q.api.widgets.options.align.value is False
     imgs = q.images(['f1.jpg', 'f2.jpg'])
     q.select(imgs)
     q.click('stack_button')
@@ -638,13 +732,48 @@ def test_options_persist_and_reach_the_manifest(tmp_path):
     assert dm.group_id == res.id and 'focus stack|depth map' in q.tags(dm)
 
 
+def test_one_options_table_makes_widgets_preferences_and_manifest(plugin):
+    p = plugin
+    options = p.lua.eval('(require "lib/focus_stack/options")')
+    rows = list(options.TABLE.values())
+    by_name = {r.name: r for r in rows}
+    # the module and the export target show the same stacking options, made from their rows
+    storage_box = p.fake.storages['focus_stack'].widget
+    for i, name in enumerate(['method', 'align', 'format', 'depth_map'], 1):
+        row = by_name[name]
+        for w in (p.api.widgets.options[name], storage_box[i]):
+            assert (w.label, w.tooltip) == (row.label, row.tooltip)
+            if row.type == 'choice':
+                assert w._kind == 'combobox' and w.selected == 1
+                labels = list(row['labels'].values())
+                assert [w[k] for k in range(1, len(labels) + 1)] == labels
+                assert len(row['values']) == len(labels)
+            else:
+                assert w._kind == 'check_button' and w.value == row.default
+    w = p.api.widgets
+    assert (w.output_folder.title, w.output_folder.is_directory) == (
+        by_name['output_folder'].label, True)
+    assert (w.executable.title, w.executable.is_directory) == (by_name['executable'].label, False)
+    assert w.lens_preset.placeholder == by_name['lens_preset'].label
+    # the manifest's options: every manifest row, at its default until the user chooses
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.click('stack_button')
+    assert p.manifests[0]['options'] == {r.name: r.default for r in rows if r.manifest}
+    # the first preference written stores every other one's default too; fixed rows never
+    assert dict(p.fake.prefs) == {}
+    options.write('align', False)
+    stored = {k.split('/', 1)[1]: v for k, v in p.fake.prefs.items()}
+    assert stored == {'initialized': True, **{r.name: r.default for r in rows if not r.fixed},
+                      'align': False}
+
+
 def test_storage_and_module_widgets_stay_in_sync(plugin):
     p = plugin
     storage_box = p.fake.storages['focus_stack'].widget
     sm = storage_box[1]
     sm.selected = 2
     sm.changed_callback(sm)
-    assert p.fs.widgets.options.method.selected == 2
+    assert p.api.widgets.options.method.selected == 2
 
 
 def test_existing_output_is_never_overwritten(plugin):
@@ -686,9 +815,7 @@ def test_free_name_for_the_whole_set(tmp_path, fmt, existing, expected):
 
 def test_job_folders_are_random_and_never_reused(plugin):
     p = plugin
-    src = PLUGIN.read_text()
-    assert 'math.randomseed(' not in src and 'math.random(' not in src
-    assert p.randomseed_calls == 0
+    assert p.randomseed_calls == 0  # the sources never call it either (conventions test)
     p.mkdir_fail = 1  # the first name "exists": another one is tried, never the same
     p.select(p.images(['a.jpg', 'b.jpg']))
     p.click('stack_button')
@@ -707,10 +834,14 @@ def test_manifests_carry_cancel_and_pid_files(plugin):
     imgs = p.images(['a.jpg', 'b.jpg'])
     p.select(imgs)
     p.click('stack_button')
-    p.fs.widgets.lens_make.text = 'Canon'
+    p.api.widgets.lens_make.text = 'Canon'
     p.click('lens_apply')
     p.click('lens_undo')
     assert [m['kind'] for m in p.manifests] == ['stack', 'lens', 'lens']
+    # one runner for both kinds: a progress job each, with a cancel button, ended
+    jobs = list(p.fake.jobs.values())
+    assert [j.text for j in jobs] == ['focus stack', 'lens data', 'lens data']
+    assert all(j.cancel_cb is not None and j.valid is False for j in jobs)
     for m in p.manifests:
         jobdir = Path(m['status_file']).parent
         assert m['version'] == 1
@@ -735,7 +866,7 @@ def test_cancel_kills_a_stuck_bridge_by_its_own_pid(plugin):
     assert kill_at[0] >= 20  # only after the grace period
     assert [c for c in p.commands if c.startswith('kill')] == ['kill -TERM 4242 >/dev/null 2>&1']
     assert p.printed[-1] == 'focus stack cancelled'
-    assert p.imports == [] and leftovers(p) == [] and p.fs.state.busy is False
+    assert p.imports == [] and leftovers(p) == [] and p.api.state.busy is False
 
 
 @pytest.mark.parametrize('pid_text', [None, '', '0\n', '1\n', '-5\n', '12; rm -rf ~\n',
@@ -754,7 +885,7 @@ def test_kill_trusts_only_a_plain_pid(plugin, pid_text):
 
 
 def test_sh_quote(plugin):
-    q = plugin.fs.quote
+    q = plugin.api.quote
     for s in ["plain", "it's", "'", "a b", "$(x) `y` \\ \" ; & | * ?", "-rf", "é\n"]:
         assert shlex.split(q(s)) == [s]
 
@@ -791,7 +922,7 @@ def test_export_target_uses_darktables_16bit_files(plugin):
     assert all(Path(f).parent == jobdir for f in m['frames'])
     assert list(p.fake.written_frames.values()) == []  # darktable exported, not us
     assert p.imports == [str(p.photos / 'a_stacked.tif')]
-    assert p.fs.state.storage_runs == 1
+    assert p.api.state.storage_runs == 1
     assert leftovers(p) == []
 
 
@@ -834,7 +965,7 @@ def test_lens_set_and_undo(plugin):
     other = p.images(['other.jpg'])
     p.select(imgs[:2])
     p.fake.selection = p.lua.table_from(other)  # what the user had selected before
-    w = p.fs.widgets
+    w = p.api.widgets
     w.lens_preset.text = ' laowa-25 '
     w.lens_focal_length.text = '25'
     w.lens_aperture.text = '2,8'
@@ -877,7 +1008,7 @@ def test_lens_needs_something_to_write(plugin):
 def test_lens_failure_is_shown(plugin):
     p = plugin
     p.select(p.images(['a.jpg']))
-    p.fs.widgets.lens_make.text = 'Canon'
+    p.api.widgets.lens_make.text = 'Canon'
     p.scenario = 'ok'
     p.lens_results = []
     orig = p._bridge
@@ -887,7 +1018,7 @@ def test_lens_failure_is_shown(plugin):
     p._bridge = failing
     p.click('lens_apply')
     assert p.printed[-1] == 'lens data failed: exiftool not found: apt install exiftool'
-    assert 'exiftool not found' in p.fs.widgets.lens_outcome.text
+    assert 'exiftool not found' in p.api.widgets.lens_outcome.text
     assert list(p.fake.actions.values()) == []  # nothing changed: no refresh
     p._bridge = orig
 
@@ -959,7 +1090,7 @@ def test_windows_bridge_on_path_is_called_by_name(tmp_path, monkeypatch):
     Path(r'C:\Users\Ærø %x%\.local\bin\focusbridge.exe').write_text('MZ')
     p = win_plugin(tmp_path, monkeypatch, exe=None,
                    path_env=r'C:\Windows;C:\Users\Ærø %x%\.local\bin')
-    assert 'focusbridge.exe' in p.fs.widgets.bridge_label.label
+    assert 'focusbridge.exe' in p.api.widgets.bridge_label.label
     p.select(p.images(['a.jpg', 'b.jpg']))
     p.click('stack_button')
     assert p.scripts[0].split('\r\n')[:-1] == bat_lines('call focusbridge')
@@ -993,7 +1124,7 @@ def test_windows_cancel_uses_taskkill_on_the_bridges_pid(tmp_path, monkeypatch):
     assert [c for c in p.commands if c.startswith('taskkill')] == [
         'taskkill /F /T /PID 4242 >NUL 2>NUL']
     assert p.printed[-1] == 'focus stack cancelled'
-    assert win_leftovers(tmp_path) == [] and p.fs.state.busy is False
+    assert win_leftovers(tmp_path) == [] and p.api.state.busy is False
 
 
 @pytest.mark.parametrize('pid_text', [None, '0\n', '4242 & del x\n', '-1\n'])
@@ -1012,7 +1143,7 @@ def test_windows_no_taskkill_without_a_plain_pid(tmp_path, monkeypatch, pid_text
 def test_windows_lens_job(tmp_path, monkeypatch):
     p = win_plugin(tmp_path, monkeypatch)
     p.select(p.images(['a.jpg']))
-    p.fs.widgets.lens_make.text = 'Canon'
+    p.api.widgets.lens_make.text = 'Canon'
     p.click('lens_apply')
     m = p.manifests[0]
     assert m['kind'] == 'lens' and m['cancel_file'] == p.run_jobdir + r'\cancel'
@@ -1062,7 +1193,7 @@ def test_windows_job_names_without_urandom(tmp_path, monkeypatch):
 # --- JSON ------------------------------------------------------------------------------
 
 def test_json_round_trip_and_decimal_point(plugin):
-    j = plugin.fs.json
+    j = plugin.api.json
     lua = plugin.lua
     data = lua.eval('''function(j)
       local s = j.encode({a = 2.8, b = {1, 2, 3}, c = "q\\"\\n\\\\ é $(x) `y`", d = true, e = {}})

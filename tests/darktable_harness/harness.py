@@ -18,8 +18,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = ROOT / 'darktable_lua' / 'focus_stack.lua'
+PLUGIN_DIR = ROOT / 'darktable_lua'
 STORAGE_NAME = 'focus_stack'
+
+# How a user installs the plugin, relative to <configdir>/lua: the script, where its
+# lib/focus_stack/ folder goes, and the luarc line that loads it.
+LAYOUTS = {
+    # into lua-scripts' tree (what the script manager runs; lib/ beside lua-scripts' own)
+    'lua-scripts': ('contrib/focus_stack.lua', 'lib/focus_stack', 'contrib/focus_stack'),
+    # on its own: the script and lib/ straight in <configdir>/lua
+    'standalone': ('focus_stack.lua', 'lib/focus_stack', 'focus_stack'),
+    # a checkout of this repository in <configdir>/lua (as the script manager's "install
+    # more scripts" clones one): nothing on package.path leads there, the script finds it
+    'checkout': ('focusbridge/darktable_lua/focus_stack.lua',
+                 'focusbridge/darktable_lua/lib/focus_stack', 'focusbridge/darktable_lua/focus_stack'),
+}
+
+
+def install_plugin(lua_dir: Path, layout: str = 'lua-scripts') -> str:
+    """Copy the script and its lib/focus_stack/ folder into ``lua_dir``; return the name to
+    ``require``."""
+    script, lib, name = LAYOUTS[layout]
+    (lua_dir / script).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PLUGIN_DIR / 'focus_stack.lua', lua_dir / script)
+    shutil.copytree(PLUGIN_DIR / 'lib' / 'focus_stack', lua_dir / lib, dirs_exist_ok=True)
+    return name
 
 PRELUDE = r'''
 local dt = require "darktable"
@@ -49,13 +72,15 @@ local function LOG(...) local t = {} for i = 1, select("#", ...) do t[i] = tostr
 local function WRITE(path, text) local f = assert(io.open(path, "w")) f:write(text) f:close() end
 local function EXISTS(path) local f = io.open(path, "rb") if f then f:close() return true end return false end
 WRITE(__STARTED__, (os.getenv("DISPLAY") or "") .. "\n" .. (os.getenv("XAUTHORITY") or ""))
-local FS = package.loaded["contrib/focus_stack"]
-R.plugin_loaded = type(FS) == "table"
-local FSI = type(FS) == "table" and FS.focus_stack or nil
-local function CLICK(name) local w = FSI.widgets[name]; return w.clicked_callback(w) end
+local SCRIPT_DATA = package.loaded[__SCRIPT_NAME__]
+R.plugin_loaded = type(SCRIPT_DATA) == "table"
+R.package_path = package.path
+-- the plugin's widgets and internals (script_data.focus_stack)
+local PLUGIN = type(SCRIPT_DATA) == "table" and SCRIPT_DATA.focus_stack or nil
+local function CLICK(name) local w = PLUGIN.widgets[name]; return w.clicked_callback(w) end
 local function IMPORT_ALL(paths) local t = {} for i, p in ipairs(paths) do t[i] = dt.database.import(p) end return t end
-local function SHOT()
-  WRITE(__SHOT_REQ__, "1")
+local function SHOT(name)
+  WRITE(__SHOT_REQ__, name or "shot")
   for i = 1, 150 do if EXISTS(__SHOT_DONE__) then os.remove(__SHOT_DONE__) return true end dt.control.sleep(100) end
   return false
 end
@@ -64,8 +89,8 @@ __BODY__
 end)
 R.ok = ok
 R.error = (not ok) and tostring(err) or nil
-R.last_message = FSI and FSI.state.last_message or nil
-R.last_command = FSI and FSI.state.last_command or nil
+R.last_message = PLUGIN and PLUGIN.state.last_message or nil
+R.last_command = PLUGIN and PLUGIN.state.last_command or nil
 WRITE(__REPORT__ .. ".tmp", _enc(R))
 os.rename(__REPORT__ .. ".tmp", __REPORT__)
 dt.gui.action("global/quit", 0, "", "", 1.0)
@@ -109,20 +134,54 @@ def x_env(started_text: str) -> dict:
     return env
 
 
+def move_pointer(started_text: str, x: int, y: int) -> None:
+    """Put the mouse pointer of this run's Xvfb at (x, y) (XWarpPointer through libX11), so
+    that no hover or tooltip changes a screenshot."""
+    import ctypes
+    import ctypes.util
+    x11 = ctypes.CDLL(ctypes.util.find_library('X11') or 'libX11.so.6')
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+    x11.XDefaultRootWindow.restype = ctypes.c_ulong
+    x11.XWarpPointer.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_int,
+                                 ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int,
+                                 ctypes.c_int]
+    x11.XFlush.argtypes = x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    env = x_env(started_text)
+    old = os.environ.get('XAUTHORITY')
+    os.environ['XAUTHORITY'] = env.get('XAUTHORITY', '')
+    try:
+        display = x11.XOpenDisplay(env['DISPLAY'].encode())
+    finally:
+        if old is None:
+            os.environ.pop('XAUTHORITY', None)
+        else:
+            os.environ['XAUTHORITY'] = old
+    if not display:
+        raise RuntimeError(f'cannot open display {env["DISPLAY"]}')
+    x11.XWarpPointer(display, 0, x11.XDefaultRootWindow(display), 0, 0, 0, 0, x, y)
+    x11.XFlush(display)
+    x11.XCloseDisplay(display)
+
+
 def darktable_available() -> bool:
     return bool(shutil.which('darktable') and shutil.which('xvfb-run'))
 
 
 def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, tries: int = 3,
                   start_timeout: float = 40.0, timeout: float = 150.0, extra_conf: dict | None = None,
-                  on_started=None, on_shot=None, env: dict | None = None) -> DarktableResult:
+                  on_started=None, on_shot=None, env: dict | None = None,
+                  layout: str = 'lua-scripts') -> DarktableResult:
     """Run ``body`` (Lua, inside the driver's pcall) in a fresh darktable; return its report.
+
+    The plugin is installed the way ``layout`` (see LAYOUTS) says and loaded from luarc.
 
     Retries (up to ``tries``) only when darktable never reached the driver: that is the
     start-up deadlock the docs describe, and nothing has happened to the test's files yet.
     ``on_started(display, attempt_dir)`` runs in Python once the driver runs.
-    ``on_shot(display, attempt_dir)`` runs when the driver calls SHOT() (it waits meanwhile,
-    with the Lua lock released, so darktable keeps drawing).
+    ``on_shot(started_text, attempt_dir, name)`` runs when the driver calls SHOT(name) (it
+    waits meanwhile, with the Lua lock released, so darktable keeps drawing).
     """
     work = Path(work)
     logs = []
@@ -131,14 +190,15 @@ def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, trie
         adir = work / f'dt_attempt{attempt}'
         if adir.exists():
             shutil.rmtree(adir)
-        for sub in ('home/.config', 'home/.cache', 'tmp', 'cfg/lua/contrib', 'cache'):
+        for sub in ('home/.config', 'home/.cache', 'tmp', 'cfg/lua', 'cache'):
             (adir / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy(PLUGIN, adir / 'cfg' / 'lua' / 'contrib' / 'focus_stack.lua')
-        (adir / 'cfg' / 'luarc').write_text('require "contrib/focus_stack"\n')
+        script_name = install_plugin(adir / 'cfg' / 'lua', layout)
+        (adir / 'cfg' / 'luarc').write_text(f'require "{script_name}"\n')
         started = adir / 'started'
         report = adir / 'report.json'
         driver = adir / 'driver.lua'
-        driver.write_text(PRELUDE.replace('__STARTED__', lua_string(started))
+        driver.write_text(PRELUDE.replace('__SCRIPT_NAME__', lua_string(script_name))
+                          .replace('__STARTED__', lua_string(started))
                           .replace('__REPORT__', lua_string(report))
                           .replace('__SHOT_REQ__', lua_string(adir / 'shot_request'))
                           .replace('__SHOT_DONE__', lua_string(adir / 'shot_done'))
@@ -183,10 +243,11 @@ def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, trie
                 on_started(started.read_text(), adir)
             req = adir / 'shot_request'
             if req.exists():
+                name = req.read_text()
                 req.unlink()
                 try:
                     if on_shot:
-                        on_shot(started.read_text(), adir)
+                        on_shot(started.read_text(), adir, name)
                 finally:
                     (adir / 'shot_done').write_text('1')
             if time.monotonic() - start > timeout + 20:
