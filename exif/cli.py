@@ -9,29 +9,38 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
 from . import focus as _focus
-from .tool import ExifError
+from .tool import ExifCancelled, ExifError, one_line
 
 PROG = 'focusbridge'
 
 
-def _err(msg: str) -> None:
-    print(f'{PROG}: error: {msg}', file=sys.stderr)
+def _err(msg: str, kind: str = 'error') -> None:
+    print(f'{PROG}: {kind}: {one_line(msg)}', file=sys.stderr)
 
 
 def _guard(func):
     def wrapped(args) -> int:
+        for stream in (sys.stdout, sys.stderr):   # file names that are not UTF-8 print escaped
+            try:
+                stream.reconfigure(errors='backslashreplace')
+            except (AttributeError, ValueError):
+                pass
         try:
             return func(args)
+        except (KeyboardInterrupt, ExifCancelled):
+            _err('cancelled')
+            return 130
         except ExifError as e:
             _err(str(e))
             return 1
-        except KeyboardInterrupt:
-            _err('cancelled')
-            return 130
+        except OSError as e:   # e.g. the undo store cannot be created
+            _err(f'{e.filename}: {e.strerror}' if e.filename else str(e))
+            return 1
     wrapped.__name__ = func.__name__
     wrapped.__doc__ = func.__doc__
     return wrapped
@@ -140,6 +149,7 @@ def _spec_from_args(args):
 @_guard
 def cmd_lens_set(args) -> int:
     from .lens import load_catalogue, set_lens
+    from .undo import UndoStore
     if args.list_presets:
         for name, e in sorted(load_catalogue().items()):
             print(f'{name:22s} {e["model"]}  ({e.get("magnification", "")})')
@@ -148,8 +158,12 @@ def cmd_lens_set(args) -> int:
         _err('lens set: no files given')
         return 2
     spec = _spec_from_args(args)
-    report = set_lens([Path(f) for f in args.files], spec, dry_run=args.dry_run,
-                      ignore_minor=args.ignore_minor_errors)
+    store = UndoStore()
+    try:
+        report = set_lens([Path(f) for f in args.files], spec, dry_run=args.dry_run,
+                          ignore_minor=args.ignore_minor_errors, store=store)
+    finally:
+        _problems(store)
     for r in report.results:
         if not r.ok:
             _err(f'{r.path}: {r.error}')
@@ -181,16 +195,30 @@ def cmd_lens_show(args) -> int:
     return 1 if any('error' in r for r in rows) else 0
 
 
+def _problems(store) -> None:
+    """What the undo store found left over by interrupted runs and could not settle."""
+    for line in store.problems:
+        _err(line, 'warning')
+
+
 @_guard
 def cmd_lens_undo(args) -> int:
     from .lens import undo_lens
+    from .undo import UndoStore
+    store = UndoStore()
     bad = 0
-    for r in undo_lens([Path(f) for f in args.files], all_levels=args.all):
-        if r.ok:
-            print(f'{r.path}: restored ({r.undone} change(s) undone)')
-        else:
+    try:
+        results = undo_lens([Path(f) for f in args.files], all_levels=args.all, store=store)
+    finally:
+        _problems(store)
+    for r in results:
+        if not r.ok:
             bad += 1
             _err(f'{r.path}: {r.error}')
+        elif r.undone:
+            print(f'{r.path}: restored ({r.undone} change(s) undone)')
+        else:
+            print(f'{r.path}: nothing to undo (no lens change recorded)')
     return 1 if bad else 0
 
 
@@ -261,4 +289,6 @@ def main(argv=None) -> int:
     sub.required = True
     register(sub)
     args = parser.parse_args(argv)
+    # SIGTERM ends a run like Ctrl-C: exiftool stopped, every written file settled, exit 130
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return args.func(args)

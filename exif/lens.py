@@ -1,10 +1,11 @@
 """Batch lens rewriting with dry-run and undo (``focusbridge lens set|show|undo``).
 
-One exiftool process for the batch: a read call for every file, one write call per group of
-files that get the same arguments (usually one or two groups), a read-back call to verify.
-Files are written with ``-overwrite_original`` (exiftool writes a temporary file and renames it
-over the original: no ``FILE_original`` litter, never half-written); the original bytes go to the
-undo store (:mod:`exif.undo`) first.  Only metadata is written: pixel data is never touched.
+One exiftool process for the batch: a read call for every file, write calls of up to
+:data:`BATCH` files that get the same arguments, a read-back call to verify.  Files are written
+with ``-overwrite_original_in_place`` (exiftool writes a temporary file and copies it over the
+original: no ``FILE_original`` litter, and symlinks and hard links keep pointing at the photo);
+the original bytes are journaled in the undo store (:mod:`exif.undo`) before each write call, so
+an interrupted run never loses an original.  Only metadata is written: pixel data is never touched.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import focus as _focus
-from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
-from .undo import UndoStore
+from .tool import (ExifCancelled, ExifError, check_arg, fname, interrupt, maybe_exiftool,
+                   one_line, read_json, run, tag)
+from .undo import Run, UndoStore
 
 CATALOGUE = Path(__file__).with_name('lenses.json')
+
+#: files per exiftool write call: a cancel waits for at most one batch, and at most one batch of
+#: originals is copied into the undo store at a time
+BATCH = 16
 
 
 @dataclass
@@ -176,31 +183,49 @@ class LensReport:
 
 
 def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exiftool=None,
-             store: UndoStore | None = None, ignore_minor: bool = False) -> LensReport:
+             store: UndoStore | None = None, ignore_minor: bool = False,
+             should_stop: Callable[[], bool] | None = None) -> LensReport:
     """Write ``spec`` into every file; files that fail are reported, the others still done.
 
     ``ignore_minor`` passes exiftool's ``-m`` (write despite minor errors such as
-    "[minor] Undersized IFD0 StripByteCounts")."""
+    "[minor] Undersized IFD0 StripByteCounts").  ``should_stop`` is asked before each batch of
+    :data:`BATCH` files; when it says True the run stops there and raises ExifCancelled (every
+    file written so far keeps its undo entry).  A symlink is written through to its target and
+    two names of one file (links) are one file, reported under the first name given."""
     if spec.is_empty():
         raise ExifError('nothing to write: give --preset or at least one of --make, --model, '
                         '--focal-length, --aperture, --lens-info, --serial')
-    files = [Path(f) for f in files]
     store = store or UndoStore()
-    results = {os.path.abspath(f): FileResult(f) for f in files}
-    order = list(dict.fromkeys(os.path.abspath(f) for f in files))   # each file once
+    results: dict[str, FileResult] = {}    # resolved path -> result
+    inodes: dict[tuple[int, int], str] = {}
+    for f in files:
+        key = os.path.realpath(f)
+        try:
+            st = os.stat(key)
+            key = inodes.setdefault((st.st_dev, st.st_ino), key)   # hard links: one file
+        except OSError:
+            pass
+        results.setdefault(key, FileResult(Path(f)))
+    order = list(results)
     std = standard_tags(spec)
     mkn = makernote_tags(spec)
+    for _, v in std + mkn:
+        check_arg(v)   # a value exiftool cannot take fails the run before anything is written
 
     with maybe_exiftool(exiftool) as et:
         readable = []
         for key in order:
             r = results[key]
-            if not r.path.is_file():
+            if not os.path.isfile(key):
                 r.ok, r.error = False, 'no such file'
-            elif not os.access(r.path, os.W_OK) or not os.access(r.path.parent, os.W_OK):
+            elif not os.access(key, os.W_OK) or not os.access(os.path.dirname(key), os.W_OK):
                 r.ok, r.error = False, 'not writable (permission denied)'
             else:
-                readable.append(key)
+                try:
+                    fname(key)
+                    readable.append(key)
+                except ExifError as e:   # a name exiftool cannot be given
+                    r.ok, r.error = False, e.problem
         meta, res = read_json(et, readable, _READ_TAGS, extra=['-n'])
         errs = res.errors_by_file()
         groups: dict[tuple, list[str]] = {}
@@ -229,34 +254,13 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
         if dry_run:
             return LensReport([results[k] for k in order], dry_run=True)
 
-        for args, keys in groups.items():
-            staged = {}
-            try:
-                for key in keys:
-                    staged[key] = store.stage(results[key].path)
-                res = run(et, ["-n", "-overwrite_original", *(["-m"] if ignore_minor else []),
-                               *args, *[fname(k) for k in keys]])
-                errs = res.errors_by_file()
-                for key in keys:
-                    r, st = results[key], staged.pop(key)
-                    # -overwrite_original renames a new file over the old name: a new inode
-                    try:
-                        written = os.stat(key).st_ino != st.ino
-                    except OSError:
-                        written = False
-                    if key in errs or not written:
-                        store.discard(st)
-                        r.ok = False
-                        r.error = errs.get(key) or res.stderr.strip() or 'exiftool did not write it'
-                        continue
-                    try:
-                        r.undo_recorded = store.commit(st, {t: v for t, _, v in r.changes})
-                    except (ExifError, OSError) as e:
-                        r.ok = False
-                        r.error = f'written, but the undo record failed: {e}'
-            finally:
-                for s in staged.values():
-                    store.discard(s)
+        with store.session() as session:
+            for args, keys in groups.items():
+                for i in range(0, len(keys), BATCH):
+                    if should_stop is not None and should_stop():
+                        raise ExifCancelled()
+                    batch = {k: results[k] for k in keys[i:i + BATCH]}
+                    _write_batch(et, session, [*(['-m'] if ignore_minor else []), *args], batch)
 
         # read back: what the files now say
         written = [k for k in order if results[k].ok]
@@ -273,6 +277,42 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
     return LensReport([results[k] for k in order])
 
 
+def _write_batch(et, session: Run, args: list[str], batch: dict[str, FileResult]) -> None:
+    """One exiftool write call.  The originals are journaled first; whatever stops the call (a
+    signal, a dead exiftool), exiftool is stopped and the files settled before it propagates."""
+    items = []
+    for key, r in batch.items():
+        try:
+            items.append(session.keep(key, {t: v for t, _, v in r.changes}))
+        except ExifError as e:   # e.g. a damaged undo record: fail before writing
+            r.ok, r.error = False, f'{e.problem}; not written'
+        except OSError as e:
+            r.ok = False
+            r.error = f'cannot copy the original for undo ({e.strerror or e}); not written'
+    if not items:
+        return
+    journal = session.journal(items)
+    try:
+        res = run(et, ['-n', '-overwrite_original_in_place', *args,
+                       *[fname(item['path']) for item in items]])
+    except BaseException:
+        interrupt(et)   # nothing may write once we look at the files
+        session.settle(journal, clean_tmp=True)
+        raise
+    errs = res.errors_by_file()
+    for key, outcome in session.settle(journal).items():
+        r = batch[key]
+        if isinstance(outcome, ExifError):
+            r.ok = False
+            r.error = f'written, but {outcome.problem} (kept for the next lens command)'
+            continue
+        r.undo_recorded = outcome
+        # in place, an unwritten file keeps its bytes: only its content says whether it changed
+        if key in errs or (r.changes and not outcome):
+            r.ok = False
+            r.error = errs.get(key) or one_line(res.stderr) or 'exiftool did not write it'
+
+
 # ------------------------------------------------------------------------------------------------
 # show
 
@@ -285,11 +325,19 @@ def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
     files = [Path(f) for f in files]
     rows = []
     with maybe_exiftool(exiftool) as et:
-        existing = [f for f in files if f.is_file()]
+        errs: dict[str, str] = {}
+        existing = []
+        for f in files:
+            if not f.is_file():
+                continue
+            try:
+                existing.append(fname(f))
+            except ExifError as e:   # a name exiftool cannot be given
+                errs[os.path.abspath(f)] = e.problem
         num, res = read_json(et, existing, _READ_TAGS + [t for t in _focus.FOCUS_TAGS],
                              extra=['-n'])
         prt, _ = read_json(et, existing, ['Canon:LensType', 'LensInfo', 'LensID'])
-        errs = res.errors_by_file()
+        errs.update(res.errors_by_file())
         for f in files:
             key = os.path.abspath(f)
             m = num.get(key)
@@ -365,14 +413,15 @@ class UndoResult:
 
 def undo_lens(files: list[Path], *, all_levels: bool = False,
               store: UndoStore | None = None) -> list[UndoResult]:
+    """Restore each file; a file with no recorded change is ok with ``undone == 0``."""
     store = store or UndoStore()
     out = []
-    for f in files:
-        try:
-            n = store.undo(Path(f), all_levels=all_levels)
-            out.append(UndoResult(Path(f), True, n))
-        except ExifError as e:
-            out.append(UndoResult(Path(f), False, 0, e.problem))
-        except OSError as e:
-            out.append(UndoResult(Path(f), False, 0, f'{e.strerror or e}'))
+    with store.session() as session:
+        for f in files:
+            try:
+                out.append(UndoResult(Path(f), True, session.undo(Path(f), all_levels=all_levels)))
+            except ExifError as e:
+                out.append(UndoResult(Path(f), False, 0, e.problem))
+            except OSError as e:
+                out.append(UndoResult(Path(f), False, 0, f'{e.strerror or e}'))
     return out

@@ -20,10 +20,14 @@ import datetime as _dt
 import math
 import os
 import re
+import shutil
 import struct
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import focus as _focus
 from .tool import ExifError, fname, maybe_exiftool, read_json, replaced_atomically, run, tag
@@ -211,6 +215,32 @@ def _image_size(meta: dict) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: ``..``, symlinks, hard links."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+@contextmanager
+def _format_free(path: Path) -> Iterator[str]:
+    """``path`` as a -TagsFromFile argument.  exiftool reads %d, %f, %e... in that name as parts
+    of the file being written and has no escape for '%' (``%%d`` is '%' plus the directory), so
+    a name with '%' is given through a symlink in a fresh temporary folder."""
+    name = fname(path)
+    if '%' not in name:
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix='focusbridge-') as tmp:
+        link = os.path.join(tmp, 'base' + ('' if '%' in path.suffix else path.suffix))
+        if '%' in link:
+            raise ExifError("a name with '%' cannot be given to exiftool here (the temporary "
+                            'folder has one too)', path)
+        os.symlink(os.path.abspath(path), link)
+        yield link
+
+
 def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: StackInfo, *,
                    exiftool=None) -> MergeReport:
     """Write the merged metadata of ``sources`` (tags of ``base``) onto the image ``target``.
@@ -234,6 +264,9 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
     base = Path(base)
     if not base.is_file():
         raise ExifError('no such file (metadata base)', base)
+    for src in [*sources, base]:   # never rewrite a camera original
+        if _same_file(target, src):
+            raise ExifError(f'the output is also a metadata source ({src}); not writing it', target)
     names = list(info.source_names) if info.source_names else [s.name for s in sources]
     if len(names) != len(sources):
         raise ExifError(f'{len(names)} source names for {len(sources)} sources', target)
@@ -242,7 +275,7 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
     base_name = names[sources.index(base)] if base in sources else base.name
     report = MergeReport(target=target, base=base, frame_count=info.frame_count)
 
-    with maybe_exiftool(exiftool) as et:
+    with maybe_exiftool(exiftool) as et, _format_free(base) as base_arg:
         # -- read: every frame's focus distance, the base in full, the target's structure ----
         frame_files = sources + ([base] if base not in sources else [])
         frames, fres = read_json(et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make'])
@@ -361,11 +394,13 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
             assign.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
 
         with replaced_atomically(target, 'fbmeta') as tmp:
-            res = run(et, ['-n', '-TagsFromFile', fname(base), *copy, *excl, *assign,
-                           '-o', fname(tmp), fname(target)])
-            if res.status != 0 or not tmp.is_file() or res.counts.get('created', 0) != 1:
+            # a copy edited in place, not exiftool's -o: that name would be a format string too
+            shutil.copyfile(target, tmp)
+            res = run(et, ['-n', '-TagsFromFile', base_arg, *copy, *excl, *assign,
+                           '-overwrite_original', fname(tmp)])
+            if res.status != 0 or res.counts.get('updated', 0) != 1:
                 err = res.errors_by_file()
-                msg = err.get(tgt_key) or err.get(fname(tmp)) or next(iter(err.values()), None) \
+                msg = err.get(fname(tmp)) or next(iter(err.values()), None) \
                     or (res.stderr.strip() or 'exiftool could not write the file')
                 raise ExifError(f'writing metadata failed: {msg}', target)
             report.warnings += [f'{w}' for w in res.warnings_by_file().values()]
@@ -374,7 +409,7 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
             out01, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
             out = out01.get(os.path.abspath(tmp), {})
             if 'MakerNotes' in base_fam0 and _maker_group(out) is None:
-                res = run(et, ['-n', '-TagsFromFile', fname(base), '-makernotes',
+                res = run(et, ['-n', '-TagsFromFile', base_arg, '-makernotes',
                                '-overwrite_original', fname(tmp)])
                 if res.status != 0 or res.counts.get('updated', 0) != 1:
                     report.warnings.append(f'{base}: maker notes could not be copied '

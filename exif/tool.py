@@ -11,7 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,13 @@ class ExiftoolMissing(ExifError):
         super().__init__(message)
 
 
+class ExifCancelled(ExifError):
+    """The caller asked to stop (``should_stop``); everything already written is recorded."""
+
+    def __init__(self, message: str = 'cancelled'):
+        super().__init__(message)
+
+
 def find_exiftool() -> str | None:
     """Path of the exiftool executable, or None.  ``FOCUSBRIDGE_EXIFTOOL`` overrides PATH."""
     override = os.environ.get('FOCUSBRIDGE_EXIFTOOL')
@@ -72,34 +82,101 @@ def require_exiftool() -> str:
     return exe
 
 
+class _Eof(Exception):
+    """exiftool closed its output: the process is gone."""
+
+
+def _read_until(fd: int, end: bytes, block_size: int) -> bytes:
+    """Read exiftool's output up to its ``{ready}`` marker.  Replaces pyexiftool's reader, which
+    loops for ever at 100 % CPU once exiftool has died (a closed pipe reads b'' endlessly)."""
+    chunks, tail = [], b''
+    while not tail.rstrip().endswith(end):
+        chunk = os.read(fd, block_size)
+        if not chunk:
+            raise _Eof()
+        chunks.append(chunk)
+        tail = (tail + chunk)[-(len(end) + 64):]
+    return b''.join(chunks)
+
+
+def _stopped(et) -> ExifError:
+    """The error for an exiftool that died under us, with how it ended."""
+    proc = getattr(et, '_process', None)
+    code = None
+    if proc is not None:
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:   # output closed but still alive: end it
+            proc.kill()
+            code = proc.wait()
+        _alive(et)   # lets pyexiftool notice, quietly, so it does not warn again at exit
+    if code is None:
+        how = 'as it started'
+    elif code < 0:
+        try:
+            how = f'(killed by signal {signal.Signals(-code).name})'
+        except ValueError:
+            how = f'(killed by signal {-code})'
+    else:
+        how = f'(exit status {code})'
+    return ExifError(f'exiftool stopped unexpectedly {how}')
+
+
+def _alive(et) -> bool:
+    with warnings.catch_warnings():   # pyexiftool warns (multi-line) when it finds it dead
+        warnings.simplefilter('ignore')
+        return bool(et.running)
+
+
 @contextmanager
 def open_exiftool(executable: str | None = None) -> Iterator['ExifToolHelper']:  # noqa: F821
     """One long-lived exiftool process (pyexiftool ``ExifToolHelper``) for the whole run.
 
     The process is started with ``-config exif/focusbridge.config`` (which must come first on
-    exiftool's command line, hence ``config_file=``) and :data:`COMMON_ARGS`.
+    exiftool's command line, hence ``config_file=``) and :data:`COMMON_ARGS`.  An exiftool that
+    dies (at start or later) raises a one-line ExifError instead of hanging the run.
     """
     exe = executable or require_exiftool()
     try:
+        import exiftool.exiftool as pyexiftool
         from exiftool import ExifToolHelper
     except ImportError as e:  # pragma: no cover - pyexiftool is a dependency
         raise ExifError(f'pyexiftool is not installed ({e})') from e
+    pyexiftool._read_fd_endswith = _read_until   # pyexiftool 0.5 reads through this function
     et = ExifToolHelper(executable=exe, common_args=list(COMMON_ARGS), config_file=CONFIG_FILE,
                         encoding='utf-8', check_execute=False, check_tag_names=False)
     try:
         et.run()
-    except (OSError, RuntimeError, ValueError) as e:
+    except (_Eof, BrokenPipeError, RuntimeError) as e:   # started, then died
+        raise _stopped(et) from e
+    except OSError as e:   # not there, not executable
         raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
-    except Exception as e:  # ExifToolVersionError and friends
-        raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
+    except Exception as e:  # ExifToolVersionError: something that is not exiftool
+        if _alive(et):
+            et.terminate()
+        raise ExifError(f'{exe} does not work as exiftool ({one_line(e)})') from e
     try:
         yield et
     finally:
-        if et.running:
+        if _alive(et):
             try:
                 et.terminate()
             except Exception:  # pragma: no cover - best effort at shutdown
                 pass
+
+
+def interrupt(et) -> None:
+    """Stop exiftool and wait for it: it defers SIGINT while it replaces a file, so it stops
+    between files, never half-way through one."""
+    proc = getattr(et, '_process', None)
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager
@@ -161,8 +238,14 @@ def messages_by_file(stderr: str, kind: str) -> dict[str, str]:
 
 def check_arg(arg: str, path: object = None) -> str:
     if '\n' in arg or '\r' in arg:
-        raise ExifError('file names and values with line breaks are not supported',
-                        path if path is not None else None)
+        raise ExifError('file names and values with line breaks are not supported', path)
+    try:
+        arg.encode('utf-8')
+    except UnicodeEncodeError:   # bytes that are not UTF-8 in a name (surrogateescape)
+        if path is None:
+            raise ExifError(f'{arg!r} is not valid UTF-8, which exiftool cannot be given') from None
+        raise ExifError('file name is not valid UTF-8, which exiftool cannot be given; rename '
+                        'the file', path) from None
     return arg
 
 
@@ -177,6 +260,8 @@ def run(et, args: Iterable[str]) -> Result:
         stdout = et.execute(*args)
     except UnicodeDecodeError as e:
         raise ExifError(f'exiftool printed text that is not UTF-8 ({e})') from e
+    except (_Eof, BrokenPipeError) as e:
+        raise _stopped(et) from e
     status = et.last_status if et.last_status is not None else 0
     stderr = et.last_stderr or ''
     return Result(int(status), stdout or '', stderr, parse_counts(stdout))

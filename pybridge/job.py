@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import (EXIT_ERROR, Cancelled, ManifestError, describe_failure,
                      one_line, print_failure)
 from .options import FORMATS, OptionError, Options, option, options_schema, split_manifest_options
+from .atomic import atomic_output
 from .signals import note_late_cancel
 
 KINDS = ("stack", "lens")
@@ -86,7 +87,8 @@ def _check_side_files(manifest: dict) -> None:
     """The files run-job itself writes (status, progress, pid) must be none of the files the
     job reads or writes, whatever else is wrong with the manifest: checked first, so that not
     even an error status lands on a photograph."""
-    from .pipeline import check_outputs, side_path
+    from .atomic import check_outputs
+    from .pipeline import side_path
 
     side = [(key, Path(manifest[key])) for key in ("status_file", "progress_file", "pid_file")
             if manifest.get(key)]
@@ -102,13 +104,11 @@ def _check_side_files(manifest: dict) -> None:
     check_outputs(side, named, overwrite=True)
 
 
-def _write_status(status_file: str | None, status: dict) -> None:
-    if not status_file:
-        return
-    target = Path(status_file)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(status), encoding="utf-8")
-    os.replace(tmp, target)
+def _write_status(status_file: str | None, status) -> None:
+    """Whole or not at all, so a poller that sees the file can trust it."""
+    if status_file:
+        with atomic_output(Path(status_file), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(status), encoding="utf-8")
 
 
 def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:

@@ -25,9 +25,8 @@ from .fuse import aligned_focus_measure, make_fuser, window_sigma_for
 from .options import StackOptions
 from .progress import silent
 from .signals import committing
-from .write import (OUTPUT_EXTENSIONS, atomic_output, atomic_outputs,
-                    check_extension, check_no_clash, check_target, write_confidence_map,
-                    write_depth_map, write_image)
+from .atomic import atomic_output, atomic_outputs, check_extension, check_outputs
+from .write import OUTPUT_EXTENSIONS, write_confidence_map, write_depth_map, write_image
 
 FrameSource = str | os.PathLike | np.ndarray
 
@@ -136,15 +135,6 @@ def _load(src: FrameSource, max_pixels: int) -> Frame:
 def read_paths(frames: Sequence[FrameSource]) -> list[tuple[str, Path]]:
     """(role, path) of every frame file a stack reads."""
     return [("input frame", Path(f)) for f in frames if not isinstance(f, np.ndarray)]
-
-
-def check_outputs(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str, Path]],
-                  overwrite: bool) -> None:
-    """Up front, before any pixel is read: no output replaces an input or another output, and
-    every output can be created (folder writable, name free unless overwrite)."""
-    check_no_clash(writes, reads)
-    for _, out in writes:
-        check_target(out, overwrite)
 
 
 def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:

@@ -163,7 +163,7 @@ def test_run_job_rejects_bad_top_level_types(tmp_path, own_frames):
 # -- 4. --overwrite rollback puts the old files back ---------------------------------------
 
 def test_failed_commit_of_a_set_restores_the_previous_files(tmp_path):
-    from pybridge.write import atomic_outputs
+    from pybridge.atomic import atomic_outputs
     result, depth = tmp_path / "stack.tif", tmp_path / "stack_depth.tif"
     result.write_bytes(b"old result")
     depth.write_bytes(b"old depth")
@@ -180,7 +180,7 @@ def test_failed_commit_of_a_set_restores_the_previous_files(tmp_path):
 
 
 def test_successful_overwrite_leaves_no_backup(tmp_path):
-    from pybridge.write import atomic_outputs
+    from pybridge.atomic import atomic_outputs
     result = tmp_path / "stack.tif"
     result.write_bytes(b"old")
     with atomic_outputs([result], overwrite=True) as (t,):

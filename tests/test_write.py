@@ -13,7 +13,8 @@ import tifffile
 
 from pybridge.errors import OutputError
 from pybridge.frames import read_frame
-from pybridge.write import (atomic_output, atomic_outputs, write_confidence_map,
+from pybridge.atomic import atomic_output, atomic_outputs
+from pybridge.write import (write_confidence_map,
                             write_depth_map, write_image, depth_map_index,
                             depth_map_levels)
 
