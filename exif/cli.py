@@ -1,49 +1,27 @@
 """``focusbridge meta ...`` and ``focusbridge lens ...``: ``register(subparsers)`` adds them.
 
-Every sub-command sets ``func=<callable(args) -> int exit code>``.  Errors are printed as one
-line ``focusbridge: error: <file>: <problem>`` on stderr.
+Every sub-command sets ``func=<callable(args) -> int exit code>``. A failure of the whole run
+is raised and reported by pybridge's command line like any other (pybridge/errors.py: one line
+``focusbridge: error: <file>: <problem>``, exit 1; 130 when cancelled); per-file problems of a
+batch that goes on are printed the same way.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import signal
 import sys
 from pathlib import Path
 
 from . import focus as _focus
-from .tool import ExifCancelled, ExifError, one_line
+from pybridge.errors import EXIT_ERROR, EXIT_USAGE, print_failure, print_warning
 
 PROG = 'focusbridge'
 
 
 def _err(msg: str, kind: str = 'error') -> None:
-    print(f'{PROG}: {kind}: {one_line(msg)}', file=sys.stderr)
-
-
-def _guard(func):
-    def wrapped(args) -> int:
-        for stream in (sys.stdout, sys.stderr):   # file names that are not UTF-8 print escaped
-            try:
-                stream.reconfigure(errors='backslashreplace')
-            except (AttributeError, ValueError):
-                pass
-        try:
-            return func(args)
-        except (KeyboardInterrupt, ExifCancelled):
-            _err('cancelled')
-            return 130
-        except ExifError as e:
-            _err(str(e))
-            return 1
-        except OSError as e:   # e.g. the undo store cannot be created
-            _err(f'{e.filename}: {e.strerror}' if e.filename else str(e))
-            return 1
-    wrapped.__name__ = func.__name__
-    wrapped.__doc__ = func.__doc__
-    return wrapped
+    """A per-file problem in a batch that goes on (the run's own failure is raised instead)."""
+    (print_warning if kind == 'warning' else lambda m: print_failure(EXIT_ERROR, m))(msg)
 
 
 def _json_default(v):
@@ -69,7 +47,6 @@ def _clean(v):
 # ------------------------------------------------------------------------------------------------
 # meta
 
-@_guard
 def cmd_meta_merge(args) -> int:
     from .merge import StackInfo, merge_metadata, software_name
     sources = [Path(s) for s in args.sources]
@@ -82,7 +59,7 @@ def cmd_meta_merge(args) -> int:
         ref = len(sources) // 2
     if not 0 <= ref < len(sources):
         _err(f'--reference {ref}: must be 0..{len(sources) - 1}')
-        return 2
+        return EXIT_USAGE
     info = StackInfo(frame_count=len(sources), method=args.method, reference_index=ref,
                      software=software_name())
     report = merge_metadata(Path(args.output), sources, base, info)
@@ -97,7 +74,6 @@ def cmd_meta_merge(args) -> int:
     return 0
 
 
-@_guard
 def cmd_meta_show(args) -> int:
     from .lens import format_table, show_lens
     rows = show_lens([Path(f) for f in args.files])
@@ -134,19 +110,13 @@ def cmd_meta_show(args) -> int:
 # lens
 
 def _spec_from_args(args):
-    from .lens import LensSpec, format_lens_info, preset
-    spec = preset(args.preset) if args.preset else LensSpec()
-    own = LensSpec(make=args.make, model=args.model, focal_length=args.focal_length,
-                   aperture=args.aperture,
-                   lens_info=format_lens_info(args.lens_info) if args.lens_info else None,
-                   serial=args.serial, canon_lens_type=args.canon_lens_type)
-    spec = spec.merged(own)
-    if spec.lens_info is None and spec.focal_length is not None:
-        spec.lens_info = format_lens_info([spec.focal_length, spec.focal_length, 'undef', 'undef'])
-    return spec
+    from .lens import lens_spec
+    return lens_spec(args.preset, make=args.make, model=args.model,
+                     focal_length=args.focal_length, aperture=args.aperture,
+                     lens_info=args.lens_info, serial=args.serial,
+                     canon_lens_type=args.canon_lens_type)
 
 
-@_guard
 def cmd_lens_set(args) -> int:
     from .lens import load_catalogue, set_lens
     from .undo import UndoStore
@@ -156,7 +126,7 @@ def cmd_lens_set(args) -> int:
         return 0
     if not args.files:
         _err('lens set: no files given')
-        return 2
+        return EXIT_USAGE
     spec = _spec_from_args(args)
     store = UndoStore()
     try:
@@ -184,7 +154,6 @@ def cmd_lens_set(args) -> int:
     return 1 if n_bad else 0
 
 
-@_guard
 def cmd_lens_show(args) -> int:
     from .lens import SHOW_COLUMNS, format_table, show_lens
     rows = show_lens([Path(f) for f in args.files])
@@ -201,7 +170,6 @@ def _problems(store) -> None:
         _err(line, 'warning')
 
 
-@_guard
 def cmd_lens_undo(args) -> int:
     from .lens import undo_lens
     from .undo import UndoStore
@@ -284,11 +252,6 @@ def register(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description='focusbridge metadata commands')
-    sub = parser.add_subparsers(dest='command', metavar='{meta,lens}')
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    # SIGTERM ends a run like Ctrl-C: exiftool stopped, every written file settled, exit 130
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return args.func(args)
+    """``python -m exif meta|lens ...``: the same command line as ``focusbridge``."""
+    from pybridge.cli import main as focusbridge_main
+    return focusbridge_main(argv)

@@ -14,11 +14,6 @@ XMP_INFINITY = 4294967295
 FOCUS_TAGS = ['FocusDistanceUpper#', 'FocusDistanceLower#', 'FocusDistance#', 'FocusDistance2#',
               'SubjectDistance#', 'ApproximateFocusDistance#']
 
-#: Lens and exposure tags for tables (print values unless '#').
-LENS_TAGS = ['Make', 'Model', 'LensMake', 'LensModel', 'LensInfo#', 'LensSerialNumber', 'Lens',
-             'LensID', 'LensType', 'LensType#', 'FocalLength#', 'FNumber#', 'MinFocalLength#',
-             'MaxFocalLength#', 'FileType']
-
 _NOT_MAKERNOTE = ('Composite', 'ExifIFD', 'IFD0', 'IFD1', 'SubIFD', 'GPS', 'File', 'System',
                   'ExifTool', 'QuickTime')
 
@@ -72,7 +67,7 @@ def _group(key: str) -> str:
     return key.split(':', 1)[0] if ':' in key else ''
 
 
-def frame_focus(meta: dict) -> FocusReading:
+def focus_reading(meta: dict) -> FocusReading:
     """Pick the frame's focus distance from the best tag present (see docs/metadata.md)."""
     # 1. Canon maker notes: a near/far pair per frame
     lo = to_metres(meta.get('Canon:FocusDistanceLower'), 'Canon')

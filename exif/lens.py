@@ -67,6 +67,19 @@ def preset(name: str) -> LensSpec:
                     canon_lens_type=e.get('canon_lens_type'))
 
 
+def lens_spec(preset_name: str | None = None, **fields) -> LensSpec:
+    """What `lens set` writes, from a catalogue preset and/or single fields (the command line
+    and run-job both come here, so one input writes the same tags). `lens_info` may be text
+    or a list; without it a focal length gives LensInfo 'f f undef undef' (a prime)."""
+    spec = preset(preset_name) if preset_name else LensSpec()
+    if fields.get('lens_info') not in (None, ''):
+        fields['lens_info'] = format_lens_info(fields['lens_info'])
+    spec = spec.merged(LensSpec(**{k: v for k, v in fields.items() if v not in (None, '')}))
+    if spec.lens_info is None and spec.focal_length is not None:
+        spec.lens_info = format_lens_info([spec.focal_length, spec.focal_length, 'undef', 'undef'])
+    return spec
+
+
 def format_lens_info(values) -> str:
     """[100, 100, 2.8, 2.8] / '100 2.8' / '18-55 3.5-5.6' -> EXIF LensInfo '100 100 2.8 2.8'.
 
@@ -347,7 +360,7 @@ def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
                 rows.append({'file': str(f), 'error': err})
                 continue
             p = prt.get(key, {})
-            fr = _focus.frame_focus(m)
+            fr = _focus.focus_reading(m)
             lt = m.get('Canon:LensType')
             rows.append({
                 'file': str(f),

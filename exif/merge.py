@@ -309,7 +309,7 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
                 report.warnings.append(f'{s}: no readable metadata, focus distance unknown')
                 readings.append(_focus.FocusReading())
             else:
-                readings.append(_focus.frame_focus(m))
+                readings.append(_focus.focus_reading(m))
         near, far, fsrc = _focus.bracket_range(readings)
         report.focus_near, report.focus_far, report.focus_source = near, far, fsrc
         report.frames_with_focus = sum(r.known for r in readings)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from pybridge.errors import Cancelled, PathError, one_line  # the one error model
+
 CONFIG_FILE = Path(__file__).with_name('focusbridge.config')
 
 #: Arguments of every command sent to the exiftool process (exiftool puts them after the
@@ -31,22 +33,11 @@ INSTALL_HINT = ('exiftool not found: install it (Debian/Ubuntu: apt-get install 
                 'libimage-exiftool-perl; macOS: brew install exiftool) or pass --no-metadata')
 
 
-def one_line(text: object) -> str:
-    if isinstance(text, bytes):
-        text = text.decode('utf-8', 'replace')
-    return ' '.join(str(text).split())
-
-
-class ExifError(Exception):
+class ExifError(PathError):
     """A metadata problem; ``str()`` is one line, ``<file>: <problem>`` when about a file."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else None
-        self.problem = one_line(message)
-        super().__init__(f'{path}: {self.problem}' if path is not None else self.problem)
-
-    def __str__(self) -> str:
-        return one_line(super().__str__())
+        super().__init__(path, message)
 
 
 class ExiftoolMissing(ExifError):
@@ -56,11 +47,8 @@ class ExiftoolMissing(ExifError):
         super().__init__(message)
 
 
-class ExifCancelled(ExifError):
+class ExifCancelled(Cancelled):
     """The caller asked to stop (``should_stop``); everything already written is recorded."""
-
-    def __init__(self, message: str = 'cancelled'):
-        super().__init__(message)
 
 
 def find_exiftool() -> str | None:

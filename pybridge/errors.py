@@ -91,8 +91,8 @@ def describe_failure(exc: BaseException) -> tuple[int | None, str]:
 
 def print_failure(code: int, message: str) -> None:
     kind = '' if code == EXIT_CANCELLED else 'error: '
-    print(f'focusbridge: {kind}{message}', file=sys.stderr)
+    print(f'focusbridge: {kind}{one_line(message)}', file=sys.stderr)
 
 
 def print_warning(message: str) -> None:
-    print(f'focusbridge: warning: {message}', file=sys.stderr)
+    print(f'focusbridge: warning: {one_line(message)}', file=sys.stderr)

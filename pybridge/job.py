@@ -153,8 +153,7 @@ class LensFields(Options):
 
 def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     """Lens rewrite or undo on the original files (the plugin's lens section)."""
-    from exif.lens import LensSpec, format_lens_info, preset, set_lens, undo_lens
-    from exif.tool import ExifCancelled, ExifError  # noqa: F401  (until exif errors share the base)
+    from exif.lens import lens_spec, set_lens, undo_lens
 
     files = [Path(f) for f in _string_list(manifest, "files", path)]
     action = manifest.get("action", "set")
@@ -169,38 +168,30 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     if manifest.get("preset") is not None and not isinstance(manifest["preset"], str):
         raise ManifestError(path, "'preset' must be a lens preset name")
     progress("lens", count=len(files), fraction=0.1)
-    try:
-        if action == "undo":
-            results = []
-            for f in files:       # one at a time, so a cancel stops between files
-                if cancel is not None and cancel():
-                    raise Cancelled()
-                r = undo_lens([f])[0]
-                results.append({"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
-                                "message": r.error or ("" if r.undone else "nothing to undo")}
-                               if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error})
-        else:
-            spec = preset(manifest["preset"]) if manifest.get("preset") else LensSpec()
-            fields = dict(fields)
-            if isinstance(fields.get("lens_info"), list):
-                fields["lens_info"] = format_lens_info(fields["lens_info"])
-            spec = spec.merged(LensSpec(**{k: v for k, v in fields.items() if v not in ("", None)}))
-            report = set_lens(files, spec, dry_run=manifest.get("dry_run", False),
-                              should_stop=cancel)
-            results = []
-            for r in report.results:
-                if not r.ok:
-                    results.append({"file": str(r.path), "outcome": "error", "message": r.error})
-                    continue
-                message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
-                if r.not_writable:
-                    message += (("; " if message else "") + "not in this file's maker notes: "
-                                + ", ".join(r.not_writable))
-                results.append({"file": str(r.path),
-                                "outcome": "updated" if r.changes else "unchanged",
-                                "message": message})
-    except ExifCancelled:
-        raise Cancelled() from None
+    if action == "undo":
+        results = []
+        for f in files:       # one at a time, so a cancel stops between files
+            if cancel is not None and cancel():
+                raise Cancelled()
+            r = undo_lens([f])[0]
+            results.append({"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
+                            "message": r.error or ("" if r.undone else "nothing to undo")}
+                           if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error})
+    else:
+        report = set_lens(files, lens_spec(manifest.get("preset"), **fields),
+                          dry_run=manifest.get("dry_run", False), should_stop=cancel)
+        results = []
+        for r in report.results:
+            if not r.ok:
+                results.append({"file": str(r.path), "outcome": "error", "message": r.error})
+                continue
+            message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
+            if r.not_writable:
+                message += (("; " if message else "") + "not in this file's maker notes: "
+                            + ", ".join(r.not_writable))
+            results.append({"file": str(r.path),
+                            "outcome": "updated" if r.changes else "unchanged",
+                            "message": message})
     ok = all(r["outcome"] != "error" for r in results)
     failed = [r for r in results if r["outcome"] == "error"]
     error = None if ok else (f"{len(failed)} of {len(results)} files failed; first: "
