@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Iterator
 
 from . import focus as _focus
-from .tool import ExifError, fname, maybe_exiftool, read_json, replaced_atomically, run, tag
+from pybridge.atomic import replaced
+
+from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
 
 __all__ = ['StackInfo', 'MergeReport', 'merge_metadata', 'sources_have_metadata', 'software_name']
 
@@ -393,7 +395,7 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         if orig_doc:
             assign.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
 
-        with replaced_atomically(target, 'fbmeta') as tmp:
+        with replaced(target, 'fbmeta') as tmp:
             # a copy edited in place, not exiftool's -o: that name would be a format string too
             shutil.copyfile(target, tmp)
             res = run(et, ['-n', '-TagsFromFile', base_arg, *copy, *excl, *assign,

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -296,22 +295,3 @@ def tag(meta: dict, *names: str, default=None):
         elif meta.get(name) not in (None, ''):
             return meta[name]
     return default
-
-
-@contextmanager
-def replaced_atomically(target: Path, tag: str, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temp path beside ``target`` (same suffix, so exiftool knows the format). When the
-    block succeeds the temp file takes ``target``'s place with ``mode`` (default: the target's
-    current permissions); on any error it is removed and ``target`` is untouched."""
-    target = Path(target)
-    tmp = target.with_name(f'.{target.stem}.{tag}-{uuid.uuid4().hex[:8]}{target.suffix}')
-    try:
-        yield tmp
-        try:
-            os.chmod(tmp, mode if mode is not None else os.stat(target).st_mode & 0o7777)
-        except OSError:
-            pass
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

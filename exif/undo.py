@@ -43,6 +43,8 @@ from typing import Iterator
 
 import numpy as np
 
+from pybridge.atomic import fsync_folder, replaced
+
 from .tool import ExifError, one_line
 
 try:
@@ -146,32 +148,16 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make new names in ``path`` durable (Windows has no directory fsync)."""
-    if os.name == 'nt':
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes, sync_dir: bool = True) -> None:
     """``path`` holds ``data`` whole, on disk, or is as it was (its name on disk too unless
     ``sync_dir`` is False: then the caller syncs the folder)."""
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
+    with replaced(path, durable=False) as tmp:
         with open(tmp, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     if sync_dir:
-        _fsync_dir(path.parent)
+        fsync_folder(path.parent)
 
 
 def _lock(path: Path) -> int | None:
@@ -324,7 +310,7 @@ class UndoStore:
                 out[item['path']] = e
                 left.append(item)
         for sub in ('records', 'blobs'):   # the new names, before the journal can go
-            _fsync_dir(self.root / sub)
+            fsync_folder(self.root / sub)
         if left:
             _write_durably(journal, json.dumps({'items': left}).encode('ascii'))
         else:
@@ -400,7 +386,7 @@ class Run:
         if self._lock is None:
             raise ExifError(f'cannot lock {self.dir}.lock (does this file system support locks?)')
         self.dir.mkdir()
-        _fsync_dir(self.dir.parent)
+        fsync_folder(self.dir.parent)
         self._batches = 0
 
     def close(self):

@@ -250,6 +250,46 @@ def atomic_outputs(paths: Sequence[str | Path], overwrite: bool = False) -> Iter
 
 
 @contextmanager
+def replaced(target: str | Path, role: str = '', mode: int | None = None,
+             durable: bool = False) -> Iterator[Path]:
+    """Rewrite an existing file (or write a small one) whole or not at all.
+
+    Yields a temp path beside `target` (same extension, so exiftool knows the format; named
+    like every temp here, so a killed run's leftover is cleaned). When the block succeeds the
+    temp file takes `target`'s place with `mode` (default: the target's current permissions);
+    on any error it is removed and `target` is untouched. `durable`: the new bytes and name are
+    on disk (fsync) before this returns, for records that must survive a power cut."""
+    target = Path(target)
+    temp = _make_temp(target, f'.{role}' if role else '')
+    try:
+        yield temp
+        if durable:
+            with open(temp, 'rb+') as f:
+                os.fsync(f.fileno())
+        try:
+            os.chmod(temp, mode if mode is not None else os.stat(target).st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(temp, target)
+    except BaseException:
+        _remove_derived(temp)
+        raise
+    if durable:
+        fsync_folder(target.parent)
+
+
+def fsync_folder(path: Path) -> None:
+    """Make new names in `path` durable (Windows has no folder fsync)."""
+    if os.name == 'nt':
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` on success, remove it on error.
 

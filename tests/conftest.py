@@ -10,27 +10,34 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+# Real test data, in the repository (tests/data/README.md lists each file, its origin and
+# licence; tests/data/make_test_data.py derives it from the full data set).
+TEST_DATA = Path(__file__).resolve().parent / 'data'
+# The real ring6 bracket ships with the package as its demo; the tests read that copy.
+RING6 = REPO_ROOT / 'pybridge' / 'sample' / 'ring6'
 
 # Let tests import the helpers next to them (`from dng import write_dng`).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope='session')
-def shared_data() -> Path:
-    """<repo root>/../shared/data. Missing data is a broken checkout: fail, never skip."""
-    if not (SHARED_DATA / 'README.md').is_file():
-        pytest.fail(f'test data not found at {SHARED_DATA} (expected <repo root>/../shared/data)')
-    return SHARED_DATA
+def test_data() -> Path:
+    """tests/data. Missing data is a broken checkout: fail, never skip."""
+    missing = [p for p in (TEST_DATA / 'README.md', TEST_DATA / 'brackets', TEST_DATA / 'raw',
+                           TEST_DATA / 'camera-metadata', RING6 / 'step0.jpg')
+               if not p.exists()]
+    if missing:
+        pytest.fail(f'test data missing: {", ".join(map(str, missing))} (a broken checkout)')
+    return TEST_DATA
 
 
 ICC_SOURCE = Path('brackets') / 'depthmap10' / 'reference' / '3d.jpg'
 
 
 @pytest.fixture(scope='session')
-def icc_profile(shared_data) -> bytes:
+def icc_profile(test_data) -> bytes:
     """A real ICC profile (sRGB, 672 bytes) that exiftool extracts from a JPEG in the data."""
-    done = subprocess.run([_exiftool(), '-b', '-ICC_Profile', str(shared_data / ICC_SOURCE)],
+    done = subprocess.run([_exiftool(), '-b', '-ICC_Profile', str(test_data / ICC_SOURCE)],
                           capture_output=True, timeout=60)
     icc = done.stdout
     assert done.returncode == 0 and icc[36:40] == b'acsp', 'expected an ICC profile in 3d.jpg'
@@ -109,12 +116,12 @@ def public_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def copy_camera_files(shared_data: Path, folder: Path, names) -> Path:
+def copy_camera_files(test_data: Path, folder: Path, names) -> Path:
     """Copy real camera files into `folder` (created; a name with a space and an umlaut keeps
-    file-name handling honest), writable, so tests never touch the shared originals."""
+    file-name handling honest), writable, so tests never touch the originals in tests/data."""
     import os
     folder.mkdir()
     for name in names:
-        shutil.copy(shared_data / 'camera-metadata' / name, folder / name)
+        shutil.copy(test_data / 'camera-metadata' / name, folder / name)
         os.chmod(folder / name, 0o644)
     return folder

@@ -152,8 +152,8 @@ def test_frames_of_different_sizes(tmp_path, bracket_files):
     assert _leftovers(out_dir) == []
 
 
-def test_broken_file(tmp_path, bracket_files, shared_data):
-    broken = shared_data / "raw" / "broken" / "filetype_fixture.cr3"
+def test_broken_file(tmp_path, bracket_files, test_data):
+    broken = test_data / "raw" / "broken" / "filetype_fixture.cr3"
     done = run("stack", bracket_files[0], broken, "-o", tmp_path / "out.tif")
     _assert_one_line_error(done, broken)
     assert _leftovers(tmp_path) == []
@@ -312,12 +312,12 @@ def test_python_api_cancel_writes_nothing(tmp_path, bracket_files):
 
 
 def test_without_exiftool_stack_says_how_to_install_and_no_metadata_still_works(
-        tmp_path, shared_data):
+        tmp_path, test_data):
     """pcb7's frames carry camera EXIF, so metadata is wanted: without exiftool the run stops
     before any work with the install hint; --no-metadata stacks anyway; a bracket with no
     metadata at all stacks without exiftool and without being asked."""
     env = dict(os.environ, FOCUSBRIDGE_EXIFTOOL=str(tmp_path / "no-exiftool-here"))
-    frames = sorted((shared_data / "brackets" / "pcb7").glob("pcb_00[1-3].jpg"))
+    frames = sorted((test_data / "brackets" / "pcb7").glob("pcb_00[1-3].jpg"))
     out = tmp_path / "out.tif"
     done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)

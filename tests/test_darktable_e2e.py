@@ -1,5 +1,5 @@
 """End-to-end: the real darktable 4.2 GUI under Xvfb, the plugin loaded from luarc, the real
-`focusbridge` (this checkout's .venv/bin/focusbridge) and real brackets from ../shared/data.
+`focusbridge` (this checkout's .venv/bin/focusbridge) and real brackets from tests/data.
 
 The plugin is installed as a user does it, the script with its lib/focus_stack/ folder: into
 lua-scripts' tree (<configdir>/lua/contrib/ + lua/lib/focus_stack/) for most tests, standalone
@@ -49,11 +49,11 @@ def need_darktable():
         pytest.fail(f'{BRIDGE_DIR / "focusbridge"} missing: the real bridge is needed')
 
 
-def make_bracket(shared_data: Path, folder: Path, names, size=(512, 384), set_='pcb7'):
+def make_bracket(test_data: Path, folder: Path, names, size=(512, 384), set_='pcb7'):
     """Downscaled copies of a real bracket, with the original EXIF copied over."""
     import cv2
     folder.mkdir(parents=True, exist_ok=True)
-    src_dir = shared_data / 'brackets' / set_
+    src_dir = test_data / 'brackets' / set_
     sources = sorted(src_dir.glob('pcb_*.jpg'))[:len(names)]
     out = []
     for src, name in zip(sources, names):
@@ -125,10 +125,10 @@ def no_leftovers(res, work: Path):
     assert not (res.attempt_dir / 'PWNED').exists()
 
 
-def test_button_path_real_bracket(tmp_path, shared_data):
+def test_button_path_real_bracket(tmp_path, test_data):
     work = tmp_path
     folder = work / NASTY_DIR
-    sources = make_bracket(shared_data, folder, NASTY)
+    sources = make_bracket(test_data, folder, NASTY)
     body = f'''
 local paths = {{ {", ".join(lua_string(p) for p in sources)} }}
 local imgs = IMPORT_ALL(paths)
@@ -173,13 +173,13 @@ R.result = r and {{id = r.id, filename = r.filename, rating = r.rating, title = 
     no_leftovers(res, work)
 
 
-def test_export_target_path_and_cancel(tmp_path, shared_data):
+def test_export_target_path_and_cancel(tmp_path, test_data):
     work = tmp_path
     folder = work / 'export ; `x`'
-    sources = make_bracket(shared_data, folder, ['e1.jpg', 'e2.jpg', 'e3.jpg'])
+    sources = make_bracket(test_data, folder, ['e1.jpg', 'e2.jpg', 'e3.jpg'])
     # a side map of an earlier result takes the name: the new set becomes e1_stacked_2.*
     (folder / 'e1_stacked_depth.tif').write_bytes(b'earlier depth map')
-    big = make_bracket(shared_data, work / 'big', ['b1.jpg', 'b2.jpg', 'b3.jpg', 'b4.jpg'],
+    big = make_bracket(test_data, work / 'big', ['b1.jpg', 'b2.jpg', 'b3.jpg', 'b4.jpg'],
                        size=(2048, 1536))
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
@@ -233,9 +233,9 @@ R.cancel_manifest = PLUGIN.state.last_manifest
     no_leftovers(res, work)
 
 
-def test_errors_change_nothing(tmp_path, shared_data):
+def test_errors_change_nothing(tmp_path, test_data):
     work = tmp_path
-    sources = make_bracket(shared_data, work / 'p', ['a.jpg', 'b.jpg'])
+    sources = make_bracket(test_data, work / 'p', ['a.jpg', 'b.jpg'])
     broken = work / 'p' / 'c.jpg'
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
@@ -265,9 +265,9 @@ R.fail = PLUGIN.state.last_message
     no_leftovers(res, work)
 
 
-def test_bridge_missing_in_real_darktable(tmp_path, shared_data):
+def test_bridge_missing_in_real_darktable(tmp_path, test_data):
     work = tmp_path
-    sources = make_bracket(shared_data, work / 'p', ['a.jpg', 'b.jpg'])
+    sources = make_bracket(test_data, work / 'p', ['a.jpg', 'b.jpg'])
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 R.label = PLUGIN.widgets.bridge_label.label
@@ -286,9 +286,9 @@ R.message = PLUGIN.state.last_message
     assert len(db_rows(res.library, 'SELECT id FROM images')) == 2
 
 
-def test_lens_set_and_undo_refreshes_exif(tmp_path, shared_data):
+def test_lens_set_and_undo_refreshes_exif(tmp_path, test_data):
     work = tmp_path
-    sources = make_bracket(shared_data, work / "lens é'", ['l1.jpg', 'l2.jpg'])
+    sources = make_bracket(test_data, work / "lens é'", ['l1.jpg', 'l2.jpg'])
     # Give the files a lens name of their own first: darktable's "refresh EXIF" fills the
     # fields a file has but never clears one the file lacks, so an undo back to "no lens"
     # would leave darktable showing the stale name (seen on 4.2.1).
@@ -348,14 +348,14 @@ SHOT_CONF = {'plugins/lighttable/images_in_row': '3',
 
 @pytest.mark.skipif(os.environ.get('FOCUSBRIDGE_SCREENSHOT') != '1',
                     reason='FOCUSBRIDGE_SCREENSHOT=1 retakes the README pictures')
-def test_screenshots(tmp_path, shared_data):
+def test_screenshots(tmp_path, test_data):
     """docs/screenshot-module.png: the module with a bracket selected, the bridge found on
     PATH; docs/screenshot-result.png: the lighttable afterwards, the result selected among
     its sources (all in one group), its tags in the tagging and image information modules."""
     if not SHOT_BRIDGE.is_file():
         pytest.fail(f'{SHOT_BRIDGE} missing: install focusbridge there (a wrapper that execs '
                     f'{BRIDGE_DIR / "focusbridge"} will do) or set FOCUSBRIDGE_SCREENSHOT_BRIDGE')
-    sources = make_bracket(shared_data, tmp_path / 'pcb bracket',
+    sources = make_bracket(test_data, tmp_path / 'pcb bracket',
                            [f'pcb_{i}.jpg' for i in range(1, 6)])
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})

@@ -53,8 +53,8 @@ def dying(request, tmp_path) -> tuple[Path, str]:
 
 
 @pytest.fixture()
-def cam(shared_data, tmp_path) -> Path:
-    return copy_camera_files(shared_data, tmp_path / 'Kamera', ['Canon.jpg', 'Sony.jpg'])
+def cam(test_data, tmp_path) -> Path:
+    return copy_camera_files(test_data, tmp_path / 'Kamera', ['Canon.jpg', 'Sony.jpg'])
 
 
 def run_cli(exe: Path, *args: str, module: str = 'exif') -> subprocess.CompletedProcess:

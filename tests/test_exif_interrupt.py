@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from exif.lens import BATCH, LensSpec, set_lens, undo_lens
-from exif.tool import ExifCancelled, ExifError
+from exif.tool import ExifCancelled
+from pybridge.errors import Cancelled
 from exif.undo import UndoStore
 from test_exif_lens import REPO, run_cli, store_files
 
@@ -30,13 +31,13 @@ pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None or sys.platform
 
 
 @pytest.fixture()
-def bracket(shared_data, tmp_path) -> tuple[list[Path], dict[Path, bytes]]:
+def bracket(test_data, tmp_path) -> tuple[list[Path], dict[Path, bytes]]:
     folder = tmp_path / 'Serie ä'
     folder.mkdir()
     files = []
     for i in range(N):
         p = folder / f'IMG_{i:03d}.jpg'
-        shutil.copyfile(shared_data / 'camera-metadata' / 'Canon.jpg', p)
+        shutil.copyfile(test_data / 'camera-metadata' / 'Canon.jpg', p)
         files.append(p)
     return files, {p: p.read_bytes() for p in files}
 
@@ -129,7 +130,7 @@ def test_signal_during_lens_set_loses_nothing(bracket, spawn_set, tmp_path, how)
         return
     if proc.returncode != 0:   # a late signal may find the run already done
         assert proc.returncode == 130, err
-        assert err.strip().splitlines()[-1] == 'focusbridge: error: cancelled', err
+        assert err.strip().splitlines()[-1] == 'focusbridge: cancelled', err
         assert 'Traceback' not in err
     assert_all_restored(files, before, store)
 
@@ -160,7 +161,7 @@ def test_should_stop_between_batches(bracket, tmp_path):
         return len(asked) > 1   # cancel after the first batch
     with pytest.raises(ExifCancelled) as err:
         set_lens(files, LensSpec(model='Test Lens'), store=store, should_stop=should_stop)
-    assert str(err.value) == 'cancelled' and isinstance(err.value, ExifError)
+    assert str(err.value) == 'cancelled' and isinstance(err.value, Cancelled)
     changed = [p for p in files if p.read_bytes() != before[p]]
     assert len(changed) == BATCH
     results = undo_lens(files, store=store)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import copy_camera_files
+from conftest import TEST_DATA, copy_camera_files
 import tifffile
 
 from exif.lens import LensSpec, format_lens_info, preset, set_lens, show_lens, undo_lens
@@ -52,8 +52,8 @@ def store_files(store: Path) -> list[Path]:
 
 
 @pytest.fixture()
-def photos(shared_data, tmp_path) -> Path:
-    d = copy_camera_files(shared_data, tmp_path / 'Fotos mit Leerzeichen ü', FILES)
+def photos(test_data, tmp_path) -> Path:
+    d = copy_camera_files(test_data, tmp_path / 'Fotos mit Leerzeichen ü', FILES)
     shutil.copy(d / 'CanonRaw.cr3', d / 'Makro Käfer 001.CR3')
     return d
 
@@ -149,12 +149,12 @@ def test_dry_run_changes_nothing(photos, store):
     assert 'Canon:LensType, Canon:LensModel' in sony_part
 
 
-def test_bad_files_reported_others_done(photos, shared_data, store, tmp_path):
+def test_bad_files_reported_others_done(photos, test_data, store, tmp_path):
     good = [photos / 'Canon.jpg', photos / 'Makro Käfer 001.CR3']
     text = photos / 'notes.jpg'
     text.write_text('not a jpeg')
     broken = photos / 'broken.CR3'
-    shutil.copy(shared_data / 'raw' / 'broken' / 'filetype_fixture.cr3', broken)
+    shutil.copy(test_data / 'raw' / 'broken' / 'filetype_fixture.cr3', broken)
     os.chmod(broken, 0o644)
     missing = photos / 'missing.jpg'
     bad = [text, broken]
@@ -182,7 +182,7 @@ def test_bad_files_reported_others_done(photos, shared_data, store, tmp_path):
 def test_minor_errors_need_flag(photos, store):
     """Nikon.nef (image data stripped) has a minor error exiftool refuses to write past."""
     nef = photos / 'nikon.nef'
-    shutil.copy(REPO.parent / 'shared' / 'data' / 'camera-metadata' / 'Nikon.nef', nef)
+    shutil.copy(TEST_DATA / 'camera-metadata' / 'Nikon.nef', nef)
     os.chmod(nef, 0o644)
     before = sha(nef)
     r = set_lens([nef], preset('laowa-25-2.5-5x'), store=store)

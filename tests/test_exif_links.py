@@ -18,8 +18,8 @@ from test_exif_lens import run_cli, store_files
 pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs exiftool')
 
 
-def test_links_written_through_and_restored_in_place(shared_data, tmp_path):
-    photos = copy_camera_files(shared_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg',
+def test_links_written_through_and_restored_in_place(test_data, tmp_path):
+    photos = copy_camera_files(test_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg',
                                                                   'Nikon.jpg'])
     rel_target, abs_target, hard = photos / 'Canon.jpg', photos / 'Sony.jpg', photos / 'Nikon.jpg'
     links = tmp_path / 'Links'

@@ -1,4 +1,4 @@
-"""exif.merge / `meta merge` / `meta show` on the real camera files in ../shared/data."""
+"""exif.merge / `meta merge` / `meta show` on the real camera files in tests/data."""
 
 from __future__ import annotations
 
@@ -85,9 +85,9 @@ def decode(path: Path) -> np.ndarray:
 
 
 @pytest.fixture()
-def cam(shared_data, tmp_path) -> Path:
+def cam(test_data, tmp_path) -> Path:
     """The camera files copied into a writable folder whose name has a space and an umlaut."""
-    return copy_camera_files(shared_data, tmp_path / 'Kamera Dateien ü', CAMERA_FILES)
+    return copy_camera_files(test_data, tmp_path / 'Kamera Dateien ü', CAMERA_FILES)
 
 
 @pytest.fixture()
@@ -274,7 +274,7 @@ def test_target_exiftool_cannot_write(cam, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['notes.txt', cam.name])
 
 
-def test_broken_base_leaves_target_alone(cam, shared_data, tmp_path):
+def test_broken_base_leaves_target_alone(cam, test_data, tmp_path):
     out = tmp_path / 'out.tif'
     fresh_image(out)
     before = out.read_bytes()

@@ -44,8 +44,8 @@ def tree(root: Path) -> set[str]:
             if 'undo' not in p.relative_to(root).parts}
 
 
-def test_percent_in_names(shared_data, tmp_path):
-    folder = copy_camera_files(shared_data, tmp_path / 'Serie %d', ['Canon.jpg', 'Sony.jpg'])
+def test_percent_in_names(test_data, tmp_path):
+    folder = copy_camera_files(test_data, tmp_path / 'Serie %d', ['Canon.jpg', 'Sony.jpg'])
     for name in PERCENT_NAMES:
         shutil.copy(folder / 'Canon.jpg', folder / name)
     base = folder / 'shot.%e'
@@ -78,8 +78,8 @@ def test_percent_in_names(shared_data, tmp_path):
     assert tree(tmp_path) == files_before
 
 
-def test_merge_output_that_is_a_source(shared_data, tmp_path):
-    folder = copy_camera_files(shared_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg',
+def test_merge_output_that_is_a_source(test_data, tmp_path):
+    folder = copy_camera_files(test_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg',
                                                                   'ExifTool.tif'])
     a, b, base = folder / 'Canon.jpg', folder / 'Sony.jpg', folder / 'ExifTool.tif'
     (tmp_path / 'sub').mkdir()
@@ -99,8 +99,8 @@ def test_merge_output_that_is_a_source(shared_data, tmp_path):
     assert all(p.read_bytes() == b for p, b in before.items())
 
 
-def test_names_not_utf8_or_with_line_breaks(shared_data, tmp_path):
-    folder = copy_camera_files(shared_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg'])
+def test_names_not_utf8_or_with_line_breaks(test_data, tmp_path):
+    folder = copy_camera_files(test_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg'])
     good = folder / 'Canon.jpg'
     latin1 = os.fsencode(folder) + b'/caf\xe9.jpg'         # 'café' in Latin-1
     newline = folder / 'two\nlines.jpg'

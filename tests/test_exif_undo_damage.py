@@ -29,9 +29,9 @@ BAD_RECORDS = {
 
 
 @pytest.fixture()
-def photos(shared_data, tmp_path):
+def photos(test_data, tmp_path):
     """Two good files and one per kind of damage, copies of a camera JPEG."""
-    folder = copy_camera_files(shared_data, tmp_path / 'Fotos', ['Canon.jpg'])
+    folder = copy_camera_files(test_data, tmp_path / 'Fotos', ['Canon.jpg'])
     names = ['good 1', 'good 2', *BAD_RECORDS, 'blob truncated', 'blob overwritten', 'blob missing']
     for name in names:
         shutil.copy(folder / 'Canon.jpg', folder / f'{name}.jpg')

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import SHARED_DATA
+from conftest import RING6, TEST_DATA
 from dng import smooth_scene, write_dng
 from pybridge.errors import InputError
 from pybridge.frames import (RAW_EXTENSIONS, Frame, FrameInfo, frame_from_array, probe_frame,
@@ -23,7 +23,7 @@ CANON_DNG = Path('raw') / 'canon_550d_magiclantern_colorchart.dng'
 
 
 def bracket_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / 'brackets').glob('*/*')
+    return sorted(p for p in [*RING6.iterdir(), *(root / 'brackets').glob('*/*')]
                   if p.suffix.lower() in ('.jpg', '.jpeg'))
 
 
@@ -60,8 +60,8 @@ def png_bytes(rows: np.ndarray, color_type: int, bit_depth: int = 8,
 
 # ------------------------------------------------------------------ real brackets
 
-def test_ring6_frames_match_an_independent_decode(shared_data):
-    files = sorted((shared_data / 'brackets' / 'ring6').glob('step*.jpg'))
+def test_ring6_frames_match_an_independent_decode(test_data):
+    files = sorted(RING6.glob('step*.jpg'))
     assert len(files) == 6
     for path in files:
         frame = read_frame(path)
@@ -72,8 +72,8 @@ def test_ring6_frames_match_an_independent_decode(shared_data):
         np.testing.assert_array_equal(as_uint(frame, 255), cv2_reference(path))
 
 
-def test_every_bracket_file_reads_and_probe_agrees(shared_data):
-    files = bracket_files(shared_data)
+def test_every_bracket_file_reads_and_probe_agrees(test_data):
+    files = bracket_files(test_data)
     assert len(files) >= 23
     for path in files:
         frame = read_frame(path)
@@ -83,13 +83,13 @@ def test_every_bracket_file_reads_and_probe_agrees(shared_data):
         assert frame.pixels.mean() > 0.05
 
 
-def test_icc_profile_from_a_real_jpeg(shared_data, icc_profile):
-    frame = read_frame(shared_data / 'brackets' / 'depthmap10' / 'reference' / '3d.jpg')
+def test_icc_profile_from_a_real_jpeg(test_data, icc_profile):
+    frame = read_frame(test_data / 'brackets' / 'depthmap10' / 'reference' / '3d.jpg')
     assert frame.icc == icc_profile
 
 
-def test_real_gray_alpha_png(shared_data):
-    path = shared_data / 'brackets' / 'depthmap10' / 'reference' / 'depth_raw.png'
+def test_real_gray_alpha_png(test_data):
+    path = test_data / 'brackets' / 'depthmap10' / 'reference' / 'depth_raw.png'
     assert path.read_bytes()[25] == 4                     # IHDR colour type: gray + alpha
     frame = read_frame(path)
     ref = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -100,8 +100,8 @@ def test_real_gray_alpha_png(shared_data):
 
 # ------------------------------------------------------------------ RAW
 
-def test_canon_dng(shared_data):
-    path = shared_data / CANON_DNG
+def test_canon_dng(test_data):
+    path = test_data / CANON_DNG
     frame = read_frame(path)
     assert frame.kind == 'raw' and frame.bit_depth == 16 and frame.icc is None
     assert frame.pixels.dtype == np.float32
@@ -113,16 +113,16 @@ def test_canon_dng(shared_data):
     assert probe_frame(path) == FrameInfo(*frame.pixels.shape, 16, 'raw')
 
 
-BROKEN_RAWS = sorted(p.name for p in (SHARED_DATA / 'raw' / 'broken').glob('*'))
+BROKEN_RAWS = sorted(p.name for p in (TEST_DATA / 'raw' / 'broken').glob('*'))
 
 
-def test_broken_raw_set_is_there(shared_data):
+def test_broken_raw_set_is_there(test_data):
     assert len(BROKEN_RAWS) >= 12
 
 
 @pytest.mark.parametrize('name', BROKEN_RAWS)
-def test_broken_raw_gives_input_error(shared_data, name):
-    path = shared_data / 'raw' / 'broken' / name
+def test_broken_raw_gives_input_error(test_data, name):
+    path = test_data / 'raw' / 'broken' / name
     with pytest.raises(InputError) as err:
         read_frame(path)
     message = str(err.value)
@@ -374,8 +374,8 @@ def test_empty_files(tmp_path, name):
     assert str(err.value).startswith(f'{path}: ')
 
 
-def test_truncated_jpeg_tiff_png(shared_data, tmp_path):
-    jpeg = (shared_data / 'brackets' / 'ring6' / 'step0.jpg').read_bytes()
+def test_truncated_jpeg_tiff_png(test_data, tmp_path):
+    jpeg = (RING6 / 'step0.jpg').read_bytes()
     for cut in (100, len(jpeg) // 2, len(jpeg) - 2):    # -2: only the end marker is gone
         (tmp_path / 'cut.jpg').write_bytes(jpeg[:cut])
         with pytest.raises(InputError, match='cut.jpg: .*(truncated|corrupt)'):
@@ -403,9 +403,9 @@ def test_unknown_extension_sniffed_or_refused(tmp_path):
         read_frame(tmp_path / 'notes.txt')
 
 
-def test_non_ascii_jpeg_name(shared_data, tmp_path):
+def test_non_ascii_jpeg_name(test_data, tmp_path):
     path = tmp_path / 'Größe 焦点 ring.jpg'
-    shutil.copy(shared_data / 'brackets' / 'ring6' / 'step3.jpg', path)
+    shutil.copy(RING6 / 'step3.jpg', path)
     assert read_frame(path).pixels.shape == (1141, 1521, 3)
     assert probe_frame(path).width == 1521
 

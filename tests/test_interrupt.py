@@ -104,8 +104,8 @@ def test_output_that_is_a_hard_link_or_symlink_to_an_input_is_refused(tmp_path, 
     assert digest(own_frames) == before
 
 
-def test_output_that_is_a_metadata_source_or_base_is_refused(tmp_path, own_frames, shared_data):
-    cams = copy_camera_files(shared_data, tmp_path / "cam", ["Canon.jpg", "Nikon.jpg"])
+def test_output_that_is_a_metadata_source_or_base_is_refused(tmp_path, own_frames, test_data):
+    cams = copy_camera_files(test_data, tmp_path / "cam", ["Canon.jpg", "Nikon.jpg"])
     originals = [cams / "Canon.jpg"] * 3 + [cams / "Nikon.jpg"]
     before = digest(originals)
     one_line_error(run("stack", *own_frames, "-o", cams / "Nikon.jpg", "--overwrite",
@@ -191,12 +191,12 @@ def test_successful_overwrite_leaves_no_backup(tmp_path):
 # -- 7. signals during writing and metadata: done, or nothing left -----------------------
 
 @pytest.fixture(scope="module")
-def metadata_bracket(tmp_path_factory, shared_data):
+def metadata_bracket(tmp_path_factory, test_data):
     """Frames plus camera originals to take metadata from: the run has a metadata phase."""
     folder = tmp_path_factory.mktemp("meta")
     frames = save_bracket(make_bracket(4, (600, 800), breathing=0.004, seed=5), folder / "f",
                           ".png", bit_depth=8)
-    cams = copy_camera_files(shared_data, folder / "cam", ["CanonRaw.cr3"])
+    cams = copy_camera_files(test_data, folder / "cam", ["CanonRaw.cr3"])
     return frames, [cams / "CanonRaw.cr3"] * len(frames)
 
 
@@ -331,8 +331,8 @@ def test_bad_depth_map_name_fails_before_reading_pixels(tmp_path, frames):
     _no_work_done(done)
 
 
-def test_missing_metadata_files_fail_before_reading_pixels(tmp_path, frames, shared_data):
-    cams = copy_camera_files(shared_data, tmp_path / "cam", ["Canon.jpg"])
+def test_missing_metadata_files_fail_before_reading_pixels(tmp_path, frames, test_data):
+    cams = copy_camera_files(test_data, tmp_path / "cam", ["Canon.jpg"])
     out = tmp_path / "o.tif"
     done = run("stack", *frames, "-o", out, "--base", tmp_path / "nope.cr3", "--progress", "json")
     one_line_error(done, "nope.cr3", "no such file")

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import SHARED_DATA
+from conftest import RING6, TEST_DATA
 from dng import write_dng
 from pybridge import stack
 from pybridge.frames import read_frame
 from synthetic import make_bracket, psnr
 
 
-def _frames(shared_data, name, pattern):
-    files = sorted((shared_data / "brackets" / name).glob(pattern))
+def _frames(test_data, name, pattern):
+    folder = RING6 if name == "ring6" else test_data / "brackets" / name
+    files = sorted(folder.glob(pattern))
     assert files, f"no frames in {name}"
     return files
 
@@ -34,8 +35,8 @@ def _register_onto(img: np.ndarray, target: np.ndarray) -> np.ndarray:
                           flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
 
 
-def test_ring6_is_sharper_than_any_frame_and_recovers_breathing(shared_data):
-    files = _frames(shared_data, "ring6", "step*.jpg")
+def test_ring6_is_sharper_than_any_frame_and_recovers_breathing(test_data):
+    files = _frames(test_data, "ring6", "step*.jpg")
     result = stack(files)
     assert result.image.shape == (1141, 1521, 3)
     frames = [read_frame(f).pixels for f in files]
@@ -47,9 +48,9 @@ def test_ring6_is_sharper_than_any_frame_and_recovers_breathing(shared_data):
     assert not any(t.fallback for t in result.transforms)
 
 
-def test_pcb7_matches_the_cpp_focus_stack_reference(shared_data):
-    files = _frames(shared_data, "pcb7", "pcb_*.jpg")
-    expected = read_frame(shared_data / "brackets" / "pcb7" / "expected.jpg").pixels
+def test_pcb7_matches_the_cpp_focus_stack_reference(test_data):
+    files = _frames(test_data, "pcb7", "pcb_*.jpg")
+    expected = read_frame(test_data / "brackets" / "pcb7" / "expected.jpg").pixels
     result = stack(files)
     assert result.image.shape == expected.shape
     ours = _register_onto(np.clip(result.image, 0, 1), expected)
@@ -64,8 +65,8 @@ def test_pcb7_matches_the_cpp_focus_stack_reference(shared_data):
                                              for f in frames) + 3
 
 
-def test_depthmap10_scale_grows_about_1_6_percent_per_frame(shared_data):
-    files = _frames(shared_data, "depthmap10", "pcb_*.JPG")
+def test_depthmap10_scale_grows_about_1_6_percent_per_frame(test_data):
+    files = _frames(test_data, "depthmap10", "pcb_*.JPG")
     result = stack(files, method="depthmap")
     scales = np.array([t.scale for t in result.transforms])
     steps = scales[1:] / scales[:-1] - 1
@@ -101,10 +102,10 @@ def test_stack_of_generated_dng_raw_bracket(tmp_path):
                        atol=0.0015)
 
 
-def test_stack_real_canon_dng(tmp_path, shared_data):
+def test_stack_real_canon_dng(tmp_path, test_data):
     """The real Canon 550D DNG (14-bit, Magic Lantern) as a 3-frame bracket: two copies
     shifted and scaled like breathing frames. Alignment must undo it."""
-    src = read_frame(shared_data / "raw" / "canon_550d_magiclantern_colorchart.dng")
+    src = read_frame(test_data / "raw" / "canon_550d_magiclantern_colorchart.dng")
     assert src.kind == "raw" and src.bit_depth == 16
     h, w = src.pixels.shape[:2]
     frames = [src.pixels]
@@ -120,11 +121,11 @@ def test_stack_real_canon_dng(tmp_path, shared_data):
     assert psnr(result.image, src.pixels, inner) > 35
 
 
-@pytest.mark.parametrize("bad", sorted(p.name for p in (SHARED_DATA / "raw" / "broken").glob("*")))
-def test_broken_raw_in_a_bracket_is_a_one_line_error(tmp_path, shared_data, bad):
+@pytest.mark.parametrize("bad", sorted(p.name for p in (TEST_DATA / "raw" / "broken").glob("*")))
+def test_broken_raw_in_a_bracket_is_a_one_line_error(tmp_path, test_data, bad):
     from pybridge.errors import InputError
-    good = _frames(shared_data, "ring6", "step*.jpg")[:2]
-    broken = shared_data / "raw" / "broken" / bad
+    good = _frames(test_data, "ring6", "step*.jpg")[:2]
+    broken = test_data / "raw" / "broken" / bad
     with pytest.raises(InputError) as err:
         stack([*good, broken], tmp_path / "out.tif", metadata=False)
     assert str(broken) in str(err.value) and "\n" not in str(err.value)
