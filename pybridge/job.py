@@ -213,9 +213,7 @@ def run_job(manifest_path: Path) -> int:
     try:
         manifest = load_manifest(manifest_path)
         kind = manifest.get("kind", "stack")
-        runner = {"stack": _run_stack, "lens": _run_lens}.get(kind) if isinstance(kind, str) else None
-        if runner is None:
-            raise ManifestError(manifest_path, f"unknown job kind {kind!r} (stack or lens)")
+        runner = {"stack": _run_stack, "lens": _run_lens}[kind]   # load_manifest checked it
         _check_side_files(manifest)
         status_file = manifest.get("status_file")
         progress = JsonLines(sys.stdout, manifest.get("progress_file"))

@@ -38,11 +38,6 @@ def _on_signal(signum, frame) -> None:
     _state['held'] = True
 
 
-def cancel_held() -> bool:
-    """True when a signal arrived too late to cancel (the run finished instead)."""
-    return _state['held']
-
-
 def note_late_cancel() -> None:
     """Say so when a cancel came too late to stop the run (it finished instead)."""
     if _state['held']:
