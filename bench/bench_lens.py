@@ -45,14 +45,18 @@ def copies(src: Path, folder: Path, n: int) -> list[Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--count', type=int, default=500)
-    ap.add_argument('--file', type=Path,
-                    default=REPO.parent / 'shared' / 'data' / 'camera-metadata' / 'CanonRaw.cr2')
+    ap.add_argument(
+        '--file',
+        type=Path,
+        default=REPO.parent / 'shared' / 'data' / 'camera-metadata' / 'CanonRaw.cr2',
+    )
     ap.add_argument('--skip-cli', action='store_true')
     args = ap.parse_args()
     exe = require_exiftool()
     spec = preset(PRESET)
-    tag_args = [f'-{t}={v}' for t, v in standard_tags(spec) + makernote_tags(spec)
-                if t != 'Canon:LensModel']   # CR2 has no Canon:LensModel field
+    tag_args = [
+        f'-{t}={v}' for t, v in standard_tags(spec) + makernote_tags(spec) if t != 'Canon:LensModel'
+    ]  # CR2 has no Canon:LensModel field
     ver = subprocess.run([exe, '-ver'], capture_output=True, text=True).stdout.strip()
     results = []
     with tempfile.TemporaryDirectory(prefix='fb-bench-lens-') as tmp:
@@ -62,18 +66,24 @@ def main() -> int:
         files = copies(args.file, tmp / 'api', args.count)
         t0 = time.perf_counter()
         rep = set_lens(files, spec, store=UndoStore(tmp / 'undo-api'))
-        results.append(('focusbridge lens set (API, 1 exiftool process, undo store)',
-                        time.perf_counter() - t0))
+        results.append(
+            ('focusbridge lens set (API, 1 exiftool process, undo store)', time.perf_counter() - t0)
+        )
         assert rep.ok, [r.error for r in rep.failed][:3]
 
         if not args.skip_cli:
             files = copies(args.file, tmp / 'cli', args.count)
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, '-m', 'exif', 'lens', 'set', '--preset', PRESET,
-                            *map(str, files)], cwd=REPO, env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-            results.append(('focusbridge lens set (CLI incl. Python start-up)',
-                            time.perf_counter() - t0))
+            subprocess.run(
+                [sys.executable, '-m', 'exif', 'lens', 'set', '--preset', PRESET, *map(str, files)],
+                cwd=REPO,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            results.append(
+                ('focusbridge lens set (CLI incl. Python start-up)', time.perf_counter() - t0)
+            )
 
         files = copies(args.file, tmp / 'each', args.count)
         t0 = time.perf_counter()
@@ -83,15 +93,19 @@ def main() -> int:
 
         files = copies(args.file, tmp / 'batch', args.count)
         t0 = time.perf_counter()
-        subprocess.run([exe, '-q', '-overwrite_original', '-n', *tag_args, *map(str, files)],
-                       check=True)
-        results.append(('plain exiftool, one call for all files (no undo, floor)',
-                        time.perf_counter() - t0))
+        subprocess.run(
+            [exe, '-q', '-overwrite_original', '-n', *tag_args, *map(str, files)], check=True
+        )
+        results.append(
+            ('plain exiftool, one call for all files (no undo, floor)', time.perf_counter() - t0)
+        )
 
     per_file = dict(results)['exiftool once per file (subprocess loop)']
-    print(f'lens set on {args.count} copies of {args.file.name} '
-          f'({args.file.stat().st_size} bytes), exiftool {ver}, Python {platform.python_version()}, '
-          f'{os.cpu_count()} CPUs')
+    print(
+        f'lens set on {args.count} copies of {args.file.name} '
+        f'({args.file.stat().st_size} bytes), exiftool {ver}, Python {platform.python_version()}, '
+        f'{os.cpu_count()} CPUs'
+    )
     print(f'{"method":62s} {"total s":>8s} {"ms/file":>8s} {"speed-up":>9s}')
     for name, secs in results:
         print(f'{name:62s} {secs:8.2f} {1000 * secs / args.count:8.2f} {per_file / secs:8.1f}x')

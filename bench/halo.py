@@ -12,6 +12,7 @@ as in real lenses) and prints PSNR over the frame and inside the depth-edge band
 
 Usage: .venv/bin/python bench/halo.py [--seeds 3] [--blur 8 24]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from synthetic import make_bracket, psnr  # noqa: E402
+
 import pybridge.pipeline as pipeline  # noqa: E402
 from pybridge.fuse import PyramidFuser  # noqa: E402
-from synthetic import make_bracket, psnr  # noqa: E402
 
 VARIANTS = {
     "classic PMax": dict(consistency_sigma=0, halo_suppression=False),
@@ -38,8 +40,9 @@ VARIANTS = {
 def run_variant(frames, options):
     def fuser(method, shape, channels, halo_suppression=True):
         return PyramidFuser(shape, channels, **options)
+
     original = pipeline.make_fuser
-    pipeline.make_fuser = fuser          # the variant replaces the fuser the pipeline builds
+    pipeline.make_fuser = fuser  # the variant replaces the fuser the pipeline builds
     try:
         return pipeline.stack(frames)
     finally:
@@ -49,24 +52,31 @@ def run_variant(frames, options):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--blur", type=float, nargs="+", default=[8.0, 24.0],
-                    help="largest defocus radius in px (the bracket's ends)")
+    ap.add_argument(
+        "--blur",
+        type=float,
+        nargs="+",
+        default=[8.0, 24.0],
+        help="largest defocus radius in px (the bracket's ends)",
+    )
     args = ap.parse_args()
     print("| max blur | variant | PSNR (dB) | depth-edge PSNR (dB) |")
     print("|---|---|---|---|")
     for blur in args.blur:
         scores = {name: [] for name in VARIANTS}
         for seed in range(args.seeds):
-            b = make_bracket(9, (600, 900), breathing=0.01, flicker=0.03, noise=0.005,
-                             seed=seed, max_blur=blur)
+            b = make_bracket(
+                9, (600, 900), breathing=0.01, flicker=0.03, noise=0.005, seed=seed, max_blur=blur
+            )
             h, w = b.truth.shape[:2]
             inner = np.zeros((h, w), bool)
             border = int(0.03 * max(h, w))
-            inner[border:h - border, border:w - border] = True
+            inner[border : h - border, border : w - border] = True
             for name, options in VARIANTS.items():
                 r = run_variant(b.frames, options)
-                scores[name].append((psnr(r.image, b.truth, inner),
-                                     psnr(r.image, b.truth, inner & b.edge_band)))
+                scores[name].append(
+                    (psnr(r.image, b.truth, inner), psnr(r.image, b.truth, inner & b.edge_band))
+                )
         for name, values in scores.items():
             mean = np.mean(values, axis=0)
             print(f"| {blur:g} px | {name} | {mean[0]:.2f} | {mean[1]:.2f} |")

@@ -19,6 +19,7 @@ BORDER_FRACTION = 0.03
 # --------------------------------------------------------------------------------------
 # loading
 
+
 def load_image(path) -> tuple[np.ndarray, np.ndarray | None, str]:
     """-> (float32 HxWx3 RGB 0..1, alpha HxW bool or None, description like '900x600 uint16 RGB')."""
     path = Path(path)
@@ -27,6 +28,7 @@ def load_image(path) -> tuple[np.ndarray, np.ndarray | None, str]:
     if ext in (".tif", ".tiff"):
         try:
             import tifffile
+
             data = tifffile.imread(str(path))
             order = "RGB"
         except Exception:  # noqa: BLE001  (e.g. LZW without imagecodecs): let OpenCV try
@@ -71,22 +73,25 @@ def gray(img: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # registration
 
+
 @dataclass
 class Registration:
-    warped: np.ndarray        # output resampled onto the reference grid
-    valid: np.ndarray         # bool, where warped is meaningful (and away from the border)
-    matrix: np.ndarray        # 2x3, reference pixel -> output pixel
+    warped: np.ndarray  # output resampled onto the reference grid
+    valid: np.ndarray  # bool, where warped is meaningful (and away from the border)
+    matrix: np.ndarray  # 2x3, reference pixel -> output pixel
     method: str
-    ecc: float | None         # ECC correlation coefficient (1 = perfect)
-    scale: float              # linear scale of output relative to reference
+    ecc: float | None  # ECC correlation coefficient (1 = perfect)
+    scale: float  # linear scale of output relative to reference
 
 
 def _feature_init(ref_g, out_g) -> np.ndarray | None:
     """2x3 affine mapping reference coords -> output coords from SIFT matches, or None."""
+
     def prep(g):
         s = min(1.0, 1600.0 / max(g.shape))
         small = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else g
         return np.clip(small * 255, 0, 255).astype(np.uint8), s
+
     a8, sa = prep(ref_g)
     b8, sb = prep(out_g)
     sift = cv2.SIFT_create(nfeatures=4000)
@@ -103,15 +108,20 @@ def _feature_init(ref_g, out_g) -> np.ndarray | None:
         return None
     pa = np.float32([ka[m.queryIdx].pt for m in good]) / sa
     pb = np.float32([kb[m.trainIdx].pt for m in good]) / sb
-    M, inl = cv2.estimateAffine2D(pa, pb, method=cv2.RANSAC, ransacReprojThreshold=3.0,
-                                  maxIters=5000, confidence=0.999)
+    M, inl = cv2.estimateAffine2D(
+        pa, pb, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=5000, confidence=0.999
+    )
     if M is None or inl is None or int(inl.sum()) < 8:
         return None
     return M.astype(np.float32)
 
 
-def register(out: np.ndarray, ref: np.ndarray, out_alpha: np.ndarray | None = None,
-             border: float = BORDER_FRACTION) -> Registration:
+def register(
+    out: np.ndarray,
+    ref: np.ndarray,
+    out_alpha: np.ndarray | None = None,
+    border: float = BORDER_FRACTION,
+) -> Registration:
     """Register `out` onto `ref`'s grid (affine: SIFT+RANSAC start, ECC MOTION_AFFINE refine)."""
     H, W = ref.shape[:2]
     ref_g, out_g = gray(ref), gray(out)
@@ -129,23 +139,44 @@ def register(out: np.ndarray, ref: np.ndarray, out_alpha: np.ndarray | None = No
     except cv2.error:
         method += "(ecc failed)"
         M = init
-    warped = cv2.warpAffine(out, M, (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    src_valid = np.ones(out.shape[:2], np.uint8) if out_alpha is None else out_alpha.astype(np.uint8)
-    valid = cv2.warpAffine(src_valid, M, (W, H), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    warped = cv2.warpAffine(
+        out,
+        M,
+        (W, H),
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    src_valid = (
+        np.ones(out.shape[:2], np.uint8) if out_alpha is None else out_alpha.astype(np.uint8)
+    )
+    valid = cv2.warpAffine(
+        src_valid,
+        M,
+        (W, H),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     valid = cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0
     b = int(round(border * min(H, W)))
     if b > 0:
         valid[:b] = valid[-b:] = False
         valid[:, :b] = valid[:, -b:] = False
     scale = math.sqrt(abs(np.linalg.det(M[:, :2].astype(np.float64))))
-    return Registration(np.clip(warped, 0, 1), valid, M, method, None if ecc is None else float(ecc),
-                        1.0 / scale if scale else float("nan"))
+    return Registration(
+        np.clip(warped, 0, 1),
+        valid,
+        M,
+        method,
+        None if ecc is None else float(ecc),
+        1.0 / scale if scale else float("nan"),
+    )
 
 
 # --------------------------------------------------------------------------------------
 # metrics
+
 
 def psnr(a, b, mask=None) -> float:
     d2 = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
@@ -159,8 +190,17 @@ def psnr(a, b, mask=None) -> float:
 
 def ssim(a, b, mask=None) -> float:
     from skimage.metrics import structural_similarity
-    _, smap = structural_similarity(a, b, channel_axis=2, data_range=1.0, full=True,
-                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+
+    _, smap = structural_similarity(
+        a,
+        b,
+        channel_axis=2,
+        data_range=1.0,
+        full=True,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     smap = smap.mean(axis=2)
     if mask is not None:
         if not mask.any():
@@ -200,10 +240,20 @@ def quality(out_path, ref: np.ndarray, edge_band: np.ndarray | None = None) -> d
     if np.allclose(reg.matrix, [[1, 0, 0], [0, 1, 0]], atol=1e-3):
         res["reg_ceiling_psnr"] = float("inf")
     else:
-        there = cv2.warpAffine(ref, reg.matrix, (out.shape[1], out.shape[0]), flags=cv2.INTER_CUBIC,
-                               borderMode=cv2.BORDER_REFLECT)
-        back = cv2.warpAffine(there, reg.matrix, (ref.shape[1], ref.shape[0]),
-                              flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+        there = cv2.warpAffine(
+            ref,
+            reg.matrix,
+            (out.shape[1], out.shape[0]),
+            flags=cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_REFLECT,
+        )
+        back = cv2.warpAffine(
+            there,
+            reg.matrix,
+            (ref.shape[1], ref.shape[0]),
+            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REFLECT,
+        )
         res["reg_ceiling_psnr"] = psnr(np.clip(back, 0, 1), ref, reg.valid)
     if edge_band is not None:
         m = reg.valid & edge_band

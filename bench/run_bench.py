@@ -32,9 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "tests"), str(HERE)]
 
-import numpy as np  # noqa: E402
-
 import metrics  # noqa: E402
+import numpy as np  # noqa: E402
 import synthetic  # noqa: E402
 
 WORK = HERE / "work"
@@ -51,13 +50,14 @@ ALL_SETS = ["synth", "speed", "memory", "ring6", "pcb7", "depthmap10"]
 # --------------------------------------------------------------------------------------
 # bracket sets
 
+
 @dataclass
 class BracketSet:
     name: str
-    group: str                   # synth | speed | memory | real
+    group: str  # synth | speed | memory | real
     frames: list[Path]
-    frame_dir: Path              # a folder holding exactly the frames (focusweave takes a folder)
-    truth: Path | None = None    # reference image to score against (truth / expected.jpg)
+    frame_dir: Path  # a folder holding exactly the frames (focusweave takes a folder)
+    truth: Path | None = None  # reference image to score against (truth / expected.jpg)
     edge_band: Path | None = None
     megapixels: float = 0.0
     params: dict = field(default_factory=dict)
@@ -69,13 +69,33 @@ def _synth_specs(quick: bool) -> dict[str, list[dict]]:
         q = dict(n_frames=5, size=(240, 360), breathing=0.01, flicker=0.03, noise=0.005)
         return {
             "synth": [dict(q, seed=s) for s in (0,)],
-            "speed": [dict(n_frames=5, size=(400, 600), breathing=0.003, flicker=0.01, noise=0.005,
-                           max_blur=8.0, seed=100)],
-            "memory": [dict(n_frames=11, size=(400, 600), breathing=0.003, flicker=0.01,
-                            noise=0.005, max_blur=8.0, seed=100)],
+            "speed": [
+                dict(
+                    n_frames=5,
+                    size=(400, 600),
+                    breathing=0.003,
+                    flicker=0.01,
+                    noise=0.005,
+                    max_blur=8.0,
+                    seed=100,
+                )
+            ],
+            "memory": [
+                dict(
+                    n_frames=11,
+                    size=(400, 600),
+                    breathing=0.003,
+                    flicker=0.01,
+                    noise=0.005,
+                    max_blur=8.0,
+                    seed=100,
+                )
+            ],
         }
     q = dict(n_frames=9, size=(600, 900), breathing=0.01, flicker=0.03, noise=0.005, max_blur=8.0)
-    big = dict(size=(1600, 2400), breathing=0.003, flicker=0.01, noise=0.005, max_blur=16.0, seed=100)
+    big = dict(
+        size=(1600, 2400), breathing=0.003, flicker=0.01, noise=0.005, max_blur=16.0, seed=100
+    )
     return {
         "synth": [dict(q, seed=s) for s in (0, 1, 2)],
         "speed": [dict(big, n_frames=15)],
@@ -92,8 +112,12 @@ def _synth_set(group: str, spec: dict, base: Path) -> BracketSet:
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items()}
     want["generator_version"] = 2
     frames = [frame_dir / f"frame_{i:03d}.tif" for i in range(n)]
-    ok = meta_path.exists() and json.loads(meta_path.read_text()).get("params") == want \
-        and all(p.exists() for p in frames) and (folder / "truth.tif").exists()
+    ok = (
+        meta_path.exists()
+        and json.loads(meta_path.read_text()).get("params") == want
+        and all(p.exists() for p in frames)
+        and (folder / "truth.tif").exists()
+    )
     if not ok:
         if folder.exists():
             shutil.rmtree(folder)
@@ -108,13 +132,25 @@ def _synth_set(group: str, spec: dict, base: Path) -> BracketSet:
         synthetic.save_image(folder / "truth.tif", br.truth, 16)
         np.save(folder / "edge_band.npy", br.edge_band)
         np.save(folder / "depth.npy", br.depth)
-        meta = {"params": want, "transforms": [t.tolist() for t in br.transforms],
-                "gains": [g.tolist() for g in br.gains], "reference": br.reference,
-                "seconds": round(time.perf_counter() - t0, 2)}
+        meta = {
+            "params": want,
+            "transforms": [t.tolist() for t in br.transforms],
+            "gains": [g.tolist() for g in br.gains],
+            "reference": br.reference,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         meta_path.write_text(json.dumps(meta, indent=1))
         print(f"  generated {name} in {meta['seconds']} s", flush=True)
-    return BracketSet(name, group, frames, frame_dir, folder / "truth.tif", folder / "edge_band.npy",
-                      h * w / 1e6, want)
+    return BracketSet(
+        name,
+        group,
+        frames,
+        frame_dir,
+        folder / "truth.tif",
+        folder / "edge_band.npy",
+        h * w / 1e6,
+        want,
+    )
 
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".tif", ".tiff", ".png"}
@@ -125,8 +161,11 @@ def _real_set(name: str, base: Path) -> BracketSet | None:
     if not src.is_dir():
         print(f"  {name}: {src} not found, skipped", flush=True)
         return None
-    frames = sorted(p for p in src.iterdir()
-                    if p.is_file() and p.suffix.lower() in _IMAGE_EXT and p.stem != "expected")
+    frames = sorted(
+        p
+        for p in src.iterdir()
+        if p.is_file() and p.suffix.lower() in _IMAGE_EXT and p.stem != "expected"
+    )
     truth = src / "expected.jpg"
     # focusweave takes a folder: give it one that holds exactly the frames
     frame_dir = base / name / "frames"
@@ -136,9 +175,18 @@ def _real_set(name: str, base: Path) -> BracketSet | None:
     for p in frames:
         (frame_dir / p.name).symlink_to(p)
     import cv2
+
     h, w = cv2.imread(str(frames[0]), cv2.IMREAD_REDUCED_GRAYSCALE_2).shape
-    return BracketSet(name, "real", frames, frame_dir, truth if truth.exists() else None, None,
-                      (2 * h) * (2 * w) / 1e6, {"source": str(src)})
+    return BracketSet(
+        name,
+        "real",
+        frames,
+        frame_dir,
+        truth if truth.exists() else None,
+        None,
+        (2 * h) * (2 * w) / 1e6,
+        {"source": str(src)},
+    )
 
 
 def build_sets(names: list[str], quick: bool) -> list[BracketSet]:
@@ -161,13 +209,16 @@ def build_sets(names: list[str], quick: bool) -> list[BracketSet]:
 # --------------------------------------------------------------------------------------
 # tools
 
+
 @dataclass
 class Step:
     argv: list[str]
     cwd: Path | None = None
 
 
-def tool_steps(tool: str, bs: BracketSet, run_dir: Path, ours_args: list[str]) -> tuple[list[Step], Path]:
+def tool_steps(
+    tool: str, bs: BracketSet, run_dir: Path, ours_args: list[str]
+) -> tuple[list[Step], Path]:
     """Commands for one tool on one set, and the output file they produce."""
     out = run_dir / "out.tif"
     frames = [str(p) for p in bs.frames]
@@ -175,22 +226,46 @@ def tool_steps(tool: str, bs: BracketSet, run_dir: Path, ours_args: list[str]) -
         extra = list(ours_args) + (["--method", "depthmap"] if tool == "ours-depthmap" else [])
         return [Step([str(OURS_BIN), "stack", *frames, "-o", str(out), *extra])], out
     if tool == "focusweave":
-        return [Step([str(PEERS_BIN / "focusweave"), str(bs.frame_dir), "--keep-size",
-                      "--output", str(out)])], out
+        return [
+            Step(
+                [
+                    str(PEERS_BIN / "focusweave"),
+                    str(bs.frame_dir),
+                    "--keep-size",
+                    "--output",
+                    str(out),
+                ]
+            )
+        ], out
     if tool == "rawhdr":
         # alignment chains every frame onto the previous aligned one (frame 0's geometry),
         # writes float32 TIFFs; pyramid-fusion then fuses them
         pattern = str(run_dir / "aligned-{:05}.tif")
         aligned = [pattern.format(i) for i in range(len(frames))]
-        return [Step([str(PEERS_BIN / "rawhdr"), "alignment", "-o", pattern, *frames]),
-                Step([str(PEERS_BIN / "rawhdr"), "pyramid-fusion", "-o", str(out), *aligned])], out
+        return [
+            Step([str(PEERS_BIN / "rawhdr"), "alignment", "-o", pattern, *frames]),
+            Step([str(PEERS_BIN / "rawhdr"), "pyramid-fusion", "-o", str(out), *aligned]),
+        ], out
     if tool == "enfuse":
         prefix = str(run_dir / "aligned_")
         aligned = [f"{prefix}{i:04d}.tif" for i in range(len(frames))]
-        return [Step(["align_image_stack", "-m", "--use-given-order", "-a", prefix, *frames]),
-                Step(["enfuse", "--exposure-weight=0", "--saturation-weight=0", "--contrast-weight=1",
-                      "--hard-mask", "--gray-projector=l-star", "--contrast-window-size=5",
-                      "-o", str(out), *aligned])], out
+        return [
+            Step(["align_image_stack", "-m", "--use-given-order", "-a", prefix, *frames]),
+            Step(
+                [
+                    "enfuse",
+                    "--exposure-weight=0",
+                    "--saturation-weight=0",
+                    "--contrast-weight=1",
+                    "--hard-mask",
+                    "--gray-projector=l-star",
+                    "--contrast-window-size=5",
+                    "-o",
+                    str(out),
+                    *aligned,
+                ]
+            ),
+        ], out
     raise ValueError(tool)
 
 
@@ -200,11 +275,15 @@ def tool_available(tool: str) -> str | None:
         if not OURS_BIN.exists():
             return f"{OURS_BIN.relative_to(ROOT)} not installed (engine not landed yet?)"
         try:
-            r = subprocess.run([str(OURS_BIN), "stack", "--help"], capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [str(OURS_BIN), "stack", "--help"], capture_output=True, text=True, timeout=60
+            )
         except Exception as e:  # noqa: BLE001
             return f"focusbridge stack --help failed: {e}"
         if r.returncode != 0:
-            return "focusbridge stack --help failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+            return (
+                "focusbridge stack --help failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+            )
         if tool == "ours-depthmap" and "depthmap" not in r.stdout:
             return "focusbridge stack has no --method depthmap"
         return None
@@ -243,7 +322,7 @@ def _tree_rss_kb(pid: int) -> int:
         try:
             with open(f"/proc/{d}/stat") as f:
                 st = f.read()
-            ppid = int(st[st.rfind(")") + 2:].split()[1])
+            ppid = int(st[st.rfind(")") + 2 :].split()[1])
             children.setdefault(ppid, []).append(int(d))
         except (OSError, ValueError, IndexError):
             pass
@@ -269,8 +348,9 @@ def run_step(step: Step, log, timeout: float) -> dict:
     argv = [GNU_TIME, "-v", "-o", str(tfile), *step.argv]
     t0 = time.perf_counter()
     with open(log, "a") as lf:
-        proc = subprocess.Popen(argv, stdout=lf, stderr=subprocess.STDOUT, cwd=step.cwd,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=lf, stderr=subprocess.STDOUT, cwd=step.cwd, stdin=subprocess.DEVNULL
+        )
         tree_peak, timed_out = 0, False
         while True:
             try:
@@ -284,8 +364,13 @@ def run_step(step: Step, log, timeout: float) -> dict:
                     proc.wait()
                     break
     wall_py = time.perf_counter() - t0
-    res = {"argv": step.argv, "rc": proc.returncode, "timed_out": timed_out, "wall_s": wall_py,
-           "tree_rss_mb": tree_peak / 1024.0}
+    res = {
+        "argv": step.argv,
+        "rc": proc.returncode,
+        "timed_out": timed_out,
+        "wall_s": wall_py,
+        "tree_rss_mb": tree_peak / 1024.0,
+    }
     if tfile.exists():
         txt = tfile.read_text()
         m = {k: r.search(txt) for k, r in _TIME_FIELDS.items()}
@@ -309,8 +394,15 @@ def run_tool(tool: str, bs: BracketSet, base: Path, ours_args, timeout) -> dict:
     run_dir.mkdir(parents=True)
     steps, out = tool_steps(tool, bs, run_dir, ours_args)
     log = run_dir / "log.txt"
-    rec: dict = {"set": bs.name, "group": bs.group, "tool": tool, "frames": len(bs.frames),
-                 "megapixels": bs.megapixels, "output_path": str(out), "steps": []}
+    rec: dict = {
+        "set": bs.name,
+        "group": bs.group,
+        "tool": tool,
+        "frames": len(bs.frames),
+        "megapixels": bs.megapixels,
+        "output_path": str(out),
+        "steps": [],
+    }
     wall = cpu = 0.0
     rss = tree = 0.0
     for st in steps:
@@ -357,6 +449,7 @@ def score(rec: dict, bs: BracketSet, truth_cache: dict) -> None:
 # --------------------------------------------------------------------------------------
 # reporting
 
+
 def _fmt(v, nd=2):
     if v is None:
         return "–"
@@ -386,8 +479,13 @@ def _table(records, sets, tools, key, nd=2, mean_row=None) -> list[str]:
     if mean_row:
         row = []
         for t in tools:
-            vals = [by[(s, t)].get(key) for s in mean_row if (s, t) in by
-                    and by[(s, t)].get("status") == "ok" and by[(s, t)].get(key) is not None]
+            vals = [
+                by[(s, t)].get(key)
+                for s in mean_row
+                if (s, t) in by
+                and by[(s, t)].get("status") == "ok"
+                and by[(s, t)].get(key) is not None
+            ]
             row.append(_fmt(float(np.mean(vals)), nd) if len(vals) == len(mean_row) else "–")
         lines.append("| **mean synth** | " + " | ".join(row) + " |")
     return lines
@@ -408,25 +506,38 @@ def targets(records) -> list[dict]:
 
     def add(name, value, limit, cmp, unit=""):
         ok = None if value is None else (value >= limit if cmp == ">=" else value <= limit)
-        out.append({"target": name, "value": value, "limit": f"{cmp} {limit}{unit}",
-                    "pass": ok})
+        out.append({"target": name, "value": value, "limit": f"{cmp} {limit}{unit}", "pass": ok})
 
-    for key, lim, label in (("psnr", 1.0, "mean PSNR, ours - focusweave (dB)"),
-                            ("edge_psnr", 1.5, "depth-edge PSNR, ours - focusweave (dB)")):
+    for key, lim, label in (
+        ("psnr", 1.0, "mean PSNR, ours - focusweave (dB)"),
+        ("edge_psnr", 1.5, "depth-edge PSNR, ours - focusweave (dB)"),
+    ):
         a, b = mean_of("ours", key), mean_of("focusweave", key)
         add(label, None if a is None or b is None else a - b, lim, ">=")
     if speed:
         a, b = by.get((speed[0], "ours")), by.get((speed[0], "focusweave"))
-        add(f"wall time, ours / focusweave on {speed[0]}",
-            a["wall_s"] / b["wall_s"] if a and b and b["wall_s"] else None, 0.7, "<=")
+        add(
+            f"wall time, ours / focusweave on {speed[0]}",
+            a["wall_s"] / b["wall_s"] if a and b and b["wall_s"] else None,
+            0.7,
+            "<=",
+        )
     if memory and speed:
         a, b = by.get((memory[0], "ours")), by.get((speed[0], "ours"))
-        add(f"peak RSS, ours {memory[0]} / ours {speed[0]}",
-            a["rss_mb"] / b["rss_mb"] if a and b and b["rss_mb"] else None, 1.1, "<=")
+        add(
+            f"peak RSS, ours {memory[0]} / ours {speed[0]}",
+            a["rss_mb"] / b["rss_mb"] if a and b and b["rss_mb"] else None,
+            1.1,
+            "<=",
+        )
     if memory:
         a = by.get((memory[0], "ours"))
-        add(f"peak RSS per megapixel, ours on {memory[0]} (MB/MP)",
-            a["rss_mb_per_mp"] if a else None, 150, "<=")
+        add(
+            f"peak RSS per megapixel, ours on {memory[0]} (MB/MP)",
+            a["rss_mb_per_mp"] if a else None,
+            150,
+            "<=",
+        )
     return out
 
 
@@ -446,13 +557,30 @@ def render_markdown(records, sets, tools, tgt) -> str:
         L += _table(records, scored, tools, "psnr", 2, synth if len(synth) > 1 else None) + [""]
         if synth:
             L += ["### Depth-edge PSNR (dB, inside edge_band)", ""]
-            L += _table(records, [s for s in scored if s in synth or s.startswith(("speed", "memory"))],
-                        tools, "edge_psnr", 2, synth if len(synth) > 1 else None) + [""]
+            L += _table(
+                records,
+                [s for s in scored if s in synth or s.startswith(("speed", "memory"))],
+                tools,
+                "edge_psnr",
+                2,
+                synth if len(synth) > 1 else None,
+            ) + [""]
         L += ["### SSIM", ""]
         L += _table(records, scored, tools, "ssim", 4, synth if len(synth) > 1 else None) + [""]
-        L += ["### Registration ceiling (dB): the truth resampled to the output's geometry and back", ""]
+        L += [
+            "### Registration ceiling (dB): the truth resampled to the output's geometry and back",
+            "",
+        ]
         L += _table(records, scored, tools, "reg_ceiling_psnr", 1) + [""]
-    L += ["### Wall time (s)" + (" (median of repeats)" if any("runs" in r for r in records) else ""), ""] + _table(records, names, tools, "wall_s", 1) + [""]
+    L += (
+        [
+            "### Wall time (s)"
+            + (" (median of repeats)" if any("runs" in r for r in records) else ""),
+            "",
+        ]
+        + _table(records, names, tools, "wall_s", 1)
+        + [""]
+    )
     L += ["### CPU time, user + system (s)", ""] + _table(records, names, tools, "cpu_s", 1) + [""]
     L += ["### Peak RSS (MB, /usr/bin/time; largest single process)", ""]
     L += _table(records, names, tools, "rss_mb", 0) + [""]
@@ -465,8 +593,10 @@ def render_markdown(records, sets, tools, tgt) -> str:
     if probs:
         L += ["### Problems", ""]
         for r in probs:
-            L.append(f"- {r['set']} / {r['tool']}: {r.get('status')} {r.get('error', '')} "
-                     f"{r.get('score_error', '')}".rstrip())
+            L.append(
+                f"- {r['set']} / {r['tool']}: {r.get('status')} {r.get('error', '')} "
+                f"{r.get('score_error', '')}".rstrip()
+            )
         L.append("")
     return "\n".join(L)
 
@@ -474,24 +604,40 @@ def render_markdown(records, sets, tools, tgt) -> str:
 def machine_info() -> str:
     def sh(cmd):
         try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60).stdout.strip()
+            return subprocess.run(
+                cmd, shell=True, capture_output=True, text=True, timeout=60
+            ).stdout.strip()
         except Exception as e:  # noqa: BLE001
             return f"({e})"
+
     import cv2
+
     proj_py = ROOT / ".venv" / "bin" / "python"
-    proj = sh(f"{proj_py} -c 'import sys, cv2, numpy; print(sys.version.split()[0], cv2.__version__, numpy.__version__)'")
-    fw = sh(f"{PEERS_BIN / 'python'} -c 'import importlib.metadata as m; "
-            "print(m.version(\"focusweave\"), m.version(\"rawhdr\"))'")
-    return "\n".join([
-        "```", "$ lscpu | head", sh("lscpu | head"), "$ free -g", sh("free -g"),
-        "$ uptime   # at the end of the run: other users' load makes timings noisy", sh("uptime"),
-        "```", "",
-        f"- peers venv: Python {platform.python_version()}, opencv-python {cv2.__version__}, "
-        f"numpy {np.__version__}; focusweave / rawhdr: {fw}",
-        f"- project venv (python, cv2, numpy): {proj}",
-        f"- enfuse: {sh('enfuse --version | head -1')}; align_image_stack: "
-        f"{sh('align_image_stack --help 2>&1 | sed -n 2p')}",
-    ])
+    proj = sh(
+        f"{proj_py} -c 'import sys, cv2, numpy; print(sys.version.split()[0], cv2.__version__, numpy.__version__)'"
+    )
+    fw = sh(
+        f"{PEERS_BIN / 'python'} -c 'import importlib.metadata as m; "
+        "print(m.version(\"focusweave\"), m.version(\"rawhdr\"))'"
+    )
+    return "\n".join(
+        [
+            "```",
+            "$ lscpu | head",
+            sh("lscpu | head"),
+            "$ free -g",
+            sh("free -g"),
+            "$ uptime   # at the end of the run: other users' load makes timings noisy",
+            sh("uptime"),
+            "```",
+            "",
+            f"- peers venv: Python {platform.python_version()}, opencv-python {cv2.__version__}, "
+            f"numpy {np.__version__}; focusweave / rawhdr: {fw}",
+            f"- project venv (python, cv2, numpy): {proj}",
+            f"- enfuse: {sh('enfuse --version | head -1')}; align_image_stack: "
+            f"{sh('align_image_stack --help 2>&1 | sed -n 2p')}",
+        ]
+    )
 
 
 def _write_results(out_dir, records, sets, tools, argv, a, t_start, partial):
@@ -499,34 +645,80 @@ def _write_results(out_dir, records, sets, tools, argv, a, t_start, partial):
     tgt = targets(records)
     md = render_markdown(records, sets, tools, tgt)
     cmd = "bench/work/peers-venv/bin/python bench/run_bench.py " + " ".join(
-        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    result = {"command": cmd, "quick": a.quick, "tools": tools, "started": t_start, "partial": partial,
-              "seconds": time.time() - t_start, "targets": tgt, "records": records,
-              "sets": [{"name": s.name, "group": s.group, "frames": len(s.frames),
-                        "megapixels": s.megapixels, "params": s.params} for s in sets]}
+        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])
+    )
+    result = {
+        "command": cmd,
+        "quick": a.quick,
+        "tools": tools,
+        "started": t_start,
+        "partial": partial,
+        "seconds": time.time() - t_start,
+        "targets": tgt,
+        "records": records,
+        "sets": [
+            {
+                "name": s.name,
+                "group": s.group,
+                "frames": len(s.frames),
+                "megapixels": s.megapixels,
+                "params": s.params,
+            }
+            for s in sets
+        ],
+    }
     (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))
-    (out_dir / "results.md").write_text(("(partial: run still going)\n\n" if partial else "") + md + "\n")
+    (out_dir / "results.md").write_text(
+        ("(partial: run still going)\n\n" if partial else "") + md + "\n"
+    )
     return md, cmd
 
 
 # --------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sets: a smoke test of the whole bench")
-    ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
-                    help=f"comma-separated, from {','.join(ALL_TOOLS)} (default: %(default)s)")
-    ap.add_argument("--sets", default=",".join(ALL_SETS),
-                    help=f"comma-separated, from {','.join(ALL_SETS)} (default: all)")
-    ap.add_argument("--ours-args", default="", help="extra arguments for `focusbridge stack` (one string)")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per tool step (default 1800)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run each tool up to N times per set (runs over 60 s once) and report the "
-                         "median wall/CPU time and the largest peak RSS (default 1)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="results folder (default bench/work or bench/work/quick)")
-    ap.add_argument("--report", type=Path, default=None,
-                    help="also write a full report (table, command, machine) to this Markdown file")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="small sets: a smoke test of the whole bench"
+    )
+    ap.add_argument(
+        "--tools",
+        default=",".join(DEFAULT_TOOLS),
+        help=f"comma-separated, from {','.join(ALL_TOOLS)} (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--sets",
+        default=",".join(ALL_SETS),
+        help=f"comma-separated, from {','.join(ALL_SETS)} (default: all)",
+    )
+    ap.add_argument(
+        "--ours-args", default="", help="extra arguments for `focusbridge stack` (one string)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=1800, help="seconds per tool step (default 1800)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each tool up to N times per set (runs over 60 s once) and report the "
+        "median wall/CPU time and the largest peak RSS (default 1)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default bench/work or bench/work/quick)",
+    )
+    ap.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also write a full report (table, command, machine) to this Markdown file",
+    )
     ap.add_argument("--generate-only", action="store_true", help="write the bracket sets and stop")
     a = ap.parse_args(argv)
 
@@ -565,21 +757,30 @@ def main(argv=None) -> int:
     for bs in sets:
         for tool in tools:
             if avail[tool]:
-                records.append({"set": bs.name, "group": bs.group, "tool": tool,
-                                "status": "unavailable", "error": avail[tool]})
+                records.append(
+                    {
+                        "set": bs.name,
+                        "group": bs.group,
+                        "tool": tool,
+                        "status": "unavailable",
+                        "error": avail[tool],
+                    }
+                )
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {bs.name} / {tool} ...", end=" ", flush=True)
             rec = run_tool(tool, bs, runs, ours_args, a.timeout)
             # repeats (timing noise): median wall/CPU, max RSS; a run over 60 s is not repeated
             tries = [rec]
-            while (len(tries) < a.repeat and rec["status"] == "ok" and rec["wall_s"] < 60):
+            while len(tries) < a.repeat and rec["status"] == "ok" and rec["wall_s"] < 60:
                 again = run_tool(tool, bs, runs, ours_args, a.timeout)
                 if again["status"] != "ok":
                     break
                 tries.append(again)
             if len(tries) > 1:
                 rec = tries[-1]
-                rec["runs"] = [{k: t[k] for k in ("wall_s", "cpu_s", "rss_mb", "tree_rss_mb")} for t in tries]
+                rec["runs"] = [
+                    {k: t[k] for k in ("wall_s", "cpu_s", "rss_mb", "tree_rss_mb")} for t in tries
+                ]
                 rec["wall_s"] = float(np.median([t["wall_s"] for t in tries]))
                 rec["cpu_s"] = float(np.median([t["cpu_s"] for t in tries]))
                 rec["rss_mb"] = max(t["rss_mb"] for t in tries)
@@ -605,10 +806,23 @@ def main(argv=None) -> int:
     print(md)
     print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
     if a.report:
-        a.report.write_text("\n".join([
-            "# Benchmark results", "",
-            f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start))}, "
-            f"total {(time.time() - t_start) / 60:.1f} min", "", md, "## Machine", "", machine_info(), ""]))
+        a.report.write_text(
+            "\n".join(
+                [
+                    "# Benchmark results",
+                    "",
+                    f"Command: `{cmd}`  ",
+                    f"Date: {time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start))}, "
+                    f"total {(time.time() - t_start) / 60:.1f} min",
+                    "",
+                    md,
+                    "## Machine",
+                    "",
+                    machine_info(),
+                    "",
+                ]
+            )
+        )
         print(f"wrote {a.report}")
     return 0
 

@@ -13,8 +13,9 @@ import math
 import sys
 from pathlib import Path
 
-from . import focus as _focus
 from pybridge.errors import EXIT_ERROR, EXIT_USAGE, print_failure, print_warning
+
+from . import focus as _focus
 
 PROG = 'focusbridge'
 
@@ -47,8 +48,10 @@ def _clean(v):
 # ------------------------------------------------------------------------------------------------
 # meta
 
+
 def cmd_meta_merge(args) -> int:
     from .merge import StackInfo, merge_metadata, software_name
+
     sources = [Path(s) for s in args.sources]
     base = Path(args.base) if args.base else None
     if base is not None and base in sources:
@@ -60,8 +63,9 @@ def cmd_meta_merge(args) -> int:
     if not 0 <= ref < len(sources):
         _err(f'--reference {ref}: must be 0..{len(sources) - 1}')
         return EXIT_USAGE
-    info = StackInfo(frame_count=len(sources), method=args.method, reference_index=ref,
-                     software=software_name())
+    info = StackInfo(
+        frame_count=len(sources), method=args.method, reference_index=ref, software=software_name()
+    )
     report = merge_metadata(Path(args.output), sources, base, info)
     if args.json:
         print(json.dumps(_clean(vars(report)), default=_json_default))
@@ -76,6 +80,7 @@ def cmd_meta_merge(args) -> int:
 
 def cmd_meta_show(args) -> int:
     from .lens import format_table, show_lens
+
     rows = show_lens([Path(f) for f in args.files])
     dists = [r.get('_distance') for r in rows]
     breaks = _focus.monotonic_breaks(dists)
@@ -83,9 +88,16 @@ def cmd_meta_show(args) -> int:
     near = min((r['_near'] for r in rows if r.get('_near') is not None), default=None)
     far = max((r['_far'] for r in rows if r.get('_far') is not None), default=None)
     if args.json:
-        print(json.dumps({'frames': _clean([{k: v for k, v in r.items()} for r in rows]),
-                          'near': _clean(near), 'far': _clean(far),
-                          'non_monotonic': [rows[i]['file'] for i in breaks]}))
+        print(
+            json.dumps(
+                {
+                    'frames': _clean([{k: v for k, v in r.items()} for r in rows]),
+                    'near': _clean(near),
+                    'far': _clean(far),
+                    'non_monotonic': [rows[i]['file'] for i in breaks],
+                }
+            )
+        )
     else:
         for r in rows:
             if 'error' not in r:
@@ -95,31 +107,44 @@ def cmd_meta_show(args) -> int:
             direction = ''
             if len(known) > 1 and known[0] != known[-1]:
                 direction = ' (near to far)' if known[-1] > known[0] else ' (far to near)'
-            print(f'focus range: {_focus.fmt_distance(near)} - '
-                  f'{_focus.fmt_distance(far)} m over {len(known)} of {len(rows)} '
-                  f'frames{direction}')
+            print(
+                f'focus range: {_focus.fmt_distance(near)} - '
+                f'{_focus.fmt_distance(far)} m over {len(known)} of {len(rows)} '
+                f'frames{direction}'
+            )
         else:
             print('focus range: unknown (no frame carries a focus distance)')
         if breaks:
-            print('warning: focus order is not monotonic at ' +
-                  ', '.join(f'frame {i + 1} ({Path(rows[i]["file"]).name})' for i in breaks))
+            print(
+                'warning: focus order is not monotonic at '
+                + ', '.join(f'frame {i + 1} ({Path(rows[i]["file"]).name})' for i in breaks)
+            )
     return 1 if any('error' in r for r in rows) else 0
 
 
 # ------------------------------------------------------------------------------------------------
 # lens
 
+
 def _spec_from_args(args):
     from .lens import lens_spec
-    return lens_spec(args.preset, make=args.make, model=args.model,
-                     focal_length=args.focal_length, aperture=args.aperture,
-                     lens_info=args.lens_info, serial=args.serial,
-                     canon_lens_type=args.canon_lens_type)
+
+    return lens_spec(
+        args.preset,
+        make=args.make,
+        model=args.model,
+        focal_length=args.focal_length,
+        aperture=args.aperture,
+        lens_info=args.lens_info,
+        serial=args.serial,
+        canon_lens_type=args.canon_lens_type,
+    )
 
 
 def cmd_lens_set(args) -> int:
     from .lens import load_catalogue, set_lens
     from .undo import UndoStore
+
     if args.list_presets:
         for name, e in sorted(load_catalogue().items()):
             print(f'{name:22s} {e["model"]}  ({e.get("magnification", "")})')
@@ -130,8 +155,13 @@ def cmd_lens_set(args) -> int:
     spec = _spec_from_args(args)
     store = UndoStore()
     try:
-        report = set_lens([Path(f) for f in args.files], spec, dry_run=args.dry_run,
-                          ignore_minor=args.ignore_minor_errors, store=store)
+        report = set_lens(
+            [Path(f) for f in args.files],
+            spec,
+            dry_run=args.dry_run,
+            ignore_minor=args.ignore_minor_errors,
+            store=store,
+        )
     finally:
         _problems(store)
     for r in report.results:
@@ -143,11 +173,15 @@ def cmd_lens_set(args) -> int:
             for t, old, new in r.changes:
                 print(f'  {t}: {"-" if old in (None, "") else old} -> {new}')
         else:
-            print(f'{r.path}: updated ({len(r.changes)} tag(s) changed)'
-                  + ('' if r.undo_recorded else ', no change to undo'))
+            print(
+                f'{r.path}: updated ({len(r.changes)} tag(s) changed)'
+                + ('' if r.undo_recorded else ', no change to undo')
+            )
         if r.not_writable:
-            print(f'  not writable (the file has no such maker-note field; exiftool never '
-                  f'creates them): {", ".join(r.not_writable)}')
+            print(
+                f'  not writable (the file has no such maker-note field; exiftool never '
+                f'creates them): {", ".join(r.not_writable)}'
+            )
     n_bad = len(report.failed)
     if n_bad:
         print(f'{len(report.results) - n_bad} file(s) done, {n_bad} failed', file=sys.stderr)
@@ -156,6 +190,7 @@ def cmd_lens_set(args) -> int:
 
 def cmd_lens_show(args) -> int:
     from .lens import SHOW_COLUMNS, format_table, show_lens
+
     rows = show_lens([Path(f) for f in args.files])
     if args.json:
         print(json.dumps(_clean(rows)))
@@ -173,6 +208,7 @@ def _problems(store) -> None:
 def cmd_lens_undo(args) -> int:
     from .lens import undo_lens
     from .undo import UndoStore
+
     store = UndoStore()
     bad = 0
     try:
@@ -192,23 +228,42 @@ def cmd_lens_undo(args) -> int:
 
 # ------------------------------------------------------------------------------------------------
 
+
 def register(subparsers) -> None:
     """Add the ``meta`` and ``lens`` command groups to an argparse sub-parsers object."""
-    meta = subparsers.add_parser('meta', help='merged metadata on stacked images; focus per frame',
-                                 description='Metadata of stacks and brackets.')
+    meta = subparsers.add_parser(
+        'meta',
+        help='merged metadata on stacked images; focus per frame',
+        description='Metadata of stacks and brackets.',
+    )
     msub = meta.add_subparsers(dest='meta_command', metavar='{merge,show}')
     msub.required = True
 
     p = msub.add_parser('merge', help='write merged EXIF/XMP of the source frames onto an image')
     p.add_argument('output', metavar='OUTPUT', help='existing stacked image (TIFF, JPEG, PNG)')
-    p.add_argument('--sources', nargs='+', required=True, metavar='SRC',
-                   help='the original frames, in stacking order')
-    p.add_argument('--base', metavar='SRC',
-                   help='frame whose tags are copied (default: the reference, else the middle)')
-    p.add_argument('--reference', type=int, metavar='N',
-                   help='index of the alignment reference frame in --sources')
-    p.add_argument('--method', default='unknown', help='stacking method to record '
-                   '(pyramid, depthmap; default unknown)')
+    p.add_argument(
+        '--sources',
+        nargs='+',
+        required=True,
+        metavar='SRC',
+        help='the original frames, in stacking order',
+    )
+    p.add_argument(
+        '--base',
+        metavar='SRC',
+        help='frame whose tags are copied (default: the reference, else the middle)',
+    )
+    p.add_argument(
+        '--reference',
+        type=int,
+        metavar='N',
+        help='index of the alignment reference frame in --sources',
+    )
+    p.add_argument(
+        '--method',
+        default='unknown',
+        help='stacking method to record (pyramid, depthmap; default unknown)',
+    )
     p.add_argument('--json', action='store_true', help='print the report as JSON')
     p.set_defaults(func=cmd_meta_merge)
 
@@ -217,8 +272,11 @@ def register(subparsers) -> None:
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=cmd_meta_show)
 
-    lens = subparsers.add_parser('lens', help='batch lens metadata: set, show, undo',
-                                 description='Lens metadata for manual and adapted lenses.')
+    lens = subparsers.add_parser(
+        'lens',
+        help='batch lens metadata: set, show, undo',
+        description='Lens metadata for manual and adapted lenses.',
+    )
     lsub = lens.add_subparsers(dest='lens_command', metavar='{set,show,undo}')
     lsub.required = True
 
@@ -229,14 +287,24 @@ def register(subparsers) -> None:
     p.add_argument('--model', help='lens model, e.g. "Laowa 100mm f/2.8 2X Ultra Macro APO"')
     p.add_argument('--focal-length', type=float, metavar='MM')
     p.add_argument('--aperture', type=float, metavar='F', help='f-number used (FNumber)')
-    p.add_argument('--lens-info', metavar='SPEC',
-                   help='"minFocal maxFocal minF@min minF@max", e.g. "100 100 2.8 2.8"')
+    p.add_argument(
+        '--lens-info',
+        metavar='SPEC',
+        help='"minFocal maxFocal minF@min minF@max", e.g. "100 100 2.8 2.8"',
+    )
     p.add_argument('--serial', help='lens serial number')
-    p.add_argument('--canon-lens-type', type=int, metavar='ID',
-                   help='Canon LensType id (only where the file has Canon maker notes)')
+    p.add_argument(
+        '--canon-lens-type',
+        type=int,
+        metavar='ID',
+        help='Canon LensType id (only where the file has Canon maker notes)',
+    )
     p.add_argument('--dry-run', action='store_true', help='print what would change, write nothing')
-    p.add_argument('--ignore-minor-errors', action='store_true',
-                   help="write files exiftool reports minor errors for (exiftool -m)")
+    p.add_argument(
+        '--ignore-minor-errors',
+        action='store_true',
+        help="write files exiftool reports minor errors for (exiftool -m)",
+    )
     p.add_argument('--list-presets', action='store_true', help='list the lens catalogue')
     p.set_defaults(func=cmd_lens_set)
 
@@ -247,11 +315,14 @@ def register(subparsers) -> None:
 
     p = lsub.add_parser('undo', help='restore the exact bytes from before `lens set`')
     p.add_argument('files', nargs='+', metavar='FILE')
-    p.add_argument('--all', action='store_true', help='undo every recorded rewrite, not just the last')
+    p.add_argument(
+        '--all', action='store_true', help='undo every recorded rewrite, not just the last'
+    )
     p.set_defaults(func=cmd_lens_undo)
 
 
 def main(argv=None) -> int:
     """``python -m exif meta|lens ...``: the same command line as ``focusbridge``."""
     from pybridge.cli import main as focusbridge_main
+
     return focusbridge_main(argv)

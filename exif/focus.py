@@ -11,19 +11,35 @@ INF = math.inf
 XMP_INFINITY = 4294967295
 
 #: Tags to request (numeric values) to find a frame's focus distance.
-FOCUS_TAGS = ['FocusDistanceUpper#', 'FocusDistanceLower#', 'FocusDistance#', 'FocusDistance2#',
-              'SubjectDistance#', 'ApproximateFocusDistance#']
+FOCUS_TAGS = [
+    'FocusDistanceUpper#',
+    'FocusDistanceLower#',
+    'FocusDistance#',
+    'FocusDistance2#',
+    'SubjectDistance#',
+    'ApproximateFocusDistance#',
+]
 
-_NOT_MAKERNOTE = ('Composite', 'ExifIFD', 'IFD0', 'IFD1', 'SubIFD', 'GPS', 'File', 'System',
-                  'ExifTool', 'QuickTime')
+_NOT_MAKERNOTE = (
+    'Composite',
+    'ExifIFD',
+    'IFD0',
+    'IFD1',
+    'SubIFD',
+    'GPS',
+    'File',
+    'System',
+    'ExifTool',
+    'QuickTime',
+)
 
 
 @dataclass
 class FocusReading:
-    distance: float | None = None   # representative distance of the frame, metres (inf allowed)
-    near: float | None = None       # lower bound (Canon gives a range per frame)
+    distance: float | None = None  # representative distance of the frame, metres (inf allowed)
+    near: float | None = None  # lower bound (Canon gives a range per frame)
     far: float | None = None
-    source: str | None = None       # 'Canon:FocusDistanceLower/Upper', 'Nikon:FocusDistance', ...
+    source: str | None = None  # 'Canon:FocusDistanceLower/Upper', 'Nikon:FocusDistance', ...
 
     @property
     def known(self) -> bool:
@@ -54,9 +70,9 @@ def to_metres(value, group: str = '') -> float | None:
         return None
     if math.isinf(v) or v >= XMP_INFINITY - 1:
         return INF
-    if group == 'Canon' and v >= 655.34:            # int16u/100, 65535 = infinity
+    if group == 'Canon' and v >= 655.34:  # int16u/100, 65535 = infinity
         return INF
-    if group == 'Panasonic' and v >= 65.534:        # int16u/1000, 65535 = infinity
+    if group == 'Panasonic' and v >= 65.534:  # int16u/1000, 65535 = infinity
         return INF
     if v <= 0:
         return INF if group == 'Olympus' and v == 0 else None
@@ -78,8 +94,12 @@ def focus_reading(meta: dict) -> FocusReading:
             dist = (lo + hi) / 2 if math.isfinite(hi) else lo
         else:
             dist = lo if lo is not None else hi
-        return FocusReading(dist, lo if lo is not None else dist, hi if hi is not None else dist,
-                            'Canon:FocusDistanceLower/Upper')
+        return FocusReading(
+            dist,
+            lo if lo is not None else dist,
+            hi if hi is not None else dist,
+            'Canon:FocusDistanceLower/Upper',
+        )
     # 2. other maker notes (Nikon, Olympus, Panasonic, ...): FocusDistance
     for key in sorted(meta):
         g = _group(key)
@@ -93,8 +113,12 @@ def focus_reading(meta: dict) -> FocusReading:
         if v is not None:
             return FocusReading(v, v, v, key)
     # 4. EXIF SubjectDistance, 5. XMP-aux ApproximateFocusDistance
-    for key in ('ExifIFD:SubjectDistance', 'IFD0:SubjectDistance', 'XMP-exif:SubjectDistance',
-                'XMP-aux:ApproximateFocusDistance'):
+    for key in (
+        'ExifIFD:SubjectDistance',
+        'IFD0:SubjectDistance',
+        'XMP-exif:SubjectDistance',
+        'XMP-aux:ApproximateFocusDistance',
+    ):
         v = to_metres(meta.get(key))
         if v is not None:
             return FocusReading(v, v, v, key)
@@ -117,7 +141,7 @@ def monotonic_breaks(distances: list[float | None]) -> list[int]:
     idx = [i for i, d in enumerate(distances) if d is not None]
     direction = 0
     breaks = []
-    for a, b in zip(idx, idx[1:]):
+    for a, b in zip(idx, idx[1:], strict=False):
         da, db = distances[a], distances[b]
         step = 0 if da == db else (1 if db > da else -1)
         if step == 0:

@@ -13,13 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import focus as _focus
-from .tool import (ExifCancelled, ExifError, check_arg, fname, interrupt, maybe_exiftool,
-                   one_line, read_json, run, tag)
+from .tool import (
+    ExifCancelled,
+    ExifError,
+    check_arg,
+    fname,
+    interrupt,
+    maybe_exiftool,
+    one_line,
+    read_json,
+    run,
+    tag,
+)
 from .undo import Run, UndoStore
 
 CATALOGUE = Path(__file__).with_name('lenses.json')
@@ -33,23 +43,25 @@ BATCH = 16
 class LensSpec:
     make: str | None = None
     model: str | None = None
-    focal_length: float | None = None     # mm, written as FocalLength
-    aperture: float | None = None         # f-number, written as FNumber
-    lens_info: str | None = None          # 'minFL maxFL minFN@minFL minFN@maxFL' (undef allowed)
+    focal_length: float | None = None  # mm, written as FocalLength
+    aperture: float | None = None  # f-number, written as FNumber
+    lens_info: str | None = None  # 'minFL maxFL minFN@minFL minFN@maxFL' (undef allowed)
     serial: str | None = None
-    canon_lens_type: int | None = None    # Canon LensType id (maker notes only)
+    canon_lens_type: int | None = None  # Canon LensType id (maker notes only)
 
     def is_empty(self) -> bool:
         return all(v is None for v in vars(self).values())
 
-    def merged(self, other: 'LensSpec') -> 'LensSpec':
+    def merged(self, other: LensSpec) -> LensSpec:
         """``other``'s set fields override this spec's."""
-        return LensSpec(**{k: (v if v is not None else getattr(self, k))
-                           for k, v in vars(other).items()})
+        return LensSpec(
+            **{k: (v if v is not None else getattr(self, k)) for k, v in vars(other).items()}
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # catalogue
+
 
 def load_catalogue() -> dict[str, dict]:
     return json.loads(CATALOGUE.read_text('utf-8'))['lenses']
@@ -61,10 +73,14 @@ def preset(name: str) -> LensSpec:
     if key not in cat:
         raise ExifError(f'unknown lens preset {name!r}; known presets: ' + ', '.join(sorted(cat)))
     e = cat[key]
-    return LensSpec(make=e.get('make'), model=e.get('model'), focal_length=e.get('focal_length'),
-                    aperture=e.get('aperture'),
-                    lens_info=format_lens_info(e['lens_info']) if e.get('lens_info') else None,
-                    canon_lens_type=e.get('canon_lens_type'))
+    return LensSpec(
+        make=e.get('make'),
+        model=e.get('model'),
+        focal_length=e.get('focal_length'),
+        aperture=e.get('aperture'),
+        lens_info=format_lens_info(e['lens_info']) if e.get('lens_info') else None,
+        canon_lens_type=e.get('canon_lens_type'),
+    )
 
 
 def lens_spec(preset_name: str | None = None, **fields) -> LensSpec:
@@ -86,7 +102,9 @@ def format_lens_info(values) -> str:
     Two numbers: 'focal f-number' for a prime when the second is smaller ('100 2.8'), else a
     zoom's focal range without apertures ('18 55')."""
     if isinstance(values, str):
-        parts = values.replace(',', ' ').replace('f/', ' ').replace('mm', ' ').replace('-', ' ').split()
+        parts = (
+            values.replace(',', ' ').replace('f/', ' ').replace('mm', ' ').replace('-', ' ').split()
+        )
     else:
         parts = list(values)
     nums: list[float | None] = []
@@ -97,7 +115,9 @@ def format_lens_info(values) -> str:
         try:
             v = float(p)
         except (TypeError, ValueError):
-            raise ExifError(f'lens info {values!r}: expected numbers like "100 100 2.8 2.8"')
+            raise ExifError(
+                f'lens info {values!r}: expected numbers like "100 100 2.8 2.8"'
+            ) from None
         nums.append(v if v > 0 and math.isfinite(v) else None)
     if len(nums) == 1:
         nums = [nums[0], nums[0], None, None]
@@ -114,20 +134,29 @@ def format_lens_info(values) -> str:
 # ------------------------------------------------------------------------------------------------
 # what gets written
 
+
 def standard_tags(spec: LensSpec) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if spec.make:
         out += [('ExifIFD:LensMake', spec.make), ('XMP-exifEX:LensMake', spec.make)]
     if spec.model:
-        out += [('ExifIFD:LensModel', spec.model), ('XMP-exifEX:LensModel', spec.model),
-                ('XMP-aux:Lens', spec.model)]
+        out += [
+            ('ExifIFD:LensModel', spec.model),
+            ('XMP-exifEX:LensModel', spec.model),
+            ('XMP-aux:Lens', spec.model),
+        ]
     if spec.lens_info:
-        out += [('ExifIFD:LensInfo', spec.lens_info), ('XMP-exifEX:LensInfo', spec.lens_info),
-                ('XMP-aux:LensInfo', spec.lens_info)]
+        out += [
+            ('ExifIFD:LensInfo', spec.lens_info),
+            ('XMP-exifEX:LensInfo', spec.lens_info),
+            ('XMP-aux:LensInfo', spec.lens_info),
+        ]
     if spec.serial:
-        out += [('ExifIFD:LensSerialNumber', spec.serial),
-                ('XMP-exifEX:LensSerialNumber', spec.serial),
-                ('XMP-aux:LensSerialNumber', spec.serial)]
+        out += [
+            ('ExifIFD:LensSerialNumber', spec.serial),
+            ('XMP-exifEX:LensSerialNumber', spec.serial),
+            ('XMP-aux:LensSerialNumber', spec.serial),
+        ]
     if spec.focal_length is not None:
         out += [('ExifIFD:FocalLength', f'{spec.focal_length:g}')]
     if spec.aperture is not None:
@@ -150,13 +179,30 @@ def makernote_tags(spec: LensSpec) -> list[tuple[str, str]]:
     return out
 
 
-_READ_TAGS = ['FileType', 'Make', 'Model', 'LensID', 'Canon:LensType', 'Canon:LensModel',
-              'Canon:MinFocalLength', 'Canon:MaxFocalLength', 'Canon:FocalLength',
-              'ExifIFD:LensMake', 'ExifIFD:LensModel', 'ExifIFD:LensInfo',
-              'ExifIFD:LensSerialNumber', 'ExifIFD:FocalLength', 'ExifIFD:FNumber',
-              'XMP-exifEX:LensMake', 'XMP-exifEX:LensModel', 'XMP-exifEX:LensInfo',
-              'XMP-exifEX:LensSerialNumber', 'XMP-aux:Lens', 'XMP-aux:LensInfo',
-              'XMP-aux:LensSerialNumber'] + [t.rstrip('#') for t in _focus.FOCUS_TAGS]
+_READ_TAGS = [
+    'FileType',
+    'Make',
+    'Model',
+    'LensID',
+    'Canon:LensType',
+    'Canon:LensModel',
+    'Canon:MinFocalLength',
+    'Canon:MaxFocalLength',
+    'Canon:FocalLength',
+    'ExifIFD:LensMake',
+    'ExifIFD:LensModel',
+    'ExifIFD:LensInfo',
+    'ExifIFD:LensSerialNumber',
+    'ExifIFD:FocalLength',
+    'ExifIFD:FNumber',
+    'XMP-exifEX:LensMake',
+    'XMP-exifEX:LensModel',
+    'XMP-exifEX:LensInfo',
+    'XMP-exifEX:LensSerialNumber',
+    'XMP-aux:Lens',
+    'XMP-aux:LensInfo',
+    'XMP-aux:LensSerialNumber',
+] + [t.rstrip('#') for t in _focus.FOCUS_TAGS]
 
 
 def _same(old, new) -> bool:
@@ -166,7 +212,7 @@ def _same(old, new) -> bool:
         a = [float(x) for x in str(old).split()]
         b = [float(x) if x != 'undef' else 0.0 for x in str(new).split()]
         a = [0.0 if (math.isnan(x) or math.isinf(x)) else x for x in a]
-        return len(a) == len(b) and all(abs(x - y) < 1e-3 for x, y in zip(a, b))
+        return len(a) == len(b) and all(abs(x - y) < 1e-3 for x, y in zip(a, b, strict=True))
     except ValueError:
         return str(old).strip() == str(new).strip()
 
@@ -176,8 +222,8 @@ class FileResult:
     path: Path
     ok: bool = True
     error: str | None = None
-    changes: list[tuple[str, object, str]] = field(default_factory=list)   # tag, old, new
-    not_writable: list[str] = field(default_factory=list)   # maker-note fields the file lacks
+    changes: list[tuple[str, object, str]] = field(default_factory=list)  # tag, old, new
+    not_writable: list[str] = field(default_factory=list)  # maker-note fields the file lacks
     undo_recorded: bool = False
 
 
@@ -195,9 +241,16 @@ class LensReport:
         return [r for r in self.results if not r.ok]
 
 
-def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exiftool=None,
-             store: UndoStore | None = None, ignore_minor: bool = False,
-             should_stop: Callable[[], bool] | None = None) -> LensReport:
+def set_lens(
+    files: list[Path],
+    spec: LensSpec,
+    *,
+    dry_run: bool = False,
+    exiftool=None,
+    store: UndoStore | None = None,
+    ignore_minor: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> LensReport:
     """Write ``spec`` into every file; files that fail are reported, the others still done.
 
     ``ignore_minor`` passes exiftool's ``-m`` (write despite minor errors such as
@@ -206,16 +259,18 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
     file written so far keeps its undo entry).  A symlink is written through to its target and
     two names of one file (links) are one file, reported under the first name given."""
     if spec.is_empty():
-        raise ExifError('nothing to write: give --preset or at least one of --make, --model, '
-                        '--focal-length, --aperture, --lens-info, --serial')
+        raise ExifError(
+            'nothing to write: give --preset or at least one of --make, --model, '
+            '--focal-length, --aperture, --lens-info, --serial'
+        )
     store = store or UndoStore()
-    results: dict[str, FileResult] = {}    # resolved path -> result
+    results: dict[str, FileResult] = {}  # resolved path -> result
     inodes: dict[tuple[int, int], str] = {}
     for f in files:
         key = os.path.realpath(f)
         try:
             st = os.stat(key)
-            key = inodes.setdefault((st.st_dev, st.st_ino), key)   # hard links: one file
+            key = inodes.setdefault((st.st_dev, st.st_ino), key)  # hard links: one file
         except OSError:
             pass
         results.setdefault(key, FileResult(Path(f)))
@@ -223,7 +278,7 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
     std = standard_tags(spec)
     mkn = makernote_tags(spec)
     for _, v in std + mkn:
-        check_arg(v)   # a value exiftool cannot take fails the run before anything is written
+        check_arg(v)  # a value exiftool cannot take fails the run before anything is written
 
     with maybe_exiftool(exiftool) as et:
         readable = []
@@ -237,7 +292,7 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
                 try:
                     fname(key)
                     readable.append(key)
-                except ExifError as e:   # a name exiftool cannot be given
+                except ExifError as e:  # a name exiftool cannot be given
                     r.ok, r.error = False, e.problem
         meta, res = read_json(et, readable, _READ_TAGS, extra=['-n'])
         errs = res.errors_by_file()
@@ -247,8 +302,11 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
             m = meta.get(key)
             if m is None or 'ExifTool:Error' in m:
                 r.ok = False
-                r.error = (m or {}).get('ExifTool:Error') or errs.get(key) or \
-                    'exiftool cannot read this file'
+                r.error = (
+                    (m or {}).get('ExifTool:Error')
+                    or errs.get(key)
+                    or 'exiftool cannot read this file'
+                )
                 continue
             args = []
             for t, v in std:
@@ -272,7 +330,7 @@ def set_lens(files: list[Path], spec: LensSpec, *, dry_run: bool = False, exifto
                 for i in range(0, len(keys), BATCH):
                     if should_stop is not None and should_stop():
                         raise ExifCancelled()
-                    batch = {k: results[k] for k in keys[i:i + BATCH]}
+                    batch = {k: results[k] for k in keys[i : i + BATCH]}
                     _write_batch(et, session, [*(['-m'] if ignore_minor else []), *args], batch)
 
         # read back: what the files now say
@@ -297,7 +355,7 @@ def _write_batch(et, session: Run, args: list[str], batch: dict[str, FileResult]
     for key, r in batch.items():
         try:
             items.append(session.keep(key, {t: v for t, _, v in r.changes}))
-        except ExifError as e:   # e.g. a damaged undo record: fail before writing
+        except ExifError as e:  # e.g. a damaged undo record: fail before writing
             r.ok, r.error = False, f'{e.problem}; not written'
         except OSError as e:
             r.ok = False
@@ -306,10 +364,12 @@ def _write_batch(et, session: Run, args: list[str], batch: dict[str, FileResult]
         return
     journal = session.journal(items)
     try:
-        res = run(et, ['-n', '-overwrite_original_in_place', *args,
-                       *[fname(item['path']) for item in items]])
+        res = run(
+            et,
+            ['-n', '-overwrite_original_in_place', *args, *[fname(item['path']) for item in items]],
+        )
     except BaseException:
-        interrupt(et)   # nothing may write once we look at the files
+        interrupt(et)  # nothing may write once we look at the files
         session.settle(journal, clean_tmp=True)
         raise
     errs = res.errors_by_file()
@@ -329,8 +389,18 @@ def _write_batch(et, session: Run, args: list[str], batch: dict[str, FileResult]
 # ------------------------------------------------------------------------------------------------
 # show
 
-SHOW_COLUMNS = ['file', 'lens make', 'lens model', 'lens info', 'focal', 'f/', 'serial',
-                'Canon LensType', 'focus (m)', 'focus tag']
+SHOW_COLUMNS = [
+    'file',
+    'lens make',
+    'lens model',
+    'lens info',
+    'focal',
+    'f/',
+    'serial',
+    'Canon LensType',
+    'focus (m)',
+    'focus tag',
+]
 
 
 def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
@@ -345,40 +415,66 @@ def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
                 continue
             try:
                 existing.append(fname(f))
-            except ExifError as e:   # a name exiftool cannot be given
+            except ExifError as e:  # a name exiftool cannot be given
                 errs[os.path.abspath(f)] = e.problem
-        num, res = read_json(et, existing, _READ_TAGS + [t for t in _focus.FOCUS_TAGS],
-                             extra=['-n'])
+        num, res = read_json(
+            et, existing, _READ_TAGS + [t for t in _focus.FOCUS_TAGS], extra=['-n']
+        )
         prt, _ = read_json(et, existing, ['Canon:LensType', 'LensInfo', 'LensID'])
         errs.update(res.errors_by_file())
         for f in files:
             key = os.path.abspath(f)
             m = num.get(key)
             if m is None or 'ExifTool:Error' in m:
-                err = 'no such file' if not f.is_file() else \
-                    (m or {}).get('ExifTool:Error') or errs.get(key) or 'unreadable'
+                err = (
+                    'no such file'
+                    if not f.is_file()
+                    else (m or {}).get('ExifTool:Error') or errs.get(key) or 'unreadable'
+                )
                 rows.append({'file': str(f), 'error': err})
                 continue
             p = prt.get(key, {})
             fr = _focus.focus_reading(m)
             lt = m.get('Canon:LensType')
-            rows.append({
-                'file': str(f),
-                'lens make': tag(m, 'ExifIFD:LensMake', 'XMP-exifEX:LensMake', default='-'),
-                'lens model': tag(m, 'ExifIFD:LensModel', 'XMP-exifEX:LensModel', 'XMP-aux:Lens',
-                                  'Canon:LensModel', default=None)
-                or (p.get('Composite:LensID') if p.get('Composite:LensID') else '-'),
-                'lens info': tag(p, 'ExifIFD:LensInfo', 'XMP-exifEX:LensInfo', 'XMP-aux:LensInfo',
-                                 default='-'),
-                'focal': _num(tag(m, 'ExifIFD:FocalLength', '*:FocalLength')),
-                'f/': _num(tag(m, 'ExifIFD:FNumber', '*:FNumber')),
-                'serial': tag(m, 'ExifIFD:LensSerialNumber', 'XMP-exifEX:LensSerialNumber',
-                              'XMP-aux:LensSerialNumber', default='-'),
-                'Canon LensType': '-' if lt is None else f'{lt} ({p.get("Canon:LensType", "?")})',
-                'focus (m)': _focus_text(fr),
-                'focus tag': fr.source or '-',
-                '_distance': fr.distance, '_near': fr.near, '_far': fr.far,
-            })
+            rows.append(
+                {
+                    'file': str(f),
+                    'lens make': tag(m, 'ExifIFD:LensMake', 'XMP-exifEX:LensMake', default='-'),
+                    'lens model': tag(
+                        m,
+                        'ExifIFD:LensModel',
+                        'XMP-exifEX:LensModel',
+                        'XMP-aux:Lens',
+                        'Canon:LensModel',
+                        default=None,
+                    )
+                    or (p.get('Composite:LensID') if p.get('Composite:LensID') else '-'),
+                    'lens info': tag(
+                        p,
+                        'ExifIFD:LensInfo',
+                        'XMP-exifEX:LensInfo',
+                        'XMP-aux:LensInfo',
+                        default='-',
+                    ),
+                    'focal': _num(tag(m, 'ExifIFD:FocalLength', '*:FocalLength')),
+                    'f/': _num(tag(m, 'ExifIFD:FNumber', '*:FNumber')),
+                    'serial': tag(
+                        m,
+                        'ExifIFD:LensSerialNumber',
+                        'XMP-exifEX:LensSerialNumber',
+                        'XMP-aux:LensSerialNumber',
+                        default='-',
+                    ),
+                    'Canon LensType': '-'
+                    if lt is None
+                    else f'{lt} ({p.get("Canon:LensType", "?")})',
+                    'focus (m)': _focus_text(fr),
+                    'focus tag': fr.source or '-',
+                    '_distance': fr.distance,
+                    '_near': fr.near,
+                    '_far': fr.far,
+                }
+            )
     return rows
 
 
@@ -407,7 +503,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append('  '.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             lines.append('  '.join('-' * w for w in widths))
     return '\n'.join(lines)
@@ -415,6 +511,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # undo
+
 
 @dataclass
 class UndoResult:
@@ -424,8 +521,9 @@ class UndoResult:
     error: str | None = None
 
 
-def undo_lens(files: list[Path], *, all_levels: bool = False,
-              store: UndoStore | None = None) -> list[UndoResult]:
+def undo_lens(
+    files: list[Path], *, all_levels: bool = False, store: UndoStore | None = None
+) -> list[UndoResult]:
     """Restore each file; a file with no recorded change is ok with ``undone == 0``."""
     store = store or UndoStore()
     out = []

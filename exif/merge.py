@@ -24,14 +24,14 @@ import shutil
 import struct
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from . import focus as _focus
 from pybridge.atomic import replaced
 
+from . import focus as _focus
 from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
 
 __all__ = ['StackInfo', 'MergeReport', 'merge_metadata', 'sources_have_metadata', 'software_name']
@@ -40,10 +40,10 @@ __all__ = ['StackInfo', 'MergeReport', 'merge_metadata', 'sources_have_metadata'
 @dataclass
 class StackInfo:
     frame_count: int
-    method: str            # 'pyramid' | 'depthmap'
-    reference_index: int   # index into sources of the alignment reference (default base)
-    software: str          # e.g. 'focusbridge 0.1.0'
-    source_names: list[str] | None = None   # optional override of names for provenance
+    method: str  # 'pyramid' | 'depthmap'
+    reference_index: int  # index into sources of the alignment reference (default base)
+    software: str  # e.g. 'focusbridge 0.1.0'
+    source_names: list[str] | None = None  # optional override of names for provenance
 
 
 @dataclass
@@ -51,31 +51,38 @@ class MergeReport:
     target: Path
     base: Path
     frame_count: int
-    focus_near: float | None = None        # metres, inf allowed
+    focus_near: float | None = None  # metres, inf allowed
     focus_far: float | None = None
-    focus_source: str | None = None        # tag(s) the per-frame distances came from
+    focus_source: str | None = None  # tag(s) the per-frame distances came from
     frames_with_focus: int = 0
     frame_distances: list[float | None] = field(default_factory=list)
-    makernotes: str | None = None          # maker-note group on the output, e.g. 'Canon'
-    makernotes_second_pass: bool = False   # maker notes needed the extra -makernotes pass
-    canon_focus_written: bool = False      # Canon:FocusDistanceLower/Upper set to the range
+    makernotes: str | None = None  # maker-note group on the output, e.g. 'Canon'
+    makernotes_second_pass: bool = False  # maker notes needed the extra -makernotes pass
+    canon_focus_written: bool = False  # Canon:FocusDistanceLower/Upper set to the range
     lens_model: str | None = None
-    validation: str = ''                   # exiftool -validate: 'OK' or 'N Warnings (M minor)'
+    validation: str = ''  # exiftool -validate: 'OK' or 'N Warnings (M minor)'
     validation_warnings: list[str] = field(default_factory=list)
     validation_errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)   # e.g. sources without readable tags
+    warnings: list[str] = field(default_factory=list)  # e.g. sources without readable tags
 
     def summary(self) -> str:
-        rng = (f'{_focus.fmt_distance(self.focus_near)}-{_focus.fmt_distance(self.focus_far)} m '
-               f'({self.focus_source})' if self.focus_near is not None else 'no focus distances')
+        rng = (
+            f'{_focus.fmt_distance(self.focus_near)}-{_focus.fmt_distance(self.focus_far)} m '
+            f'({self.focus_source})'
+            if self.focus_near is not None
+            else 'no focus distances'
+        )
         mn = self.makernotes or 'none'
-        return (f'{self.target}: metadata from {self.base.name}, {self.frame_count} frames, '
-                f'focus {rng}, maker notes {mn}, validate {self.validation or "-"}')
+        return (
+            f'{self.target}: metadata from {self.base.name}, {self.frame_count} frames, '
+            f'focus {rng}, maker notes {mn}, validate {self.validation or "-"}'
+        )
 
 
 def software_name() -> str:
     try:
         from importlib.metadata import version
+
         return f'focusbridge {version("focusbridge")}'
     except Exception:
         return 'focusbridge'
@@ -84,25 +91,58 @@ def software_name() -> str:
 # tags of the base that must not land on the output: they describe the base's file structure,
 # a thumbnail/preview, raw-development recipes, or document identity
 _EXCLUDE = [
-    '--IFD1:all', '--MPF:all', '--InteropIFD:all', '--CanonVRD:all', '--CanonDR4:all',
-    '--PreviewImage', '--ThumbnailImage', '--ThumbnailTIFF', '--JpgFromRaw', '--OtherImage',
+    '--IFD1:all',
+    '--MPF:all',
+    '--InteropIFD:all',
+    '--CanonVRD:all',
+    '--CanonDR4:all',
+    '--PreviewImage',
+    '--ThumbnailImage',
+    '--ThumbnailTIFF',
+    '--JpgFromRaw',
+    '--OtherImage',
     '--PreviewTIFF',
-    '--ExifIFD:ExifImageWidth', '--ExifIFD:ExifImageHeight', '--ExifIFD:ComponentsConfiguration',
+    '--ExifIFD:ExifImageWidth',
+    '--ExifIFD:ExifImageHeight',
+    '--ExifIFD:ComponentsConfiguration',
     '--ExifIFD:CompressedBitsPerPixel',
-    '--IFD0:Orientation', '--IFD0:Software', '--IFD0:ModifyDate',
+    '--IFD0:Orientation',
+    '--IFD0:Software',
+    '--IFD0:ModifyDate',
     # raw formats that put EXIF tags into IFD0 (NEF DateTimeOriginal, RW2 ISO/CFAPattern)
-    '--IFD0:DateTimeOriginal', '--IFD0:ISO', '--IFD0:CFAPattern',
-    '--XMP-tiff:ImageWidth', '--XMP-tiff:ImageLength', '--XMP-tiff:BitsPerSample',
-    '--XMP-tiff:Compression', '--XMP-tiff:PhotometricInterpretation', '--XMP-tiff:SamplesPerPixel',
-    '--XMP-tiff:PlanarConfiguration', '--XMP-tiff:YCbCrSubSampling', '--XMP-tiff:YCbCrPositioning',
-    '--XMP-tiff:Orientation', '--XMP-tiff:Software', '--XMP-tiff:DateTime',
-    '--XMP-exif:PixelXDimension', '--XMP-exif:PixelYDimension',
-    '--XMP-xmpMM:all', '--XMP-crs:all', '--XMP-crss:all', '--XMP-darktable:all',
-    '--XMP-fbstack:all', '--XMP-xmp:CreatorTool', '--XMP-xmp:ModifyDate', '--XMP-xmp:MetadataDate',
+    '--IFD0:DateTimeOriginal',
+    '--IFD0:ISO',
+    '--IFD0:CFAPattern',
+    '--XMP-tiff:ImageWidth',
+    '--XMP-tiff:ImageLength',
+    '--XMP-tiff:BitsPerSample',
+    '--XMP-tiff:Compression',
+    '--XMP-tiff:PhotometricInterpretation',
+    '--XMP-tiff:SamplesPerPixel',
+    '--XMP-tiff:PlanarConfiguration',
+    '--XMP-tiff:YCbCrSubSampling',
+    '--XMP-tiff:YCbCrPositioning',
+    '--XMP-tiff:Orientation',
+    '--XMP-tiff:Software',
+    '--XMP-tiff:DateTime',
+    '--XMP-exif:PixelXDimension',
+    '--XMP-exif:PixelYDimension',
+    '--XMP-xmpMM:all',
+    '--XMP-crs:all',
+    '--XMP-crss:all',
+    '--XMP-darktable:all',
+    '--XMP-fbstack:all',
+    '--XMP-xmp:CreatorTool',
+    '--XMP-xmp:ModifyDate',
+    '--XMP-xmp:MetadataDate',
 ]
 # YCbCr layout tags only mean something in a JPEG
-_EXCLUDE_NON_JPEG = ['--IFD0:YCbCrSubSampling', '--IFD0:YCbCrPositioning',
-                     '--IFD0:YCbCrCoefficients', '--IFD0:ReferenceBlackWhite']
+_EXCLUDE_NON_JPEG = [
+    '--IFD0:YCbCrSubSampling',
+    '--IFD0:YCbCrPositioning',
+    '--IFD0:YCbCrCoefficients',
+    '--IFD0:ReferenceBlackWhite',
+]
 
 _WRITABLE_OUTPUTS = {'TIFF', 'JPEG', 'PNG'}
 
@@ -127,14 +167,33 @@ def _split_groups(meta: dict) -> tuple[dict, set[str]]:
 
 
 def _maker_group(meta01: dict) -> str | None:
-    groups = sorted({k.split(':')[1] for k in meta01 if k.startswith('MakerNotes:') and
-                     k.count(':') >= 2})
+    groups = sorted(
+        {k.split(':')[1] for k in meta01 if k.startswith('MakerNotes:') and k.count(':') >= 2}
+    )
     if not groups:
         return None
     for g in groups:  # the main maker-note group, not CanonCustom etc.
-        if g in ('Canon', 'Nikon', 'Sony', 'Olympus', 'Panasonic', 'Pentax', 'FujiFilm',
-                 'Samsung', 'Sigma', 'Leica', 'Minolta', 'Ricoh', 'Casio', 'Kodak', 'Apple',
-                 'DJI', 'GoPro', 'Hasselblad', 'Phase One'):
+        if g in (
+            'Canon',
+            'Nikon',
+            'Sony',
+            'Olympus',
+            'Panasonic',
+            'Pentax',
+            'FujiFilm',
+            'Samsung',
+            'Sigma',
+            'Leica',
+            'Minolta',
+            'Ricoh',
+            'Casio',
+            'Kodak',
+            'Apple',
+            'DJI',
+            'GoPro',
+            'Hasselblad',
+            'Phase One',
+        ):
             return g
     return groups[0]
 
@@ -143,8 +202,11 @@ def _good_lens_name(name) -> bool:
     if not isinstance(name, str):
         return False
     s = name.strip()
-    return bool(s) and not re.match(r'^(unknown|n/a|none|-?\d+(\.\d+)?$)', s, re.I) \
+    return (
+        bool(s)
+        and not re.match(r'^(unknown|n/a|none|-?\d+(\.\d+)?$)', s, re.I)
         and 'unknown' not in s.lower()
+    )
 
 
 def _lens_info(value) -> str | None:
@@ -174,8 +236,9 @@ def _lens_facts(base01: dict, base_print: dict) -> dict[str, str]:
     if not _good_lens_name(model):
         lid = tag(base_print, 'Composite:LensID')
         model = lid if _good_lens_name(lid) else None
-    info = _lens_info(tag(b, 'ExifIFD:LensInfo', 'XMP-exifEX:LensInfo', 'XMP-aux:LensInfo',
-                          'Nikon:Lens'))
+    info = _lens_info(
+        tag(b, 'ExifIFD:LensInfo', 'XMP-exifEX:LensInfo', 'XMP-aux:LensInfo', 'Nikon:Lens')
+    )
     if info is None:
         lo, hi = tag(b, 'Canon:MinFocalLength'), tag(b, 'Canon:MaxFocalLength')
         try:
@@ -187,8 +250,9 @@ def _lens_facts(base01: dict, base_print: dict) -> dict[str, str]:
         'make': tag(b, 'ExifIFD:LensMake', 'XMP-exifEX:LensMake'),
         'model': model,
         'info': info,
-        'serial': tag(b, 'ExifIFD:LensSerialNumber', 'XMP-aux:LensSerialNumber',
-                      'XMP-exifEX:LensSerialNumber'),
+        'serial': tag(
+            b, 'ExifIFD:LensSerialNumber', 'XMP-aux:LensSerialNumber', 'XMP-exifEX:LensSerialNumber'
+        ),
     }
     return {k: str(v).strip() for k, v in facts.items() if v not in (None, '') and str(v).strip()}
 
@@ -198,8 +262,11 @@ def _lens_args(facts: dict[str, str]) -> list[str]:
         'make': ['ExifIFD:LensMake', 'XMP-exifEX:LensMake'],
         'model': ['ExifIFD:LensModel', 'XMP-exifEX:LensModel', 'XMP-aux:Lens'],
         'info': ['ExifIFD:LensInfo', 'XMP-exifEX:LensInfo', 'XMP-aux:LensInfo'],
-        'serial': ['ExifIFD:LensSerialNumber', 'XMP-exifEX:LensSerialNumber',
-                   'XMP-aux:LensSerialNumber'],
+        'serial': [
+            'ExifIFD:LensSerialNumber',
+            'XMP-exifEX:LensSerialNumber',
+            'XMP-aux:LensSerialNumber',
+        ],
     }
     args = []
     for key, tags in spec.items():
@@ -237,14 +304,18 @@ def _format_free(path: Path) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix='focusbridge-') as tmp:
         link = os.path.join(tmp, 'base' + ('' if '%' in path.suffix else path.suffix))
         if '%' in link:
-            raise ExifError("a name with '%' cannot be given to exiftool here (the temporary "
-                            'folder has one too)', path)
+            raise ExifError(
+                "a name with '%' cannot be given to exiftool here (the temporary "
+                'folder has one too)',
+                path,
+            )
         os.symlink(os.path.abspath(path), link)
         yield link
 
 
-def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: StackInfo, *,
-                   exiftool=None) -> MergeReport:
+def merge_metadata(
+    target: Path, sources: list[Path], base: Path | None, info: StackInfo, *, exiftool=None
+) -> MergeReport:
     """Write the merged metadata of ``sources`` (tags of ``base``) onto the image ``target``.
 
     ``exiftool``: an open ExifToolHelper from :func:`exif.tool.open_exiftool` to reuse; one is
@@ -261,12 +332,14 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         if not s.is_file():
             raise ExifError('no such file (metadata source)', s)
     if base is None:
-        idx = info.reference_index if 0 <= info.reference_index < len(sources) else len(sources) // 2
+        idx = (
+            info.reference_index if 0 <= info.reference_index < len(sources) else len(sources) // 2
+        )
         base = sources[idx]
     base = Path(base)
     if not base.is_file():
         raise ExifError('no such file (metadata base)', base)
-    for src in [*sources, base]:   # never rewrite a camera original
+    for src in [*sources, base]:  # never rewrite a camera original
         if _same_file(target, src):
             raise ExifError(f'the output is also a metadata source ({src}); not writing it', target)
     names = list(info.source_names) if info.source_names else [s.name for s in sources]
@@ -283,24 +356,34 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         frames, fres = read_json(et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make'])
         base_key = os.path.abspath(base)
         if base_key not in frames or 'ExifTool:Error' in frames[base_key]:
-            msg = (frames.get(base_key, {}).get('ExifTool:Error')
-                   or fres.errors_by_file().get(base_key) or 'exiftool cannot read its metadata')
+            msg = (
+                frames.get(base_key, {}).get('ExifTool:Error')
+                or fres.errors_by_file().get(base_key)
+                or 'exiftool cannot read its metadata'
+            )
             raise ExifError(msg, base)
         base_raw, _ = read_json(et, [base], extra=['-n'], groups='-G0:1')
         base01 = base_raw.get(base_key, {})
         base_flat, base_fam0 = _split_groups(base01)
         tgt_key = os.path.abspath(target)
-        tmeta, tres = read_json(et, [target], ['FileType', 'ImageSize', 'ProfileDescription',
-                                               'IFD0:ImageDescription'])
+        tmeta, tres = read_json(
+            et, [target], ['FileType', 'ImageSize', 'ProfileDescription', 'IFD0:ImageDescription']
+        )
         t = tmeta.get(tgt_key, {})
         if not t or 'ExifTool:Error' in t:
-            msg = t.get('ExifTool:Error') or tres.errors_by_file().get(tgt_key) or \
-                'exiftool cannot read this file'
+            msg = (
+                t.get('ExifTool:Error')
+                or tres.errors_by_file().get(tgt_key)
+                or 'exiftool cannot read this file'
+            )
             raise ExifError(msg, target)
         ftype = str(tag(t, 'File:FileType', default='')).upper()
         if ftype not in _WRITABLE_OUTPUTS:
-            raise ExifError(f'cannot write merged metadata into a {ftype or "unknown"} file '
-                            '(TIFF, JPEG and PNG are supported)', target)
+            raise ExifError(
+                f'cannot write merged metadata into a {ftype or "unknown"} file '
+                '(TIFF, JPEG and PNG are supported)',
+                target,
+            )
         width, height = _image_size(t)
 
         # -- focus range ----------------------------------------------------------------------
@@ -325,31 +408,38 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         sw = info.software
         copy = ['-all:all', '-unsafe']
         if not tag(t, 'ICC_Profile:ProfileDescription') and 'ICC_Profile' in base_fam0:
-            copy.append('-icc_profile')   # the pixels are in the frames' own encoding
+            copy.append('-icc_profile')  # the pixels are in the frames' own encoding
         excl = list(_EXCLUDE) + ([] if ftype == 'JPEG' else _EXCLUDE_NON_JPEG)
         gps = [k for k in base_flat if k.startswith('GPS:')]
         if gps and all(k == 'GPS:GPSVersionID' for k in gps):
-            excl.append('--GPS:all')      # an empty GPS IFD: validate complains, nothing lost
+            excl.append('--GPS:all')  # an empty GPS IFD: validate complains, nothing lost
         assign = [
-            '-IFD0:Orientation=1', '-XMP-tiff:Orientation=',
-            f'-IFD0:Software={sw}', f'-IFD0:ModifyDate={exif_now}', f'-ExifIFD:OffsetTime={off}',
-            f'-XMP-xmp:ModifyDate={exif_now}{off}', f'-XMP-xmp:MetadataDate={exif_now}{off}',
+            '-IFD0:Orientation=1',
+            '-XMP-tiff:Orientation=',
+            f'-IFD0:Software={sw}',
+            f'-IFD0:ModifyDate={exif_now}',
+            f'-ExifIFD:OffsetTime={off}',
+            f'-XMP-xmp:ModifyDate={exif_now}{off}',
+            f'-XMP-xmp:MetadataDate={exif_now}{off}',
             f'-XMP-xmp:CreatorTool={sw}',
         ]
-        assign.append('-ExifIFD:SubSecTime=')   # belonged to the base's ModifyDate
+        assign.append('-ExifIFD:SubSecTime=')  # belonged to the base's ModifyDate
         ver = str(tag(base_flat, 'ExifIFD:ExifVersion', default='') or '')
-        if not ver.isdigit() or ver < '0231':   # we write OffsetTime (2.31), LensModel (2.3)
+        if not ver.isdigit() or ver < '0231':  # we write OffsetTime (2.31), LensModel (2.3)
             assign.append('-ExifIFD:ExifVersion=0231')
-        if ftype != 'JPEG':   # exiftool adds it to every new ExifIFD; it describes JPEG data
+        if ftype != 'JPEG':  # exiftool adds it to every new ExifIFD; it describes JPEG data
             assign.append('-ExifIFD:ComponentsConfiguration=')
         if ftype == 'TIFF':
             assign += ['-ExifIFD:ExifImageWidth=', '-ExifIFD:ExifImageHeight=']
         elif width and height:
             assign += [f'-ExifIFD:ExifImageWidth={width}', f'-ExifIFD:ExifImageHeight={height}']
         desc = tag(t, 'IFD0:ImageDescription')
-        if isinstance(desc, str) and desc.startswith('{"shape"') and \
-                not base_flat.get('IFD0:ImageDescription'):
-            assign.append('-IFD0:ImageDescription=')   # tifffile's private shape note
+        if (
+            isinstance(desc, str)
+            and desc.startswith('{"shape"')
+            and not base_flat.get('IFD0:ImageDescription')
+        ):
+            assign.append('-IFD0:ImageDescription=')  # tifffile's private shape note
         prof = tag(t, 'ICC_Profile:ProfileDescription')
         if prof and 'srgb' not in str(prof).lower():
             assign.append('-ExifIFD:ColorSpace=65535')  # uncalibrated: the ICC profile rules
@@ -359,18 +449,25 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         assign += _lens_args(lens)
 
         if near is not None:
-            assign += [f'-XMP-fbstack:FocusDistanceNear={_focus.xmp_distance(near)}',
-                       f'-XMP-fbstack:FocusDistanceFar={_focus.xmp_distance(far)}',
-                       f'-XMP-fbstack:FocusDistanceSource={fsrc}']
-            assign += [f'-XMP-fbstack:FrameFocusDistances='
-                       f'{_focus.xmp_distance(r.distance) if r.known else 0}' for r in readings]
+            assign += [
+                f'-XMP-fbstack:FocusDistanceNear={_focus.xmp_distance(near)}',
+                f'-XMP-fbstack:FocusDistanceFar={_focus.xmp_distance(far)}',
+                f'-XMP-fbstack:FocusDistanceSource={fsrc}',
+            ]
+            assign += [
+                f'-XMP-fbstack:FrameFocusDistances='
+                f'{_focus.xmp_distance(r.distance) if r.known else 0}'
+                for r in readings
+            ]
         else:
             assign += ['-XMP-fbstack:FrameFocusDistances=']
-        assign += [f'-XMP-fbstack:FrameCount={int(info.frame_count)}',
-                   f'-XMP-fbstack:StackMethod={info.method}',
-                   f'-XMP-fbstack:ReferenceFrame={ref_name}',
-                   f'-XMP-fbstack:MetadataBase={base_name}',
-                   f'-XMP-fbstack:Software={sw}']
+        assign += [
+            f'-XMP-fbstack:FrameCount={int(info.frame_count)}',
+            f'-XMP-fbstack:StackMethod={info.method}',
+            f'-XMP-fbstack:ReferenceFrame={ref_name}',
+            f'-XMP-fbstack:MetadataBase={base_name}',
+            f'-XMP-fbstack:Software={sw}',
+        ]
         assign += [f'-XMP-fbstack:SourceFiles={n}' for n in names]
         # xmpMM: a new document derived from the base, made of the frames
         doc = tag(base_flat, 'XMP-xmpMM:DocumentID')
@@ -382,28 +479,45 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
         if inst:
             derived += f',InstanceID={_struct_escape(str(inst))}'
         new_iid = f'xmp.iid:{uuid.uuid4()}'
-        assign += [f'-XMP-xmpMM:DocumentID=xmp.did:{uuid.uuid4()}',
-                   f'-XMP-xmpMM:InstanceID={new_iid}',
-                   f'-XMP-xmpMM:DerivedFrom={{{derived}}}',
-                   '-XMP-xmpMM:Ingredients=[' + ','.join(
-                       f'{{FilePath={_struct_escape(n)}}}' for n in names) + ']',
-                   '-XMP-xmpMM:History=[{Action=derived,'
-                   f'Parameters={_struct_escape(f"focus stack of {info.frame_count} frames ({info.method})")},'
-                   f'SoftwareAgent={_struct_escape(sw)},InstanceID={_struct_escape(new_iid)},'
-                   f'When={exif_now}{_struct_escape(off)}}}]',
-                   f'-XMP-dc:Source=focus stack of {info.frame_count} frames: ' + ', '.join(names)]
+        assign += [
+            f'-XMP-xmpMM:DocumentID=xmp.did:{uuid.uuid4()}',
+            f'-XMP-xmpMM:InstanceID={new_iid}',
+            f'-XMP-xmpMM:DerivedFrom={{{derived}}}',
+            '-XMP-xmpMM:Ingredients=['
+            + ','.join(f'{{FilePath={_struct_escape(n)}}}' for n in names)
+            + ']',
+            '-XMP-xmpMM:History=[{Action=derived,'
+            f'Parameters={_struct_escape(f"focus stack of {info.frame_count} frames ({info.method})")},'
+            f'SoftwareAgent={_struct_escape(sw)},InstanceID={_struct_escape(new_iid)},'
+            f'When={exif_now}{_struct_escape(off)}}}]',
+            f'-XMP-dc:Source=focus stack of {info.frame_count} frames: ' + ', '.join(names),
+        ]
         if orig_doc:
             assign.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
 
         with replaced(target, 'fbmeta') as tmp:
             # a copy edited in place, not exiftool's -o: that name would be a format string too
             shutil.copyfile(target, tmp)
-            res = run(et, ['-n', '-TagsFromFile', base_arg, *copy, *excl, *assign,
-                           '-overwrite_original', fname(tmp)])
+            res = run(
+                et,
+                [
+                    '-n',
+                    '-TagsFromFile',
+                    base_arg,
+                    *copy,
+                    *excl,
+                    *assign,
+                    '-overwrite_original',
+                    fname(tmp),
+                ],
+            )
             if res.status != 0 or res.counts.get('updated', 0) != 1:
                 err = res.errors_by_file()
-                msg = err.get(fname(tmp)) or next(iter(err.values()), None) \
+                msg = (
+                    err.get(fname(tmp))
+                    or next(iter(err.values()), None)
                     or (res.stderr.strip() or 'exiftool could not write the file')
+                )
                 raise ExifError(f'writing metadata failed: {msg}', target)
             report.warnings += [f'{w}' for w in res.warnings_by_file().values()]
 
@@ -411,11 +525,22 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
             out01, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
             out = out01.get(os.path.abspath(tmp), {})
             if 'MakerNotes' in base_fam0 and _maker_group(out) is None:
-                res = run(et, ['-n', '-TagsFromFile', base_arg, '-makernotes',
-                               '-overwrite_original', fname(tmp)])
+                res = run(
+                    et,
+                    [
+                        '-n',
+                        '-TagsFromFile',
+                        base_arg,
+                        '-makernotes',
+                        '-overwrite_original',
+                        fname(tmp),
+                    ],
+                )
                 if res.status != 0 or res.counts.get('updated', 0) != 1:
-                    report.warnings.append(f'{base}: maker notes could not be copied '
-                                           f'({(res.stderr or "").strip() or "no change"})')
+                    report.warnings.append(
+                        f'{base}: maker notes could not be copied '
+                        f'({(res.stderr or "").strip() or "no change"})'
+                    )
                 else:
                     report.makernotes_second_pass = True
                 out01, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
@@ -427,16 +552,25 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
             if near is not None and has_canon_focus:
                 lo = min(near, 655.35)
                 hi = 655.35 if math.isinf(far) else min(far, 655.35)
-                res = run(et, ['-n', f'-Canon:FocusDistanceLower={lo:.2f}',
-                               f'-Canon:FocusDistanceUpper={hi:.2f}', '-overwrite_original',
-                               fname(tmp)])
+                res = run(
+                    et,
+                    [
+                        '-n',
+                        f'-Canon:FocusDistanceLower={lo:.2f}',
+                        f'-Canon:FocusDistanceUpper={hi:.2f}',
+                        '-overwrite_original',
+                        fname(tmp),
+                    ],
+                )
                 if res.status == 0 and res.counts.get('updated', 0) == 1:
-                    chk, _ = read_json(et, [tmp], ['Canon:FocusDistanceLower#',
-                                                   'Canon:FocusDistanceUpper#'])
+                    chk, _ = read_json(
+                        et, [tmp], ['Canon:FocusDistanceLower#', 'Canon:FocusDistanceUpper#']
+                    )
                     c = chk.get(os.path.abspath(tmp), {})
                     report.canon_focus_written = (
                         abs(float(c.get('Canon:FocusDistanceLower', -1)) - round(lo, 2)) < 0.006
-                        and abs(float(c.get('Canon:FocusDistanceUpper', -1)) - round(hi, 2)) < 0.006)
+                        and abs(float(c.get('Canon:FocusDistanceUpper', -1)) - round(hi, 2)) < 0.006
+                    )
                 if not report.canon_focus_written:
                     report.warnings.append(f'{target}: Canon FocusDistanceLower/Upper not written')
 
@@ -458,8 +592,14 @@ def merge_metadata(target: Path, sources: list[Path], base: Path | None, info: S
 # sources_have_metadata: a cheap header sniff, no exiftool needed
 
 _TIFF_MAKE, _TIFF_MODEL, _TIFF_EXIF, _TIFF_XMP, _TIFF_DTO = 0x010F, 0x0110, 0x8769, 0x02BC, 0x9003
-_XMP_HINTS = (b'tiff:Make', b'exif:DateTimeOriginal', b'photoshop:DateCreated', b'aux:Lens',
-              b'exifEX:LensModel', b'xmp:CreateDate')
+_XMP_HINTS = (
+    b'tiff:Make',
+    b'exif:DateTimeOriginal',
+    b'photoshop:DateCreated',
+    b'aux:Lens',
+    b'exifEX:LensModel',
+    b'xmp:CreateDate',
+)
 
 
 def _tiff_has_metadata(buf: bytes) -> bool:
@@ -468,24 +608,24 @@ def _tiff_has_metadata(buf: bytes) -> bool:
         return False
     e = '<' if buf[:2] == b'II' else '>'
     magic = struct.unpack(e + 'H', buf[2:4])[0]
-    if magic == 43:   # BigTIFF: not produced by cameras; look for the strings instead
+    if magic == 43:  # BigTIFF: not produced by cameras; look for the strings instead
         return False
 
     def entries(off):
         if off + 2 > len(buf):
             return []
-        n = struct.unpack(e + 'H', buf[off:off + 2])[0]
+        n = struct.unpack(e + 'H', buf[off : off + 2])[0]
         out = []
         for i in range(min(n, 512)):
             p = off + 2 + 12 * i
             if p + 12 > len(buf):
                 break
-            t, typ, cnt = struct.unpack(e + 'HHI', buf[p:p + 8])
-            out.append((t, typ, cnt, buf[p + 8:p + 12]))
+            t, typ, cnt = struct.unpack(e + 'HHI', buf[p : p + 8])
+            out.append((t, typ, cnt, buf[p + 8 : p + 12]))
         return out
 
     ifd0 = struct.unpack(e + 'I', buf[4:8])[0]
-    for t, typ, cnt, val in entries(ifd0):
+    for t, _type, cnt, val in entries(ifd0):
         if t in (_TIFF_MAKE, _TIFF_MODEL) and cnt > 1:
             return True
         if t == _TIFF_XMP and cnt > 0:
@@ -506,13 +646,15 @@ def _file_has_metadata(path: Path) -> bool:
     if head[:8] == b'\x89PNG\r\n\x1a\n':
         pos = 8
         while pos + 8 <= len(head):
-            n, ctype = struct.unpack('>I4s', head[pos:pos + 8])
-            data = head[pos + 8:pos + 8 + n]
+            n, ctype = struct.unpack('>I4s', head[pos : pos + 8])
+            data = head[pos + 8 : pos + 8 + n]
             if ctype == b'eXIf' and _tiff_has_metadata(data):
                 return True
             if ctype in (b'iTXt', b'tEXt', b'zTXt') and (
-                    data.startswith(b'XML:com.adobe.xmp') and any(h in data for h in _XMP_HINTS)
-                    or data.startswith(b'Raw profile type exif')):
+                data.startswith(b'XML:com.adobe.xmp')
+                and any(h in data for h in _XMP_HINTS)
+                or data.startswith(b'Raw profile type exif')
+            ):
                 return True
             if ctype == b'IDAT':
                 break
@@ -524,21 +666,24 @@ def _file_has_metadata(path: Path) -> bool:
             marker = head[pos + 1]
             if marker in (0xD9, 0xDA):
                 break
-            n = struct.unpack('>H', head[pos + 2:pos + 4])[0]
-            data = head[pos + 4:pos + 2 + n]
+            n = struct.unpack('>H', head[pos + 2 : pos + 4])[0]
+            data = head[pos + 4 : pos + 2 + n]
             if marker == 0xE1 and data.startswith(b'Exif\x00\x00') and _tiff_has_metadata(data[6:]):
                 return True
-            if marker == 0xE1 and data.startswith(b'http://ns.adobe.com/xap/1.0/') and \
-                    any(h in data for h in _XMP_HINTS):
+            if (
+                marker == 0xE1
+                and data.startswith(b'http://ns.adobe.com/xap/1.0/')
+                and any(h in data for h in _XMP_HINTS)
+            ):
                 return True
             pos += 2 + n
         return False
     if head[:2] in (b'II', b'MM'):
-        if head[2:4] in (b'RO', b'U\x00'):   # Olympus ORF, Panasonic RW2: camera raw
+        if head[2:4] in (b'RO', b'U\x00'):  # Olympus ORF, Panasonic RW2: camera raw
             return True
         return _tiff_has_metadata(head) or (len(head) >= 8 and _tiff_has_metadata_full(path))
     if head[4:8] == b'ftyp' or head[:8] == b'FUJIFILM' or head[:4] in (b'FOVb', b'\x00MRM'):
-        return True   # CR3/HEIF, RAF, X3F, MRW: camera files always carry EXIF
+        return True  # CR3/HEIF, RAF, X3F, MRW: camera files always carry EXIF
     return False
 
 
@@ -557,7 +702,7 @@ def _tiff_has_metadata_full(path: Path) -> bool:
                 chunk = f.read(2 + 12 * 512 + 4)
                 n = struct.unpack(e + 'H', chunk[:2])[0]
                 for i in range(min(n, 512)):
-                    t = struct.unpack(e + 'H', chunk[2 + 12 * i:4 + 12 * i])[0]
+                    t = struct.unpack(e + 'H', chunk[2 + 12 * i : 4 + 12 * i])[0]
                     if t in (_TIFF_MAKE, _TIFF_MODEL, _TIFF_EXIF, _TIFF_XMP):
                         return True
     except (OSError, struct.error):

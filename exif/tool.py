@@ -14,10 +14,10 @@ import shutil
 import signal
 import subprocess
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pybridge.errors import Cancelled, PathError, one_line  # the one error model
 
@@ -28,8 +28,10 @@ CONFIG_FILE = Path(__file__).with_name('focusbridge.config')
 #: ``-G``).  Read calls ask for numeric values per tag with a ``#`` suffix or pass ``-n``.
 COMMON_ARGS = ['-a', '-charset', 'filename=utf8']
 
-INSTALL_HINT = ('exiftool not found: install it (Debian/Ubuntu: apt-get install '
-                'libimage-exiftool-perl; macOS: brew install exiftool) or pass --no-metadata')
+INSTALL_HINT = (
+    'exiftool not found: install it (Debian/Ubuntu: apt-get install '
+    'libimage-exiftool-perl; macOS: brew install exiftool) or pass --no-metadata'
+)
 
 
 class ExifError(PathError):
@@ -82,7 +84,7 @@ def _read_until(fd: int, end: bytes, block_size: int) -> bytes:
         if not chunk:
             raise _Eof()
         chunks.append(chunk)
-        tail = (tail + chunk)[-(len(end) + 64):]
+        tail = (tail + chunk)[-(len(end) + 64) :]
     return b''.join(chunks)
 
 
@@ -93,10 +95,10 @@ def _stopped(et) -> ExifError:
     if proc is not None:
         try:
             code = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:   # output closed but still alive: end it
+        except subprocess.TimeoutExpired:  # output closed but still alive: end it
             proc.kill()
             code = proc.wait()
-        _alive(et)   # lets pyexiftool notice, quietly, so it does not warn again at exit
+        _alive(et)  # lets pyexiftool notice, quietly, so it does not warn again at exit
     if code is None:
         how = 'as it started'
     elif code < 0:
@@ -110,13 +112,13 @@ def _stopped(et) -> ExifError:
 
 
 def _alive(et) -> bool:
-    with warnings.catch_warnings():   # pyexiftool warns (multi-line) when it finds it dead
+    with warnings.catch_warnings():  # pyexiftool warns (multi-line) when it finds it dead
         warnings.simplefilter('ignore')
         return bool(et.running)
 
 
 @contextmanager
-def open_exiftool(executable: str | None = None) -> Iterator['ExifToolHelper']:  # noqa: F821
+def open_exiftool(executable: str | None = None) -> Iterator[ExifToolHelper]:  # noqa: F821
     """One long-lived exiftool process (pyexiftool ``ExifToolHelper``) for the whole run.
 
     The process is started with ``-config exif/focusbridge.config`` (which must come first on
@@ -129,14 +131,20 @@ def open_exiftool(executable: str | None = None) -> Iterator['ExifToolHelper']: 
         from exiftool import ExifToolHelper
     except ImportError as e:  # pragma: no cover - pyexiftool is a dependency
         raise ExifError(f'pyexiftool is not installed ({e})') from e
-    pyexiftool._read_fd_endswith = _read_until   # pyexiftool 0.5 reads through this function
-    et = ExifToolHelper(executable=exe, common_args=list(COMMON_ARGS), config_file=CONFIG_FILE,
-                        encoding='utf-8', check_execute=False, check_tag_names=False)
+    pyexiftool._read_fd_endswith = _read_until  # pyexiftool 0.5 reads through this function
+    et = ExifToolHelper(
+        executable=exe,
+        common_args=list(COMMON_ARGS),
+        config_file=CONFIG_FILE,
+        encoding='utf-8',
+        check_execute=False,
+        check_tag_names=False,
+    )
     try:
         et.run()
-    except (_Eof, BrokenPipeError, RuntimeError) as e:   # started, then died
+    except (_Eof, BrokenPipeError, RuntimeError) as e:  # started, then died
         raise _stopped(et) from e
-    except OSError as e:   # not there, not executable
+    except OSError as e:  # not there, not executable
         raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
     except Exception as e:  # ExifToolVersionError: something that is not exiftool
         if _alive(et):
@@ -179,6 +187,7 @@ def maybe_exiftool(et=None):
 # --------------------------------------------------------------------------------------------
 # running commands
 
+
 @dataclass
 class Result:
     status: int
@@ -214,7 +223,7 @@ def messages_by_file(stderr: str, kind: str) -> dict[str, str]:
     for line in (stderr or '').splitlines():
         if not line.startswith(kind + ':'):
             continue
-        body = line[len(kind) + 1:].strip()
+        body = line[len(kind) + 1 :].strip()
         if ' - ' in body:
             msg, _, fname = body.rpartition(' - ')
             out[fname] = msg.strip()
@@ -228,11 +237,12 @@ def check_arg(arg: str, path: object = None) -> str:
         raise ExifError('file names and values with line breaks are not supported', path)
     try:
         arg.encode('utf-8')
-    except UnicodeEncodeError:   # bytes that are not UTF-8 in a name (surrogateescape)
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in a name (surrogateescape)
         if path is None:
             raise ExifError(f'{arg!r} is not valid UTF-8, which exiftool cannot be given') from None
-        raise ExifError('file name is not valid UTF-8, which exiftool cannot be given; rename '
-                        'the file', path) from None
+        raise ExifError(
+            'file name is not valid UTF-8, which exiftool cannot be given; rename the file', path
+        ) from None
     return arg
 
 
@@ -254,8 +264,13 @@ def run(et, args: Iterable[str]) -> Result:
     return Result(int(status), stdout or '', stderr, parse_counts(stdout))
 
 
-def read_json(et, files: list[str | os.PathLike], tags: Iterable[str] = (),
-              extra: Iterable[str] = (), groups: str = '-G1') -> tuple[dict[str, dict], Result]:
+def read_json(
+    et,
+    files: list[str | os.PathLike],
+    tags: Iterable[str] = (),
+    extra: Iterable[str] = (),
+    groups: str = '-G1',
+) -> tuple[dict[str, dict], Result]:
     """Read ``tags`` (e.g. ``'FocusDistanceUpper#'``) of many files in one exiftool call.
 
     Returns ({absolute path: {'Group:Tag': value}}, result); files exiftool could not read are
@@ -267,7 +282,7 @@ def read_json(et, files: list[str | os.PathLike], tags: Iterable[str] = (),
         return {}, Result(0, '', '')
     tags = list(tags)
     if tags:
-        tags.append('Error')   # exiftool reports unreadable files through this tag
+        tags.append('Error')  # exiftool reports unreadable files through this tag
     args = ['-j', '-struct', groups, *extra, *[f'-{t}' for t in tags], *names]
     res = run(et, args)
     data: dict[str, dict] = {}

@@ -37,9 +37,9 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -49,19 +49,21 @@ from .tool import ExifError, one_line
 
 try:
     import fcntl
-except ImportError:   # Windows
+except ImportError:  # Windows
     fcntl = None
     import msvcrt
 
 _MAGIC = b'FBDELTA1'
-_HEADER = struct.Struct('<8sQQQQ')   # magic, original size, prefix, suffix, new size
+_HEADER = struct.Struct('<8sQQQQ')  # magic, original size, prefix, suffix, new size
 
 
 def store_dir() -> Path:
     env = os.environ.get('FOCUSBRIDGE_UNDO_DIR')
     if env:
         return Path(env)
-    xdg = os.environ.get('XDG_DATA_HOME') or os.path.join(os.path.expanduser('~'), '.local', 'share')
+    xdg = os.environ.get('XDG_DATA_HOME') or os.path.join(
+        os.path.expanduser('~'), '.local', 'share'
+    )
     return Path(xdg) / 'focusbridge' / 'lens-undo'
 
 
@@ -94,8 +96,8 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     n = min(limit, len(a), len(b))
     if n <= 0:
         return 0
-    x = np.frombuffer(a, np.uint8)[len(a) - n:][::-1]
-    y = np.frombuffer(b, np.uint8)[len(b) - n:][::-1]
+    x = np.frombuffer(a, np.uint8)[len(a) - n :][::-1]
+    y = np.frombuffer(b, np.uint8)[len(b) - n :][::-1]
     diff = np.flatnonzero(x != y)
     return int(diff[0]) if diff.size else n
 
@@ -103,9 +105,11 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
 def make_delta(original: bytes, new: bytes) -> bytes:
     prefix = _common_prefix(original, new)
     suffix = _common_suffix(original, new, min(len(original), len(new)) - prefix)
-    middle = original[prefix:len(original) - suffix]
+    middle = original[prefix : len(original) - suffix]
     level = 6 if len(middle) < (1 << 20) else 1
-    return _HEADER.pack(_MAGIC, len(original), prefix, suffix, len(new)) + zlib.compress(middle, level)
+    return _HEADER.pack(_MAGIC, len(original), prefix, suffix, len(new)) + zlib.compress(
+        middle, level
+    )
 
 
 def apply_delta(delta: bytes, new: bytes) -> bytes:
@@ -115,10 +119,10 @@ def apply_delta(delta: bytes, new: bytes) -> bytes:
     if magic != _MAGIC or nsize != len(new):
         raise ValueError('undo data does not belong to this file')
     try:
-        middle = zlib.decompress(delta[_HEADER.size:])
-    except zlib.error as e:   # truncated or overwritten blob
+        middle = zlib.decompress(delta[_HEADER.size :])
+    except zlib.error as e:  # truncated or overwritten blob
         raise ValueError(f'undo data damaged ({e})') from None
-    out = new[:prefix] + middle + (new[len(new) - suffix:] if suffix else b'')
+    out = new[:prefix] + middle + (new[len(new) - suffix :] if suffix else b'')
     if len(out) != osize:
         raise ValueError('undo data damaged (size)')
     return out
@@ -126,7 +130,7 @@ def apply_delta(delta: bytes, new: bytes) -> bytes:
 
 def _exact_delta(original: bytes, new: bytes) -> bytes:
     delta = make_delta(original, new)
-    if _sha(apply_delta(delta, new)) != _sha(original):   # cannot happen; stay exact anyway
+    if _sha(apply_delta(delta, new)) != _sha(original):  # cannot happen; stay exact anyway
         delta = _HEADER.pack(_MAGIC, len(original), 0, 0, len(new)) + zlib.compress(original, 1)
     return delta
 
@@ -134,11 +138,12 @@ def _exact_delta(original: bytes, new: bytes) -> bytes:
 # ------------------------------------------------------------------------------------------------
 # durability helpers
 
+
 @contextmanager
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends, so bookkeeping is never cut in half (a
     signal that arrived meanwhile is delivered, by whatever handler is installed, at the end)."""
-    if not hasattr(signal, 'pthread_sigmask'):   # Windows
+    if not hasattr(signal, 'pthread_sigmask'):  # Windows
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -179,16 +184,25 @@ def _lock(path: Path) -> int | None:
 # records
 
 _SHA256 = re.compile(r'[0-9a-f]{64}')
-_BLOB = re.compile(r'[0-9a-f]{32}\.fbdelta')   # never a path: a record cannot point elsewhere
-_ENTRY_FIELDS = {'original_sha256': _SHA256, 'written_sha256': _SHA256, 'blob': _BLOB,
-                 'mode': int, 'atime_ns': int, 'mtime_ns': int}
+_BLOB = re.compile(r'[0-9a-f]{32}\.fbdelta')  # never a path: a record cannot point elsewhere
+_ENTRY_FIELDS = {
+    'original_sha256': _SHA256,
+    'written_sha256': _SHA256,
+    'blob': _BLOB,
+    'mode': int,
+    'atime_ns': int,
+    'mtime_ns': int,
+}
 
 
 def _check_record(rec) -> dict:
     """``rec`` as loaded from JSON if every field the store uses has the right type, else
     ValueError saying what is wrong."""
-    if not (isinstance(rec, dict) and isinstance(rec.get('path'), str)
-            and isinstance(rec.get('entries'), list)):
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get('path'), str)
+        and isinstance(rec.get('entries'), list)
+    ):
         raise ValueError('expected {"path": "...", "entries": [...]}')
     for n, entry in enumerate(rec['entries'], 1):
         for name, want in _ENTRY_FIELDS.items():
@@ -228,8 +242,9 @@ class UndoStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise ExifError(f'undo record damaged ({p}: {one_line(e)}); move it away to start a '
-                            'new one', path) from e
+            raise ExifError(
+                f'undo record damaged ({p}: {one_line(e)}); move it away to start a new one', path
+            ) from e
 
     def load(self, path) -> dict | None:
         """The record of ``path`` (validated), None if there is none; ExifError if damaged."""
@@ -262,7 +277,7 @@ class UndoStore:
 
     # -- runs -------------------------------------------------------------------------------
     @contextmanager
-    def session(self) -> Iterator['Run']:
+    def session(self) -> Iterator[Run]:
         """One lens command: first settles what interrupted commands left, then stages into a
         folder of its own that is removed when everything in it is settled."""
         self._ensure()
@@ -280,18 +295,21 @@ class UndoStore:
                 continue
             lock = _lock(run_dir.with_suffix('.lock'))
             if lock is None:
-                continue   # still running
+                continue  # still running
             try:
                 for journal in sorted(run_dir.glob('batch-*.json')):
                     for outcome in self._settle_journal(journal, clean_tmp=True).values():
                         if isinstance(outcome, ExifError):
-                            self.problems.append(f'{outcome} (interrupted lens command; its '
-                                                 f'original bytes stay in {run_dir})')
+                            self.problems.append(
+                                f'{outcome} (interrupted lens command; its '
+                                f'original bytes stay in {run_dir})'
+                            )
             finally:
                 _release(run_dir, lock)
 
-    def _settle_journal(self, journal: Path,
-                        clean_tmp: bool = False) -> dict[str, bool | ExifError]:
+    def _settle_journal(
+        self, journal: Path, clean_tmp: bool = False
+    ) -> dict[str, bool | ExifError]:
         """Settle every file of a journal: {path: True if it got an undo entry, False if it did
         not change, or the ExifError that kept it from being settled (it stays journaled)}."""
         try:
@@ -309,7 +327,7 @@ class UndoStore:
                     e = ExifError(f'undo entry could not be saved ({one_line(e)})', item['path'])
                 out[item['path']] = e
                 left.append(item)
-        for sub in ('records', 'blobs'):   # the new names, before the journal can go
+        for sub in ('records', 'blobs'):  # the new names, before the journal can go
             fsync_folder(self.root / sub)
         if left:
             _write_durably(journal, json.dumps({'items': left}).encode('ascii'))
@@ -327,43 +345,54 @@ class UndoStore:
         rec = self._load_key(key, path) or {'path': path, 'entries': []}
         entries, pops = rec['entries'], item['pops']
         changed = False
-        if pops and [e['blob'] for e in entries[::-1][:len(pops)]] == pops:
-            del entries[-len(pops):]   # an undo: forget the entries it restored
+        if pops and [e['blob'] for e in entries[::-1][: len(pops)]] == pops:
+            del entries[-len(pops) :]  # an undo: forget the entries it restored
             changed = True
         try:
             now = Path(path).read_bytes()
             now_sha = _sha(now)
-        except FileNotFoundError:   # deleted meanwhile: nothing to undo onto
+        except FileNotFoundError:  # deleted meanwhile: nothing to undo onto
             now, now_sha = b'', target
         pushed = now_sha != target
         top = entries[-1] if entries else None
-        if pushed and not (top and top['written_sha256'] == now_sha
-                           and top['original_sha256'] == target):
+        if pushed and not (
+            top and top['written_sha256'] == now_sha and top['original_sha256'] == target
+        ):
             entries.append(self._entry(run_dir / item['copy'], now, now_sha, item))
             changed = True
         if changed:
-            self._save(key, rec, sync_dir=False)   # _settle_journal syncs the folders
+            self._save(key, rec, sync_dir=False)  # _settle_journal syncs the folders
         kept = {e['blob'] for e in entries}
         for blob in pops:
             if blob not in kept:
                 (self.root / 'blobs' / blob).unlink(missing_ok=True)
-        if clean_tmp:   # exiftool killed mid-write leaves its temporary file beside the photo
+        if clean_tmp:  # exiftool killed mid-write leaves its temporary file beside the photo
             Path(path + '_exiftool_tmp').unlink(missing_ok=True)
         return pushed
 
     def _entry(self, copy: Path, now: bytes, now_sha: str, item: dict) -> dict:
         original = copy.read_bytes()
         if _sha(original) != item['original_sha256']:
-            raise ExifError('the copy of the original in the undo store is damaged; no undo '
-                            'entry recorded', item['path'])
+            raise ExifError(
+                'the copy of the original in the undo store is damaged; no undo entry recorded',
+                item['path'],
+            )
         delta = _exact_delta(original, now)
         blob = f'{uuid.uuid4().hex}.fbdelta'
         _write_durably(self.root / 'blobs' / blob, delta, sync_dir=False)
-        return {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                'original_sha256': item['original_sha256'], 'original_size': len(original),
-                'written_sha256': now_sha, 'written_size': len(now),
-                'mode': item['mode'], 'atime_ns': item['atime_ns'], 'mtime_ns': item['mtime_ns'],
-                'blob': blob, 'blob_size': len(delta), 'changes': item['changes']}
+        return {
+            'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+            'original_sha256': item['original_sha256'],
+            'original_size': len(original),
+            'written_sha256': now_sha,
+            'written_size': len(now),
+            'mode': item['mode'],
+            'atime_ns': item['atime_ns'],
+            'mtime_ns': item['mtime_ns'],
+            'blob': blob,
+            'blob_size': len(delta),
+            'changes': item['changes'],
+        }
 
 
 def _release(run_dir: Path, lock: int) -> None:
@@ -393,12 +422,21 @@ class Run:
         _release(self.dir, self._lock)
 
     @staticmethod
-    def _item(real: str, key: str, copy: Path, sha: str, meta: dict, changes: dict,
-              pops: list[str]) -> dict:
+    def _item(
+        real: str, key: str, copy: Path, sha: str, meta: dict, changes: dict, pops: list[str]
+    ) -> dict:
         """A journal entry: which file, its record, the copy of the bytes to get back to."""
-        return {'path': real, 'record': key, 'copy': copy.name, 'original_sha256': sha,
-                'mode': meta['mode'], 'atime_ns': meta['atime_ns'], 'mtime_ns': meta['mtime_ns'],
-                'changes': changes, 'pops': pops}
+        return {
+            'path': real,
+            'record': key,
+            'copy': copy.name,
+            'original_sha256': sha,
+            'mode': meta['mode'],
+            'atime_ns': meta['atime_ns'],
+            'mtime_ns': meta['mtime_ns'],
+            'changes': changes,
+            'pops': pops,
+        }
 
     def keep(self, path, changes: dict) -> dict:
         """Copy a file's bytes before it is rewritten (journal() makes it count).  A damaged
@@ -445,7 +483,7 @@ class Run:
                 return 0
             old_key, rec = found
             rec['path'] = real
-            with signals_held():   # the file was moved or renamed: its record follows it
+            with signals_held():  # the file was moved or renamed: its record follows it
                 store._save(key, rec)
                 store._record_path(old_key).unlink(missing_ok=True)
         data = Path(real).read_bytes()
@@ -456,13 +494,17 @@ class Run:
             if _sha(data) != entry['written_sha256']:
                 if popped:
                     break
-                raise ExifError('file changed since the lens rewrite (content differs from what '
-                                'focusbridge wrote); not restoring', path)
+                raise ExifError(
+                    'file changed since the lens rewrite (content differs from what '
+                    'focusbridge wrote); not restoring',
+                    path,
+                )
             try:
                 original = apply_delta((store.root / 'blobs' / entry['blob']).read_bytes(), data)
             except (OSError, ValueError) as e:
-                raise ExifError(f'undo data missing or damaged ({one_line(e)}); not restoring',
-                                path) from e
+                raise ExifError(
+                    f'undo data missing or damaged ({one_line(e)}); not restoring', path
+                ) from e
             if _sha(original) != entry['original_sha256']:
                 raise ExifError('undo data damaged (checksum mismatch); not restoring', path)
             data = original

@@ -12,10 +12,11 @@ projected onto the nearest similarity so defocus can't buy shear; `homography` i
 tilted set-ups. A neighbour step that fails or looks implausible (heavily defocused end frames)
 falls back to the previous step's motion, which is how breathing behaves.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -25,9 +26,13 @@ from .options import ALIGN_MODELS
 MODELS = (*ALIGN_MODELS, "none")
 # resampling onto the reference grid: cubic is the speed/quality default; Lanczos keeps more
 # fine texture (+0.8 dB on the benchmark's synthetic scenes) for ~70 ms more per 4 MP frame
-INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
-_WORK_LONG_SIDE = 800       # alignment resolution: ~0.1 px accuracy at 24 MP, and fast
-_COARSE_LONG_SIDE = 256     # first ECC pass, catches shifts of tens of pixels
+INTERPOLATIONS = {
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+_WORK_LONG_SIDE = 800  # alignment resolution: ~0.1 px accuracy at 24 MP, and fast
+_COARSE_LONG_SIDE = 256  # first ECC pass, catches shifts of tens of pixels
 
 
 @dataclass
@@ -35,10 +40,11 @@ class Transform:
     """Where frame pixels come from: `matrix` maps reference coordinates to frame coordinates
     (the inverse map that cv2.warp* wants); `gain` multiplies the frame's channels so its
     brightness matches the reference (flicker)."""
+
     matrix: np.ndarray = field(default_factory=lambda: np.eye(3))
     gain: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
-    correlation: float = 1.0   # ECC correlation of the neighbour step (1.0 for the reference)
-    fallback: bool = False     # True when the neighbour step failed and motion was predicted
+    correlation: float = 1.0  # ECC correlation of the neighbour step (1.0 for the reference)
+    fallback: bool = False  # True when the neighbour step failed and motion was predicted
 
     @property
     def scale(self) -> float:
@@ -96,17 +102,27 @@ class _Small:
         size = (max(8, round(w * self.f)), max(8, round(h * self.f)))
         small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA) if self.f < 1 else pixels
         self.colour = small.reshape(small.shape[0], small.shape[1], -1).astype(np.float32)
-        grey = (self.colour[..., 0] if self.colour.shape[2] == 1
-                else cv2.cvtColor(self.colour, cv2.COLOR_RGB2GRAY))
+        grey = (
+            self.colour[..., 0]
+            if self.colour.shape[2] == 1
+            else cv2.cvtColor(self.colour, cv2.COLOR_RGB2GRAY)
+        )
         # ECC correlates zero-mean normalised patches, but very dark/bright frames still do
         # better on a contrast-normalised image
         self.grey = cv2.normalize(grey, None, 0, 1, cv2.NORM_MINMAX).astype(np.float32)
         cf = min(1.0, _COARSE_LONG_SIDE / max(self.grey.shape))
         self.coarse_f = cf
         csize = (max(8, round(self.grey.shape[1] * cf)), max(8, round(self.grey.shape[0] * cf)))
-        self.coarse = cv2.resize(self.grey, csize, interpolation=cv2.INTER_AREA) if cf < 1 else self.grey
-        self.coarse_colour = (cv2.resize(self.colour, csize, interpolation=cv2.INTER_AREA)
-                              .reshape(csize[1], csize[0], -1) if cf < 1 else self.colour)
+        self.coarse = (
+            cv2.resize(self.grey, csize, interpolation=cv2.INTER_AREA) if cf < 1 else self.grey
+        )
+        self.coarse_colour = (
+            cv2.resize(self.colour, csize, interpolation=cv2.INTER_AREA).reshape(
+                csize[1], csize[0], -1
+            )
+            if cf < 1
+            else self.colour
+        )
 
 
 class ChainAligner:
@@ -116,8 +132,12 @@ class ChainAligner:
     `restart()` and `align(pixels)` for reference-1, -2, ...
     """
 
-    def __init__(self, model: str = "similarity", match_gain: bool = True,
-                 work_long_side: int = _WORK_LONG_SIDE):
+    def __init__(
+        self,
+        model: str = "similarity",
+        match_gain: bool = True,
+        work_long_side: int = _WORK_LONG_SIDE,
+    ):
         if model not in MODELS:
             raise ValueError(f"unknown alignment model {model!r}; choose from {', '.join(MODELS)}")
         self.model = model
@@ -125,7 +145,7 @@ class ChainAligner:
         self.work_long_side = work_long_side
         self._ref: tuple[_Small, Transform] | None = None
         self._prev: tuple[_Small, Transform] | None = None
-        self._last_step: np.ndarray = np.eye(3)   # previous neighbour step, in full-res pixels
+        self._last_step: np.ndarray = np.eye(3)  # previous neighbour step, in full-res pixels
 
     def set_reference(self, pixels: np.ndarray) -> Transform:
         t = Transform()
@@ -150,28 +170,37 @@ class ChainAligner:
         self._last_step = step
         # step maps previous-frame coords -> current-frame coords; chain back to the reference
         matrix = step @ prev_t.matrix
-        gain = prev_t.gain * self._gain_step(prev_small, cur, step) if self.match_gain else prev_t.gain
-        t = Transform(matrix=matrix, gain=gain.astype(np.float32), correlation=corr, fallback=fallback)
+        gain = (
+            prev_t.gain * self._gain_step(prev_small, cur, step) if self.match_gain else prev_t.gain
+        )
+        t = Transform(
+            matrix=matrix, gain=gain.astype(np.float32), correlation=corr, fallback=fallback
+        )
         self._prev = (cur, t)
         return t
 
     # -- one neighbour step ---------------------------------------------------------------
     def _register(self, prev: _Small, cur: _Small) -> tuple[np.ndarray, float, bool]:
         motion = {
-            "similarity": cv2.MOTION_AFFINE, "affine": cv2.MOTION_AFFINE,
-            "homography": cv2.MOTION_HOMOGRAPHY, "translation": cv2.MOTION_TRANSLATION,
+            "similarity": cv2.MOTION_AFFINE,
+            "affine": cv2.MOTION_AFFINE,
+            "homography": cv2.MOTION_HOMOGRAPHY,
+            "translation": cv2.MOTION_TRANSLATION,
         }[self.model]
         f = prev.f
-        guess = self._last_step               # breathing continues at the same rate
+        guess = self._last_step  # breathing continues at the same rate
         try:
             # coarse: start from the predicted motion, add a phase-correlation shift estimate
             cf = f * prev.coarse_f
             w = _rescale(guess, cf)
             w = self._ecc(prev.coarse, cur.coarse, w, motion, iterations=60, eps=1e-4, blur=3)
             # fine, at the working resolution
-            w = _rescale(np.linalg.inv(_scale_matrix(cf)) @ w @ _scale_matrix(cf), f)  # back to full, then to work
-            w, corr = self._ecc(prev.grey, cur.grey, w, motion, iterations=80, eps=1e-5, blur=5,
-                                want_corr=True)
+            w = _rescale(
+                np.linalg.inv(_scale_matrix(cf)) @ w @ _scale_matrix(cf), f
+            )  # back to full, then to work
+            w, corr = self._ecc(
+                prev.grey, cur.grey, w, motion, iterations=80, eps=1e-5, blur=5, want_corr=True
+            )
         except cv2.error:
             return guess, 0.0, True
         full = np.linalg.inv(_scale_matrix(f)) @ w @ _scale_matrix(f)
@@ -209,11 +238,19 @@ class ChainAligner:
         f = prev.f * prev.coarse_f
         w = _rescale(step, f)
         h, wd = prev.coarse_colour.shape[:2]
-        warped = cv2.warpPerspective(cur.coarse_colour, w, (wd, h),
-                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                     borderMode=cv2.BORDER_REPLICATE)
-        inside = cv2.warpPerspective(np.full((h, wd), 255, np.uint8), w, (wd, h),
-                                     flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+        warped = cv2.warpPerspective(
+            cur.coarse_colour,
+            w,
+            (wd, h),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        inside = cv2.warpPerspective(
+            np.full((h, wd), 255, np.uint8),
+            w,
+            (wd, h),
+            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        )
         inside = cv2.erode(inside, np.ones((5, 5), np.uint8))
         if cv2.countNonZero(inside) < 100:
             return np.ones(prev.colour.shape[2], np.float32)
@@ -224,8 +261,13 @@ class ChainAligner:
         return np.clip(g, 0.5, 2.0).astype(np.float32)
 
 
-def warp_frame(pixels: np.ndarray, t: Transform, shape: tuple[int, int], *,
-               interpolation: int = cv2.INTER_CUBIC) -> tuple[np.ndarray, np.ndarray | None]:
+def warp_frame(
+    pixels: np.ndarray,
+    t: Transform,
+    shape: tuple[int, int],
+    *,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Resample a frame onto the reference grid and apply its gain.
 
     Returns (warped, valid) where valid is a uint8 mask of pixels that came from inside the
@@ -237,13 +279,23 @@ def warp_frame(pixels: np.ndarray, t: Transform, shape: tuple[int, int], *,
         out = pixels
         valid = None
     else:
-        warp = cv2.warpPerspective if abs(t.matrix[2, 0]) + abs(t.matrix[2, 1]) > 1e-12 else cv2.warpAffine
+        warp = (
+            cv2.warpPerspective
+            if abs(t.matrix[2, 0]) + abs(t.matrix[2, 1]) > 1e-12
+            else cv2.warpAffine
+        )
         m = t.matrix if warp is cv2.warpPerspective else t.matrix[:2]
         flags = interpolation | cv2.WARP_INVERSE_MAP
         out = warp(pixels, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
         ones = np.full(pixels.shape[:2], 255, np.uint8)
-        valid = warp(ones, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        valid = warp(
+            ones,
+            m,
+            (w, h),
+            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         if valid.min() == 255:
             valid = None
     out = out.reshape(h, w, -1)

@@ -5,11 +5,12 @@ here, so a stack means the same thing whichever way it is asked for. The engine 
 exif/: metadata reaches the result through the engine's `before_commit` hook, inside the atomic
 write, so the result appears with its metadata or not at all.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,16 +22,21 @@ from .pipeline import stack as run_engine
 from .progress import silent
 
 
-def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None,
-          options: StackOptions | None = None, *,
-          depth_map: str | os.PathLike | None = None,
-          confidence_map: str | os.PathLike | None = None,
-          metadata: bool | None = None,
-          sources: Sequence[str | os.PathLike] | None = None,
-          base: str | os.PathLike | None = None,
-          also_writes: Sequence[tuple[str, Path]] = (),
-          progress: Callable[..., None] = silent,
-          cancel: Callable[[], bool] | None = None, **option_values) -> StackResult:
+def stack(
+    frames: Sequence[FrameSource],
+    output: str | os.PathLike | None = None,
+    options: StackOptions | None = None,
+    *,
+    depth_map: str | os.PathLike | None = None,
+    confidence_map: str | os.PathLike | None = None,
+    metadata: bool | None = None,
+    sources: Sequence[str | os.PathLike] | None = None,
+    base: str | os.PathLike | None = None,
+    also_writes: Sequence[tuple[str, Path]] = (),
+    progress: Callable[..., None] = silent,
+    cancel: Callable[[], bool] | None = None,
+    **option_values,
+) -> StackResult:
     """Stack a focus bracket and give the result its sources' metadata.
 
     `frames`, `output`, `options` (or their names as keywords), `depth_map`, `confidence_map`,
@@ -44,17 +50,33 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     opts = StackOptions.merged(options, option_values)
     frames = list(frames)
     explicit = sources is not None
-    meta_sources = [Path(s) for s in sources] if explicit else \
-        [Path(f) for f in frames if not isinstance(f, np.ndarray)]
+    meta_sources = (
+        [Path(s) for s in sources]
+        if explicit
+        else [Path(f) for f in frames if not isinstance(f, np.ndarray)]
+    )
     reads = [("metadata source", s) for s in meta_sources if explicit]
     reads += [("metadata base", Path(base))] if base else []
     merge = None
-    if output is not None and metadata is not False and (explicit or len(meta_sources) == len(frames)):
+    if (
+        output is not None
+        and metadata is not False
+        and (explicit or len(meta_sources) == len(frames))
+    ):
         _check_metadata_sources(meta_sources, base, len(frames), explicit)
         merge = _metadata_hook(meta_sources, base, opts, len(frames), bool(metadata), progress)
-    result = run_engine(frames, output, opts, depth_map=depth_map, confidence_map=confidence_map,
-                        before_commit=merge, also_reads=reads, also_writes=also_writes,
-                        progress=progress, cancel=cancel)
+    result = run_engine(
+        frames,
+        output,
+        opts,
+        depth_map=depth_map,
+        confidence_map=confidence_map,
+        before_commit=merge,
+        also_reads=reads,
+        also_writes=also_writes,
+        progress=progress,
+        cancel=cancel,
+    )
     result.metadata_written = merge is not None
     return result
 
@@ -63,18 +85,27 @@ def _check_metadata_sources(sources: Sequence[Path], base, count: int, explicit:
     """The metadata inputs exist and can be named to exiftool, before the heavy work."""
     if explicit and len(sources) != count:
         raise StackError(f"--sources names {len(sources)} files for {count} frames")
-    for role, path in [("metadata source", s) for s in sources] + \
-                      ([("metadata base", Path(base))] if base else []):
+    for role, path in [("metadata source", s) for s in sources] + (
+        [("metadata base", Path(base))] if base else []
+    ):
         if not path.is_file():
-            raise InputError(path, f"no such file ({role})" if not path.exists()
-                             else f"is not a regular file ({role})")
+            raise InputError(
+                path,
+                f"no such file ({role})"
+                if not path.exists()
+                else f"is not a regular file ({role})",
+            )
         if "\n" in str(path) or "\r" in str(path):
-            raise InputError(path, f"line breaks in file names are not supported by exiftool "
-                                   f"({role}); rename it or pass --no-metadata")
+            raise InputError(
+                path,
+                f"line breaks in file names are not supported by exiftool "
+                f"({role}); rename it or pass --no-metadata",
+            )
 
 
-def _metadata_hook(sources: list[Path], base, opts: StackOptions, count: int, required: bool,
-                   progress) -> Callable[[Path], None] | None:
+def _metadata_hook(
+    sources: list[Path], base, opts: StackOptions, count: int, required: bool, progress
+) -> Callable[[Path], None] | None:
     """The merge the engine runs on the written result before committing it; None when there
     is nothing worth copying. Fails now (before the heavy work) if exiftool is missing."""
     from exif.merge import StackInfo, merge_metadata, sources_have_metadata
@@ -86,13 +117,18 @@ def _metadata_hook(sources: list[Path], base, opts: StackOptions, count: int, re
         return None
     require_exiftool()
     ref = resolve_reference(opts.reference, count)
-    info = StackInfo(frame_count=count, method=opts.method, reference_index=ref,
-                     software=f"focusbridge {__version__}")
+    info = StackInfo(
+        frame_count=count,
+        method=opts.method,
+        reference_index=ref,
+        software=f"focusbridge {__version__}",
+    )
     base_path = Path(base) if base else sources[ref]
 
     def merge(temp_result: Path) -> None:
         progress("metadata", count=count, fraction=0.98)
         merge_metadata(temp_result, sources, base_path, info)
+
     return merge
 
 

@@ -12,9 +12,9 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .errors import OutputError, one_line
 
@@ -24,7 +24,7 @@ from .errors import OutputError, one_line
 # carries the same mark.
 
 _PARTIAL_RE = re.compile(r'^\..*\.partial-(\d+)-[0-9a-f]{8}')
-_STALE_AGE_S = 2.0       # younger leftovers may belong to a run that is just starting
+_STALE_AGE_S = 2.0  # younger leftovers may belong to a run that is just starting
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -48,8 +48,11 @@ def check_extension(path: Path, allowed: frozenset[str], what: str = 'output') -
     """Fail up front on an output name whose extension picks no format."""
     ext = path.suffix.lower()
     if ext not in allowed:
-        raise OutputError(path, f'unsupported {what} format {ext or "(no extension)"!r} '
-                                f'(use {", ".join(sorted(allowed))})')
+        raise OutputError(
+            path,
+            f'unsupported {what} format {ext or "(no extension)"!r} '
+            f'(use {", ".join(sorted(allowed))})',
+        )
 
 
 def _identity(path: Path) -> tuple:
@@ -77,16 +80,18 @@ def check_no_clash(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str
         ident = _identity(p)
         for other_role, other, other_id in read_ids:
             if same_file(ident, other_id):
-                raise OutputError(p, f'the {role} would replace the {other_role} {other}; '
-                                     'choose another name')
-        for other_role, other, other_id in seen:
+                raise OutputError(
+                    p, f'the {role} would replace the {other_role} {other}; choose another name'
+                )
+        for other_role, _other, other_id in seen:
             if same_file(ident, other_id):
                 raise OutputError(p, f'is named for both the {other_role} and the {role}')
         seen.append((role, p, ident))
 
 
-def check_outputs(writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str, Path]],
-                  overwrite: bool) -> None:
+def check_outputs(
+    writes: Sequence[tuple[str, Path]], reads: Sequence[tuple[str, Path]], overwrite: bool
+) -> None:
     """Up front, before any pixel is read: no output replaces an input or another output, and
     every output can be created (folder writable, name free unless overwrite)."""
     check_no_clash(writes, reads)
@@ -125,7 +130,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:           # EPERM: someone else's live process
+    except OSError:  # EPERM: someone else's live process
         return True
     return True
 
@@ -134,8 +139,9 @@ def _make_temp(path: Path, role: str = '') -> Path:
     """Create `.<stem>.partial-<pid>-<random>[.role]<ext>` beside `path` (same extension:
     writers and exiftool pick the format from it). Mode 0o666 minus umask, like any new file."""
     for _ in range(100):
-        temp = path.with_name(f'.{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}'
-                              f'{role}{path.suffix}')
+        temp = path.with_name(
+            f'.{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{role}{path.suffix}'
+        )
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -143,7 +149,9 @@ def _make_temp(path: Path, role: str = '') -> Path:
         except PermissionError:
             raise OutputError(path.parent, 'not writable') from None
         except OSError as exc:
-            raise OutputError(path.parent, f'cannot create a file here ({one_line(exc.strerror or exc)})') from None
+            raise OutputError(
+                path.parent, f'cannot create a file here ({one_line(exc.strerror or exc)})'
+            ) from None
         os.close(fd)
         return temp
     raise OutputError(path.parent, 'cannot create a temporary file')
@@ -178,7 +186,7 @@ def _keep_previous(path: Path) -> Path | None:
     _remove(backup)
     try:
         os.link(path, backup)
-    except OSError:            # no hard links here (FAT): copy instead
+    except OSError:  # no hard links here (FAT): copy instead
         shutil.copy2(path, backup)
     return backup
 
@@ -221,24 +229,24 @@ def atomic_outputs(paths: Sequence[str | Path], overwrite: bool = False) -> Iter
     for folder in dict.fromkeys(p.parent for p in paths):
         clean_stale_partials(folder)
     temps: list[Path] = []
-    committed: list[tuple[Path, Path | None]] = []     # (target, its previous file kept aside)
+    committed: list[tuple[Path, Path | None]] = []  # (target, its previous file kept aside)
     try:
         for p in paths:
             temps.append(_make_temp(p))
         yield list(temps)
-        for temp, p in zip(temps, paths):
+        for temp, p in zip(temps, paths, strict=True):
             previous = _keep_previous(p) if overwrite else None
             try:
                 _commit(temp, p, overwrite)
             except BaseException:
-                if previous is not None:      # the target still holds the previous file
+                if previous is not None:  # the target still holds the previous file
                     _remove(previous)
                 raise
             committed.append((p, previous))
     except BaseException:
         for temp in temps:
             _remove_derived(temp)
-        for p, previous in reversed(committed):    # partial commit of a set: take it back
+        for p, previous in reversed(committed):  # partial commit of a set: take it back
             if previous is not None:
                 os.replace(previous, p)
             else:
@@ -250,8 +258,9 @@ def atomic_outputs(paths: Sequence[str | Path], overwrite: bool = False) -> Iter
 
 
 @contextmanager
-def replaced(target: str | Path, role: str = '', mode: int | None = None,
-             durable: bool = False) -> Iterator[Path]:
+def replaced(
+    target: str | Path, role: str = '', mode: int | None = None, durable: bool = False
+) -> Iterator[Path]:
     """Rewrite an existing file (or write a small one) whole or not at all.
 
     Yields a temp path beside `target` (same extension, so exiftool knows the format; named
@@ -298,5 +307,3 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     with atomic_outputs([path], overwrite) as (temp,):
         yield temp
-
-

@@ -1,4 +1,5 @@
 """The `focusbridge` command line: stack, demo, run-job, and (from exif/) meta and lens."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,41 +21,80 @@ Frames are stacked in the order given (near to far or far to near, either works)
 
 
 def _add_stack_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("frames", nargs="+", metavar="FRAME",
-                   help="input frames: RAW (any format LibRaw reads), TIFF (8/16-bit, float), "
-                        "JPEG or PNG, in focus order")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="result file; the extension picks the format: .tif/.tiff 16-bit TIFF "
-                        "(recommended), .png 16-bit PNG, .jpg 8-bit JPEG")
+    p.add_argument(
+        "frames",
+        nargs="+",
+        metavar="FRAME",
+        help="input frames: RAW (any format LibRaw reads), TIFF (8/16-bit, float), "
+        "JPEG or PNG, in focus order",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="result file; the extension picks the format: .tif/.tiff 16-bit TIFF "
+        "(recommended), .png 16-bit PNG, .jpg 8-bit JPEG",
+    )
     StackOptions.add_arguments(p)
     # what the application writes around the result: on the command line these are paths
-    p.add_argument("--depth-map", nargs="?", const="auto", metavar="PATH",
-                   help="also write a 16-bit depth map of which frame was sharpest: black = "
-                        "first frame, white = last; frame = round(value * (frames-1) / 65535). "
-                        "Without PATH: OUT_depth.tif")
-    p.add_argument("--confidence-map", nargs="?", const="auto", metavar="PATH",
-                   help="also write a 16-bit confidence map (how clearly the sharpest frame "
-                        "won). Without PATH: OUT_confidence.tif")
-    p.add_argument("--no-metadata", dest="metadata", action="store_false", default=None,
-                   help="don't copy EXIF/XMP from the sources onto the result (copied by "
-                        "default when the inputs carry metadata; needs exiftool)")
-    p.add_argument("--sources", nargs="+", metavar="SRC",
-                   help="original files to take metadata from, one per frame in the same order, "
-                        "when the frames are derived copies (e.g. darktable's exported TIFFs of "
-                        "CR3/NEF originals)")
-    p.add_argument("--base", metavar="SRC",
-                   help="file whose tags (camera, exposure, maker notes) the result inherits; "
-                        "default: the source of the reference frame")
-    p.add_argument("--report", metavar="JSON",
-                   help="write a JSON report with each frame's transform (scale, rotation, "
-                        "shift, gain) and the outputs")
-    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                   help="auto (default): a bar when run in a terminal; json: one JSON object "
-                        "per line on stdout (phase, frame, count, fraction) for programs")
+    p.add_argument(
+        "--depth-map",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+        help="also write a 16-bit depth map of which frame was sharpest: black = "
+        "first frame, white = last; frame = round(value * (frames-1) / 65535). "
+        "Without PATH: OUT_depth.tif",
+    )
+    p.add_argument(
+        "--confidence-map",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+        help="also write a 16-bit confidence map (how clearly the sharpest frame "
+        "won). Without PATH: OUT_confidence.tif",
+    )
+    p.add_argument(
+        "--no-metadata",
+        dest="metadata",
+        action="store_false",
+        default=None,
+        help="don't copy EXIF/XMP from the sources onto the result (copied by "
+        "default when the inputs carry metadata; needs exiftool)",
+    )
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        metavar="SRC",
+        help="original files to take metadata from, one per frame in the same order, "
+        "when the frames are derived copies (e.g. darktable's exported TIFFs of "
+        "CR3/NEF originals)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="SRC",
+        help="file whose tags (camera, exposure, maker notes) the result inherits; "
+        "default: the source of the reference frame",
+    )
+    p.add_argument(
+        "--report",
+        metavar="JSON",
+        help="write a JSON report with each frame's transform (scale, rotation, "
+        "shift, gain) and the outputs",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="auto (default): a bar when run in a terminal; json: one JSON object "
+        "per line on stdout (phase, frame, count, fraction) for programs",
+    )
 
 
 def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
     from .pipeline import side_path
+
     if value is None:
         return None
     if value == "auto":
@@ -70,17 +110,28 @@ def cmd_stack(args) -> int:
     output = Path(args.output)
     progress = choose(args.progress)
     report = [("--report", Path(args.report))] if args.report else []
-    result = stack(args.frames, output, StackOptions.from_args(args),
-                   depth_map=_side_path(output, args.depth_map, "depth"),
-                   confidence_map=_side_path(output, args.confidence_map, "confidence"),
-                   metadata=args.metadata, sources=args.sources, base=args.base,
-                   also_writes=report, progress=progress)
-    if args.report:   # checked with the outputs before the stack began
+    result = stack(
+        args.frames,
+        output,
+        StackOptions.from_args(args),
+        depth_map=_side_path(output, args.depth_map, "depth"),
+        confidence_map=_side_path(output, args.confidence_map, "confidence"),
+        metadata=args.metadata,
+        sources=args.sources,
+        base=args.base,
+        also_writes=report,
+        progress=progress,
+    )
+    if args.report:  # checked with the outputs before the stack began
         write_report(result, args.report, args.frames, overwrite=args.overwrite)
     for warning in result.warnings:
         print_warning(warning)
-    progress("done", fraction=1.0, output=str(result.output),
-             depth_map=str(result.depth_map_path) if result.depth_map_path else None)
+    progress(
+        "done",
+        fraction=1.0,
+        output=str(result.output),
+        depth_map=str(result.depth_map_path) if result.depth_map_path else None,
+    )
     if args.progress != "json":
         print(f"wrote {result.output}")
     signals.note_late_cancel()
@@ -102,10 +153,18 @@ def cmd_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "ring6_stacked.tif"
     depth = out_dir / "ring6_depth.tif"
-    print(f"stacking the bundled sample bracket ({len(frames)} frames of a diamond ring, "
-          f"Apache-2.0, {frames[0].parent})")
-    result = stack(frames, output, depth_map=depth, overwrite=True, metadata=False,
-                   progress=choose(args.progress))
+    print(
+        f"stacking the bundled sample bracket ({len(frames)} frames of a diamond ring, "
+        f"Apache-2.0, {frames[0].parent})"
+    )
+    result = stack(
+        frames,
+        output,
+        depth_map=depth,
+        overwrite=True,
+        metadata=False,
+        progress=choose(args.progress),
+    )
     write_report(result, out_dir / "ring6_report.json", [str(f) for f in frames])
     print(f"result:    {result.output.resolve()}")
     print(f"depth map: {result.depth_map_path.resolve()}")
@@ -116,6 +175,7 @@ def cmd_demo(args) -> int:
 
 def cmd_run_job(args) -> int:
     from .job import run_job
+
     return run_job(Path(args.manifest))
 
 
@@ -123,25 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focusbridge",
         description="Focus stacking for macro and microscope brackets: RAW/16-bit in, 16-bit "
-                    "out, metadata kept. Use `focusbridge COMMAND --help` for each command.")
+        "out, metadata kept. Use `focusbridge COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"focusbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("stack", help="stack a focus bracket into one image",
-                       description="Align and fuse a focus bracket into one all-in-focus image.",
-                       epilog=_STACK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "stack",
+        help="stack a focus bracket into one image",
+        description="Align and fuse a focus bracket into one all-in-focus image.",
+        epilog=_STACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_stack_options(p)
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("demo", help="stack the bundled sample bracket and say where the result is")
-    p.add_argument("--output-dir", default="focusbridge-demo",
-                   help="folder for the results (default: ./focusbridge-demo)")
-    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                   help="progress display, as for stack")
+    p.add_argument(
+        "--output-dir",
+        default="focusbridge-demo",
+        help="folder for the results (default: ./focusbridge-demo)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="progress display, as for stack",
+    )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run-job", help="run a job described by a JSON manifest (used by the "
-                                       "darktable plugin, so no file name is on a command line)")
+    p = sub.add_parser(
+        "run-job",
+        help="run a job described by a JSON manifest (used by the "
+        "darktable plugin, so no file name is on a command line)",
+    )
     p.add_argument("manifest", help="path of the JSON job manifest (see docs/ARCHITECTURE.md)")
     p.set_defaults(func=cmd_run_job)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2          # argparse's own status for a bad command line
-EXIT_CANCELLED = 130    # what a shell reports for Ctrl-C
+EXIT_USAGE = 2  # argparse's own status for a bad command line
+EXIT_CANCELLED = 130  # what a shell reports for Ctrl-C
 
 
 def one_line(text: object) -> str:
@@ -84,8 +84,10 @@ def describe_failure(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_ERROR, 'not enough memory (a smaller --max-pixels or fewer frames at once)'
     if isinstance(exc, Exception) and not os.environ.get('FOCUSBRIDGE_DEBUG'):
         # a bug: still one line; FOCUSBRIDGE_DEBUG=1 shows the traceback
-        return EXIT_ERROR, (f'internal error: {type(exc).__name__}: {one_line(exc)} '
-                            f'(set FOCUSBRIDGE_DEBUG=1 for details)')
+        return EXIT_ERROR, (
+            f'internal error: {type(exc).__name__}: {one_line(exc)} '
+            f'(set FOCUSBRIDGE_DEBUG=1 for details)'
+        )
     return None, ''
 
 

@@ -34,16 +34,60 @@ import numpy as np
 import tifffile
 
 from .errors import InputError, one_line
-from .options import DEFAULT_MAX_PIXELS   # largest frame read unless the caller says otherwise
+from .options import DEFAULT_MAX_PIXELS  # largest frame read unless the caller says otherwise
 
 # Every extension LibRaw reads (its documented camera list and dcraw's heritage).
-RAW_EXTENSIONS = frozenset({
-    '.3fr', '.ari', '.arw', '.bay', '.braw', '.cap', '.cr2', '.cr3', '.crw', '.cs1', '.dcr',
-    '.dcs', '.dng', '.drf', '.eip', '.erf', '.fff', '.gpr', '.iiq', '.k25', '.kc2', '.kdc',
-    '.mdc', '.mef', '.mos', '.mrw', '.nef', '.nrw', '.obm', '.orf', '.ori', '.pef', '.ptx',
-    '.pxn', '.qtk', '.r3d', '.raf', '.raw', '.rdc', '.rw2', '.rwl', '.rwz', '.sr2', '.srf',
-    '.srw', '.sti', '.x3f',
-})
+RAW_EXTENSIONS = frozenset(
+    {
+        '.3fr',
+        '.ari',
+        '.arw',
+        '.bay',
+        '.braw',
+        '.cap',
+        '.cr2',
+        '.cr3',
+        '.crw',
+        '.cs1',
+        '.dcr',
+        '.dcs',
+        '.dng',
+        '.drf',
+        '.eip',
+        '.erf',
+        '.fff',
+        '.gpr',
+        '.iiq',
+        '.k25',
+        '.kc2',
+        '.kdc',
+        '.mdc',
+        '.mef',
+        '.mos',
+        '.mrw',
+        '.nef',
+        '.nrw',
+        '.obm',
+        '.orf',
+        '.ori',
+        '.pef',
+        '.ptx',
+        '.pxn',
+        '.qtk',
+        '.r3d',
+        '.raf',
+        '.raw',
+        '.rdc',
+        '.rw2',
+        '.rwl',
+        '.rwz',
+        '.sr2',
+        '.srf',
+        '.srw',
+        '.sti',
+        '.x3f',
+    }
+)
 TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif'})
 PNG_EXTENSIONS = frozenset({'.png'})
@@ -56,12 +100,12 @@ _ORIENTATION_TAG = 274
 
 @dataclass
 class Frame:
-    pixels: np.ndarray      # float32, H x W x C, C in {1, 3}, RGB order, 0..1 in file encoding
-    path: Path | None       # None for arrays passed to the API
-    bit_depth: int          # bits per sample of the source: 8, 16 or 32 (float)
-    icc: bytes | None       # embedded ICC profile, travels to the output
-    kind: str               # 'raw' | 'tiff' | 'jpeg' | 'png' | 'array'
-    warnings: list[str] = field(default_factory=list)   # one line each, naming the file
+    pixels: np.ndarray  # float32, H x W x C, C in {1, 3}, RGB order, 0..1 in file encoding
+    path: Path | None  # None for arrays passed to the API
+    bit_depth: int  # bits per sample of the source: 8, 16 or 32 (float)
+    icc: bytes | None  # embedded ICC profile, travels to the output
+    kind: str  # 'raw' | 'tiff' | 'jpeg' | 'png' | 'array'
+    warnings: list[str] = field(default_factory=list)  # one line each, naming the file
 
     @property
     def height(self) -> int:
@@ -86,6 +130,7 @@ class FrameInfo:
 
 
 # ---------------------------------------------------------------------------- public API
+
 
 def read_frame(path: str | os.PathLike, *, max_pixels: int | None = None) -> Frame:
     """Decode one input file into a Frame; every failure is an InputError naming the file.
@@ -118,7 +163,7 @@ def icc_colour_space(icc: bytes | None) -> str | None:
 def _decode(path: str | os.PathLike, max_pixels: int | None, probe: bool):
     """Run the handler for the file's kind, turning any library failure into one InputError
     line that names the file."""
-    path = Path(os.fsdecode(path))          # bytes names too (undecodable bytes: surrogates)
+    path = Path(os.fsdecode(path))  # bytes names too (undecodable bytes: surrogates)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     with _open_regular(path) as fh:
         kind = _kind_of(path, fh)
@@ -173,13 +218,18 @@ def _decode_error(path: Path, kind: str, exc: Exception) -> InputError:
     detail = _describe(exc)
     if kind == 'raw':
         detail = f'LibRaw: {detail}'
-        if type(exc).__name__ == 'LibRawIOError':      # LibRaw's word for "ran out of data"
+        if type(exc).__name__ == 'LibRawIOError':  # LibRaw's word for "ran out of data"
             detail += '; the file is probably truncated'
     return InputError(path, f'not a readable {_NAMES[kind]} file ({detail})')
 
 
-_FILE_TYPES = {stat.S_IFDIR: 'a folder', stat.S_IFIFO: 'a named pipe', stat.S_IFSOCK: 'a socket',
-               stat.S_IFCHR: 'a device', stat.S_IFBLK: 'a device'}
+_FILE_TYPES = {
+    stat.S_IFDIR: 'a folder',
+    stat.S_IFIFO: 'a named pipe',
+    stat.S_IFSOCK: 'a socket',
+    stat.S_IFCHR: 'a device',
+    stat.S_IFBLK: 'a device',
+}
 
 
 def _require_regular(path: Path, mode: int) -> None:
@@ -196,7 +246,7 @@ def _os_error(path: Path, exc: OSError) -> InputError:
     return InputError(path, f'cannot read ({one_line(exc.strerror or exc)})')
 
 
-_O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)      # not on Windows, which has no FIFOs to fear
+_O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)  # not on Windows, which has no FIFOs to fear
 
 
 def _open_regular(path: Path):
@@ -232,17 +282,20 @@ def _kind_of(path: Path, fh) -> str:
     """'raw' | 'tiff' | 'jpeg' | 'png' from the extension, else from the magic bytes."""
     head = _read(path, fh, 16)
     ext = path.suffix.lower()
-    if ext in RAW_EXTENSIONS:       # most RAWs are TIFF inside: the extension decides
+    if ext in RAW_EXTENSIONS:  # most RAWs are TIFF inside: the extension decides
         return 'raw'
     if not head:
         raise InputError(path, 'empty file')
     sniffed = _sniff(head)
     if sniffed:
         return sniffed
-    for kind, exts in (('tiff', TIFF_EXTENSIONS), ('jpeg', JPEG_EXTENSIONS),
-                       ('png', PNG_EXTENSIONS)):
+    for kind, exts in (
+        ('tiff', TIFF_EXTENSIONS),
+        ('jpeg', JPEG_EXTENSIONS),
+        ('png', PNG_EXTENSIONS),
+    ):
         if ext in exts:
-            return kind             # the reader will say what is wrong with it
+            return kind  # the reader will say what is wrong with it
     raise InputError(path, 'unsupported file type (not JPEG, PNG, TIFF or a camera RAW)')
 
 
@@ -254,8 +307,9 @@ def _sniff(head: bytes) -> str | None:
     if head[:4] in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
         return 'tiff'
     # RAW formats that are not plain TIFF: CR3 (ISO BMFF), RAF, ORF, RW2, CRW, MRW, X3F.
-    if head[4:12] == b'ftypcrx ' or head.startswith((b'FUJIFILM', b'IIRO', b'IIRS', b'MMOR',
-                                                      b'IIU\x00', b'\x00MRM', b'FOVb')):
+    if head[4:12] == b'ftypcrx ' or head.startswith(
+        (b'FUJIFILM', b'IIRO', b'IIRS', b'MMOR', b'IIU\x00', b'\x00MRM', b'FOVb')
+    ):
         return 'raw'
     if head[6:14] == b'HEAPCCDR':
         return 'raw'
@@ -268,9 +322,12 @@ def _check_size(path: Path, info: FrameInfo, limit: int) -> FrameInfo:
     if not pixels:
         raise InputError(path, f'has no pixels ({info.width}x{info.height})')
     if limit and pixels > limit:
-        raise InputError(path, f'is {info.width}x{info.height} = {pixels / 1e6:.6g} megapixels, '
-                               f'more than the limit of {limit / 1e6:.6g} megapixels (raise it '
-                               'with --max-pixels; 0: no limit)')
+        raise InputError(
+            path,
+            f'is {info.width}x{info.height} = {pixels / 1e6:.6g} megapixels, '
+            f'more than the limit of {limit / 1e6:.6g} megapixels (raise it '
+            'with --max-pixels; 0: no limit)',
+        )
     return info
 
 
@@ -278,22 +335,26 @@ def _oriented(height: int, width: int, orientation: int) -> tuple[int, int]:
     return (width, height) if _swaps_axes(orientation) else (height, width)
 
 
-def _frame_with_icc(path: Path, pixels: np.ndarray, depth: int, icc: bytes | None,
-                    kind: str) -> Frame:
+def _frame_with_icc(
+    path: Path, pixels: np.ndarray, depth: int, icc: bytes | None, kind: str
+) -> Frame:
     """A Frame that keeps its ICC profile only if the profile describes the pixels as read:
     a CMYK JPEG decodes to RGB, and its CMYK profile would mislabel the result."""
     warnings = []
     read_as = 'RGB' if pixels.shape[2] == 3 else 'GRAY'
     space = icc_colour_space(icc) if icc else read_as
     if space != read_as:
-        warnings.append(f'{path}: {space or "unrecognised"} ICC profile dropped: the pixels '
-                        f'read are {"RGB" if read_as == "RGB" else "grey"}, which it does not '
-                        'describe; the frame is used without a profile')
+        warnings.append(
+            f'{path}: {space or "unrecognised"} ICC profile dropped: the pixels '
+            f'read are {"RGB" if read_as == "RGB" else "grey"}, which it does not '
+            'describe; the frame is used without a profile'
+        )
         icc = None
     return Frame(pixels, path, depth, icc or None, kind, warnings)
 
 
 # ------------------------------------------------------------------ pixel helpers
+
 
 def _scale_int(arr: np.ndarray, maxval: int) -> np.ndarray:
     out = arr.astype(np.float32)
@@ -312,9 +373,9 @@ def _to_rgb_or_gray(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     c = pixels.shape[2]
-    if c == 2:                       # gray + alpha
+    if c == 2:  # gray + alpha
         pixels = pixels[:, :, :1]
-    elif c >= 4:                     # RGB + alpha (or extra samples)
+    elif c >= 4:  # RGB + alpha (or extra samples)
         pixels = pixels[:, :, :3]
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
@@ -336,11 +397,11 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 5:
         img = img.swapaxes(0, 1)
     elif orientation == 6:
-        img = img.swapaxes(0, 1)[:, ::-1]      # 90 degrees clockwise
+        img = img.swapaxes(0, 1)[:, ::-1]  # 90 degrees clockwise
     elif orientation == 7:
         img = img[::-1, ::-1].swapaxes(0, 1)
     elif orientation == 8:
-        img = img.swapaxes(0, 1)[::-1]         # 90 degrees counter-clockwise
+        img = img.swapaxes(0, 1)[::-1]  # 90 degrees counter-clockwise
     else:
         return img
     return np.ascontiguousarray(img)
@@ -357,8 +418,10 @@ _LIBRAW_FLIP_TO_EXIF = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 # ------------------------------------------------------------------ RAW
 
+
 def _rawpy():
     import rawpy  # imported lazily: only RAW inputs pay for it
+
     return rawpy
 
 
@@ -378,12 +441,17 @@ def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
         if probe:
             return info
         flip = raw.sizes.flip
-        rgb = raw.postprocess(output_bps=16, gamma=(1, 1), no_auto_bright=True,
-                              use_camera_wb=True, user_flip=0,
-                              # LibRaw would otherwise rescale each file by its own
-                              # brightest pixel when that exceeds 75 % of the white level,
-                              # so frames of one bracket could differ in brightness.
-                              adjust_maximum_thr=0.0)
+        rgb = raw.postprocess(
+            output_bps=16,
+            gamma=(1, 1),
+            no_auto_bright=True,
+            use_camera_wb=True,
+            user_flip=0,
+            # LibRaw would otherwise rescale each file by its own
+            # brightest pixel when that exceeds 75 % of the white level,
+            # so frames of one bracket could differ in brightness.
+            adjust_maximum_thr=0.0,
+        )
     pixels = _scale_int(rgb, 65535)
     del rgb
     pixels = apply_orientation(pixels, _LIBRAW_FLIP_TO_EXIF.get(flip, 1))
@@ -393,7 +461,7 @@ def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
 def _raw_info(raw) -> FrameInfo:
     s = raw.sizes
     height, width = s.height, s.width
-    if s.pixel_aspect and abs(s.pixel_aspect - 1) > 1e-6:   # LibRaw stretches these
+    if s.pixel_aspect and abs(s.pixel_aspect - 1) > 1e-6:  # LibRaw stretches these
         if s.pixel_aspect < 1:
             height = int(height / s.pixel_aspect + 0.5)
         else:
@@ -403,6 +471,7 @@ def _raw_info(raw) -> FrameInfo:
 
 
 # ------------------------------------------------------------------ TIFF
+
 
 def _tiff_page(tif: tifffile.TiffFile):
     """The main image: the first page that is not a reduced-resolution preview."""
@@ -430,7 +499,7 @@ def _tiff_orientation(page) -> int:
 
 
 def _tiff_channels(page) -> int:
-    if int(page.photometric) == 3:          # palette -> RGB
+    if int(page.photometric) == 3:  # palette -> RGB
         return 3
     samples = page.samplesperpixel
     return 1 if samples <= 2 else 3
@@ -447,9 +516,16 @@ def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
         _tiff_check(path, page)
         orientation = _tiff_orientation(page)
         depth = 32 if page.dtype.kind == 'f' else (8 if _tiff_bits(page) <= 8 else 16)
-        info = _check_size(path, FrameInfo(*_oriented(page.imagelength, page.imagewidth,
-                                                      orientation),
-                                           _tiff_channels(page), depth, 'tiff'), limit)
+        info = _check_size(
+            path,
+            FrameInfo(
+                *_oriented(page.imagelength, page.imagewidth, orientation),
+                _tiff_channels(page),
+                depth,
+                'tiff',
+            ),
+            limit,
+        )
         if probe:
             return info
         try:
@@ -479,14 +555,14 @@ def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
 
 
 def _tiff_pixels(path, data, photometric, bits, colormap, separate):
-    if separate and data.ndim == 3:           # planes first -> samples last
+    if separate and data.ndim == 3:  # planes first -> samples last
         data = np.moveaxis(data, 0, -1)
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim not in (2, 3):
         raise InputError(path, f'unsupported TIFF layout, shape {data.shape}')
 
-    if photometric == 3:                       # palette: look colours up (16-bit table)
+    if photometric == 3:  # palette: look colours up (16-bit table)
         if colormap is None:
             raise InputError(path, 'palette TIFF without a colour map')
         pixels = _scale_int(np.moveaxis(colormap, 0, -1)[data], 65535)
@@ -499,7 +575,7 @@ def _tiff_pixels(path, data, photometric, bits, colormap, separate):
         bits = min(bits, data.dtype.itemsize * 8)
         pixels = _scale_int(data, (1 << bits) - 1)
         depth = 8 if bits <= 8 else 16
-    if photometric == 0:                       # MinIsWhite: 0 is white
+    if photometric == 0:  # MinIsWhite: 0 is white
         pixels = 1.0 - pixels
     return pixels, depth
 
@@ -518,6 +594,7 @@ def _tiff_via_cv2(path: Path, data: bytes, height: int, width: int) -> tuple[np.
 
 # ------------------------------------------------------------------ JPEG / PNG headers
 
+
 @dataclass
 class _Header:
     height: int
@@ -532,7 +609,7 @@ def _exif_orientation(tiff: bytes) -> int:
     """Orientation (tag 274) from IFD0 of a TIFF-structured EXIF block; 1 when absent."""
     try:
         return _exif_orientation_unchecked(tiff)
-    except struct.error:             # damaged EXIF must not make the image unreadable
+    except struct.error:  # damaged EXIF must not make the image unreadable
         return 1
 
 
@@ -549,7 +626,7 @@ def _exif_orientation_unchecked(tiff: bytes) -> int:
         if entry + 12 > len(tiff):
             break
         tag, typ, _n = struct.unpack_from(end + 'HHI', tiff, entry)
-        if tag == _ORIENTATION_TAG and typ == 3:            # SHORT, stored inline
+        if tag == _ORIENTATION_TAG and typ == 3:  # SHORT, stored inline
             (value,) = struct.unpack_from(end + 'H', tiff, entry + 8)
             return value if 1 <= value <= 8 else 1
     return 1
@@ -562,7 +639,7 @@ def _jpeg_header(path: Path, data: bytes) -> _Header:
     pos, size = 2, None
     orientation, icc_parts = 1, {}
     while True:
-        if data[pos:pos + 2] == b'\xff\xff':                   # fill byte before a marker
+        if data[pos : pos + 2] == b'\xff\xff':  # fill byte before a marker
             pos += 1
             continue
         if pos + 4 > len(data):
@@ -570,21 +647,23 @@ def _jpeg_header(path: Path, data: bytes) -> _Header:
         if data[pos] != 0xFF:
             raise InputError(path, 'corrupt JPEG file (bad marker in header)')
         marker = data[pos + 1]
-        if 0xD0 <= marker <= 0xD8 or marker == 0x01:          # markers without a length
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
             pos += 2
             continue
         (length,) = struct.unpack_from('>H', data, pos + 2)
-        body = data[pos + 4:pos + 2 + length]
-        if marker == 0xDA:                                    # start of scan
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xDA:  # start of scan
             break
         if len(body) < length - 2:
             raise InputError(path, 'truncated JPEG file (ends inside its header)')
         if marker == 0xE1 and body.startswith(b'Exif\x00\x00') and orientation == 1:
             orientation = _exif_orientation(body[6:])
         elif marker == 0xE2 and body.startswith(b'ICC_PROFILE\x00') and len(body) > 14:
-            icc_parts[body[12]] = body[14:]                   # sequence number -> chunk
-        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB,
-                        0xCD, 0xCE, 0xCF) and size is None:
+            icc_parts[body[12]] = body[14:]  # sequence number -> chunk
+        elif (
+            marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+            and size is None
+        ):
             precision, height, width, ncomp = struct.unpack_from('>BHHB', body, 0)
             size = (height, width, 1 if ncomp == 1 else 3, 8 if precision <= 8 else 16)
         pos += 2 + length
@@ -603,7 +682,7 @@ def _png_chunks(path: Path, data: bytes):
     pos = len(_PNG_SIGNATURE)
     while pos + 8 <= len(data):
         length, ctype = struct.unpack_from('>I4s', data, pos)
-        body = data[pos + 8:pos + 8 + length]
+        body = data[pos + 8 : pos + 8 + length]
         if len(body) < length:
             break
         yield ctype, body
@@ -622,8 +701,8 @@ def _png_header(path: Path, data: bytes) -> _Header:
             header = (height, width, channels, 16 if depth == 16 else 8)
         elif ctype == b'iCCP':
             name_end = body.find(b'\x00')
-            if name_end >= 0 and body[name_end + 1:name_end + 2] == b'\x00':
-                icc = zlib.decompress(body[name_end + 2:])
+            if name_end >= 0 and body[name_end + 1 : name_end + 2] == b'\x00':
+                icc = zlib.decompress(body[name_end + 2 :])
         elif ctype == b'eXIf':
             orientation = _exif_orientation(body)
     if header is None:
@@ -632,21 +711,27 @@ def _png_header(path: Path, data: bytes) -> _Header:
 
 
 # OpenCV refuses images over these (environment variable, default) with an assertion message.
-_CV2_LIMITS = (('OPENCV_IO_MAX_IMAGE_WIDTH', 1 << 20), ('OPENCV_IO_MAX_IMAGE_HEIGHT', 1 << 20),
-               ('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30))
+_CV2_LIMITS = (
+    ('OPENCV_IO_MAX_IMAGE_WIDTH', 1 << 20),
+    ('OPENCV_IO_MAX_IMAGE_HEIGHT', 1 << 20),
+    ('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30),
+)
 
 
 def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> np.ndarray:
     """Decode with OpenCV (`height` x `width` as stored), whose own size limits are said
     plainly rather than as an assertion failure."""
-    for (name, default), value in zip(_CV2_LIMITS, (width, height, width * height)):
+    for (name, default), value in zip(_CV2_LIMITS, (width, height, width * height), strict=True):
         try:
             cv2_limit = int(os.environ.get(name, default))
-        except ValueError:      # a form OpenCV reads and int() does not ('1 GB'): OpenCV judges
+        except ValueError:  # a form OpenCV reads and int() does not ('1 GB'): OpenCV judges
             continue
         if value > cv2_limit:
-            raise InputError(path, f'is {width}x{height}, over the limit {name}={cv2_limit} of '
-                                   'OpenCV, which decodes it (raise it in the environment)')
+            raise InputError(
+                path,
+                f'is {width}x{height}, over the limit {name}={cv2_limit} of '
+                'OpenCV, which decodes it (raise it in the environment)',
+            )
     # np.frombuffer + imdecode instead of imread: works for any file name (non-ASCII too).
     flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -658,8 +743,16 @@ def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> 
 def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | FrameInfo:
     data = _read(path, fh)
     header = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
-    info = _check_size(path, FrameInfo(*_oriented(header.height, header.width, header.orientation),
-                                       header.channels, header.bit_depth, kind), limit)
+    info = _check_size(
+        path,
+        FrameInfo(
+            *_oriented(header.height, header.width, header.orientation),
+            header.channels,
+            header.bit_depth,
+            kind,
+        ),
+        limit,
+    )
     if probe:
         return info
     img = _decode_cv2(path, data, kind, header.height, header.width)
@@ -672,7 +765,7 @@ def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | Fra
         raise InputError(path, f'unsupported sample type {img.dtype}')
     del img
     if header.channels == 1 and pixels.ndim == 3 and pixels.shape[2] >= 3:
-        pixels = pixels[:, :, :1]    # gray+alpha PNG decodes as BGRA: keep gray
+        pixels = pixels[:, :, :1]  # gray+alpha PNG decodes as BGRA: keep gray
     pixels = _to_rgb_or_gray(_bgr_to_rgb(pixels))
     pixels = apply_orientation(pixels, header.orientation)
     return _frame_with_icc(path, pixels, depth, header.icc, kind)

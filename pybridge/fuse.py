@@ -15,6 +15,7 @@ number of frames, so a 300-frame bracket needs the memory of a 15-frame one.
 
 Both track the depth map (index of the sharpest frame) and a confidence map.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,15 +25,15 @@ import numpy as np
 
 from .options import METHODS
 
-_LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)   # Rec. 601 weights, as cv2's RGB2GRAY
+_LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)  # Rec. 601 weights, as cv2's RGB2GRAY
 
 
 @dataclass
 class FusionResult:
-    image: np.ndarray        # float32 H x W x C
-    depth: np.ndarray        # uint16 H x W: index (in bracket order) of the sharpest frame
-    confidence: np.ndarray   # float32 H x W, 0..1: how clearly that frame won
-    coverage: np.ndarray     # uint16 H x W: how many frames covered each pixel
+    image: np.ndarray  # float32 H x W x C
+    depth: np.ndarray  # uint16 H x W: index (in bracket order) of the sharpest frame
+    confidence: np.ndarray  # float32 H x W, 0..1: how clearly that frame won
+    coverage: np.ndarray  # uint16 H x W: how many frames covered each pixel
 
 
 def focus_measure(pixels: np.ndarray, window_sigma: float) -> np.ndarray:
@@ -52,7 +53,9 @@ def window_sigma_for(shape: tuple[int, int]) -> float:
     return max(2.0, 0.0012 * max(shape))
 
 
-def aligned_focus_measure(pixels: np.ndarray, valid: np.ndarray | None, window_sigma: float) -> np.ndarray:
+def aligned_focus_measure(
+    pixels: np.ndarray, valid: np.ndarray | None, window_sigma: float
+) -> np.ndarray:
     """The focus measure of one aligned frame, pushed far down where the frame has no data.
     A pure function, so the pipeline can compute it for the next frame in its read-ahead thread."""
     f = focus_measure(pixels, window_sigma)
@@ -106,7 +109,7 @@ def _laplacian_levels(img: np.ndarray, levels: int):
     for _ in range(levels):
         down = cv2.pyrDown(cur)
         up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
-        lap = cv2.subtract(cur, up, dst=up).reshape(cur.shape)   # in place: saves a frame
+        lap = cv2.subtract(cur, up, dst=up).reshape(cur.shape)  # in place: saves a frame
         cur = down.reshape(down.shape[0], down.shape[1], -1) if img.ndim == 3 else down
         yield lap
     yield cur
@@ -145,8 +148,13 @@ class _Fuser:
         self.focus = _FocusTracker(shape)
         self.frames = 0
 
-    def add(self, index: int, pixels: np.ndarray, valid: np.ndarray | None = None,
-            focus: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        index: int,
+        pixels: np.ndarray,
+        valid: np.ndarray | None = None,
+        focus: np.ndarray | None = None,
+    ) -> None:
         """Fold in one aligned frame. `valid`: uint8 mask of pixels the frame covers (None: all);
         `focus`: its aligned_focus_measure() if already computed."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
@@ -158,8 +166,12 @@ class _Fuser:
 
     def finish(self) -> FusionResult:
         image = np.clip(self._image(), 0.0, None).astype(np.float32, copy=False)
-        return FusionResult(image=image, depth=self.focus.depth, confidence=self.focus.confidence(),
-                            coverage=self.focus.coverage)
+        return FusionResult(
+            image=image,
+            depth=self.focus.depth,
+            confidence=self.focus.confidence(),
+            coverage=self.focus.coverage,
+        )
 
 
 class DepthMapFuser(_Fuser):
@@ -176,7 +188,7 @@ class DepthMapFuser(_Fuser):
             return
         alpha = np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
         cv2.GaussianBlur(alpha, (0, 0), self.feather, dst=alpha)
-        if valid is not None:     # feathering must not reach past the frame's own border
+        if valid is not None:  # feathering must not reach past the frame's own border
             np.copyto(alpha, 0.0, where=valid == 0)
         _blend_into(self.result, pixels, alpha)
 
@@ -188,8 +200,15 @@ class PyramidFuser(_Fuser):
     """Laplacian-pyramid maximum-contrast fusion with a consistency window and halo
     suppression at coarse levels."""
 
-    def __init__(self, shape, channels, window_sigma=None, halo_suppression: bool = True,
-                 fine_levels: int = 3, consistency_sigma: float = 1.0):
+    def __init__(
+        self,
+        shape,
+        channels,
+        window_sigma=None,
+        halo_suppression: bool = True,
+        fine_levels: int = 3,
+        consistency_sigma: float = 1.0,
+    ):
         super().__init__(shape, channels, window_sigma)
         # window over which a level's contrast is summed before frames compete (0: classic
         # per-coefficient PMax, which turns flat areas into noise; see bench/halo.py)
@@ -230,8 +249,9 @@ class PyramidFuser(_Fuser):
         mask_levels = None
         if self.halo_suppression:
             mask = wins if valid is None else cv2.bitwise_and(wins, valid)
-            mask_levels = _gaussian_levels(np.multiply(mask, np.float32(1 / 255), dtype=np.float32),
-                                           self.levels)
+            mask_levels = _gaussian_levels(
+                np.multiply(mask, np.float32(1 / 255), dtype=np.float32), self.levels
+            )
         for i, lap in enumerate(levels):
             v = next(valid_levels) if valid_levels is not None else None
             m = next(mask_levels) if mask_levels is not None else None
@@ -256,8 +276,9 @@ class PyramidFuser(_Fuser):
         return _collapse(self.pyr)
 
 
-def make_fuser(method: str, shape: tuple[int, int], channels: int, *,
-               halo_suppression: bool = True) -> _Fuser:
+def make_fuser(
+    method: str, shape: tuple[int, int], channels: int, *, halo_suppression: bool = True
+) -> _Fuser:
     if method == "pyramid":
         return PyramidFuser(shape, channels, halo_suppression=halo_suppression)
     if method == "depthmap":

@@ -8,6 +8,7 @@ Results go three ways: JSON progress lines on stdout (and appended to `progress_
 exit status, and `status_file`, written atomically at the very end so a poller that sees it
 knows the job is over.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (EXIT_ERROR, Cancelled, ManifestError, describe_failure,
-                     one_line, print_failure)
-from .options import FORMATS, OptionError, Options, option, options_schema, split_manifest_options
 from .atomic import atomic_output
+from .errors import EXIT_ERROR, Cancelled, ManifestError, describe_failure, one_line, print_failure
+from .options import FORMATS, OptionError, Options, option, options_schema, split_manifest_options
 from .signals import note_late_cancel
 
 KINDS = ("stack", "lens")
@@ -33,18 +33,38 @@ _RUN_FILES = ("status_file", "progress_file", "cancel_file", "pid_file")
 def manifest_schema() -> dict:
     """JSON Schema of a job manifest, made from the same definitions run-job checks with."""
     common = {"version": {"const": 1}, **{k: _OPTIONAL_PATH for k in _RUN_FILES}}
-    stack = {"type": "object", "required": ["frames", "output"], "additionalProperties": False,
-             "properties": {**common, "kind": {"const": "stack"},
-                            "frames": {**_PATHS, "minItems": 2}, "sources": _PATHS,
-                            "output": _PATH, "options": options_schema()}}
-    lens = {"type": "object", "required": ["kind", "files"], "additionalProperties": False,
-            "properties": {**common, "kind": {"const": "lens"}, "files": _PATHS,
-                           "action": {"enum": list(LENS_ACTIONS)},
-                           "preset": {"type": ["string", "null"]},
-                           "dry_run": {"type": "boolean"},
-                           "fields": LensFields.schema()}}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "focusbridge run-job manifest", "oneOf": [stack, lens]}
+    stack = {
+        "type": "object",
+        "required": ["frames", "output"],
+        "additionalProperties": False,
+        "properties": {
+            **common,
+            "kind": {"const": "stack"},
+            "frames": {**_PATHS, "minItems": 2},
+            "sources": _PATHS,
+            "output": _PATH,
+            "options": options_schema(),
+        },
+    }
+    lens = {
+        "type": "object",
+        "required": ["kind", "files"],
+        "additionalProperties": False,
+        "properties": {
+            **common,
+            "kind": {"const": "lens"},
+            "files": _PATHS,
+            "action": {"enum": list(LENS_ACTIONS)},
+            "preset": {"type": ["string", "null"]},
+            "dry_run": {"type": "boolean"},
+            "fields": LensFields.schema(),
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "focusbridge run-job manifest",
+        "oneOf": [stack, lens],
+    }
 
 
 def load_manifest(path: Path) -> dict:
@@ -62,8 +82,10 @@ def load_manifest(path: Path) -> dict:
         raise ManifestError(path, f"unknown job kind {data.get('kind')!r} (stack or lens)")
     kind = data.get("kind", "stack")
     allowed = {"version", "kind", *_RUN_FILES} | (
-        {"frames", "sources", "output", "options"} if kind == "stack"
-        else {"files", "action", "preset", "dry_run", "fields"})
+        {"frames", "sources", "output", "options"}
+        if kind == "stack"
+        else {"files", "action", "preset", "dry_run", "fields"}
+    )
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ManifestError(path, f"unknown key(s) for a {kind} job: {', '.join(unknown)}")
@@ -90,17 +112,26 @@ def _check_side_files(manifest: dict) -> None:
     from .atomic import check_outputs
     from .pipeline import side_path
 
-    side = [(key, Path(manifest[key])) for key in ("status_file", "progress_file", "pid_file")
-            if manifest.get(key)]
-    named = [("input", Path(v)) for key in ("frames", "sources", "files")
-             for v in (manifest.get(key) if isinstance(manifest.get(key), list) else [])
-             if isinstance(v, str) and v]
+    side = [
+        (key, Path(manifest[key]))
+        for key in ("status_file", "progress_file", "pid_file")
+        if manifest.get(key)
+    ]
+    named = [
+        ("input", Path(v))
+        for key in ("frames", "sources", "files")
+        for v in (manifest.get(key) if isinstance(manifest.get(key), list) else [])
+        if isinstance(v, str) and v
+    ]
     output = manifest.get("output")
     if isinstance(output, str) and output:
         for suffix in [Path(output).suffix] + [s for s, *_ in FORMATS.values()]:
             out = Path(output).with_suffix(suffix) if suffix else Path(output)
-            named += [("result", out), ("depth map", side_path(out, "depth")),
-                      ("confidence map", side_path(out, "confidence"))]
+            named += [
+                ("result", out),
+                ("depth map", side_path(out, "depth")),
+                ("confidence map", side_path(out, "confidence")),
+            ]
     check_outputs(side, named, overwrite=True)
 
 
@@ -127,26 +158,37 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
     out = Path(output)
     if outputs.format and out.suffix.lower() not in FORMATS[outputs.format]:
         out = out.with_suffix(FORMATS[outputs.format][0])
-    result = stack(frames, out, options,
-                   depth_map=side_path(out, "depth") if outputs.depth_map else None,
-                   confidence_map=side_path(out, "confidence") if outputs.confidence_map else None,
-                   metadata=outputs.metadata, sources=sources, progress=progress, cancel=cancel)
-    return {"output": str(result.output),
-            "depth_map": str(result.depth_map_path) if result.depth_map_path else None,
-            "metadata": result.metadata_written,
-            "warnings": result.warnings,
-            "frames": [t.to_dict() for t in result.transforms]}
+    result = stack(
+        frames,
+        out,
+        options,
+        depth_map=side_path(out, "depth") if outputs.depth_map else None,
+        confidence_map=side_path(out, "confidence") if outputs.confidence_map else None,
+        metadata=outputs.metadata,
+        sources=sources,
+        progress=progress,
+        cancel=cancel,
+    )
+    return {
+        "output": str(result.output),
+        "depth_map": str(result.depth_map_path) if result.depth_map_path else None,
+        "metadata": result.metadata_written,
+        "warnings": result.warnings,
+        "frames": [t.to_dict() for t in result.transforms],
+    }
 
 
 @dataclass
 class LensFields(Options):
     """The `fields` of a lens job: what `focusbridge lens set` takes as options."""
+
     make: str | None = option(None, "lens make, e.g. Venus Optics")
     model: str | None = option(None, "lens model, e.g. Laowa 100mm f/2.8 2X Ultra Macro APO")
     focal_length: float | None = option(None, "focal length in mm", minimum=0)
     aperture: float | None = option(None, "f-number used", minimum=0)
     lens_info: str | list | None = option(
-        None, 'minFocal maxFocal minF@min minF@max, as "100 100 2.8 2.8" or a list')
+        None, 'minFocal maxFocal minF@min minF@max, as "100 100 2.8 2.8" or a list'
+    )
     serial: str | None = option(None, "lens serial number")
     canon_lens_type: int | None = option(None, "Canon LensType id (Canon maker notes only)")
 
@@ -170,16 +212,26 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     progress("lens", count=len(files), fraction=0.1)
     if action == "undo":
         results = []
-        for f in files:       # one at a time, so a cancel stops between files
+        for f in files:  # one at a time, so a cancel stops between files
             if cancel is not None and cancel():
                 raise Cancelled()
             r = undo_lens([f])[0]
-            results.append({"file": str(r.path), "outcome": "restored" if r.undone else "unchanged",
-                            "message": r.error or ("" if r.undone else "nothing to undo")}
-                           if r.ok else {"file": str(r.path), "outcome": "error", "message": r.error})
+            results.append(
+                {
+                    "file": str(r.path),
+                    "outcome": "restored" if r.undone else "unchanged",
+                    "message": r.error or ("" if r.undone else "nothing to undo"),
+                }
+                if r.ok
+                else {"file": str(r.path), "outcome": "error", "message": r.error}
+            )
     else:
-        report = set_lens(files, lens_spec(manifest.get("preset"), **fields),
-                          dry_run=manifest.get("dry_run", False), should_stop=cancel)
+        report = set_lens(
+            files,
+            lens_spec(manifest.get("preset"), **fields),
+            dry_run=manifest.get("dry_run", False),
+            should_stop=cancel,
+        )
         results = []
         for r in report.results:
             if not r.ok:
@@ -187,15 +239,28 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
                 continue
             message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
             if r.not_writable:
-                message += (("; " if message else "") + "not in this file's maker notes: "
-                            + ", ".join(r.not_writable))
-            results.append({"file": str(r.path),
-                            "outcome": "updated" if r.changes else "unchanged",
-                            "message": message})
+                message += (
+                    ("; " if message else "")
+                    + "not in this file's maker notes: "
+                    + ", ".join(r.not_writable)
+                )
+            results.append(
+                {
+                    "file": str(r.path),
+                    "outcome": "updated" if r.changes else "unchanged",
+                    "message": message,
+                }
+            )
     ok = all(r["outcome"] != "error" for r in results)
     failed = [r for r in results if r["outcome"] == "error"]
-    error = None if ok else (f"{len(failed)} of {len(results)} files failed; first: "
-                             f"{failed[0]['file']}: {failed[0]['message']}")
+    error = (
+        None
+        if ok
+        else (
+            f"{len(failed)} of {len(results)} files failed; first: "
+            f"{failed[0]['file']}: {failed[0]['message']}"
+        )
+    )
     return {"ok": ok, "error": error, "results": results}
 
 
@@ -213,7 +278,7 @@ def run_job(manifest_path: Path) -> int:
     try:
         manifest = load_manifest(manifest_path)
         kind = manifest.get("kind", "stack")
-        runner = {"stack": _run_stack, "lens": _run_lens}[kind]   # load_manifest checked it
+        runner = {"stack": _run_stack, "lens": _run_lens}[kind]  # load_manifest checked it
         _check_side_files(manifest)
         status_file = manifest.get("status_file")
         progress = JsonLines(sys.stdout, manifest.get("progress_file"))
@@ -224,15 +289,25 @@ def run_job(manifest_path: Path) -> int:
         ok = outcome.pop("ok", True)
         status = {"ok": ok, "error": outcome.pop("error", None), "cancelled": False, **outcome}
         _write_status(status_file, status)
-        progress("done", fraction=1.0, **{k: v for k, v in outcome.items()
-                                           if k in ("output", "depth_map")})
+        progress(
+            "done",
+            fraction=1.0,
+            **{k: v for k, v in outcome.items() if k in ("output", "depth_map")},
+        )
         note_late_cancel()
         return 0 if ok else EXIT_ERROR
     except BaseException as exc:
         code, message = describe_failure(exc)
         if code is None:
             raise
-        _write_status(status_file, {"ok": False, "output": None, "error": message,
-                                    "cancelled": isinstance(exc, (Cancelled, KeyboardInterrupt))})
+        _write_status(
+            status_file,
+            {
+                "ok": False,
+                "output": None,
+                "error": message,
+                "cancelled": isinstance(exc, (Cancelled, KeyboardInterrupt)),
+            },
+        )
         print_failure(code, message)
         return code

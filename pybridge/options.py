@@ -7,6 +7,7 @@ the dataclasses below, the way rawpy's `Params` serves `postprocess(params=None,
 `StackOptions` is what the engine needs; `OutputOptions` is what the application layer adds
 around it (side maps, output format, metadata).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,30 +30,57 @@ FORMATS = {"tiff": (".tif", ".tiff"), "jpeg": (".jpg", ".jpeg"), "png": (".png",
 DEFAULT_MAX_PIXELS = 250_000_000
 
 
-def option(default, help: str, *, choices: tuple = (), flag: str | None = None,
-           minimum: int | None = None, cli: bool = True):
+def option(
+    default,
+    help: str,
+    *,
+    choices: tuple = (),
+    flag: str | None = None,
+    minimum: int | None = None,
+    cli: bool = True,
+):
     """A dataclass field that knows how it is spelled everywhere.
 
     `choices` constrain values of their own type (reference: a name from the list, or any
     frame number); `flag`: the command-line spelling when it is not `--name-with-dashes`
     ("--no-x" turns a default-true switch off); `cli`: False for options the command line
     spells differently or not at all."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices),
-                                            "flag": flag, "minimum": minimum, "cli": cli})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "choices": tuple(choices),
+            "flag": flag,
+            "minimum": minimum,
+            "cli": cli,
+        },
+    )
 
 
-_PY_TYPES = {"bool": bool, "int": int, "str": str, "float": (int, float), "list": list,
-             "None": type(None)}
-_JSON_TYPES = {"bool": "boolean", "int": "integer", "str": "string", "float": "number",
-               "list": "array", "None": "null"}
+_PY_TYPES = {
+    "bool": bool,
+    "int": int,
+    "str": str,
+    "float": (int, float),
+    "list": list,
+    "None": type(None),
+}
+_JSON_TYPES = {
+    "bool": "boolean",
+    "int": "integer",
+    "str": "string",
+    "float": "number",
+    "list": "array",
+    "None": "null",
+}
 
 
 def _types(f: dataclasses.Field) -> list[str]:
-    return [t.strip() for t in str(f.type).split("|")]      # "str | int" -> ["str", "int"]
+    return [t.strip() for t in str(f.type).split("|")]  # "str | int" -> ["str", "int"]
 
 
 def _is(value, type_name: str) -> bool:
-    if type_name != "bool" and isinstance(value, bool):     # JSON true is no number
+    if type_name != "bool" and isinstance(value, bool):  # JSON true is no number
         return False
     return isinstance(value, _PY_TYPES[type_name])
 
@@ -68,9 +96,14 @@ def _check(f: dataclasses.Field, value) -> str | None:
         ok = value >= m["minimum"]
     if ok:
         return None
-    words = {"bool": "true or false", "None": "null", "str": "a string", "list": "a list",
-             "int": "a whole number" + (f" >= {m['minimum']}" if m["minimum"] is not None else ""),
-             "float": "a number" + (f" >= {m['minimum']}" if m["minimum"] is not None else "")}
+    words = {
+        "bool": "true or false",
+        "None": "null",
+        "str": "a string",
+        "list": "a list",
+        "int": "a whole number" + (f" >= {m['minimum']}" if m["minimum"] is not None else ""),
+        "float": "a number" + (f" >= {m['minimum']}" if m["minimum"] is not None else ""),
+    }
     if choices:
         named = "one of " + ", ".join(map(repr, choices))
         rest = [words[t] for t in types if t != type(choices[0]).__name__]
@@ -106,8 +139,10 @@ class Options:
             raise OptionError(where, "must be a JSON object")
         unknown = sorted(set(data) - cls.names())
         if unknown:
-            raise OptionError(where, f"has unknown entr{'y' if len(unknown) == 1 else 'ies'}: "
-                                     f"{', '.join(unknown)}")
+            raise OptionError(
+                where,
+                f"has unknown entr{'y' if len(unknown) == 1 else 'ies'}: {', '.join(unknown)}",
+            )
         return cls(**data)
 
     @classmethod
@@ -118,13 +153,23 @@ class Options:
                 continue
             flag = m["flag"] or "--" + f.name.replace("_", "-")
             if f.type == "bool":
-                parser.add_argument(flag, dest=f.name, help=m["help"],
-                                    action="store_false" if f.default else "store_true")
+                parser.add_argument(
+                    flag,
+                    dest=f.name,
+                    help=m["help"],
+                    action="store_false" if f.default else "store_true",
+                )
                 continue
             kw = {"choices": m["choices"]} if m["choices"] and len(_types(f)) == 1 else {}
-            parser.add_argument(flag, dest=f.name, default=f.default, help=m["help"],
-                                type=_PY_TYPES[_types(f)[0]] if kw else str,
-                                metavar=None if kw else f.name.split("_")[0].upper()[:4], **kw)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=f.default,
+                help=m["help"],
+                type=_PY_TYPES[_types(f)[0]] if kw else str,
+                metavar=None if kw else f.name.split("_")[0].upper()[:4],
+                **kw,
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
@@ -133,7 +178,7 @@ class Options:
             if f.metadata["cli"] and hasattr(args, f.name):
                 value = getattr(args, f.name)
                 if "int" in _types(f) and isinstance(value, str) and value.lstrip("-").isdigit():
-                    value = int(value)            # --reference 3: a frame number
+                    value = int(value)  # --reference 3: a frame number
                 values[f.name] = value
         return cls(**values)
 
@@ -143,16 +188,19 @@ class Options:
         props = {}
         for f in dataclasses.fields(cls):
             m, types = f.metadata, _types(f)
-            prop: dict[str, Any] = {"description": m["help"].replace("%%", "%"),
-                                    "default": f.default}
+            prop: dict[str, Any] = {
+                "description": m["help"].replace("%%", "%"),
+                "default": f.default,
+            }
             choices = m["choices"]
             if choices:
                 others = [_JSON_TYPES[t] for t in types if t != type(choices[0]).__name__]
                 alts = [{"enum": list(choices)}] + [{"type": t} for t in others]
                 prop.update(alts[0] if len(alts) == 1 else {"anyOf": alts})
             else:
-                prop["type"] = [_JSON_TYPES[t] for t in types] if len(types) > 1 \
-                    else _JSON_TYPES[types[0]]
+                prop["type"] = (
+                    [_JSON_TYPES[t] for t in types] if len(types) > 1 else _JSON_TYPES[types[0]]
+                )
             if m["minimum"] is not None:
                 prop["minimum"] = m["minimum"]
             props[f.name] = prop
@@ -172,54 +220,84 @@ def _megapixels(text: str) -> int:
 @dataclass
 class StackOptions(Options):
     """How a bracket is aligned and fused (the engine's options)."""
+
     method: str = option(
-        "pyramid", "fusion method. pyramid (default): Laplacian-pyramid maximum-contrast fusion, "
+        "pyramid",
+        "fusion method. pyramid (default): Laplacian-pyramid maximum-contrast fusion, "
         "best for fine detail (hair, bristles, crossing structures). depthmap: pick the sharpest "
         "frame per region with feathered seams, best for smooth surfaces and colour fidelity, "
-        "and faster", choices=METHODS)
+        "and faster",
+        choices=METHODS,
+    )
     align: bool = option(
-        True, "skip alignment, for stacks that are already registered (microscope focus knob, "
-        "previously aligned exports)", flag="--no-align")
+        True,
+        "skip alignment, for stacks that are already registered (microscope focus knob, "
+        "previously aligned exports)",
+        flag="--no-align",
+    )
     align_model: str = option(
-        "similarity", "alignment model. similarity (default): shift, rotation and scale, which "
+        "similarity",
+        "alignment model. similarity (default): shift, rotation and scale, which "
         "covers focus breathing; affine/homography: also shear/perspective, for tilted rails; "
-        "translation: shift only", choices=ALIGN_MODELS)
+        "translation: shift only",
+        choices=ALIGN_MODELS,
+    )
     interpolation: str = option(
-        "cubic", "how frames are resampled onto the reference: cubic (default), lanczos (keeps "
+        "cubic",
+        "how frames are resampled onto the reference: cubic (default), lanczos (keeps "
         "more of the finest texture, about 30 %% slower), linear (fastest, softest)",
-        choices=INTERPOLATIONS)
+        choices=INTERPOLATIONS,
+    )
     reference: str | int = option(
-        "middle", "frame the others are aligned to: middle (default), first, last, or a frame "
-        "number counted from 0 (negative counts from the end)", choices=REFERENCES)
+        "middle",
+        "frame the others are aligned to: middle (default), first, last, or a frame "
+        "number counted from 0 (negative counts from the end)",
+        choices=REFERENCES,
+    )
     match_gain: bool = option(
-        True, "don't match brightness and colour between frames (on by default: it removes "
-        "flicker from flash or LED light)", flag="--no-gain")
+        True,
+        "don't match brightness and colour between frames (on by default: it removes "
+        "flicker from flash or LED light)",
+        flag="--no-gain",
+    )
     halo_suppression: bool = option(
-        True, "pyramid method only: let coarse pyramid levels choose by contrast too (classic "
+        True,
+        "pyramid method only: let coarse pyramid levels choose by contrast too (classic "
         "PMax). Default is on, which avoids bright/dark halos around foreground edges",
-        flag="--no-halo-suppression")
+        flag="--no-halo-suppression",
+    )
     crop: bool = option(
-        False, "crop to the area every frame covers; default keeps the reference frame's size, "
-        "filling the borders from the frames that reach them")
+        False,
+        "crop to the area every frame covers; default keeps the reference frame's size, "
+        "filling the borders from the frames that reach them",
+    )
     bit_depth: int = option(
-        16, "bits per sample of TIFF/PNG output (default 16; JPEG is always 8)", choices=(8, 16))
+        16, "bits per sample of TIFF/PNG output (default 16; JPEG is always 8)", choices=(8, 16)
+    )
     overwrite: bool = option(False, "replace existing output files")
     max_pixels: int = option(
-        DEFAULT_MAX_PIXELS, "refuse frames larger than this many pixels, checked from the file "
-        "header before decoding (0: no limit; on the command line in megapixels)", minimum=0,
-        cli=False)
+        DEFAULT_MAX_PIXELS,
+        "refuse frames larger than this many pixels, checked from the file "
+        "header before decoding (0: no limit; on the command line in megapixels)",
+        minimum=0,
+        cli=False,
+    )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--max-pixels", dest="max_pixels", type=_megapixels,
-                            default=DEFAULT_MAX_PIXELS, metavar="MP",
-                            help="refuse frames larger than MP megapixels, checked from the file "
-                                 "header before decoding (default %d; 0: no limit)"
-                                 % (DEFAULT_MAX_PIXELS // 10**6))
+        parser.add_argument(
+            "--max-pixels",
+            dest="max_pixels",
+            type=_megapixels,
+            default=DEFAULT_MAX_PIXELS,
+            metavar="MP",
+            help="refuse frames larger than MP megapixels, checked from the file "
+            f"header before decoding (default {DEFAULT_MAX_PIXELS // 10**6}; 0: no limit)",
+        )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "StackOptions":
+    def from_args(cls, args: argparse.Namespace) -> StackOptions:
         opts = super().from_args(args)
         return dataclasses.replace(opts, max_pixels=args.max_pixels)
 
@@ -233,15 +311,17 @@ class StackOptions(Options):
 class OutputOptions(Options):
     """What the application writes around the engine's result (manifest `options` only; the
     command line spells these as paths: --depth-map [PATH], --no-metadata, --sources)."""
-    depth_map: bool = option(False, "also write OUT_depth.tif: which frame was sharpest",
-                             cli=False)
-    confidence_map: bool = option(False, "also write OUT_confidence.tif: how clearly it won",
-                                  cli=False)
-    format: str | None = option(None, "output format; the output's extension follows it",
-                                choices=tuple(FORMATS), cli=False)
+
+    depth_map: bool = option(False, "also write OUT_depth.tif: which frame was sharpest", cli=False)
+    confidence_map: bool = option(
+        False, "also write OUT_confidence.tif: how clearly it won", cli=False
+    )
+    format: str | None = option(
+        None, "output format; the output's extension follows it", choices=tuple(FORMATS), cli=False
+    )
     metadata: bool | None = option(
-        None, "copy the sources' EXIF/XMP onto the result (null: when they carry any)",
-        cli=False)
+        None, "copy the sources' EXIF/XMP onto the result (null: when they carry any)", cli=False
+    )
 
 
 def split_manifest_options(data: dict | None) -> tuple[StackOptions, OutputOptions]:
@@ -252,14 +332,23 @@ def split_manifest_options(data: dict | None) -> tuple[StackOptions, OutputOptio
         raise OptionError("options", "must be a JSON object")
     unknown = sorted(set(data) - StackOptions.names() - OutputOptions.names())
     if unknown:
-        raise OptionError("options", f"has unknown entr{'y' if len(unknown) == 1 else 'ies'}: "
-                                     f"{', '.join(unknown)}")
-    return (StackOptions.from_json({k: v for k, v in data.items() if k in StackOptions.names()}),
-            OutputOptions.from_json({k: v for k, v in data.items() if k in OutputOptions.names()}))
+        raise OptionError(
+            "options",
+            f"has unknown entr{'y' if len(unknown) == 1 else 'ies'}: {', '.join(unknown)}",
+        )
+    return (
+        StackOptions.from_json({k: v for k, v in data.items() if k in StackOptions.names()}),
+        OutputOptions.from_json({k: v for k, v in data.items() if k in OutputOptions.names()}),
+    )
 
 
 def options_schema() -> dict:
     """The manifest's `options` object: engine and output options together."""
-    return {"type": "object", "additionalProperties": False,
-            "properties": {**StackOptions.schema()["properties"],
-                           **OutputOptions.schema()["properties"]}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            **StackOptions.schema()["properties"],
+            **OutputOptions.schema()["properties"],
+        },
+    }

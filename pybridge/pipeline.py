@@ -5,27 +5,28 @@ reference-1 ... first): each is read (the next one is decoded in a background th
 registered to its neighbour, resampled onto the reference grid and folded into the fuser, then
 dropped. Peak memory is a few frames' worth, whatever the bracket's length.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .align import INTERPOLATIONS, ChainAligner, Transform, warp_frame
+from .atomic import atomic_output, atomic_outputs, check_extension, check_outputs
 from .errors import Cancelled, FocusbridgeError, InputError, StackError
 from .frames import Frame, frame_from_array, icc_colour_space, probe_frame, read_frame
 from .fuse import aligned_focus_measure, make_fuser, window_sigma_for
 from .options import StackOptions
 from .progress import silent
 from .signals import committing
-from .atomic import atomic_output, atomic_outputs, check_extension, check_outputs
 from .write import OUTPUT_EXTENSIONS, write_confidence_map, write_depth_map, write_image
 
 FrameSource = str | os.PathLike | np.ndarray
@@ -36,18 +37,18 @@ _FRAMES_SHARE = 0.94
 
 @dataclass
 class StackResult:
-    image: np.ndarray                 # float32 H x W x C, 0..1 (the inputs' encoding)
-    depth: np.ndarray                 # uint16 H x W, index of the sharpest frame
-    confidence: np.ndarray            # float32 H x W, 0..1
-    transforms: list[Transform]       # per frame, in input order
+    image: np.ndarray  # float32 H x W x C, 0..1 (the inputs' encoding)
+    depth: np.ndarray  # uint16 H x W, index of the sharpest frame
+    confidence: np.ndarray  # float32 H x W, 0..1
+    transforms: list[Transform]  # per frame, in input order
     reference: int
-    crop: tuple[int, int, int, int] | None = None   # (top, left, height, width) if cropped
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) if cropped
     icc: bytes | None = None
     output: Path | None = None
     depth_map_path: Path | None = None
     confidence_map_path: Path | None = None
     metadata_written: bool = False
-    warnings: list[str] = field(default_factory=list)   # one line each, naming the file
+    warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     timings: dict = field(default_factory=dict)
 
     def report(self, sources: Sequence[str] | None = None) -> dict:
@@ -62,8 +63,10 @@ class StackResult:
             "metadata": self.metadata_written,
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-            "frames": [dict(index=i, source=(str(sources[i]) if sources else None), **t.to_dict())
-                       for i, t in enumerate(self.transforms)],
+            "frames": [
+                dict(index=i, source=(str(sources[i]) if sources else None), **t.to_dict())
+                for i, t in enumerate(self.transforms)
+            ],
         }
 
 
@@ -88,7 +91,9 @@ def resolve_reference(reference: str | int, count: int) -> int:
     try:
         index = int(reference)
     except (TypeError, ValueError):
-        raise StackError(f"reference must be 'middle', 'first', 'last' or a frame number, not {reference!r}")
+        raise StackError(
+            f"reference must be 'middle', 'first', 'last' or a frame number, not {reference!r}"
+        ) from None
     if index < 0:
         index += count
     if not 0 <= index < count:
@@ -115,8 +120,11 @@ def _check_inputs(sources: Sequence[FrameSource], max_pixels: int) -> int:
         if first is None:
             first = (src, shape)
         elif shape[:2] != first[1][:2]:
-            raise InputError(_name(src), f"is {shape[1]}x{shape[0]} but {_name(first[0])} is "
-                                         f"{first[1][1]}x{first[1][0]}: all frames must have one size")
+            raise InputError(
+                _name(src),
+                f"is {shape[1]}x{shape[0]} but {_name(first[0])} is "
+                f"{first[1][1]}x{first[1][0]}: all frames must have one size",
+            )
     return channels
 
 
@@ -129,7 +137,11 @@ def _name(src: FrameSource) -> str:
 
 
 def _load(src: FrameSource, max_pixels: int) -> Frame:
-    return frame_from_array(src) if isinstance(src, np.ndarray) else read_frame(src, max_pixels=max_pixels)
+    return (
+        frame_from_array(src)
+        if isinstance(src, np.ndarray)
+        else read_frame(src, max_pixels=max_pixels)
+    )
 
 
 def read_paths(frames: Sequence[FrameSource]) -> list[tuple[str, Path]]:
@@ -146,8 +158,12 @@ def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:
         box = full[top:bottom, left:right]
         if box.all():
             break
-        bad = {"top": (~box[0]).mean(), "bottom": (~box[-1]).mean(),
-               "left": (~box[:, 0]).mean(), "right": (~box[:, -1]).mean()}
+        bad = {
+            "top": (~box[0]).mean(),
+            "bottom": (~box[-1]).mean(),
+            "left": (~box[:, 0]).mean(),
+            "right": (~box[:, -1]).mean(),
+        }
         side = max(bad, key=bad.get)
         if side == "top":
             top += 1
@@ -160,15 +176,20 @@ def common_area(coverage: np.ndarray, count: int) -> tuple[int, int, int, int]:
     return top, left, bottom - top, right - left
 
 
-def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None,
-          options: StackOptions | None = None, *,
-          depth_map: str | os.PathLike | None = None,
-          confidence_map: str | os.PathLike | None = None,
-          before_commit: Callable[[Path], None] | None = None,
-          also_reads: Sequence[tuple[str, Path]] = (),
-          also_writes: Sequence[tuple[str, Path]] = (),
-          progress: Callable[..., None] = silent,
-          cancel: Callable[[], bool] | None = None, **option_values) -> StackResult:
+def stack(
+    frames: Sequence[FrameSource],
+    output: str | os.PathLike | None = None,
+    options: StackOptions | None = None,
+    *,
+    depth_map: str | os.PathLike | None = None,
+    confidence_map: str | os.PathLike | None = None,
+    before_commit: Callable[[Path], None] | None = None,
+    also_reads: Sequence[tuple[str, Path]] = (),
+    also_writes: Sequence[tuple[str, Path]] = (),
+    progress: Callable[..., None] = silent,
+    cancel: Callable[[], bool] | None = None,
+    **option_values,
+) -> StackResult:
     """Stack a focus bracket: the engine, which knows nothing of metadata.
 
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
@@ -183,8 +204,15 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     opts = StackOptions.merged(options, option_values)
     frames = list(frames)
     t0 = time.perf_counter()
-    writes = [(role, Path(p)) for role, p in (("result", output), ("depth map", depth_map),
-                                              ("confidence map", confidence_map)) if p is not None]
+    writes = [
+        (role, Path(p))
+        for role, p in (
+            ("result", output),
+            ("depth map", depth_map),
+            ("confidence map", confidence_map),
+        )
+        if p is not None
+    ]
     channels, ref = check_before_pixels(frames, writes, opts, also_reads, also_writes)
     res = _align_and_fuse(frames, channels, ref, opts, progress, cancel)
     res.timings["stack"] = time.perf_counter() - t0
@@ -199,9 +227,13 @@ def stack(frames: Sequence[FrameSource], output: str | os.PathLike | None = None
     return res
 
 
-def check_before_pixels(frames: Sequence[FrameSource], writes: Sequence[tuple[str, Path]],
-                        opts: StackOptions, also_reads: Sequence[tuple[str, Path]] = (),
-                        also_writes: Sequence[tuple[str, Path]] = ()) -> tuple[int, int]:
+def check_before_pixels(
+    frames: Sequence[FrameSource],
+    writes: Sequence[tuple[str, Path]],
+    opts: StackOptions,
+    also_reads: Sequence[tuple[str, Path]] = (),
+    also_writes: Sequence[tuple[str, Path]] = (),
+) -> tuple[int, int]:
     """Everything that can be known before a pixel is read: output names and folders, no
     output on an input, frame headers (kind, size, pixel limit). Returns (channels of the
     result, reference frame index)."""
@@ -212,8 +244,9 @@ def check_before_pixels(frames: Sequence[FrameSource], writes: Sequence[tuple[st
     return channels, resolve_reference(opts.reference, len(frames))
 
 
-def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts: StackOptions,
-                    progress, cancel) -> StackResult:
+def _align_and_fuse(
+    frames: Sequence[FrameSource], channels: int, ref: int, opts: StackOptions, progress, cancel
+) -> StackResult:
     """Stream the frames through read -> align -> fuse, one at a time, in chain order.
 
     A helper thread reads, registers, resamples and measures the focus of the next frame
@@ -233,8 +266,10 @@ def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts
             first.update(shape=pixels.shape[:2])
         if pixels.shape[:2] != first["shape"]:
             h, w = first["shape"]
-            raise InputError(_name(frames[index]), f"is {pixels.shape[1]}x{pixels.shape[0]} but "
-                                                   f"the reference is {w}x{h}")
+            raise InputError(
+                _name(frames[index]),
+                f"is {pixels.shape[1]}x{pixels.shape[0]} but the reference is {w}x{h}",
+            )
         if pixels.shape[2] != channels:
             pixels = _match_channels(pixels, channels)
         if index == ref:
@@ -243,10 +278,11 @@ def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts
             if index == ref - 1:
                 aligner.restart()
             t = aligner.align(pixels)
-        warped, valid = warp_frame(pixels, t, first["shape"],
-                                   interpolation=INTERPOLATIONS[opts.interpolation])
+        warped, valid = warp_frame(
+            pixels, t, first["shape"], interpolation=INTERPOLATIONS[opts.interpolation]
+        )
         icc = _usable_icc(frame, channels, warnings)
-        del frame, pixels          # the unwarped frame is done with: free it before the next step
+        del frame, pixels  # the unwarped frame is done with: free it before the next step
         measure = aligned_focus_measure(warped, valid, window_sigma_for(first["shape"]))
         return warped, valid, measure, t, icc
 
@@ -261,11 +297,14 @@ def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts
             if step + 1 < count:
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
-                fuser = make_fuser(opts.method, first["shape"], channels,
-                                   halo_suppression=opts.halo_suppression)
+                fuser = make_fuser(
+                    opts.method, first["shape"], channels, halo_suppression=opts.halo_suppression
+                )
             icc = icc or frame_icc
             transforms[index] = t
-            progress("align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count)
+            progress(
+                "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
+            )
             fuser.add(index, warped, valid, measure)
             del warped, measure
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
@@ -275,9 +314,17 @@ def _align_and_fuse(frames: Sequence[FrameSource], channels: int, ref: int, opts
     image, depth, conf = fused.image, fused.depth, fused.confidence
     if box is not None:
         top, left, h, w = box
-        image, depth, conf = (a[top:top + h, left:left + w] for a in (image, depth, conf))
-    return StackResult(image=image, depth=depth, confidence=conf, transforms=transforms,
-                       reference=ref, crop=box, icc=icc, warnings=list(dict.fromkeys(warnings)))
+        image, depth, conf = (a[top : top + h, left : left + w] for a in (image, depth, conf))
+    return StackResult(
+        image=image,
+        depth=depth,
+        confidence=conf,
+        transforms=transforms,
+        reference=ref,
+        crop=box,
+        icc=icc,
+        warnings=list(dict.fromkeys(warnings)),
+    )
 
 
 def _usable_icc(frame: Frame, channels: int, warnings: list[str]) -> bytes | None:
@@ -288,9 +335,11 @@ def _usable_icc(frame: Frame, channels: int, warnings: list[str]) -> bytes | Non
     space = icc_colour_space(frame.icc)
     if space == ("RGB" if channels == 3 else "GRAY"):
         return frame.icc
-    warnings.append(f"{frame.path}: its {space or 'unrecognised'} ICC profile does not describe "
-                    f"the {'colour' if channels == 3 else 'grey'} result; the result is written "
-                    "without it")
+    warnings.append(
+        f"{frame.path}: its {space or 'unrecognised'} ICC profile does not describe "
+        f"the {'colour' if channels == 3 else 'grey'} result; the result is written "
+        "without it"
+    )
     return None
 
 
@@ -301,19 +350,24 @@ def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return pixels.mean(axis=2, keepdims=True, dtype=np.float32)
 
 
-def _write_outputs(res: StackResult, paths: dict[str, Path], opts: StackOptions,
-                   before_commit: Callable[[Path], None] | None) -> None:
+def _write_outputs(
+    res: StackResult,
+    paths: dict[str, Path],
+    opts: StackOptions,
+    before_commit: Callable[[Path], None] | None,
+) -> None:
     """All outputs appear together or not at all; from the first byte written on, a signal no
     longer cancels half-way (see signals.py): the set is finished or fully removed."""
     count = len(res.transforms)
     roles = list(paths)
     with committing(), atomic_outputs(list(paths.values()), overwrite=opts.overwrite) as temps:
-        temp = dict(zip(roles, temps))
+        temp = dict(zip(roles, temps, strict=True))
         try:
             if "result" in temp:
                 jpeg = paths["result"].suffix.lower() in (".jpg", ".jpeg")
-                write_image(temp["result"], res.image, bit_depth=8 if jpeg else opts.bit_depth,
-                            icc=res.icc)
+                write_image(
+                    temp["result"], res.image, bit_depth=8 if jpeg else opts.bit_depth, icc=res.icc
+                )
                 if before_commit is not None:
                     before_commit(temp["result"])
             if "depth map" in temp:
@@ -322,8 +376,11 @@ def _write_outputs(res: StackResult, paths: dict[str, Path], opts: StackOptions,
                 write_confidence_map(temp["confidence map"], res.confidence)
         except (FocusbridgeError, OSError) as exc:
             # name the user's file, never the hidden temp file it is being written as
-            message = str(exc) if isinstance(exc, FocusbridgeError) else \
-                f"{exc.filename}: {exc.strerror or exc}"
+            message = (
+                str(exc)
+                if isinstance(exc, FocusbridgeError)
+                else f"{exc.filename}: {exc.strerror or exc}"
+            )
             for role in roles:
                 message = message.replace(str(temp[role]), str(paths[role]))
             raise StackError(message) from None
@@ -333,8 +390,9 @@ def _write_outputs(res: StackResult, paths: dict[str, Path], opts: StackOptions,
     res.confidence_map_path = paths.get("confidence map")
 
 
-def write_report(res: StackResult, path: str | os.PathLike, sources=None,
-                 overwrite: bool = True) -> None:
+def write_report(
+    res: StackResult, path: str | os.PathLike, sources=None, overwrite: bool = True
+) -> None:
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         Path(tmp).write_text(json.dumps(res.report(sources), indent=2), encoding="utf-8")

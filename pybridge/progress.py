@@ -4,13 +4,15 @@ The pipeline calls a `Progress` with (phase, frame, count, fraction); what happe
 depends on who is watching. Each event is one JSON object per line:
 {"phase": "align", "frame": 3, "count": 15, "fraction": 0.27}
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 ProgressCallback = Callable[..., None]
 
@@ -22,11 +24,17 @@ class JsonLines:
         self.stream = stream
         self.file = Path(file) if file else None
 
-    def __call__(self, phase: str, frame: int | None = None, count: int | None = None,
-                 fraction: float = 0.0, **extra) -> None:
+    def __call__(
+        self,
+        phase: str,
+        frame: int | None = None,
+        count: int | None = None,
+        fraction: float = 0.0,
+        **extra,
+    ) -> None:
         event = {"phase": phase, "frame": frame, "count": count, "fraction": round(fraction, 4)}
         event.update(extra)
-        line = json.dumps(event)   # ASCII: any file name survives, even one that is not UTF-8
+        line = json.dumps(event)  # ASCII: any file name survives, even one that is not UTF-8
         if self.stream is not None:
             print(line, file=self.stream, flush=True)
         if self.file is not None:
@@ -42,13 +50,21 @@ class Bar:
         self.width = width
         self.start = time.monotonic()
 
-    def __call__(self, phase: str, frame: int | None = None, count: int | None = None,
-                 fraction: float = 0.0, **extra) -> None:
+    def __call__(
+        self,
+        phase: str,
+        frame: int | None = None,
+        count: int | None = None,
+        fraction: float = 0.0,
+        **extra,
+    ) -> None:
         filled = int(round(fraction * self.width))
         what = f"{phase} {frame + 1}/{count}" if frame is not None and count else phase
         elapsed = time.monotonic() - self.start
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
-                          f"{what:<16} {elapsed:6.1f}s")
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
+            f"{what:<16} {elapsed:6.1f}s"
+        )
         if phase == "done":
             self.stream.write("\n")
         self.stream.flush()

@@ -8,15 +8,21 @@ run is finished and signals no longer change its outcome; once a cancel is under
 signals are ignored too, so they cannot interrupt the clean-up (or the wait for the reading
 thread, which OpenCV would answer with an abort at exit).
 """
+
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-_CANCELLABLE, _COMMITTING, _CANCELLING, _FINISHED = 'cancellable', 'committing', 'cancelling', 'finished'
+_CANCELLABLE, _COMMITTING, _CANCELLING, _FINISHED = (
+    'cancellable',
+    'committing',
+    'cancelling',
+    'finished',
+)
 _state = {'phase': _CANCELLABLE, 'held': False}
 
 
@@ -30,7 +36,7 @@ def install() -> None:
 def _on_signal(signum, frame) -> None:
     phase = _state['phase']
     if phase == _CANCELLING:
-        return                  # cleaning up already; interrupting that would leave files
+        return  # cleaning up already; interrupting that would leave files
     if phase == _CANCELLABLE or (phase == _COMMITTING and _state['held']):
         _state['phase'] = _CANCELLING
         # KeyboardInterrupt, not an Exception: no library's `except Exception` swallows it
@@ -41,15 +47,18 @@ def _on_signal(signum, frame) -> None:
 def note_late_cancel() -> None:
     """Say so when a cancel came too late to stop the run (it finished instead)."""
     if _state['held']:
-        print("focusbridge: the cancel came while the result was being written; it was "
-              "finished instead", file=sys.stderr)
+        print(
+            "focusbridge: the cancel came while the result was being written; it was "
+            "finished instead",
+            file=sys.stderr,
+        )
 
 
 @contextmanager
 def committing() -> Iterator[None]:
     """The write-and-commit phase: hold back the first signal, finish when it succeeds."""
     if threading.current_thread() is not threading.main_thread():
-        yield                          # signals are only delivered to the main thread
+        yield  # signals are only delivered to the main thread
         return
     previous = _state['phase']
     _state['phase'] = _COMMITTING

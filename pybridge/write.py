@@ -31,10 +31,11 @@ PNG_EXTENSIONS = frozenset({'.png'})
 OUTPUT_EXTENSIONS = TIFF_EXTENSIONS | JPEG_EXTENSIONS | PNG_EXTENSIONS
 
 _ICC_TAG = 34675
-_ICC_SEGMENT_MAX = 65535 - 2 - 14      # APP2 length field counts itself; 14-byte header
+_ICC_SEGMENT_MAX = 65535 - 2 - 14  # APP2 length field counts itself; 14-byte header
 
 
 # ---------------------------------------------------------------------------- encoders
+
 
 def _quantize(pixels: np.ndarray, maxval: int, dtype) -> np.ndarray:
     q = np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
@@ -52,8 +53,9 @@ def _as_image(path: Path, pixels: np.ndarray) -> np.ndarray:
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise OutputError(path, f'cannot write an image of shape {pixels.shape}')
     if pixels.dtype.kind in 'ub':
-        pixels = pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max
-                                                   if pixels.dtype.kind == 'u' else 1)
+        pixels = pixels.astype(np.float32) / float(
+            np.iinfo(pixels.dtype).max if pixels.dtype.kind == 'u' else 1
+        )
     return pixels
 
 
@@ -71,13 +73,17 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def _jpeg_with_icc(jpeg: bytes, icc: bytes) -> bytes:
     """Insert ICC_PROFILE APP2 segments after SOI and a leading APP0 (JFIF)."""
-    chunks = [icc[i:i + _ICC_SEGMENT_MAX] for i in range(0, len(icc), _ICC_SEGMENT_MAX)]
+    chunks = [icc[i : i + _ICC_SEGMENT_MAX] for i in range(0, len(icc), _ICC_SEGMENT_MAX)]
     if len(chunks) > 255:
         raise ValueError('ICC profile too large for JPEG')
     segments = b''.join(
-        b'\xff\xe2' + struct.pack('>H', 2 + 14 + len(c)) + b'ICC_PROFILE\x00'
-        + bytes((n, len(chunks))) + c
-        for n, c in enumerate(chunks, 1))
+        b'\xff\xe2'
+        + struct.pack('>H', 2 + 14 + len(c))
+        + b'ICC_PROFILE\x00'
+        + bytes((n, len(chunks)))
+        + c
+        for n, c in enumerate(chunks, 1)
+    )
     pos = 2
     if jpeg[2:4] == b'\xff\xe0':
         pos = 4 + struct.unpack_from('>H', jpeg, 4)[0]
@@ -85,8 +91,12 @@ def _jpeg_with_icc(jpeg: bytes, icc: bytes) -> bytes:
 
 
 def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    return (struct.pack('>I', len(body)) + ctype + body
-            + struct.pack('>I', zlib.crc32(ctype + body) & 0xFFFFFFFF))
+    return (
+        struct.pack('>I', len(body))
+        + ctype
+        + body
+        + struct.pack('>I', zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    )
 
 
 def _png_insert(png: bytes, chunks: bytes) -> bytes:
@@ -100,8 +110,9 @@ def _iccp_chunk(icc: bytes) -> bytes:
 
 
 def _text_chunk(keyword: str, text: str) -> bytes:
-    return _png_chunk(b'tEXt', keyword.encode('latin-1') + b'\x00'
-                      + text.encode('latin-1', 'replace'))
+    return _png_chunk(
+        b'tEXt', keyword.encode('latin-1') + b'\x00' + text.encode('latin-1', 'replace')
+    )
 
 
 def _encode_cv2(path: Path, ext: str, img: np.ndarray, params: list[int]) -> bytes:
@@ -116,16 +127,29 @@ def _write_tiff(path: Path, img: np.ndarray, icc: bytes | None, description: str
     try:
         with open(path, 'wb') as fh:
             tifffile.imwrite(
-                fh, img, photometric='rgb' if img.ndim == 3 else 'minisblack',
-                planarconfig='contig', compression=None, rowsperstrip=64,
-                description=description, metadata=None, extratags=extratags)
+                fh,
+                img,
+                photometric='rgb' if img.ndim == 3 else 'minisblack',
+                planarconfig='contig',
+                compression=None,
+                rowsperstrip=64,
+                description=description,
+                metadata=None,
+                extratags=extratags,
+            )
     except OSError as exc:
         raise OutputError(path, f'cannot write ({one_line(exc.strerror or exc)})') from None
 
 
-def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 16,
-                icc: bytes | None = None, jpeg_quality: int = 95, *,
-                description: str | None = None) -> None:
+def write_image(
+    path: str | Path,
+    pixels: np.ndarray,
+    bit_depth: int = 16,
+    icc: bytes | None = None,
+    jpeg_quality: int = 95,
+    *,
+    description: str | None = None,
+) -> None:
     """Write float RGB/gray 0..1 pixels; the format comes from the extension.
 
     TIFF: 8 or 16 bit (32 writes float32 as is); PNG: 8 or 16 bit; JPEG: always 8 bit.
@@ -134,8 +158,9 @@ def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 16,
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in OUTPUT_EXTENSIONS:
-        raise OutputError(path, f'unsupported output format {ext or "(no extension)"!r}'
-                                ' (use .tif, .jpg or .png)')
+        raise OutputError(
+            path, f'unsupported output format {ext or "(no extension)"!r} (use .tif, .jpg or .png)'
+        )
     img = _as_image(path, pixels)
     icc = bytes(icc) if icc else None
     if ext in TIFF_EXTENSIONS:
@@ -148,16 +173,21 @@ def write_image(path: str | Path, pixels: np.ndarray, bit_depth: int = 16,
         _write_tiff(path, data, icc, description)
         return
     if ext in JPEG_EXTENSIONS:
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality),
-                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        params = [
+            cv2.IMWRITE_JPEG_QUALITY,
+            int(jpeg_quality),
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+        ]
         out = _encode_cv2(path, '.jpg', _quantize(img, 255, np.uint8), params)
         if icc:
             out = _jpeg_with_icc(out, icc)
     else:
         data = _quantize(img, 255, np.uint8) if bit_depth <= 8 else _quantize(img, 65535, np.uint16)
         out = _encode_cv2(path, '.png', data, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        extra = (_iccp_chunk(icc) if icc else b'') + \
-                (_text_chunk('Description', description) if description else b'')
+        extra = (_iccp_chunk(icc) if icc else b'') + (
+            _text_chunk('Description', description) if description else b''
+        )
         if extra:
             out = _png_insert(out, extra)
     _write_bytes(path, out)
@@ -182,21 +212,25 @@ def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
     path = Path(path)
     index = np.asarray(index)
     if index.ndim != 2 or index.dtype.kind not in 'iu':
-        raise OutputError(path, f'depth map must be a 2-D integer array, got {index.dtype} '
-                                f'{index.shape}')
+        raise OutputError(
+            path, f'depth map must be a 2-D integer array, got {index.dtype} {index.shape}'
+        )
     if not 1 <= count <= 65536:
         raise OutputError(path, f'frame count {count} does not fit a 16-bit depth map')
     if index.size and (index.min() < 0 or index.max() >= count):
         raise OutputError(path, f'depth map holds indices outside 0..{count - 1}')
     ext = path.suffix.lower()
-    description = (f'focusbridge depth map of {count} frames: pixel value = index of the '
-                   f'sharpest frame (0..{count - 1}, in the order given) * 65535 / {max(count - 1, 1)}')
-    if ext in JPEG_EXTENSIONS:        # 8-bit lossy cannot hold indices exactly: a preview
+    description = (
+        f'focusbridge depth map of {count} frames: pixel value = index of the '
+        f'sharpest frame (0..{count - 1}, in the order given) * 65535 / {max(count - 1, 1)}'
+    )
+    if ext in JPEG_EXTENSIONS:  # 8-bit lossy cannot hold indices exactly: a preview
         write_image(path, index.astype(np.float32) / max(count - 1, 1), bit_depth=8)
         return
     if ext not in TIFF_EXTENSIONS | PNG_EXTENSIONS:
-        raise OutputError(path, f'unsupported depth map format {ext or "(no extension)"!r}'
-                                ' (use .tif or .png)')
+        raise OutputError(
+            path, f'unsupported depth map format {ext or "(no extension)"!r} (use .tif or .png)'
+        )
     data = np.ascontiguousarray(depth_map_levels(index, count))
     if ext in TIFF_EXTENSIONS:
         _write_tiff(path, data, None, description)

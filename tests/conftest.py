@@ -23,9 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 @pytest.fixture(scope='session')
 def test_data() -> Path:
     """tests/data. Missing data is a broken checkout: fail, never skip."""
-    missing = [p for p in (TEST_DATA / 'README.md', TEST_DATA / 'brackets', TEST_DATA / 'raw',
-                           TEST_DATA / 'camera-metadata', RING6 / 'step0.jpg')
-               if not p.exists()]
+    missing = [
+        p
+        for p in (
+            TEST_DATA / 'README.md',
+            TEST_DATA / 'brackets',
+            TEST_DATA / 'raw',
+            TEST_DATA / 'camera-metadata',
+            RING6 / 'step0.jpg',
+        )
+        if not p.exists()
+    ]
     if missing:
         pytest.fail(f'test data missing: {", ".join(map(str, missing))} (a broken checkout)')
     return TEST_DATA
@@ -37,8 +45,11 @@ ICC_SOURCE = Path('brackets') / 'depthmap10' / 'reference' / '3d.jpg'
 @pytest.fixture(scope='session')
 def icc_profile(test_data) -> bytes:
     """A real ICC profile (sRGB, 672 bytes) that exiftool extracts from a JPEG in the data."""
-    done = subprocess.run([_exiftool(), '-b', '-ICC_Profile', str(test_data / ICC_SOURCE)],
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        [_exiftool(), '-b', '-ICC_Profile', str(test_data / ICC_SOURCE)],
+        capture_output=True,
+        timeout=60,
+    )
     icc = done.stdout
     assert done.returncode == 0 and icc[36:40] == b'acsp', 'expected an ICC profile in 3d.jpg'
     return icc
@@ -67,10 +78,10 @@ def exiftool():
     tool = _exiftool()
 
     def run(*args) -> str:
-        done = subprocess.run([tool, *map(str, args)], capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
     return run
 
 
@@ -84,25 +95,44 @@ def unprivileged():
     """
     import os
     import sysconfig
+
     base = [sys.executable]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()['purelib']]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()['purelib']])
+    )
     if os.geteuid() == 0:
         drop = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
         version = f'python{sys.version_info.major}.{sys.version_info.minor}'
-        for candidate in (os.path.realpath(sys.executable), f'/usr/bin/{version}',
-                          f'/usr/local/bin/{version}'):
-            probe = subprocess.run([*drop, candidate, '-c', 'import numpy, cv2, pybridge'],
-                                   env=env, capture_output=True, cwd='/')
+        for candidate in (
+            os.path.realpath(sys.executable),
+            f'/usr/bin/{version}',
+            f'/usr/local/bin/{version}',
+        ):
+            probe = subprocess.run(
+                [*drop, candidate, '-c', 'import numpy, cv2, pybridge'],
+                env=env,
+                capture_output=True,
+                cwd='/',
+            )
             if probe.returncode == 0:
                 base = [*drop, candidate]
                 break
         else:
-            pytest.fail(f'no {version} interpreter that uid 65534 can run with the project '
-                        f'(tried the venv\'s and /usr/bin/{version}); install python3')
+            pytest.fail(
+                f'no {version} interpreter that uid 65534 can run with the project '
+                f'(tried the venv\'s and /usr/bin/{version}); install python3'
+            )
 
     def run(args, cwd='/'):
-        return subprocess.run([*base, '-m', 'pybridge', *map(str, args)], env=env, cwd=cwd,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [*base, '-m', 'pybridge', *map(str, args)],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     return run
 
 
@@ -110,6 +140,7 @@ def unprivileged():
 def public_tmp():
     """A temp folder every user can enter (pytest's tmp_path is private to root)."""
     import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix='focusbridge-test-'))
     folder.chmod(0o755)
     yield folder
@@ -120,6 +151,7 @@ def copy_camera_files(test_data: Path, folder: Path, names) -> Path:
     """Copy real camera files into `folder` (created; a name with a space and an umlaut keeps
     file-name handling honest), writable, so tests never touch the originals in tests/data."""
     import os
+
     folder.mkdir()
     for name in names:
         shutil.copy(test_data / 'camera-metadata' / name, folder / name)

@@ -43,9 +43,16 @@ def _rationals(values, denominator=10000):
     return tuple(flat)
 
 
-def write_dng(path: str | Path, image: np.ndarray, cfa: str = 'RGGB', black: int = 0,
-              white: int = 65535, orientation: int | None = None,
-              make: str = 'FocusBridge', model: str = 'Test Sensor') -> Path:
+def write_dng(
+    path: str | Path,
+    image: np.ndarray,
+    cfa: str = 'RGGB',
+    black: int = 0,
+    white: int = 65535,
+    orientation: int | None = None,
+    make: str = 'FocusBridge',
+    model: str = 'Test Sensor',
+) -> Path:
     """Write `image` as a 16-bit CFA DNG (DNG 1.4) and return its path.
 
     `image` is the linear scene as uint16 0..65535: either H x W x 3 RGB (sampled through the
@@ -68,27 +75,39 @@ def write_dng(path: str | Path, image: np.ndarray, cfa: str = 'RGGB', black: int
 
     unique_model = f'{make} {model}'
     tags = [
-        (271, _ASCII, 0, make, True),                                   # Make
-        (272, _ASCII, 0, model, True),                                  # Model
-        (33421, _SHORT, 2, (2, 2), True),                               # CFARepeatPatternDim
-        (33422, _BYTE, 4, tuple(_CFA_CODES[c] for c in cfa.upper()), True),   # CFAPattern
-        (50706, _BYTE, 4, (1, 4, 0, 0), True),                          # DNGVersion
-        (50707, _BYTE, 4, (1, 1, 0, 0), True),                          # DNGBackwardVersion
-        (50708, _ASCII, 0, unique_model, True),                         # UniqueCameraModel
-        (50710, _BYTE, 3, (0, 1, 2), True),                             # CFAPlaneColor
-        (50711, _SHORT, 1, 1, True),                                    # CFALayout: rectangular
-        (50713, _SHORT, 2, (1, 1), True),                               # BlackLevelRepeatDim
-        (50714, _LONG, 1, black, True),                                 # BlackLevel
-        (50717, _LONG, 1, white, True),                                 # WhiteLevel
-        (50721, _SRATIONAL, 9,                                          # ColorMatrix1
-         _rationals([v for row in _XYZ_TO_SRGB for v in row]), True),
-        (50728, _RATIONAL, 3, _rationals((1.0, 1.0, 1.0)), True),       # AsShotNeutral
-        (50778, _SHORT, 1, 21, True),                                   # CalibrationIlluminant1: D65
+        (271, _ASCII, 0, make, True),  # Make
+        (272, _ASCII, 0, model, True),  # Model
+        (33421, _SHORT, 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, _BYTE, 4, tuple(_CFA_CODES[c] for c in cfa.upper()), True),  # CFAPattern
+        (50706, _BYTE, 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, _BYTE, 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, _ASCII, 0, unique_model, True),  # UniqueCameraModel
+        (50710, _BYTE, 3, (0, 1, 2), True),  # CFAPlaneColor
+        (50711, _SHORT, 1, 1, True),  # CFALayout: rectangular
+        (50713, _SHORT, 2, (1, 1), True),  # BlackLevelRepeatDim
+        (50714, _LONG, 1, black, True),  # BlackLevel
+        (50717, _LONG, 1, white, True),  # WhiteLevel
+        (
+            50721,
+            _SRATIONAL,
+            9,  # ColorMatrix1
+            _rationals([v for row in _XYZ_TO_SRGB for v in row]),
+            True,
+        ),
+        (50728, _RATIONAL, 3, _rationals((1.0, 1.0, 1.0)), True),  # AsShotNeutral
+        (50778, _SHORT, 1, 21, True),  # CalibrationIlluminant1: D65
     ]
     if orientation is not None:
         tags.append((274, _SHORT, 1, int(orientation), True))
-    tifffile.imwrite(path, stored, photometric=32803, subfiletype=0, metadata=None,
-                     compression=None, extratags=tags)
+    tifffile.imwrite(
+        path,
+        stored,
+        photometric=32803,
+        subfiletype=0,
+        metadata=None,
+        compression=None,
+        extratags=tags,
+    )
     return path
 
 
@@ -97,9 +116,12 @@ def smooth_scene(height: int = 128, width: int = 192, seed: int = 0) -> np.ndarr
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, 3)
-    scene = np.stack([
-        0.15 + 0.7 * x / width,
-        0.5 + 0.3 * np.sin(2 * np.pi * y / height + phase[1]),
-        0.2 + 0.6 * (y / height) * (1 - 0.5 * x / width),
-    ], axis=-1)
+    scene = np.stack(
+        [
+            0.15 + 0.7 * x / width,
+            0.5 + 0.3 * np.sin(2 * np.pi * y / height + phase[1]),
+            0.2 + 0.6 * (y / height) * (1 - 0.5 * x / width),
+        ],
+        axis=-1,
+    )
     return np.round(np.clip(scene, 0, 1) * 65535).astype(np.uint16)

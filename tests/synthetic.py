@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -89,12 +89,13 @@ class Bracket:
 # --------------------------------------------------------------------------------------
 # kernels
 
+
 def disk_kernel(radius: float) -> np.ndarray | None:
     """Antialiased, normalised disk kernel; None (identity) for radius <= 0.5 px."""
     if radius <= 0.5:
         return None
     r_int = int(math.ceil(radius + 0.5))
-    y, x = np.mgrid[-r_int:r_int + 1, -r_int:r_int + 1]
+    y, x = np.mgrid[-r_int : r_int + 1, -r_int : r_int + 1]
     k = np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0).astype(np.float32)
     return k / k.sum()
 
@@ -130,8 +131,12 @@ def _smooth_noise(rng, h, w, sigma):
 def _text_layer(rng, h, w, scale):
     """Text-like glyph pattern at a few sizes, values 0..1 (1 = ink)."""
     img = np.zeros((h, w), np.uint8)
-    fonts = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
-             cv2.FONT_HERSHEY_COMPLEX_SMALL]
+    fonts = [
+        cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.FONT_HERSHEY_PLAIN,
+        cv2.FONT_HERSHEY_DUPLEX,
+        cv2.FONT_HERSHEY_COMPLEX_SMALL,
+    ]
     for fs in (0.5, 0.9, 1.6):
         fscale = fs * scale
         font = fonts[int(rng.integers(len(fonts)))]
@@ -145,8 +150,7 @@ def _text_layer(rng, h, w, scale):
                 n_chars = max(4, w // max(3, tw // 2) + 2)
                 txt = "".join(rng.choice(list(_GLYPHS), size=n_chars))
                 x0 = -int(rng.integers(0, max(1, tw)))
-                cv2.putText(img, txt, (x0, y), font, fscale, 255,
-                            1 if fs < 1 else 2, cv2.LINE_AA)
+                cv2.putText(img, txt, (x0, y), font, fscale, 255, 1 if fs < 1 else 2, cv2.LINE_AA)
             y += line_h
             band += 1
     return img.astype(np.float32) / 255.0
@@ -175,7 +179,7 @@ def _texture(rng, h, w, scale, kind=None):
         c = max(2, int(round(rng.uniform(2, 6) * max(1.0, scale * 0.6))))
         cells = (rng.random((h // c + 2, w // c + 2)) < 0.5).astype(np.float32)
         oy, ox = int(rng.integers(c)), int(rng.integers(c))
-        t = np.repeat(np.repeat(cells, c, axis=0), c, axis=1)[oy:oy + h, ox:ox + w]
+        t = np.repeat(np.repeat(cells, c, axis=0), c, axis=1)[oy : oy + h, ox : ox + w]
         t = 0.25 + 0.5 * t + 0.06 * fine + 0.08 * coarse
     else:  # text
         ink = _text_layer(rng, h, w, scale)
@@ -187,19 +191,22 @@ def _texture(rng, h, w, scale, kind=None):
         c0, c1 = c1, c0
     tex = c0[None, None, :] * (1.0 - t[..., None]) + c1[None, None, :] * t[..., None]
     # a little independent per-channel detail so colour edges are not all luminance edges
-    tex += 0.03 * _smooth_noise(rng, h, w, 1.0)[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+    tex += (
+        0.03 * _smooth_noise(rng, h, w, 1.0)[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+    )
     return np.clip(tex, 0.02, 0.98).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
 # scene
 
+
 @dataclass
 class _Layer:
     y0: int
     x0: int
-    premult: np.ndarray   # h x w x 3, colour * alpha
-    alpha: np.ndarray     # h x w
+    premult: np.ndarray  # h x w x 3, colour * alpha
+    alpha: np.ndarray  # h x w
     depth: float
 
 
@@ -214,7 +221,9 @@ def _object_mask(rng, h, w, kind, scale):
     elif kind == "rect":
         ang = rng.uniform(0, 180)
         side = min(h, w) - 3.0
-        box = cv2.boxPoints(((cx, cy), (side * rng.uniform(0.55, 0.7), side * rng.uniform(0.8, 0.98)), ang))
+        box = cv2.boxPoints(
+            ((cx, cy), (side * rng.uniform(0.55, 0.7), side * rng.uniform(0.8, 0.98)), ang)
+        )
         # rotated box must fit inside the square: shrink if needed
         ext = np.abs(box - [cx, cy]).max()
         box = (box - [cx, cy]) * min(1.0, (side / 2.0) / ext) + [cx, cy]
@@ -244,15 +253,15 @@ class _Scene:
         self.bg = _texture(rng, self.CH, self.CW, scale, kind=bg_kinds[int(rng.integers(3))])
         # add a second texture in a random half-plane so the background is varied
         bg2 = _texture(rng, self.CH, self.CW, scale, kind=bg_kinds[int(rng.integers(3))])
-        yy, xx = np.mgrid[0:self.CH, 0:self.CW].astype(np.float32)
+        yy, xx = np.mgrid[0 : self.CH, 0 : self.CW].astype(np.float32)
         th = rng.uniform(0, 2 * np.pi)
-        u = ((xx - self.CW / 2) * math.cos(th) + (yy - self.CH / 2) * math.sin(th))
+        u = (xx - self.CW / 2) * math.cos(th) + (yy - self.CH / 2) * math.sin(th)
         w2 = np.clip(u / 1.5 + 0.5, 0, 1)[..., None]
         self.bg = (self.bg * (1 - w2) + bg2 * w2).astype(np.float32)
         # slanted depth: n-1 on one side, n-1 - slant*(n-1) on the other
         th = rng.uniform(0, 2 * np.pi)
-        u = ((xx - self.CW / 2) * math.cos(th) + (yy - self.CH / 2) * math.sin(th))
-        vis = u[margin:margin + H, margin:margin + W]
+        u = (xx - self.CW / 2) * math.cos(th) + (yy - self.CH / 2) * math.sin(th)
+        vis = u[margin : margin + H, margin : margin + W]
         u = (u - vis.min()) / max(1e-6, float(vis.max() - vis.min()))
         self.bg_depth = ((n - 1) * (1.0 - slant * u)).astype(np.float32)
         # objects: integer depths spread over 0 .. n-2
@@ -278,15 +287,22 @@ class _Scene:
             y0 = int(round(cy - hh / 2)) - p
             x0 = int(round(cx - ww / 2)) - p
             alpha = np.zeros((hh + 2 * p, ww + 2 * p), np.float32)
-            alpha[p:p + hh, p:p + ww] = mask
+            alpha[p : p + hh, p : p + ww] = mask
             premult = np.zeros((hh + 2 * p, ww + 2 * p, 3), np.float32)
-            premult[p:p + hh, p:p + ww] = tex * mask[..., None]
+            premult[p : p + hh, p : p + ww] = tex * mask[..., None]
             # clip to canvas
             ya, xa = max(0, -y0), max(0, -x0)
             yb = min(alpha.shape[0], self.CH - y0)
             xb = min(alpha.shape[1], self.CW - x0)
-            self.layers.append(_Layer(y0 + ya, x0 + xa, np.ascontiguousarray(premult[ya:yb, xa:xb]),
-                                      np.ascontiguousarray(alpha[ya:yb, xa:xb]), float(d)))
+            self.layers.append(
+                _Layer(
+                    y0 + ya,
+                    x0 + xa,
+                    np.ascontiguousarray(premult[ya:yb, xa:xb]),
+                    np.ascontiguousarray(alpha[ya:yb, xa:xb]),
+                    float(d),
+                )
+            )
         self._bg_cache: dict[float, np.ndarray] = {}
         self._bg_cache_bytes = 0
         self._bg_cache_limit = 768 << 20
@@ -313,7 +329,11 @@ class _Scene:
         ladder = _radius_ladder(rmax)
         # position of each pixel on the ladder (fractional index)
         rm = np.clip(rmap, ladder[0], ladder[-1])
-        idx = np.interp(rm.ravel(), ladder, np.arange(len(ladder))).reshape(rm.shape).astype(np.float32)
+        idx = (
+            np.interp(rm.ravel(), ladder, np.arange(len(ladder)))
+            .reshape(rm.shape)
+            .astype(np.float32)
+        )
         lo_needed = int(np.floor(idx.min()))
         hi_needed = int(np.ceil(idx.max()))
         out = np.zeros_like(self.bg)
@@ -337,7 +357,7 @@ class _Scene:
             else:
                 pm, al = L.premult, L.alpha
             h, w = al.shape
-            reg = out[L.y0:L.y0 + h, L.x0:L.x0 + w]
+            reg = out[L.y0 : L.y0 + h, L.x0 : L.x0 + w]
             reg *= (1.0 - al)[..., None]
             reg += pm
         return out
@@ -346,7 +366,7 @@ class _Scene:
         d = self.bg_depth.copy()
         for L in self.layers:
             h, w = L.alpha.shape
-            reg = d[L.y0:L.y0 + h, L.x0:L.x0 + w]
+            reg = d[L.y0 : L.y0 + h, L.x0 : L.x0 + w]
             reg[L.alpha > 0.5] = L.depth
         return d
 
@@ -354,20 +374,37 @@ class _Scene:
 # --------------------------------------------------------------------------------------
 # public API
 
+
 def _affine(scale, angle_deg, tx, ty, cx, cy):
     """3x3: p' = scale * R(angle) (p - c) + c + t."""
     a = math.radians(angle_deg)
     ca, sa = math.cos(a) * scale, math.sin(a) * scale
-    return np.array([[ca, -sa, cx - ca * cx + sa * cy + tx],
-                     [sa, ca, cy - sa * cx - ca * cy + ty],
-                     [0.0, 0.0, 1.0]], dtype=np.float64)
+    return np.array(
+        [
+            [ca, -sa, cx - ca * cx + sa * cy + tx],
+            [sa, ca, cy - sa * cx - ca * cy + ty],
+            [0.0, 0.0, 1.0],
+        ],
+        dtype=np.float64,
+    )
 
 
-def make_bracket(n_frames: int = 9, size: tuple[int, int] = (480, 640), *, breathing: float = 0.01,
-                 shift: float = 3.0, rotation: float = 0.1, flicker: float = 0.03, noise: float = 0.005,
-                 seed: int = 0, max_blur: float = 8.0, bit_depth: int | None = None,
-                 slant: float = 0.3, keep_unwarped: bool = False,
-                 sink: Callable[[int, np.ndarray], None] | None = None) -> Bracket:
+def make_bracket(
+    n_frames: int = 9,
+    size: tuple[int, int] = (480, 640),
+    *,
+    breathing: float = 0.01,
+    shift: float = 3.0,
+    rotation: float = 0.1,
+    flicker: float = 0.03,
+    noise: float = 0.005,
+    seed: int = 0,
+    max_blur: float = 8.0,
+    bit_depth: int | None = None,
+    slant: float = 0.3,
+    keep_unwarped: bool = False,
+    sink: Callable[[int, np.ndarray], None] | None = None,
+) -> Bracket:
     """Render a synthetic focus bracket (see the module docstring).
 
     size is (height, width).  bit_depth (8 or 16) quantises the frames like a file would.
@@ -401,8 +438,11 @@ def make_bracket(n_frames: int = 9, size: tuple[int, int] = (480, 640), *, breat
     s_min = min(1.0 + breathing * (k - ref) for k in range(n))
     s_min = max(s_min, 0.2)
     half_diag = 0.5 * math.hypot(H, W)
-    need = 0.5 * max(H, W) * (1.0 / s_min - 1.0) + shift / s_min \
+    need = (
+        0.5 * max(H, W) * (1.0 / s_min - 1.0)
+        + shift / s_min
         + half_diag * math.sin(math.radians(rotation)) / s_min
+    )
     margin = int(math.ceil(max(0.0, need) + max_blur + 8))
 
     scene = _Scene(rng, n, H, W, margin, max_blur, slant)
@@ -421,8 +461,13 @@ def make_bracket(n_frames: int = 9, size: tuple[int, int] = (480, 640), *, breat
         if k == ref:
             img = np.ascontiguousarray(canvas[crop])
         else:
-            img = cv2.warpAffine(canvas, M, (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_REFLECT)
+            img = cv2.warpAffine(
+                canvas,
+                M,
+                (W, H),
+                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REFLECT,
+            )
         img *= gains[k][None, None, :]
         if noise > 0:
             img += noise_rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
@@ -444,8 +489,16 @@ def make_bracket(n_frames: int = 9, size: tuple[int, int] = (480, 640), *, breat
     rad = int(max(8, round(max_blur)))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))
     edge_band = cv2.dilate(jump.astype(np.uint8), disk) > 0
-    return Bracket(frames=frames, truth=truth, depth=depth, transforms=transforms, gains=gains,
-                   edge_band=edge_band, reference=ref, unwarped=unwarped if keep_unwarped else None)
+    return Bracket(
+        frames=frames,
+        truth=truth,
+        depth=depth,
+        transforms=transforms,
+        gains=gains,
+        edge_band=edge_band,
+        reference=ref,
+        unwarped=unwarped if keep_unwarped else None,
+    )
 
 
 def save_image(path, img: np.ndarray, bit_depth: int = 16) -> Path:
@@ -463,6 +516,7 @@ def save_image(path, img: np.ndarray, bit_depth: int = 16) -> Path:
         raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
     if ext in (".tif", ".tiff"):
         import tifffile
+
         tifffile.imwrite(str(path), data, photometric="rgb" if data.ndim == 3 else "minisblack")
     elif ext in (".png", ".jpg", ".jpeg"):
         bgr = data[..., ::-1] if data.ndim == 3 else data
@@ -476,8 +530,9 @@ def save_image(path, img: np.ndarray, bit_depth: int = 16) -> Path:
     return path
 
 
-def save_bracket(bracket: Bracket, folder, ext: str = ".tif", bit_depth: int = 16,
-                 prefix: str = "frame_") -> list[Path]:
+def save_bracket(
+    bracket: Bracket, folder, ext: str = ".tif", bit_depth: int = 16, prefix: str = "frame_"
+) -> list[Path]:
     """Write the frames as ``folder/frame_000<ext>`` ...; returns the paths in order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """The `focusbridge` command: stack, demo, run-job, bad input, progress, cancel."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from synthetic import make_bracket, save_bracket
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,8 +20,9 @@ FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
 
 def run(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([*FOCUSBRIDGE, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [*FOCUSBRIDGE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 # -- happy paths --------------------------------------------------------------------------
 
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("focusbridge")
     done = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
@@ -55,17 +57,42 @@ def test_console_script_is_installed():
 def test_help_explains_every_option():
     done = run("stack", "--help")
     assert done.returncode == 0
-    for option in ("--method", "--no-align", "--align-model", "--interpolation", "--reference", "--no-gain",
-                   "--no-halo-suppression", "--crop", "--depth-map", "--confidence-map",
-                   "--bit-depth", "--overwrite", "--no-metadata", "--sources", "--base",
-                   "--report", "--progress"):
+    for option in (
+        "--method",
+        "--no-align",
+        "--align-model",
+        "--interpolation",
+        "--reference",
+        "--no-gain",
+        "--no-halo-suppression",
+        "--crop",
+        "--depth-map",
+        "--confidence-map",
+        "--bit-depth",
+        "--overwrite",
+        "--no-metadata",
+        "--sources",
+        "--base",
+        "--report",
+        "--progress",
+    ):
         assert option in done.stdout
 
 
 def test_stack_writes_result_maps_report_and_json_progress(tmp_path, bracket_files):
     out = tmp_path / "result.tif"
-    done = run("stack", *bracket_files, "-o", out, "--depth-map", "--confidence-map",
-               "--report", tmp_path / "report.json", "--progress", "json")
+    done = run(
+        "stack",
+        *bracket_files,
+        "-o",
+        out,
+        "--depth-map",
+        "--confidence-map",
+        "--report",
+        tmp_path / "report.json",
+        "--progress",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert {e["phase"] for e in events} >= {"align", "fuse", "write", "done"}
@@ -79,6 +106,7 @@ def test_stack_writes_result_maps_report_and_json_progress(tmp_path, bracket_fil
     depth = tifffile.imread(tmp_path / "result_depth.tif")
     assert depth.dtype == np.uint16 and len(np.unique(depth)) >= 3
     from pybridge.write import depth_map_index
+
     assert set(np.unique(depth)) <= {round(i * 65535 / 4) for i in range(5)}
     assert depth_map_index(depth, 5).max() <= 4
     conf = tifffile.imread(tmp_path / "result_confidence.tif")
@@ -86,14 +114,19 @@ def test_stack_writes_result_maps_report_and_json_progress(tmp_path, bracket_fil
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["frames"]) == 5 and report["reference"] == 2
     assert report["frames"][2]["scale"] == 1.0
-    assert abs(report["frames"][4]["scale"] - 1.0201) < 0.003   # 1 % breathing per frame
-    assert _leftovers(tmp_path) == ["report.json", "result.tif", "result_confidence.tif",
-                                    "result_depth.tif"]
+    assert abs(report["frames"][4]["scale"] - 1.0201) < 0.003  # 1 % breathing per frame
+    assert _leftovers(tmp_path) == [
+        "report.json",
+        "result.tif",
+        "result_confidence.tif",
+        "result_depth.tif",
+    ]
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
 def test_output_format_follows_extension(tmp_path, bracket_files, ext):
     import cv2
+
     out = tmp_path / f"result{ext}"
     done = run("stack", *bracket_files, "-o", out)
     assert done.returncode == 0, done.stderr
@@ -128,6 +161,7 @@ def test_unicode_and_shell_characters_in_names(tmp_path, bracket_files):
 
 
 # -- bad input: one line naming the file, non-zero exit, no output --------------------------
+
 
 def test_single_frame(tmp_path, bracket_files):
     done = run("stack", bracket_files[0], "-o", tmp_path / "out.tif")
@@ -221,6 +255,7 @@ def test_unknown_option_is_a_usage_error(bracket_files, tmp_path):
 
 # -- cancel: nothing half-written ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def long_bracket(tmp_path_factory):
     folder = tmp_path_factory.mktemp("long")
@@ -229,14 +264,19 @@ def long_bracket(tmp_path_factory):
 
 
 def _start(args, **kw):
-    return subprocess.Popen([*FOCUSBRIDGE, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [*FOCUSBRIDGE, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigterm_mid_run_leaves_nothing(tmp_path, long_bracket):
     out = tmp_path / "out.tif"
     proc = _start(["stack", *long_bracket, "-o", out, "--depth-map", "--progress", "json"])
-    first = proc.stdout.readline()          # the run is under way
+    first = proc.stdout.readline()  # the run is under way
     assert json.loads(first)["phase"] == "align"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -250,9 +290,12 @@ def test_run_job_cancel_file(tmp_path, long_bracket):
     out_dir = tmp_path / "photos"
     out_dir.mkdir()
     manifest = {
-        "version": 1, "frames": [str(f) for f in long_bracket],
-        "output": str(out_dir / "stacked.tif"), "options": {"depth_map": True},
-        "progress_file": str(work / "progress.jsonl"), "cancel_file": str(work / "cancel"),
+        "version": 1,
+        "frames": [str(f) for f in long_bracket],
+        "output": str(out_dir / "stacked.tif"),
+        "options": {"depth_map": True},
+        "progress_file": str(work / "progress.jsonl"),
+        "cancel_file": str(work / "cancel"),
         "status_file": str(work / "status.json"),
     }
     (work / "job.json").write_text(json.dumps(manifest))
@@ -270,9 +313,13 @@ def test_run_job_cancel_file(tmp_path, long_bracket):
 
 def test_run_job_success_and_failure_status(tmp_path, bracket_files):
     out = tmp_path / "stacked.tif"
-    job = {"version": 1, "frames": [str(f) for f in bracket_files], "output": str(out),
-           "options": {"method": "depthmap", "depth_map": True, "format": "tiff"},
-           "status_file": str(tmp_path / "status.json")}
+    job = {
+        "version": 1,
+        "frames": [str(f) for f in bracket_files],
+        "output": str(out),
+        "options": {"method": "depthmap", "depth_map": True, "format": "tiff"},
+        "status_file": str(tmp_path / "status.json"),
+    }
     (tmp_path / "job.json").write_text(json.dumps(job))
     done = run("run-job", tmp_path / "job.json")
     assert done.returncode == 0, done.stderr
@@ -301,33 +348,50 @@ def test_run_job_rejects_a_bad_manifest(tmp_path):
 def test_python_api_cancel_writes_nothing(tmp_path, bracket_files):
     from pybridge import stack
     from pybridge.errors import Cancelled
+
     calls = []
 
     def cancel():
         calls.append(1)
         return len(calls) > 2
+
     with pytest.raises(Cancelled):
         stack(bracket_files, tmp_path / "out.tif", cancel=cancel)
     assert _leftovers(tmp_path) == []
 
 
 def test_without_exiftool_stack_says_how_to_install_and_no_metadata_still_works(
-        tmp_path, test_data):
+    tmp_path, test_data
+):
     """pcb7's frames carry camera EXIF, so metadata is wanted: without exiftool the run stops
     before any work with the install hint; --no-metadata stacks anyway; a bracket with no
     metadata at all stacks without exiftool and without being asked."""
     env = dict(os.environ, FOCUSBRIDGE_EXIFTOOL=str(tmp_path / "no-exiftool-here"))
     frames = sorted((test_data / "brackets" / "pcb7").glob("pcb_00[1-3].jpg"))
     out = tmp_path / "out.tif"
-    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     _assert_one_line_error(done, "exiftool not found", "--no-metadata", "apt-get install")
     assert not out.exists()
-    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out),
-                           "--no-metadata"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [*FOCUSBRIDGE, "stack", *map(str, frames), "-o", str(out), "--no-metadata"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     synthetic = save_bracket(make_bracket(3, (200, 300), seed=1), tmp_path / "synth", ".png")
-    done = subprocess.run([*FOCUSBRIDGE, "stack", *map(str, synthetic), "-o",
-                           str(tmp_path / "synth.tif")], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [*FOCUSBRIDGE, "stack", *map(str, synthetic), "-o", str(tmp_path / "synth.tif")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr

@@ -26,16 +26,26 @@ import time
 from pathlib import Path
 
 import pytest
-
-from darktable_harness.harness import (ROOT, darktable_available, lua_string, move_pointer,
-                                       run_darktable, x_env)
+from darktable_harness.harness import (
+    ROOT,
+    darktable_available,
+    lua_string,
+    move_pointer,
+    run_darktable,
+    x_env,
+)
 
 pytestmark = [pytest.mark.darktable, pytest.mark.slow]
 
 BRIDGE_DIR = ROOT / '.venv' / 'bin'
 NASTY_DIR = "bracket é; $(touch PWNED)"
-NASTY = ["1 it's \"quoted\".jpg", "2 $(touch PWNED).jpg", "3 `touch PWNED`.jpg",
-         "4; touch PWNED.jpg", "5 Ærø ünï.jpg"]
+NASTY = [
+    "1 it's \"quoted\".jpg",
+    "2 $(touch PWNED).jpg",
+    "3 `touch PWNED`.jpg",
+    "4; touch PWNED.jpg",
+    "5 Ærø ünï.jpg",
+]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -43,8 +53,10 @@ def need_darktable():
     if os.environ.get('FOCUSBRIDGE_SKIP_DARKTABLE') == '1':
         pytest.skip('FOCUSBRIDGE_SKIP_DARKTABLE=1: darktable end-to-end tests skipped on request')
     if not darktable_available():
-        pytest.fail('darktable and xvfb-run are required (apt-get install -y darktable xvfb); '
-                    'set FOCUSBRIDGE_SKIP_DARKTABLE=1 to skip explicitly')
+        pytest.fail(
+            'darktable and xvfb-run are required (apt-get install -y darktable xvfb); '
+            'set FOCUSBRIDGE_SKIP_DARKTABLE=1 to skip explicitly'
+        )
     if not (BRIDGE_DIR / 'focusbridge').exists():
         pytest.fail(f'{BRIDGE_DIR / "focusbridge"} missing: the real bridge is needed')
 
@@ -52,26 +64,44 @@ def need_darktable():
 def make_bracket(test_data: Path, folder: Path, names, size=(512, 384), set_='pcb7'):
     """Downscaled copies of a real bracket, with the original EXIF copied over."""
     import cv2
+
     folder.mkdir(parents=True, exist_ok=True)
     src_dir = test_data / 'brackets' / set_
-    sources = sorted(src_dir.glob('pcb_*.jpg'))[:len(names)]
+    sources = sorted(src_dir.glob('pcb_*.jpg'))[: len(names)]
     out = []
-    for src, name in zip(sources, names):
+    for src, name in zip(sources, names, strict=True):
         img = cv2.imread(str(src))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         dst = folder / name
         ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         dst.write_bytes(buf.tobytes())
-        subprocess.run(['exiftool', '-q', '-q', '-overwrite_original', '-TagsFromFile', str(src),
-                        '-all:all', '-ImageWidth=', '-ImageHeight=', str(dst)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                'exiftool',
+                '-q',
+                '-q',
+                '-overwrite_original',
+                '-TagsFromFile',
+                str(src),
+                '-all:all',
+                '-ImageWidth=',
+                '-ImageHeight=',
+                str(dst),
+            ],
+            check=True,
+            capture_output=True,
+        )
         out.append(dst)
     return out
 
 
 def exif(path: Path, *tags):
-    done = subprocess.run(['exiftool', '-j', '-n', *[f'-{t}' for t in tags], str(path)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ['exiftool', '-j', '-n', *[f'-{t}' for t in tags], str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)[0]
 
 
@@ -85,8 +115,11 @@ def db_rows(db: Path, sql: str, *args):
 
 def check_library(res, sources: list[Path], result_name: str):
     """Result imported, leader of a group with all sources, tagged; sources tagged."""
-    rows = db_rows(res.library, 'SELECT i.id, i.group_id, i.filename, f.folder FROM images i '
-                                'JOIN film_rolls f ON f.id = i.film_id')
+    rows = db_rows(
+        res.library,
+        'SELECT i.id, i.group_id, i.filename, f.folder FROM images i '
+        'JOIN film_rolls f ON f.id = i.film_id',
+    )
     by_name = {r[2]: r for r in rows}
     assert result_name in by_name, rows
     rid = by_name[result_name][0]
@@ -105,6 +138,7 @@ def check_library(res, sources: list[Path], result_name: str):
 
 def check_result_file(path: Path, source: Path):
     import tifffile
+
     with tifffile.TiffFile(path) as t:
         page = t.pages[0]
         assert page.dtype.name == 'uint16', page.dtype
@@ -117,8 +151,11 @@ def check_result_file(path: Path, source: Path):
 
 
 def no_leftovers(res, work: Path):
-    left = [p for p in res.tmp_dir.rglob('*')
-            if 'focus_stack' in str(p) or p.suffix.lower() in ('.tif', '.json', '.jsonl')]
+    left = [
+        p
+        for p in res.tmp_dir.rglob('*')
+        if 'focus_stack' in str(p) or p.suffix.lower() in ('.tif', '.json', '.jsonl')
+    ]
     assert left == [], left
     assert not list(work.rglob('PWNED')), 'a file name was run by a shell'
     assert not (ROOT / 'PWNED').exists() and not Path('PWNED').exists()
@@ -179,8 +216,9 @@ def test_export_target_path_and_cancel(tmp_path, test_data):
     sources = make_bracket(test_data, folder, ['e1.jpg', 'e2.jpg', 'e3.jpg'])
     # a side map of an earlier result takes the name: the new set becomes e1_stacked_2.*
     (folder / 'e1_stacked_depth.tif').write_bytes(b'earlier depth map')
-    big = make_bracket(test_data, work / 'big', ['b1.jpg', 'b2.jpg', 'b3.jpg', 'b4.jpg'],
-                       size=(2048, 1536))
+    big = make_bracket(
+        test_data, work / 'big', ['b1.jpg', 'b2.jpg', 'b3.jpg', 'b4.jpg'], size=(2048, 1536)
+    )
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 local bigs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in big)} }})
@@ -211,7 +249,9 @@ R.cancel_manifest = PLUGIN.state.last_manifest
     res = run_darktable(work, body, bridge_dir=BRIDGE_DIR)
     rep = res.report
     assert rep['ok'], (rep, res.log[-3000:])
-    assert rep['export_done'] and rep['export_message'] == 'focus stack: imported e1_stacked_2.tif', rep
+    assert (
+        rep['export_done'] and rep['export_message'] == 'focus stack: imported e1_stacked_2.tif'
+    ), rep
     assert all(Path(f).name.startswith('frame_') for f in rep['export_manifest']['frames'])
     check_result_file(folder / 'e1_stacked_2.tif', sources[0])
     check_library(res, sources, 'e1_stacked_2.tif')
@@ -221,12 +261,15 @@ R.cancel_manifest = PLUGIN.state.last_manifest
     assert rep['cancel_sent'] and rep['cancel_done'], rep
     assert rep['cancel_message'] == 'focus stack cancelled', rep
     assert not Path(rep['cancel_manifest']['output']).exists()
-    assert list((work / 'big').iterdir()) == sorted(big) or sorted((work / 'big').iterdir()) == sorted(big)
+    assert list((work / 'big').iterdir()) == sorted(big) or sorted(
+        (work / 'big').iterdir()
+    ) == sorted(big)
     names = [r[0] for r in db_rows(res.library, 'SELECT filename FROM images')]
     assert 'b1_stacked.tif' not in names
     tagnames = dict(db_rows(res.data_db, 'SELECT id, name FROM tags'))
-    big_ids = [r[0] for r in db_rows(res.library,
-                                     "SELECT id FROM images WHERE filename LIKE 'b_.jpg'")]
+    big_ids = [
+        r[0] for r in db_rows(res.library, "SELECT id FROM images WHERE filename LIKE 'b_.jpg'")
+    ]
     for imgid, tagid in db_rows(res.library, 'SELECT imgid, tagid FROM tagged_images'):
         if imgid in big_ids:
             assert not tagnames.get(tagid, '').startswith('focus stack'), tagnames.get(tagid)
@@ -256,10 +299,14 @@ R.fail = PLUGIN.state.last_message
     assert rep['fail'].startswith(('the export of', 'focus stack failed:')), rep
     names = [r[0] for r in db_rows(res.library, 'SELECT filename FROM images')]
     assert names == ['a.jpg', 'b.jpg']
-    ours = {tid for tid, name in db_rows(res.data_db, 'SELECT id, name FROM tags')
-            if name.startswith('focus stack')}
-    assert not [r for r in db_rows(res.library, 'SELECT imgid, tagid FROM tagged_images')
-                if r[1] in ours]
+    ours = {
+        tid
+        for tid, name in db_rows(res.data_db, 'SELECT id, name FROM tags')
+        if name.startswith('focus stack')
+    }
+    assert not [
+        r for r in db_rows(res.library, 'SELECT imgid, tagid FROM tagged_images') if r[1] in ours
+    ]
     assert db_rows(res.library, 'SELECT COUNT(*) FROM images WHERE group_id != id')[0][0] == 0
     assert not broken.exists()
     no_leftovers(res, work)
@@ -293,8 +340,10 @@ def test_lens_set_and_undo_refreshes_exif(tmp_path, test_data):
     # fields a file has but never clears one the file lacks, so an undo back to "no lens"
     # would leave darktable showing the stale name (seen on 4.2.1).
     for src in sources:
-        subprocess.run(['exiftool', '-q', '-overwrite_original', '-LensModel=Original Macro 100',
-                        str(src)], check=True)
+        subprocess.run(
+            ['exiftool', '-q', '-overwrite_original', '-LensModel=Original Macro 100', str(src)],
+            check=True,
+        )
     originals = [src.read_bytes() for src in sources]
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
@@ -321,7 +370,7 @@ R.undone = imgs[1].exif_lens
     assert rep['undo_message'] == 'lens data restored', rep
     assert rep['before'] == 'Original Macro 100', rep
     assert rep['undone'] == rep['before'], rep
-    assert [src.read_bytes() for src in sources] == originals      # byte for byte
+    assert [src.read_bytes() for src in sources] == originals  # byte for byte
     no_leftovers(res, work)
 
 
@@ -335,28 +384,38 @@ SHOTS = {
 }
 # thumbnails three a row with their overlays (group icon, stars) always shown; the image
 # information module lists only what matters here (no paths of the machine)
-INFO_FIELDS = ('filmroll,|image id,group id,filename,|version,|full path,|local copy,'
-               '|import timestamp,|change timestamp,|export timestamp,|print timestamp,|flags,'
-               'model,maker,lens,aperture,exposure,|exposure bias,focal length,|focus distance,'
-               'ISO,|datetime,width,height,|export width,|export height,title,|description,'
-               '|creator,|publisher,|rights,|notes,|version name,|image id,|latitude,|longitude,'
-               '|elevation,tags,|categories')
-SHOT_CONF = {'plugins/lighttable/images_in_row': '3',
-             'plugins/lighttable/overlays/1/1': '3', 'plugins/lighttable/overlays/1/2': '3',
-             'plugins/lighttable/metadata_view/visible': INFO_FIELDS}
+INFO_FIELDS = (
+    'filmroll,|image id,group id,filename,|version,|full path,|local copy,'
+    '|import timestamp,|change timestamp,|export timestamp,|print timestamp,|flags,'
+    'model,maker,lens,aperture,exposure,|exposure bias,focal length,|focus distance,'
+    'ISO,|datetime,width,height,|export width,|export height,title,|description,'
+    '|creator,|publisher,|rights,|notes,|version name,|image id,|latitude,|longitude,'
+    '|elevation,tags,|categories'
+)
+SHOT_CONF = {
+    'plugins/lighttable/images_in_row': '3',
+    'plugins/lighttable/overlays/1/1': '3',
+    'plugins/lighttable/overlays/1/2': '3',
+    'plugins/lighttable/metadata_view/visible': INFO_FIELDS,
+}
 
 
-@pytest.mark.skipif(os.environ.get('FOCUSBRIDGE_SCREENSHOT') != '1',
-                    reason='FOCUSBRIDGE_SCREENSHOT=1 retakes the README pictures')
+@pytest.mark.skipif(
+    os.environ.get('FOCUSBRIDGE_SCREENSHOT') != '1',
+    reason='FOCUSBRIDGE_SCREENSHOT=1 retakes the README pictures',
+)
 def test_screenshots(tmp_path, test_data):
     """docs/screenshot-module.png: the module with a bracket selected, the bridge found on
     PATH; docs/screenshot-result.png: the lighttable afterwards, the result selected among
     its sources (all in one group), its tags in the tagging and image information modules."""
     if not SHOT_BRIDGE.is_file():
-        pytest.fail(f'{SHOT_BRIDGE} missing: install focusbridge there (a wrapper that execs '
-                    f'{BRIDGE_DIR / "focusbridge"} will do) or set FOCUSBRIDGE_SCREENSHOT_BRIDGE')
-    sources = make_bracket(test_data, tmp_path / 'pcb bracket',
-                           [f'pcb_{i}.jpg' for i in range(1, 6)])
+        pytest.fail(
+            f'{SHOT_BRIDGE} missing: install focusbridge there (a wrapper that execs '
+            f'{BRIDGE_DIR / "focusbridge"} will do) or set FOCUSBRIDGE_SCREENSHOT_BRIDGE'
+        )
+    sources = make_bracket(
+        test_data, tmp_path / 'pcb bracket', [f'pcb_{i}.jpg' for i in range(1, 6)]
+    )
     body = f'''
 local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in sources)} }})
 dt.tags.attach(dt.tags.create("subject|pcb"), imgs[1])
@@ -383,18 +442,42 @@ SHOT("result")
             move_pointer(started, 400, 40)  # over the empty top bar: no hover, no tooltip
             time.sleep(1.0)
             raw = adir / f'{name}.png'
-            subprocess.run(['import', '-window', 'root', str(raw)], env=x_env(started),
-                           check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                ['import', '-window', 'root', str(raw)],
+                env=x_env(started),
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
             out, crop, colours = SHOTS[name]
-            subprocess.run(['convert', str(raw), '-crop', crop, '+repage', '-strip',
-                            '-colors', str(colours), str(out)],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    'convert',
+                    str(raw),
+                    '-crop',
+                    crop,
+                    '+repage',
+                    '-strip',
+                    '-colors',
+                    str(colours),
+                    str(out),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             taken[name] = out
         except Exception as e:  # noqa: BLE001 -- reported below, darktable must go on
             problems.append(f'{name}: {e!r}')
 
-    res = run_darktable(tmp_path, body, bridge_dir=SHOT_BRIDGE.parent, on_shot=shoot,
-                        extra_conf=SHOT_CONF, env={'PATH': f'{SHOT_BRIDGE.parent}:/usr/bin:/bin'})
+    res = run_darktable(
+        tmp_path,
+        body,
+        bridge_dir=SHOT_BRIDGE.parent,
+        on_shot=shoot,
+        extra_conf=SHOT_CONF,
+        env={'PATH': f'{SHOT_BRIDGE.parent}:/usr/bin:/bin'},
+    )
     rep = res.report
     assert rep['ok'] and not problems, (rep, problems)
     assert rep['label'] == f'focusbridge: {SHOT_BRIDGE}', rep

@@ -49,13 +49,18 @@ LIB_DIR = PLUGIN_DIR / 'lib' / 'focus_stack'
 LUA_SOURCES = [PLUGIN, *sorted(LIB_DIR.glob('*.lua'))]
 FAKE = Path(__file__).resolve().parent / 'darktable_harness' / 'fake_darktable.lua'
 
-NASTY = ["it's \"q\".jpg", 'a $(touch PWNED).jpg', 'b `touch PWNED`.jpg', 'c; touch PWNED.jpg',
-         'Ærø ünïcødé.jpg']
+NASTY = [
+    "it's \"q\".jpg",
+    'a $(touch PWNED).jpg',
+    'b `touch PWNED`.jpg',
+    'c; touch PWNED.jpg',
+    'Ærø ünïcødé.jpg',
+]
 
 
 def job_file(m, name):
     """A file in the job folder, on either platform's separator."""
-    return m['status_file'][:-len('status.json')] + name
+    return m['status_file'][: -len('status.json')] + name
 
 
 def lua_table(lua, items):
@@ -65,10 +70,19 @@ def lua_table(lua, items):
 class Plugin:
     """One loaded copy of the plugin with its fake darktable."""
 
-    def __init__(self, tmp: Path, *, prefs: dict | None = None, api: str = '9.0.0',
-                 with_bridge: bool = True, path_env: str | None = None,
-                 fake_src: str | None = None, os_name: str = 'linux', dt_tmp: str | None = None,
-                 script: Path = PLUGIN):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        prefs: dict | None = None,
+        api: str = '9.0.0',
+        with_bridge: bool = True,
+        path_env: str | None = None,
+        fake_src: str | None = None,
+        os_name: str = 'linux',
+        dt_tmp: str | None = None,
+        script: Path = PLUGIN,
+    ):
         self.tmp = tmp
         self.windows = os_name == 'windows'
         self.dt_tmp = tmp / 'dt tmp'
@@ -98,7 +112,9 @@ class Plugin:
 
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
         old_path = os.environ.get('PATH', '')
-        os.environ['PATH'] = path_env if path_env is not None else f'{self.bin}{os.pathsep}/usr/bin:/bin'
+        os.environ['PATH'] = (
+            path_env if path_env is not None else f'{self.bin}{os.pathsep}/usr/bin:/bin'
+        )
         try:
             self.fake = self.lua.execute(fake_src or FAKE.read_text())
             self.dt = self.fake.dt
@@ -106,8 +122,9 @@ class Plugin:
             self.dt.configuration.config_dir = str(tmp / 'config')
             # what darktable adds to package.path (seen on 4.2.1): its own and the user's lua/
             g_package = self.lua.globals().package
-            g_package.path = (f'{g_package.path};/usr/share/darktable/lua/?.lua;'
-                              f'{tmp / "config"}/lua/?.lua')
+            g_package.path = (
+                f'{g_package.path};/usr/share/darktable/lua/?.lua;{tmp / "config"}/lua/?.lua'
+            )
             self.package_path_before = g_package.path.split(';')
             self.dt.configuration.api_version_string = api
             self.dt.configuration.running_os = os_name
@@ -118,6 +135,7 @@ class Plugin:
 
             def randomseed(*a):
                 self.randomseed_calls += 1
+
             g.math.randomseed = randomseed
             self.fake.execute_handler = self._execute
             self.fake.sleep_handler = self._sleep
@@ -126,7 +144,8 @@ class Plugin:
             if prefs:
                 self.fake.prefs['focus_stack/initialized'] = True
             self.lua.globals().package.preload['darktable'] = self.lua.eval(
-                'function(dt) return function() return dt end end')(self.dt)
+                'function(dt) return function() return dt end end'
+            )(self.dt)
             self.script_data = self.lua.eval('function(p) return dofile(p) end')(str(script))
         finally:
             self.path_during_load = os.environ['PATH']
@@ -233,7 +252,7 @@ class Plugin:
             return 0
         if words[:3] == ['start', '', '/b'] and len(words) == 4 and words[3].endswith('\\run.bat'):
             bat = words[3]
-            jobdir = bat[:-len('\\run.bat')]
+            jobdir = bat[: -len('\\run.bat')]
             self.scripts.append(Path(bat).read_bytes().decode('utf-8'))
             self.run_jobdir = jobdir
             m = self._record_manifest(jobdir + '\\manifest.json')
@@ -265,29 +284,50 @@ class Plugin:
             Path(m['pid_file']).write_text(self.pid_text)
         if m.get('kind') == 'lens':
             results = self.lens_results or [
-                {'file': f, 'outcome': 'updated', 'message': ''} for f in m['files']]
+                {'file': f, 'outcome': 'updated', 'message': ''} for f in m['files']
+            ]
             self._status(m, {'ok': True, 'results': results, 'error': None})
             return
         progress = Path(m['progress_file'])
         n = len(m['frames'])
         with progress.open('a') as p:
             for i in range(n):
-                p.write(json.dumps({'phase': 'fuse', 'frame': i, 'count': n,
-                                    'fraction': (i + 1) / (n + 1)}) + '\n')
+                p.write(
+                    json.dumps(
+                        {'phase': 'fuse', 'frame': i, 'count': n, 'fraction': (i + 1) / (n + 1)}
+                    )
+                    + '\n'
+                )
         if self.scenario == 'ok':
             Path(m['output']).write_bytes(b'stacked')
             dm = None
             if m['options'].get('depth_map'):
                 dm = str(Path(m['output']).with_name(Path(m['output']).stem + '_depth.tif'))
                 Path(dm).write_bytes(b'depth')
-            self._status(m, {'ok': True, 'output': m['output'], 'depth_map': dm, 'error': None,
-                             **self.status_extra})
+            self._status(
+                m,
+                {
+                    'ok': True,
+                    'output': m['output'],
+                    'depth_map': dm,
+                    'error': None,
+                    **self.status_extra,
+                },
+            )
         elif self.scenario == 'fail':
-            self._status(m, {'ok': False, 'output': None, 'cancelled': False,
-                             'error': '/x/frame_002.tif: frames differ in size (600x400 vs 640x480)'})
+            self._status(
+                m,
+                {
+                    'ok': False,
+                    'output': None,
+                    'cancelled': False,
+                    'error': '/x/frame_002.tif: frames differ in size (600x400 vs 640x480)',
+                },
+            )
         elif self.scenario == 'crash':
             Path(job_file(m, 'stderr.txt')).write_text(
-                'Traceback...\nfocusbridge: error: out of memory\n')
+                'Traceback...\nfocusbridge: error: out of memory\n'
+            )
             Path(job_file(m, 'rc')).write_text('1\n')
         elif self.scenario == 'no_output':
             self._status(m, {'ok': True, 'output': m['output'], 'depth_map': None, 'error': None})
@@ -316,12 +356,21 @@ class Plugin:
             if Path(m['cancel_file']).exists() and self.scenario == 'writing':
                 # the cancel came while the bridge was writing: it finishes and says ok
                 Path(m['output']).write_bytes(b'stacked')
-                self._status(m, {'ok': True, 'output': m['output'], 'depth_map': None,
-                                 'error': None, 'cancelled': False})
+                self._status(
+                    m,
+                    {
+                        'ok': True,
+                        'output': m['output'],
+                        'depth_map': None,
+                        'error': None,
+                        'cancelled': False,
+                    },
+                )
                 self.pending = None
             elif Path(m['cancel_file']).exists():
-                self._status(m, {'ok': False, 'output': None, 'cancelled': True,
-                                 'error': 'cancelled'})
+                self._status(
+                    m, {'ok': False, 'output': None, 'cancelled': True, 'error': 'cancelled'}
+                )
                 self.pending = None
         if self.sleeps > 200:
             raise AssertionError('plugin polled forever')
@@ -337,6 +386,7 @@ def leftovers(p: Plugin):
 
 
 # --- registration --------------------------------------------------------------------
+
 
 def test_registers_module_storage_and_script_data(plugin):
     p = plugin
@@ -359,7 +409,8 @@ def test_registers_module_storage_and_script_data(plugin):
 
 def test_module_waits_for_lighttable_when_started_elsewhere(tmp_path):
     lua_src = FAKE.read_text().replace(
-        'FAKE.dt = dt', 'FAKE.current_view = {id = "darkroom", name = "darkroom"}\nFAKE.dt = dt')
+        'FAKE.dt = dt', 'FAKE.current_view = {id = "darkroom", name = "darkroom"}\nFAKE.dt = dt'
+    )
     p = Plugin(tmp_path, fake_src=lua_src)
     assert p.fake.libs['focus_stack'] is None
     (name, event, fn) = p.fake.events[1].values()
@@ -405,8 +456,9 @@ def test_missing_library_folder_is_named(tmp_path):
     script = tmp_path / 'config' / 'lua' / 'contrib' / 'focus_stack.lua'
     script.parent.mkdir(parents=True)
     shutil.copy(PLUGIN, script)
-    with pytest.raises(lupa.LuaError,
-                       match=r'lib/focus_stack/ was not found beside the script or one folder up'):
+    with pytest.raises(
+        lupa.LuaError, match=r'lib/focus_stack/ was not found beside the script or one folder up'
+    ):
         Plugin(tmp_path, script=script)
 
 
@@ -416,9 +468,19 @@ def test_luacheck_is_clean():
     luacheck = shutil.which('luacheck')
     if not luacheck:
         pytest.fail('luacheck is required for this test: apt-get install -y lua-check')
-    done = subprocess.run([luacheck, '--no-color', '--codes', '--config',
-                           str(PLUGIN_DIR / '.luacheckrc'), str(PLUGIN_DIR)],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            luacheck,
+            '--no-color',
+            '--codes',
+            '--config',
+            str(PLUGIN_DIR / '.luacheckrc'),
+            str(PLUGIN_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'0 warnings / 0 errors in {len(LUA_SOURCES)} files' in done.stdout, done.stdout
 
@@ -433,8 +495,17 @@ def test_source_follows_lua_scripts_conventions():
     assert [line.split('=')[0].strip() for line in md] == ['name', 'purpose', 'author', 'help']
     # the libraries: one module table each, loaded by require "lib/focus_stack/<name>"
     libs = {path.stem for path in LIB_DIR.glob('*.lua')}
-    assert libs == {'i18n', 'json', 'lens', 'naming', 'options', 'platform', 'results', 'runner',
-                    'shell'}
+    assert libs == {
+        'i18n',
+        'json',
+        'lens',
+        'naming',
+        'options',
+        'platform',
+        'results',
+        'runner',
+        'shell',
+    }
     for path in LUA_SOURCES:
         text = path.read_text()
         # nothing beyond API 9.0.0: no dt.control.dispatch, no 9.1+ additions
@@ -444,13 +515,16 @@ def test_source_follows_lua_scripts_conventions():
         assert 'os.execute' not in text and 'io.popen' not in text, path
         assert 'math.randomseed(' not in text and 'math.random(' not in text, path
         if path.parent == LIB_DIR:
-            assert text.startswith(f'--[[\n    lib/focus_stack/{path.name} - part of focus_stack.lua')
+            assert text.startswith(
+                f'--[[\n    lib/focus_stack/{path.name} - part of focus_stack.lua'
+            )
             assert re.search(r'^return \w+\s*$', text, re.M), path
         for required in re.findall(r'require "lib/focus_stack/(\w+)"', text):
             assert required in libs, (path, required)
 
 
 # --- the button path -----------------------------------------------------------------
+
 
 def test_button_stacks_imports_groups_tags(plugin):
     p = plugin
@@ -472,9 +546,16 @@ def test_button_stacks_imports_groups_tags(plugin):
     assert m['sources'] == [str(p.photos / f'IMG_{i}.jpg') for i in (1, 2, 3)]
     assert m['frames'] == [str(jobdir / f'frame_{i:03d}.tif') for i in (1, 2, 3)]
     assert m['output'] == str(p.photos / 'IMG_1_stacked.tif')
-    assert m['options'] == {'method': 'pyramid', 'align': True, 'depth_map': False,
-                            'format': 'tiff', 'reference': 'middle', 'overwrite': False,
-                            'crop': False, 'metadata': True}
+    assert m['options'] == {
+        'method': 'pyramid',
+        'align': True,
+        'depth_map': False,
+        'format': 'tiff',
+        'reference': 'middle',
+        'overwrite': False,
+        'crop': False,
+        'metadata': True,
+    }
     assert m['progress_file'] == str(jobdir / 'progress.jsonl')
     assert m['cancel_file'] == str(jobdir / 'cancel')
     # frames were exported 16-bit, in name order, with darktable's own export
@@ -513,8 +594,10 @@ def test_command_has_no_file_name(plugin):
     tokens = shlex.split(run_cmd)
     assert tokens[1:4] == [str(p.exe), 'run-job', str(jobdir / 'manifest.json')]
     paths = [t for t in tokens if '/' in t and not t.startswith(('<', '>', '2>'))]
-    assert all(t == str(p.exe) or t.startswith(str(jobdir)) or t.lstrip('2>') .startswith(str(jobdir))
-               for t in paths), paths
+    assert all(
+        t == str(p.exe) or t.startswith(str(jobdir)) or t.lstrip('2>').startswith(str(jobdir))
+        for t in paths
+    ), paths
     # every name travels inside the manifest instead, byte for byte
     assert [Path(s).name for s in m['sources']] == sorted(NASTY)
     assert Path(m['output']).name == Path(sorted(NASTY)[0]).stem + '_stacked.tif'
@@ -566,6 +649,7 @@ os.replace(tmp, m["status_file"])
 
 # --- error paths ---------------------------------------------------------------------
 
+
 def test_fewer_than_two_images(plugin):
     p = plugin
     p.select(p.images(['one.jpg']))
@@ -583,11 +667,14 @@ def test_bridge_missing(tmp_path):
     assert p.commands == [] and p.imports == []
 
 
-@pytest.mark.parametrize('value, message', [
-    ('relative/focusbridge', 'must be absolute'),
-    ('/nonexistent/focusbridge', 'not found at /nonexistent/focusbridge'),
-    ('/bin/focus\nbridge', 'cannot be run safely'),
-])
+@pytest.mark.parametrize(
+    'value, message',
+    [
+        ('relative/focusbridge', 'must be absolute'),
+        ('/nonexistent/focusbridge', 'not found at /nonexistent/focusbridge'),
+        ('/bin/focus\nbridge', 'cannot be run safely'),
+    ],
+)
 def test_bad_executable_preference(tmp_path, value, message):
     p = Plugin(tmp_path, prefs={'executable': value})
     p.select(p.images(['a.jpg', 'b.jpg']))
@@ -612,8 +699,9 @@ def test_bridge_failure_shows_its_one_line_error(plugin):
     p.select(imgs)
     p.scenario = 'fail'
     p.click('stack_button')
-    assert p.printed[-1] == ('focus stack failed: /x/frame_002.tif: frames differ in size '
-                             '(600x400 vs 640x480)')
+    assert p.printed[-1] == (
+        'focus stack failed: /x/frame_002.tif: frames differ in size (600x400 vs 640x480)'
+    )
     assert p.imports == [] and all(p.tags(i) == [] for i in imgs)
     assert all(i.group_id is None for i in imgs)
     assert leftovers(p) == []
@@ -690,6 +778,7 @@ def test_busy_guard(plugin):
 
 # --- options ---------------------------------------------------------------------------
 
+
 def test_options_persist_and_reach_the_manifest(tmp_path):
     p = Plugin(tmp_path)
     out = tmp_path / 'out dir'
@@ -752,7 +841,9 @@ def test_one_options_table_makes_widgets_preferences_and_manifest(plugin):
                 assert w._kind == 'check_button' and w.value == row.default
     w = p.api.widgets
     assert (w.output_folder.title, w.output_folder.is_directory) == (
-        by_name['output_folder'].label, True)
+        by_name['output_folder'].label,
+        True,
+    )
     assert (w.executable.title, w.executable.is_directory) == (by_name['executable'].label, False)
     assert w.lens_preset.placeholder == by_name['lens_preset'].label
     # the manifest's options: every manifest row, at its default until the user chooses
@@ -763,8 +854,11 @@ def test_one_options_table_makes_widgets_preferences_and_manifest(plugin):
     assert dict(p.fake.prefs) == {}
     options.write('align', False)
     stored = {k.split('/', 1)[1]: v for k, v in p.fake.prefs.items()}
-    assert stored == {'initialized': True, **{r.name: r.default for r in rows if not r.fixed},
-                      'align': False}
+    assert stored == {
+        'initialized': True,
+        **{r.name: r.default for r in rows if not r.fixed},
+        'align': False,
+    }
 
 
 def test_storage_and_module_widgets_stay_in_sync(plugin):
@@ -788,14 +882,17 @@ def test_existing_output_is_never_overwritten(plugin):
     assert (p.photos / 'a_stacked.tif').read_bytes() == b'old'
 
 
-@pytest.mark.parametrize('fmt, existing, expected', [
-    ('tiff', ['x_stacked_depth.tif'], 'x_stacked_2.tif'),
-    ('tiff', ['x_stacked_confidence.tif', 'x_stacked_2.tif'], 'x_stacked_3.tif'),
-    ('tiff', ['x_stacked.tif', 'x_stacked_2_depth.tif'], 'x_stacked_3.tif'),
-    ('jpeg', ['x_stacked.jpg'], 'x_stacked_2.jpg'),
-    ('jpeg', ['x_stacked.tif'], 'x_stacked.jpg'),
-    ('png', ['x_stacked_depth.tif'], 'x_stacked_2.png'),
-])
+@pytest.mark.parametrize(
+    'fmt, existing, expected',
+    [
+        ('tiff', ['x_stacked_depth.tif'], 'x_stacked_2.tif'),
+        ('tiff', ['x_stacked_confidence.tif', 'x_stacked_2.tif'], 'x_stacked_3.tif'),
+        ('tiff', ['x_stacked.tif', 'x_stacked_2_depth.tif'], 'x_stacked_3.tif'),
+        ('jpeg', ['x_stacked.jpg'], 'x_stacked_2.jpg'),
+        ('jpeg', ['x_stacked.tif'], 'x_stacked.jpg'),
+        ('png', ['x_stacked_depth.tif'], 'x_stacked_2.png'),
+    ],
+)
 def test_free_name_for_the_whole_set(tmp_path, fmt, existing, expected):
     """The bridge never overwrites (and the GUI has no --overwrite): the result and the maps
     it writes beside it (<stem>_depth.tif, <stem>_confidence.tif) must all be free."""
@@ -812,6 +909,7 @@ def test_free_name_for_the_whole_set(tmp_path, fmt, existing, expected):
 
 
 # --- job folder, pid, cancel -----------------------------------------------------------
+
 
 def test_job_folders_are_random_and_never_reused(plugin):
     p = plugin
@@ -869,8 +967,9 @@ def test_cancel_kills_a_stuck_bridge_by_its_own_pid(plugin):
     assert p.imports == [] and leftovers(p) == [] and p.api.state.busy is False
 
 
-@pytest.mark.parametrize('pid_text', [None, '', '0\n', '1\n', '-5\n', '12; rm -rf ~\n',
-                                      '4242 4243\n', '99999999999\n'])
+@pytest.mark.parametrize(
+    'pid_text', [None, '', '0\n', '1\n', '-5\n', '12; rm -rf ~\n', '4242 4243\n', '99999999999\n']
+)
 def test_kill_trusts_only_a_plain_pid(plugin, pid_text):
     """No pid file from the bridge (an older one), or anything but plain digits >= 2 in it:
     the shell's $! is used instead, never the file's text."""
@@ -891,6 +990,7 @@ def test_sh_quote(plugin):
 
 
 # --- the export target -----------------------------------------------------------------
+
 
 def storage_export(p: Plugin, imgs, bpp=16):
     st = p.fake.storages['focus_stack']
@@ -959,6 +1059,7 @@ def test_export_target_bridge_failure_cleans_up(plugin):
 
 # --- lens metadata ---------------------------------------------------------------------
 
+
 def test_lens_set_and_undo(plugin):
     p = plugin
     imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
@@ -970,16 +1071,20 @@ def test_lens_set_and_undo(plugin):
     w.lens_focal_length.text = '25'
     w.lens_aperture.text = '2,8'
     w.lens_model.text = 'LAOWA 25mm f/2.8 2.5-5X Ultra Macro'
-    p.lens_results = [{'file': str(p.photos / 'a.jpg'), 'outcome': 'updated', 'message': ''},
-                      {'file': str(p.photos / 'b.jpg'), 'outcome': 'error',
-                       'message': 'file is read-only'}]
+    p.lens_results = [
+        {'file': str(p.photos / 'a.jpg'), 'outcome': 'updated', 'message': ''},
+        {'file': str(p.photos / 'b.jpg'), 'outcome': 'error', 'message': 'file is read-only'},
+    ]
     p.click('lens_apply')
     m = p.manifests[0]
     assert m['kind'] == 'lens' and m['action'] == 'set' and m['version'] == 1
     assert m['files'] == [str(p.photos / 'a.jpg'), str(p.photos / 'b.jpg')]
     assert m['preset'] == 'laowa-25' and m['dry_run'] is False
-    assert m['fields'] == {'focal_length': 25, 'aperture': 2.8,
-                           'model': 'LAOWA 25mm f/2.8 2.5-5X Ultra Macro'}
+    assert m['fields'] == {
+        'focal_length': 25,
+        'aperture': 2.8,
+        'model': 'LAOWA 25mm f/2.8 2.5-5X Ultra Macro',
+    }
     assert w.lens_outcome.text == 'a.jpg: updated\nb.jpg: error (file is read-only)'
     acts = list(p.fake.actions.values())
     assert acts[-1].path == 'lib/image/refresh EXIF'
@@ -1014,7 +1119,10 @@ def test_lens_failure_is_shown(plugin):
     orig = p._bridge
 
     def failing(m, jobdir):
-        p._status(m, {'ok': False, 'results': [], 'error': 'exiftool not found: apt install exiftool'})
+        p._status(
+            m, {'ok': False, 'results': [], 'error': 'exiftool not found: apt install exiftool'}
+        )
+
     p._bridge = failing
     p.click('lens_apply')
     assert p.printed[-1] == 'lens data failed: exiftool not found: apt install exiftool'
@@ -1043,11 +1151,13 @@ def win_leftovers(tmp_path, prefix=WIN_TMP):
 
 
 def bat_lines(program):
-    return ['@echo off',
-            'setlocal DisableDelayedExpansion',
-            'cd /d "%~dp0"',
-            program + ' run-job "%~dp0manifest.json" <NUL >NUL 2>"%~dp0stderr.txt"',
-            '>"%~dp0rc" echo %ERRORLEVEL%']
+    return [
+        '@echo off',
+        'setlocal DisableDelayedExpansion',
+        'cd /d "%~dp0"',
+        program + ' run-job "%~dp0manifest.json" <NUL >NUL 2>"%~dp0stderr.txt"',
+        '>"%~dp0rc" echo %ERRORLEVEL%',
+    ]
 
 
 def test_windows_run_bat_holds_no_user_string(tmp_path, monkeypatch):
@@ -1064,7 +1174,8 @@ def test_windows_run_bat_holds_no_user_string(tmp_path, monkeypatch):
     assert script.endswith('\r\n') and '\n' not in script.replace('\r\n', '')
     # % doubled (no %PATH% expansion), the rest literal inside quotes, delayed expansion off
     assert script.split('\r\n')[:-1] == bat_lines(
-        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"')
+        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"'
+    )
     assert WIN_TMP not in script and 'focus_stack_' not in script
     for name in NASTY:
         assert name not in script and all(name not in c for c in p.commands)
@@ -1088,8 +1199,9 @@ def test_windows_non_ascii_program_switches_the_bat_to_utf8(tmp_path, monkeypatc
 def test_windows_bridge_on_path_is_called_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path(r'C:\Users\Ærø %x%\.local\bin\focusbridge.exe').write_text('MZ')
-    p = win_plugin(tmp_path, monkeypatch, exe=None,
-                   path_env=r'C:\Windows;C:\Users\Ærø %x%\.local\bin')
+    p = win_plugin(
+        tmp_path, monkeypatch, exe=None, path_env=r'C:\Windows;C:\Users\Ærø %x%\.local\bin'
+    )
     assert 'focusbridge.exe' in p.api.widgets.bridge_label.label
     p.select(p.images(['a.jpg', 'b.jpg']))
     p.click('stack_button')
@@ -1097,13 +1209,16 @@ def test_windows_bridge_on_path_is_called_by_name(tmp_path, monkeypatch):
     assert p.printed[-1] == 'focus stack: imported photos\\a_stacked.tif'
 
 
-@pytest.mark.parametrize('exe, ok', [
-    (r'C:\fb\focusbridge.cmd', True),
-    (r'C:\fb 100%\focusbridge.cmd', False),
-    (r'C:\fb^\focusbridge.bat', False),
-    (r'C:\fb!\focusbridge.BAT', False),
-    ('C:\\fb\tx\\focusbridge.exe', False),
-])
+@pytest.mark.parametrize(
+    'exe, ok',
+    [
+        (r'C:\fb\focusbridge.cmd', True),
+        (r'C:\fb 100%\focusbridge.cmd', False),
+        (r'C:\fb^\focusbridge.bat', False),
+        (r'C:\fb!\focusbridge.BAT', False),
+        ('C:\\fb\tx\\focusbridge.exe', False),
+    ],
+)
 def test_windows_batch_file_bridge(tmp_path, monkeypatch, exe, ok):
     """A .bat/.cmd needs `call`, which expands % again and doubles carets: refuse those."""
     p = win_plugin(tmp_path, monkeypatch, exe=exe)
@@ -1122,7 +1237,8 @@ def test_windows_cancel_uses_taskkill_on_the_bridges_pid(tmp_path, monkeypatch):
     p.cancel_after_sleeps = 2
     p.click('stack_button')
     assert [c for c in p.commands if c.startswith('taskkill')] == [
-        'taskkill /F /T /PID 4242 >NUL 2>NUL']
+        'taskkill /F /T /PID 4242 >NUL 2>NUL'
+    ]
     assert p.printed[-1] == 'focus stack cancelled'
     assert win_leftovers(tmp_path) == [] and p.api.state.busy is False
 
@@ -1149,12 +1265,14 @@ def test_windows_lens_job(tmp_path, monkeypatch):
     assert m['kind'] == 'lens' and m['cancel_file'] == p.run_jobdir + r'\cancel'
     assert m['pid_file'] == p.run_jobdir + r'\pid'
     assert p.scripts[0].split('\r\n')[:-1] == bat_lines(
-        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"')
+        r'"C:\Program Files\focus%%PATH%%bridge & co!\focusbridge.exe"'
+    )
     assert win_leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize('dt_tmp', [r'C:\Users\100%real\Temp', r'C:\Users\Ærø\Temp',
-                                    r'C:\Users\Hi!\Temp'])
+@pytest.mark.parametrize(
+    'dt_tmp', [r'C:\Users\100%real\Temp', r'C:\Users\Ærø\Temp', r'C:\Users\Hi!\Temp']
+)
 def test_windows_temp_folder_cmd_cannot_pass(tmp_path, monkeypatch, dt_tmp):
     """cmd.exe expands %VAR% inside quotes and system() goes through the ANSI code page:
     such a folder works only as %TEMP%... (cmd expands that itself), else it is refused."""
@@ -1183,14 +1301,16 @@ def test_windows_job_names_without_urandom(tmp_path, monkeypatch):
     p.select(p.images(['a.jpg', 'b.jpg']))
     p.click('stack_button')
     p.click('stack_button')
-    dirs = [re.search(r'focus_stack_([0-9a-f]+)"', c)[1] for c in p.commands
-            if c.startswith('mkdir')]
+    dirs = [
+        re.search(r'focus_stack_([0-9a-f]+)"', c)[1] for c in p.commands if c.startswith('mkdir')
+    ]
     assert len(dirs) == 3 and len(set(dirs)) == 3
     assert all(len(d) == 24 for d in dirs)
     assert p.randomseed_calls == 0
 
 
 # --- JSON ------------------------------------------------------------------------------
+
 
 def test_json_round_trip_and_decimal_point(plugin):
     j = plugin.api.json
@@ -1205,6 +1325,7 @@ def test_json_round_trip_and_decimal_point(plugin):
     assert parsed == {'a': 2.8, 'b': [1, 2, 3], 'c': 'q"\n\\ é $(x) `y`', 'd': True, 'e': {}}
     assert a == 2.8 and c == 'q"\n\\ é $(x) `y`' and n == 3
     dec = lua.eval('function(j, s) local v = j.decode(s) return v.fraction, v.output end')
-    assert dec(j, '{"phase": "done", "fraction": 1.0, "output": "/a/\\u00e9\\ud83d\\ude00.tif"}') == (
-        1.0, '/a/é😀.tif')
+    assert dec(
+        j, '{"phase": "done", "fraction": 1.0, "output": "/a/\\u00e9\\ud83d\\ude00.tif"}'
+    ) == (1.0, '/a/é😀.tif')
     assert dec(j, '{"fraction": 0.5e0}')[0] == 0.5

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_camera_files
 from test_exif_merge import fresh_image
 
@@ -48,8 +47,10 @@ def dying(request, tmp_path) -> tuple[Path, str]:
     """(fake exiftool, what the error line must say)"""
     if request.param == 'exits at once':
         return fake_exiftool(tmp_path, '#!/bin/sh\nexit 3\n'), 'exiftool stopped unexpectedly'
-    return (fake_exiftool(tmp_path, TALKS_THEN_DIES.format(python=sys.executable, answers=1)),
-            'exiftool stopped unexpectedly (exit status 7)')
+    return (
+        fake_exiftool(tmp_path, TALKS_THEN_DIES.format(python=sys.executable, answers=1)),
+        'exiftool stopped unexpectedly (exit status 7)',
+    )
 
 
 @pytest.fixture()
@@ -58,10 +59,17 @@ def cam(test_data, tmp_path) -> Path:
 
 
 def run_cli(exe: Path, *args: str, module: str = 'exif') -> subprocess.CompletedProcess:
-    env = dict(os.environ, FOCUSBRIDGE_EXIFTOOL=str(exe),
-               FOCUSBRIDGE_UNDO_DIR=str(exe.parent / 'undo'))
-    return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = dict(
+        os.environ, FOCUSBRIDGE_EXIFTOOL=str(exe), FOCUSBRIDGE_UNDO_DIR=str(exe.parent / 'undo')
+    )
+    return subprocess.run(
+        [sys.executable, '-m', module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize('command', ['lens show', 'lens set', 'meta merge'])
@@ -81,7 +89,7 @@ def test_dying_exiftool_one_line_no_hang(dying, cam, tmp_path, command):
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'focusbridge: error: {message}'), done.stderr
-    assert 'not found' not in done.stderr     # the install hint is for a missing exiftool only
+    assert 'not found' not in done.stderr  # the install hint is for a missing exiftool only
     assert all(Path(f).read_bytes() == b for f, b in before.items())
 
 
@@ -97,8 +105,19 @@ def test_stack_metadata_step_with_dying_exiftool(cam, tmp_path):
         synthetic.save_image(p, img)
         frames.append(str(p))
     out = tmp_path / 'out.tif'
-    done = run_cli(exe, 'stack', *frames, '-o', str(out), '--progress', 'none',
-                   '--sources', str(cam / 'Canon.jpg'), str(cam / 'Sony.jpg'), module='pybridge')
+    done = run_cli(
+        exe,
+        'stack',
+        *frames,
+        '-o',
+        str(out),
+        '--progress',
+        'none',
+        '--sources',
+        str(cam / 'Canon.jpg'),
+        str(cam / 'Sony.jpg'),
+        module='pybridge',
+    )
     assert done.returncode != 0
     assert 'exiftool stopped unexpectedly (exit status 7)' in done.stderr, done.stderr
     assert 'Traceback' not in done.stderr

@@ -17,17 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
+from test_exif_lens import REPO, run_cli, store_files
 
 from exif.lens import BATCH, LensSpec, set_lens, undo_lens
 from exif.tool import ExifCancelled
-from pybridge.errors import Cancelled
 from exif.undo import UndoStore
-from test_exif_lens import REPO, run_cli, store_files
+from pybridge.errors import Cancelled
 
-N = 24   # files per run: two exiftool batches
+N = 24  # files per run: two exiftool batches
 
-pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None or sys.platform != 'linux',
-                                reason='needs exiftool and Linux (/proc, process groups)')
+pytestmark = pytest.mark.skipif(
+    shutil.which('exiftool') is None or sys.platform != 'linux',
+    reason='needs exiftool and Linux (/proc, process groups)',
+)
 
 
 @pytest.fixture()
@@ -50,11 +52,30 @@ def spawn_set():
 
     def start(files: list[Path], store: Path) -> subprocess.Popen:
         env = dict(os.environ, FOCUSBRIDGE_UNDO_DIR=str(store))
-        procs.append(subprocess.Popen(
-            [sys.executable, '-m', 'exif', 'lens', 'set', '--make', 'Venus Optics', '--model',
-             'Laowa 100mm f/2.8', *map(str, files)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    '-m',
+                    'exif',
+                    'lens',
+                    'set',
+                    '--make',
+                    'Venus Optics',
+                    '--model',
+                    'Laowa 100mm f/2.8',
+                    *map(str, files),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
         return procs[-1]
+
     yield start
     for proc in procs:
         if proc.poll() is None:
@@ -83,8 +104,9 @@ def exiftool_child(pid: int) -> int:
     raise AssertionError(f'no exiftool child of {pid}')
 
 
-def assert_all_restored(files: list[Path], before: dict[Path, bytes], store: Path,
-                        *options: str) -> None:
+def assert_all_restored(
+    files: list[Path], before: dict[Path, bytes], store: Path, *options: str
+) -> None:
     folder = files[0].parent
     done = run_cli('lens', 'undo', *options, *map(str, files), store=store)
     assert done.returncode == 0, done.stderr
@@ -95,12 +117,13 @@ def assert_all_restored(files: list[Path], before: dict[Path, bytes], store: Pat
         assert p.read_bytes() == before[p], p
         if p not in changed:
             assert f'{p}: nothing to undo' in done.stdout
-    assert sorted(folder.iterdir()) == sorted(files)      # no exiftool temp files left
-    assert store_files(store) == []                       # every journal settled, every blob gone
+    assert sorted(folder.iterdir()) == sorted(files)  # no exiftool temp files left
+    assert store_files(store) == []  # every journal settled, every blob gone
 
 
-@pytest.mark.parametrize('how', ['SIGINT to the group', 'SIGTERM', 'SIGTERM to the group later',
-                                 'SIGKILL'])
+@pytest.mark.parametrize(
+    'how', ['SIGINT to the group', 'SIGTERM', 'SIGTERM to the group later', 'SIGKILL']
+)
 def test_signal_during_lens_set_loses_nothing(bracket, spawn_set, tmp_path, how):
     """Ctrl-C (the terminal signals exiftool too), SIGTERM at once or at a random later point,
     SIGKILL (no handler runs at all): every file that changed can be undone byte-exactly.
@@ -116,9 +139,9 @@ def test_signal_during_lens_set_loses_nothing(bracket, spawn_set, tmp_path, how)
         proc.send_signal(signal.SIGTERM)
     elif how == 'SIGTERM to the group later':
         delay = random.uniform(0.05, 1.0)
-        print(f'SIGTERM {delay:.3f} s after the first change')   # shown if the test fails
+        print(f'SIGTERM {delay:.3f} s after the first change')  # shown if the test fails
         time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGTERM)   # exiftool dies abruptly, maybe mid-file
+        os.killpg(proc.pid, signal.SIGTERM)  # exiftool dies abruptly, maybe mid-file
     else:
         proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
@@ -128,7 +151,7 @@ def test_signal_during_lens_set_loses_nothing(bracket, spawn_set, tmp_path, how)
         assert done.returncode == 0, done.stderr
         assert_all_restored(files, before, store, '--all')
         return
-    if proc.returncode != 0:   # a late signal may find the run already done
+    if proc.returncode != 0:  # a late signal may find the run already done
         assert proc.returncode == 130, err
         assert err.strip().splitlines()[-1] == 'focusbridge: cancelled', err
         assert 'Traceback' not in err
@@ -142,10 +165,11 @@ def test_exiftool_killed_mid_run(bracket, spawn_set, tmp_path):
     proc = spawn_set(files, store)
     wait_for_first_change(proc, before)
     os.kill(exiftool_child(proc.pid), signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)    # used to spin at 100 % CPU for ever
+    out, err = proc.communicate(timeout=60)  # used to spin at 100 % CPU for ever
     assert proc.returncode == 1, err
-    assert err.strip() == ('focusbridge: error: exiftool stopped unexpectedly '
-                           '(killed by signal SIGKILL)'), err
+    assert err.strip() == (
+        'focusbridge: error: exiftool stopped unexpectedly (killed by signal SIGKILL)'
+    ), err
     assert_all_restored(files, before, store)
 
 
@@ -158,7 +182,8 @@ def test_should_stop_between_batches(bracket, tmp_path):
 
     def should_stop() -> bool:
         asked.append(1)
-        return len(asked) > 1   # cancel after the first batch
+        return len(asked) > 1  # cancel after the first batch
+
     with pytest.raises(ExifCancelled) as err:
         set_lens(files, LensSpec(model='Test Lens'), store=store, should_stop=should_stop)
     assert str(err.value) == 'cancelled' and isinstance(err.value, Cancelled)

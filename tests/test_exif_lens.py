@@ -13,19 +13,33 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from conftest import TEST_DATA, copy_camera_files
 import tifffile
+from conftest import TEST_DATA, copy_camera_files
 
 from exif.lens import LensSpec, format_lens_info, preset, set_lens, show_lens, undo_lens
 from exif.tool import ExifError
 from exif.undo import UndoStore, apply_delta, make_delta
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ['Canon.jpg', 'CanonRaw.cr2', 'CanonRaw.cr3', 'Nikon.jpg', 'Sony.jpg', 'Olympus.jpg',
-         'Pentax.jpg', 'FujiFilm.raf', 'Panasonic.rw2', 'DNG.dng']
-CANON_FIELDS = ['Canon:LensType', 'Canon:LensModel', 'Canon:MinFocalLength',
-                'Canon:MaxFocalLength', 'Canon:FocalLength']
+FILES = [
+    'Canon.jpg',
+    'CanonRaw.cr2',
+    'CanonRaw.cr3',
+    'Nikon.jpg',
+    'Sony.jpg',
+    'Olympus.jpg',
+    'Pentax.jpg',
+    'FujiFilm.raf',
+    'Panasonic.rw2',
+    'DNG.dng',
+]
+CANON_FIELDS = [
+    'Canon:LensType',
+    'Canon:LensModel',
+    'Canon:MinFocalLength',
+    'Canon:MaxFocalLength',
+    'Canon:FocalLength',
+]
 
 pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs exiftool')
 
@@ -35,16 +49,26 @@ def sha(p: Path) -> str:
 
 
 def tags(path: Path, *names: str) -> dict:
-    done = subprocess.run(['exiftool', '-j', '-G1', '-n', *[f'-{n}' for n in names], str(path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ['exiftool', '-j', '-G1', '-n', *[f'-{n}' for n in names], str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)[0]
 
 
 def run_cli(*args: str, store: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FOCUSBRIDGE_UNDO_DIR=str(store))
-    return subprocess.run([sys.executable, '-m', 'exif', *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, '-m', 'exif', *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def store_files(store: Path) -> list[Path]:
@@ -65,6 +89,7 @@ def store(tmp_path) -> UndoStore:
 
 # ------------------------------------------------------------------------------------------------
 
+
 def test_set_show_undo_restores_bytes(photos, store):
     files = sorted(photos.iterdir())
     before = {p: sha(p) for p in files}
@@ -79,7 +104,9 @@ def test_set_show_undo_restores_bytes(photos, store):
         assert t['ExifIFD:LensMake'] == 'Canon', p
         assert t['ExifIFD:LensModel'] == 'Canon MP-E 65mm f/2.8 1-5x Macro Photo'
         assert t['XMP-exifEX:LensModel'] == t['XMP-aux:Lens'] == t['ExifIFD:LensModel']
-        assert t['ExifIFD:LensInfo'] == '65 65 2.8 2.8' and t['XMP-exifEX:LensInfo'] == '65 65 2.8 2.8'
+        assert (
+            t['ExifIFD:LensInfo'] == '65 65 2.8 2.8' and t['XMP-exifEX:LensInfo'] == '65 65 2.8 2.8'
+        )
         assert t['ExifIFD:LensSerialNumber'] == 'SN 42' == t['XMP-aux:LensSerialNumber']
         assert t['ExifIFD:FocalLength'] == 65 and t['ExifIFD:FNumber'] == 8
         assert sha(p) != before[p]
@@ -111,7 +138,7 @@ def test_set_show_undo_restores_bytes(photos, store):
         assert sha(p) == before[p], p
         assert p.stat().st_mtime_ns == mtimes[p]
     assert sorted(p.name for p in photos.iterdir()) == sorted(p.name for p in files)
-    assert store_files(store.root) == []   # nothing left in the undo store either
+    assert store_files(store.root) == []  # nothing left in the undo store either
 
 
 def test_pixels_untouched(tmp_path, photos, store):
@@ -119,15 +146,26 @@ def test_pixels_untouched(tmp_path, photos, store):
     jpg = tmp_path / 'frame.jpg'
     px = (np.indices((32, 48)).sum(0) % 255).astype(np.uint8)
     jpg.write_bytes(cv2.imencode('.jpg', np.dstack([px] * 3))[1].tobytes())
-    subprocess.run(['exiftool', '-q', '-overwrite_original', '-TagsFromFile',
-                    str(photos / 'Canon.jpg'), '-all:all', str(jpg)], check=True)
+    subprocess.run(
+        [
+            'exiftool',
+            '-q',
+            '-overwrite_original',
+            '-TagsFromFile',
+            str(photos / 'Canon.jpg'),
+            '-all:all',
+            str(jpg),
+        ],
+        check=True,
+    )
     tif = tmp_path / 'frame.tif'
     px16 = (np.random.default_rng(3).random((20, 30, 3)) * 65535).astype(np.uint16)
     tifffile.imwrite(tif, px16, photometric='rgb')
     dec_before = cv2.imdecode(np.frombuffer(jpg.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
     assert set_lens([jpg, tif], preset('laowa-100-2x'), store=store).ok
     assert np.array_equal(
-        cv2.imdecode(np.frombuffer(jpg.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED), dec_before)
+        cv2.imdecode(np.frombuffer(jpg.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED), dec_before
+    )
     assert np.array_equal(tifffile.imread(tif), px16)
     assert tags(tif, 'LensModel')['ExifIFD:LensModel'] == 'Laowa 100mm f/2.8 2X Ultra Macro APO'
 
@@ -135,8 +173,9 @@ def test_pixels_untouched(tmp_path, photos, store):
 def test_dry_run_changes_nothing(photos, store):
     files = [photos / 'CanonRaw.cr2', photos / 'Sony.jpg']
     before = [sha(p) for p in files]
-    done = run_cli('lens', 'set', '--dry-run', '--preset', 'canon-mp-e-65', *map(str, files),
-                   store=store.root)
+    done = run_cli(
+        'lens', 'set', '--dry-run', '--preset', 'canon-mp-e-65', *map(str, files), store=store.root
+    )
     assert done.returncode == 0, done.stderr
     assert [sha(p) for p in files] == before
     assert store_files(store.root) == []
@@ -160,8 +199,16 @@ def test_bad_files_reported_others_done(photos, test_data, store, tmp_path):
     bad = [text, broken]
     before = {p: sha(p) for p in bad}
     names_before = sorted(p.name for p in photos.iterdir())
-    done = run_cli('lens', 'set', '--model', 'Mitutoyo M Plan Apo 10x/0.28', '--focal-length',
-                   '20', *map(str, [good[0], text, broken, missing, good[1]]), store=store.root)
+    done = run_cli(
+        'lens',
+        'set',
+        '--model',
+        'Mitutoyo M Plan Apo 10x/0.28',
+        '--focal-length',
+        '20',
+        *map(str, [good[0], text, broken, missing, good[1]]),
+        store=store.root,
+    )
     assert done.returncode == 1
     err = done.stderr.splitlines()
     for p in bad + [missing]:
@@ -170,7 +217,7 @@ def test_bad_files_reported_others_done(photos, test_data, store, tmp_path):
     for p in good:
         assert tags(p, 'LensModel')['ExifIFD:LensModel'] == 'Mitutoyo M Plan Apo 10x/0.28'
     for p in bad:
-        assert sha(p) == before[p]          # nothing half-written
+        assert sha(p) == before[p]  # nothing half-written
     assert sorted(p.name for p in photos.iterdir()) == names_before
     # only the written files can be undone; the others have nothing to undo, which is no error
     done = run_cli('lens', 'undo', str(good[0]), str(text), store=store.root)
@@ -195,8 +242,9 @@ def test_minor_errors_need_flag(photos, store):
 def test_undo_refuses_file_changed_since(photos, store):
     p = photos / 'Canon.jpg'
     assert set_lens([p], LensSpec(model='Test Lens'), store=store).ok
-    subprocess.run(['exiftool', '-q', '-overwrite_original', '-Artist=someone else', str(p)],
-                   check=True)
+    subprocess.run(
+        ['exiftool', '-q', '-overwrite_original', '-Artist=someone else', str(p)], check=True
+    )
     changed = sha(p)
     res = undo_lens([p], store=store)[0]
     assert not res.ok and 'changed since the lens rewrite' in res.error
@@ -212,15 +260,16 @@ def test_undo_levels_and_renamed_file(photos, store):
     assert undo_lens([p], store=store)[0].undone == 1 and sha(p) == first
     assert set_lens([p], preset('laowa-90-2x'), store=store).ok
     moved = photos / 'renamed.cr2'
-    p.rename(moved)                       # found by content hash
+    p.rename(moved)  # found by content hash
     res = undo_lens([moved], all_levels=True, store=store)[0]
     assert res.ok and res.undone == 2 and sha(moved) == original
     assert store_files(store.root) == []
 
 
 def test_cli_show_and_presets(photos, store):
-    done = run_cli('lens', 'show', str(photos / 'CanonRaw.cr3'), str(photos / 'Nikon.jpg'),
-                   store=store.root)
+    done = run_cli(
+        'lens', 'show', str(photos / 'CanonRaw.cr3'), str(photos / 'Nikon.jpg'), store=store.root
+    )
     assert done.returncode == 0, done.stderr
     head, rule, *rows = done.stdout.splitlines()
     assert head.split()[:3] == ['file', 'lens', 'make'] and set(rule) <= {'-', ' '}
@@ -228,16 +277,27 @@ def test_cli_show_and_presets(photos, store):
     assert 'Canon:FocusDistanceLower/Upper' in rows[0]
     done = run_cli('lens', 'set', '--list-presets', store=store.root)
     assert 'canon-mp-e-65' in done.stdout and 'mitutoyo-10x' in done.stdout
-    done = run_cli('lens', 'set', '--preset', 'no-such-lens', str(photos / 'Sony.jpg'),
-                   store=store.root)
+    done = run_cli(
+        'lens', 'set', '--preset', 'no-such-lens', str(photos / 'Sony.jpg'), store=store.root
+    )
     assert done.returncode == 1 and "unknown lens preset 'no-such-lens'" in done.stderr
 
 
 def test_cli_set_and_undo_exit_codes(photos, store):
     p = photos / 'Makro Käfer 001.CR3'
     before = sha(p)
-    done = run_cli('lens', 'set', '--make', 'Venus Optics', '--model', 'Laowa 100mm',
-                   '--lens-info', '100 2.8', str(p), store=store.root)
+    done = run_cli(
+        'lens',
+        'set',
+        '--make',
+        'Venus Optics',
+        '--model',
+        'Laowa 100mm',
+        '--lens-info',
+        '100 2.8',
+        str(p),
+        store=store.root,
+    )
     assert done.returncode == 0, done.stderr
     assert tags(p, 'LensInfo')['ExifIFD:LensInfo'] == '100 100 2.8 2.8'
     done = run_cli('lens', 'undo', str(p), store=store.root)
@@ -258,12 +318,14 @@ def test_lens_info_parsing():
 def test_delta_is_exact():
     rng = np.random.default_rng(0)
     orig = rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
-    for new in (orig[:1000] + b'new metadata block' + orig[1500:],   # shrink in the middle
-                b'X' + orig,                                          # shift everything
-                orig + b'trailer',
-                b'',
-                orig):
+    for new in (
+        orig[:1000] + b'new metadata block' + orig[1500:],  # shrink in the middle
+        b'X' + orig,  # shift everything
+        orig + b'trailer',
+        b'',
+        orig,
+    ):
         d = make_delta(orig, new)
         assert apply_delta(d, new) == orig
     d = make_delta(orig, orig[:1000] + b'meta' + orig[1010:])
-    assert len(d) < 200                     # only the changed middle is stored
+    assert len(d) < 200  # only the changed middle is stored

@@ -11,7 +11,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import copy_camera_files
 from test_exif_lens import run_cli, store_files
 
@@ -19,13 +18,14 @@ pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs 
 
 
 def test_links_written_through_and_restored_in_place(test_data, tmp_path):
-    photos = copy_camera_files(test_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg',
-                                                                  'Nikon.jpg'])
+    photos = copy_camera_files(
+        test_data, tmp_path / 'Fotos', ['Canon.jpg', 'Sony.jpg', 'Nikon.jpg']
+    )
     rel_target, abs_target, hard = photos / 'Canon.jpg', photos / 'Sony.jpg', photos / 'Nikon.jpg'
     links = tmp_path / 'Links'
     links.mkdir()
     rel = links / 'rel.jpg'
-    rel.symlink_to(os.path.join('..', 'Fotos', 'Canon.jpg'))   # relative
+    rel.symlink_to(os.path.join('..', 'Fotos', 'Canon.jpg'))  # relative
     absolute = links / 'abs.jpg'
     absolute.symlink_to(abs_target)
     hard2 = links / 'hard.jpg'
@@ -35,8 +35,17 @@ def test_links_written_through_and_restored_in_place(test_data, tmp_path):
     store = tmp_path / 'undo'
 
     # a link and its own target in one command are one file: written once
-    done = run_cli('lens', 'set', '--model', 'Test Lens', str(rel), str(absolute), str(hard2),
-                   str(rel_target), store=store)
+    done = run_cli(
+        'lens',
+        'set',
+        '--model',
+        'Test Lens',
+        str(rel),
+        str(absolute),
+        str(hard2),
+        str(rel_target),
+        store=store,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(': updated') == 3
     assert os.readlink(rel) == os.path.join('..', 'Fotos', 'Canon.jpg')

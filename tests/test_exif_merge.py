@@ -12,21 +12,39 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from conftest import copy_camera_files
 import tifffile
+from conftest import copy_camera_files
 
 from exif.merge import StackInfo, merge_metadata, sources_have_metadata
 from exif.tool import CONFIG_FILE, ExifError, ExiftoolMissing, open_exiftool, require_exiftool
 
 REPO = Path(__file__).resolve().parents[1]
-CAMERA_FILES = ['Canon.jpg', 'CanonRaw.cr2', 'CanonRaw.cr3', 'DNG.dng', 'ExifTool.tif',
-                'FujiFilm.raf', 'Nikon.jpg', 'Nikon.nef', 'Olympus.jpg', 'Panasonic.rw2',
-                'Pentax.jpg', 'Sony.jpg']
-MAKERNOTES = {'Canon.jpg': 'Canon', 'CanonRaw.cr2': 'Canon', 'CanonRaw.cr3': 'Canon',
-              'DNG.dng': 'Canon', 'FujiFilm.raf': 'FujiFilm', 'Nikon.jpg': 'Nikon',
-              'Nikon.nef': 'Nikon', 'Olympus.jpg': 'Olympus', 'Panasonic.rw2': 'Panasonic',
-              'Pentax.jpg': 'Pentax'}
+CAMERA_FILES = [
+    'Canon.jpg',
+    'CanonRaw.cr2',
+    'CanonRaw.cr3',
+    'DNG.dng',
+    'ExifTool.tif',
+    'FujiFilm.raf',
+    'Nikon.jpg',
+    'Nikon.nef',
+    'Olympus.jpg',
+    'Panasonic.rw2',
+    'Pentax.jpg',
+    'Sony.jpg',
+]
+MAKERNOTES = {
+    'Canon.jpg': 'Canon',
+    'CanonRaw.cr2': 'Canon',
+    'CanonRaw.cr3': 'Canon',
+    'DNG.dng': 'Canon',
+    'FujiFilm.raf': 'FujiFilm',
+    'Nikon.jpg': 'Nikon',
+    'Nikon.nef': 'Nikon',
+    'Olympus.jpg': 'Olympus',
+    'Panasonic.rw2': 'Panasonic',
+    'Pentax.jpg': 'Pentax',
+}
 SW = 'focusbridge 0.1.0'
 
 pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs exiftool')
@@ -35,9 +53,11 @@ pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs 
 # ------------------------------------------------------------------------------------------------
 # helpers
 
+
 def exiftool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(['exiftool', '-config', str(CONFIG_FILE), *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        ['exiftool', '-config', str(CONFIG_FILE), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def tags(path: Path, *names: str) -> dict:
@@ -57,12 +77,20 @@ def validate(path: Path) -> tuple[str, list[str]]:
 
 
 def set_focus(path: Path, lower: float, upper: float) -> None:
-    done = exiftool('-n', '-overwrite_original', f'-Canon:FocusDistanceLower={lower}',
-                    f'-Canon:FocusDistanceUpper={upper}', str(path))
+    done = exiftool(
+        '-n',
+        '-overwrite_original',
+        f'-Canon:FocusDistanceLower={lower}',
+        f'-Canon:FocusDistanceUpper={upper}',
+        str(path),
+    )
     assert done.returncode == 0 and '1 image files updated' in done.stdout, done.stderr
 
 
-def fresh_image(path: Path, rng=np.random.default_rng(1)) -> np.ndarray:
+_RNG = np.random.default_rng(1)
+
+
+def fresh_image(path: Path, rng=_RNG) -> np.ndarray:
     """A new 16-bit TIFF / 16-bit PNG / 8-bit JPEG without metadata; returns the pixels."""
     ext = path.suffix.lower()
     if ext in ('.tif', '.tiff'):
@@ -104,6 +132,7 @@ def cr3_bracket(cam) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------
 # merge onto fresh TIFF / JPEG / PNG
+
 
 @pytest.mark.parametrize('ext', ['.tif', '.jpg', '.png'])
 def test_merge_cr3_bracket(cr3_bracket, tmp_path, ext):
@@ -147,11 +176,14 @@ def test_merge_cr3_bracket(cr3_bracket, tmp_path, ext):
     assert t['IFD0:Orientation'] == 1
     assert t['ExifIFD:DateTimeOriginal'] != t['IFD0:ModifyDate']
     assert not any(k.startswith('IFD1:') for k in t)
-    assert not [k for k in t if k.split(':')[-1] in ('ThumbnailImage', 'ThumbnailOffset',
-                                                      'PreviewImage', 'JpgFromRaw')]
+    assert not [
+        k
+        for k in t
+        if k.split(':')[-1] in ('ThumbnailImage', 'ThumbnailOffset', 'PreviewImage', 'JpgFromRaw')
+    ]
     if ext == '.tif':
         assert 'ExifIFD:ExifImageWidth' not in t and 'ExifIFD:ComponentsConfiguration' not in t
-        assert 'IFD0:ImageDescription' not in t   # tifffile's {"shape": ...} note is gone
+        assert 'IFD0:ImageDescription' not in t  # tifffile's {"shape": ...} note is gone
     else:
         assert (t['ExifIFD:ExifImageWidth'], t['ExifIFD:ExifImageHeight']) == (36, 24)
     status, errors = validate(out)
@@ -168,8 +200,8 @@ def test_png_output_uses_exif_and_xmp_chunks(cr3_bracket, tmp_path):
     data = out.read_bytes()
     chunks, pos = [], 8
     while pos < len(data):
-        n = int.from_bytes(data[pos:pos + 4], 'big')
-        chunks.append(data[pos + 4:pos + 8])
+        n = int.from_bytes(data[pos : pos + 4], 'big')
+        chunks.append(data[pos + 4 : pos + 8])
         pos += 12 + n
     assert b'eXIf' in chunks and b'iTXt' in chunks
     assert chunks.index(b'eXIf') < chunks.index(b'IDAT')
@@ -203,24 +235,32 @@ def test_orientation_reset_and_thumbnail_dropped(cam, tmp_path):
     t = tags(out)
     assert t['IFD0:Orientation'] == 1
     assert not any(k.startswith('IFD1:') for k in t)
-    assert t['XMP-exifEX:LensModel'] == 'Sigma AF 10-20mm F4-5.6 EX DC'   # from Composite:LensID
+    assert t['XMP-exifEX:LensModel'] == 'Sigma AF 10-20mm F4-5.6 EX DC'  # from Composite:LensID
 
 
 def test_focus_range_from_other_tags(cam, tmp_path):
     """Nikon FocusDistance, EXIF SubjectDistance, XMP-aux ApproximateFocusDistance."""
     sony, oly = cam / 'Sony.jpg', cam / 'Olympus.jpg'
-    assert exiftool('-n', '-overwrite_original', '-ExifIFD:SubjectDistance=1.5',
-                    str(sony)).returncode == 0
-    assert exiftool('-n', '-overwrite_original', '-XMP-aux:ApproximateFocusDistance=0.8',
-                    str(oly)).returncode == 0
+    assert (
+        exiftool('-n', '-overwrite_original', '-ExifIFD:SubjectDistance=1.5', str(sony)).returncode
+        == 0
+    )
+    assert (
+        exiftool(
+            '-n', '-overwrite_original', '-XMP-aux:ApproximateFocusDistance=0.8', str(oly)
+        ).returncode
+        == 0
+    )
     out = tmp_path / 'out.tif'
     fresh_image(out)
-    report = merge_metadata(out, [oly, sony, cam / 'Nikon.nef'], cam / 'Nikon.nef',
-                            StackInfo(3, 'pyramid', 2, SW))
+    report = merge_metadata(
+        out, [oly, sony, cam / 'Nikon.nef'], cam / 'Nikon.nef', StackInfo(3, 'pyramid', 2, SW)
+    )
     assert report.focus_near == 0.8 and report.focus_far == pytest.approx(2.3714, abs=1e-3)
-    assert report.focus_source == ('ExifIFD:SubjectDistance; Nikon:FocusDistance; '
-                                   'XMP-aux:ApproximateFocusDistance')
-    assert not report.canon_focus_written          # no Canon maker notes on this output
+    assert report.focus_source == (
+        'ExifIFD:SubjectDistance; Nikon:FocusDistance; XMP-aux:ApproximateFocusDistance'
+    )
+    assert not report.canon_focus_written  # no Canon maker notes on this output
     t = tags(out)
     assert t['XMP-fbstack:FocusDistanceNear'] == 0.8
     assert t['XMP-fbstack:FocusDistanceFar'] == pytest.approx(2.3714, abs=1e-3)
@@ -236,7 +276,7 @@ def test_canon_infinity(cam, tmp_path):
     report = merge_metadata(out, [cam / 'Canon.jpg'], None, StackInfo(1, 'pyramid', 0, SW))
     assert report.focus_near == 5.46 and report.focus_far == float('inf')
     t = tags(out, 'XMP-fbstack:all', 'Canon:FocusDistanceUpper')
-    assert t['XMP-fbstack:FocusDistanceFar'] == 4294967295     # the XMP-aux convention
+    assert t['XMP-fbstack:FocusDistanceFar'] == 4294967295  # the XMP-aux convention
     assert t['Canon:FocusDistanceUpper'] == 655.35
     printed = exiftool('-s', '-XMP-fbstack:FocusDistanceFar', str(out)).stdout
     assert 'inf' in printed
@@ -263,6 +303,7 @@ def test_source_names_override(cr3_bracket, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # failures: one line naming the file, target untouched, nothing left behind
+
 
 def test_target_exiftool_cannot_write(cam, tmp_path):
     bad = tmp_path / 'notes.txt'
@@ -309,8 +350,14 @@ def test_missing_exiftool(monkeypatch, cam, tmp_path):
     with pytest.raises(ExiftoolMissing):
         merge_metadata(out, [cam / 'Canon.jpg'], None, StackInfo(1, 'pyramid', 0, SW))
     env = dict(os.environ, FOCUSBRIDGE_EXIFTOOL=str(tmp_path / 'no-exiftool-here'))
-    done = subprocess.run([sys.executable, '-m', 'exif', 'lens', 'show', str(cam / 'Canon.jpg')],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, '-m', 'exif', 'lens', 'show', str(cam / 'Canon.jpg')],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().startswith('focusbridge: error: exiftool not found')
 
@@ -344,16 +391,32 @@ def test_one_exiftool_process_for_many_merges(cr3_bracket, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # CLI: meta merge / meta show
 
+
 def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'exif', *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, '-m', 'exif', *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_cli_meta_merge(cr3_bracket, tmp_path):
     out = tmp_path / 'Stapel ö.tif'
     fresh_image(out)
-    done = run_cli('meta', 'merge', str(out), '--sources', *map(str, cr3_bracket),
-                   '--base', str(cr3_bracket[2]), '--method', 'pyramid')
+    done = run_cli(
+        'meta',
+        'merge',
+        str(out),
+        '--sources',
+        *map(str, cr3_bracket),
+        '--base',
+        str(cr3_bracket[2]),
+        '--method',
+        'pyramid',
+    )
     assert done.returncode == 0, done.stderr
     assert 'focus 0.2-0.31 m' in done.stdout
     t = tags(out, 'XMP-fbstack:all')
@@ -384,9 +447,15 @@ def test_cli_meta_show_json(cr3_bracket):
 # ------------------------------------------------------------------------------------------------
 # `focusbridge stack` end to end with metadata (the engine calls exif.merge.merge_metadata)
 
+
 def _stack(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'pybridge', 'stack', *args, '--progress', 'none'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, '-m', 'pybridge', 'stack', *args, '--progress', 'none'],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture()
@@ -399,8 +468,16 @@ def generated_bracket(cam, tmp_path) -> list[Path]:
     for i, img in enumerate(br.frames):
         p = tmp_path / f'frame {i} ä.jpg'
         synthetic.save_image(p, img)
-        done = exiftool('-q', '-n', '-overwrite_original', '-TagsFromFile', str(cam / 'Canon.jpg'),
-                        '-all:all', '--IFD1:all', str(p))
+        done = exiftool(
+            '-q',
+            '-n',
+            '-overwrite_original',
+            '-TagsFromFile',
+            str(cam / 'Canon.jpg'),
+            '-all:all',
+            '--IFD1:all',
+            str(p),
+        )
         assert done.returncode == 0, done.stderr
         # maker-note fields can only be edited once the maker notes are in the file
         set_focus(p, round(0.5 + 0.1 * i, 2), round(0.55 + 0.1 * i, 2))

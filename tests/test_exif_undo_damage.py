@@ -10,10 +10,10 @@ import json
 import shutil
 
 import pytest
-
 from conftest import copy_camera_files
-from exif.undo import UndoStore
 from test_exif_lens import run_cli
+
+from exif.undo import UndoStore
 
 pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs exiftool')
 
@@ -21,9 +21,21 @@ BAD_RECORDS = {
     'entries is an object': lambda path: json.dumps({'path': path, 'entries': {}}),
     'truncated JSON': lambda path: json.dumps({'path': path, 'entries': []})[:20],
     'entry without a blob': lambda path: json.dumps({'path': path, 'entries': [{'mode': 420}]}),
-    'blob outside the store': lambda path: json.dumps({'path': path, 'entries': [{
-        'original_sha256': '0' * 64, 'written_sha256': '0' * 64, 'blob': '../../etc/passwd',
-        'mode': 420, 'atime_ns': 0, 'mtime_ns': 0}]}),
+    'blob outside the store': lambda path: json.dumps(
+        {
+            'path': path,
+            'entries': [
+                {
+                    'original_sha256': '0' * 64,
+                    'written_sha256': '0' * 64,
+                    'blob': '../../etc/passwd',
+                    'mode': 420,
+                    'atime_ns': 0,
+                    'mtime_ns': 0,
+                }
+            ],
+        }
+    ),
     'not an object': lambda path: '[1, 2]',
 }
 
@@ -64,9 +76,9 @@ def test_damaged_records_and_blobs_one_line_each(photos, tmp_path):
         line = next(ln for ln in errors if ln.startswith(f'focusbridge: error: {p}: '))
         assert line.startswith(f'focusbridge: error: {p}: undo record damaged ({record}')
         assert line.endswith('not written')
-        assert p.read_bytes() == before[p]                  # never rewritten
+        assert p.read_bytes() == before[p]  # never rewritten
     for p in set(files) - set(records):
-        assert p.read_bytes() != before[p]                  # the others are done
+        assert p.read_bytes() != before[p]  # the others are done
     written = {p: p.read_bytes() for p in files}
 
     # damaged blobs: the file stays as it is
@@ -84,10 +96,11 @@ def test_damaged_records_and_blobs_one_line_each(photos, tmp_path):
     assert done.returncode == 1
     assert 'Traceback' not in done.stderr and 'internal error' not in done.stderr
     expected = [ln.rsplit(';', 1)[0] for ln in errors] + [
-        f'focusbridge: error: {p}: undo data missing or damaged' for p in blobs.values()]
+        f'focusbridge: error: {p}: undo data missing or damaged' for p in blobs.values()
+    ]
     got = lines(done.stderr)
     assert len(got) == len(expected), done.stderr
     assert all(any(g.startswith(e) for g in got) for e in expected), (expected, got)
-    for p in files:                                         # restored, or left as it was
+    for p in files:  # restored, or left as it was
         assert p.read_bytes() == (written[p] if p in blobs.values() else before[p]), p
-    assert all(record.exists() for record in records.values())   # left for the user to inspect
+    assert all(record.exists() for record in records.values())  # left for the user to inspect

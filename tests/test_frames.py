@@ -11,26 +11,36 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import RING6, TEST_DATA
 from dng import smooth_scene, write_dng
+
 from pybridge.errors import InputError
-from pybridge.frames import (RAW_EXTENSIONS, Frame, FrameInfo, frame_from_array, probe_frame,
-                             read_frame)
+from pybridge.frames import (
+    RAW_EXTENSIONS,
+    Frame,
+    FrameInfo,
+    frame_from_array,
+    probe_frame,
+    read_frame,
+)
 from pybridge.write import write_image
 
 CANON_DNG = Path('raw') / 'canon_550d_magiclantern_colorchart.dng'
 
 
 def bracket_files(root: Path) -> list[Path]:
-    return sorted(p for p in [*RING6.iterdir(), *(root / 'brackets').glob('*/*')]
-                  if p.suffix.lower() in ('.jpg', '.jpeg'))
+    return sorted(
+        p
+        for p in [*RING6.iterdir(), *(root / 'brackets').glob('*/*')]
+        if p.suffix.lower() in ('.jpg', '.jpeg')
+    )
 
 
 def cv2_reference(path: Path) -> np.ndarray:
     """Independent decode: RGB uint8 without any orientation handling."""
-    bgr = cv2.imdecode(np.fromfile(path, np.uint8),
-                       cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    bgr = cv2.imdecode(
+        np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    )
     return bgr[:, :, ::-1]
 
 
@@ -44,21 +54,32 @@ def asymmetric_rgb(h: int = 48, w: int = 64) -> np.ndarray:
     return np.stack([(x * 4) % 256, (y * 5) % 256, (x + 3 * y) % 256], -1).astype(np.uint8)
 
 
-def png_bytes(rows: np.ndarray, color_type: int, bit_depth: int = 8,
-              extra: bytes = b'') -> bytes:
+def png_bytes(rows: np.ndarray, color_type: int, bit_depth: int = 8, extra: bytes = b'') -> bytes:
     """A minimal PNG (filter 0) written by hand, for layouts cv2 cannot write."""
+
     def chunk(kind, body):
-        return struct.pack('>I', len(body)) + kind + body + \
-            struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return (
+            struct.pack('>I', len(body))
+            + kind
+            + body
+            + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
     h, w = rows.shape[:2]
-    raw = b''.join(b'\x00' + rows[y].astype('>u2' if bit_depth == 16 else 'u1').tobytes()
-                   for y in range(h))
-    return (b'\x89PNG\r\n\x1a\n'
-            + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, bit_depth, color_type, 0, 0, 0))
-            + extra + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+    raw = b''.join(
+        b'\x00' + rows[y].astype('>u2' if bit_depth == 16 else 'u1').tobytes() for y in range(h)
+    )
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, bit_depth, color_type, 0, 0, 0))
+        + extra
+        + chunk(b'IDAT', zlib.compress(raw))
+        + chunk(b'IEND', b'')
+    )
 
 
 # ------------------------------------------------------------------ real brackets
+
 
 def test_ring6_frames_match_an_independent_decode(test_data):
     files = sorted(RING6.glob('step*.jpg'))
@@ -90,7 +111,7 @@ def test_icc_profile_from_a_real_jpeg(test_data, icc_profile):
 
 def test_real_gray_alpha_png(test_data):
     path = test_data / 'brackets' / 'depthmap10' / 'reference' / 'depth_raw.png'
-    assert path.read_bytes()[25] == 4                     # IHDR colour type: gray + alpha
+    assert path.read_bytes()[25] == 4  # IHDR colour type: gray + alpha
     frame = read_frame(path)
     ref = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert frame.pixels.shape == ref.shape + (1,)
@@ -99,6 +120,7 @@ def test_real_gray_alpha_png(test_data):
 
 
 # ------------------------------------------------------------------ RAW
+
 
 def test_canon_dng(test_data):
     path = test_data / CANON_DNG
@@ -127,13 +149,39 @@ def test_broken_raw_gives_input_error(test_data, name):
         read_frame(path)
     message = str(err.value)
     assert message.startswith(f'{path}: ') and 'RAW' in message
-    assert '\n' not in message and "b'" not in message   # one line, no bytes repr
+    assert '\n' not in message and "b'" not in message  # one line, no bytes repr
 
 
 def test_raw_extensions_cover_libraw_formats():
-    for ext in ('.cr2', '.cr3', '.crw', '.nef', '.nrw', '.arw', '.srf', '.sr2', '.dng', '.raf',
-                '.orf', '.rw2', '.pef', '.srw', '.x3f', '.3fr', '.fff', '.iiq', '.mos', '.mrw',
-                '.kdc', '.dcr', '.erf', '.mef', '.rwl', '.raw', '.gpr'):
+    for ext in (
+        '.cr2',
+        '.cr3',
+        '.crw',
+        '.nef',
+        '.nrw',
+        '.arw',
+        '.srf',
+        '.sr2',
+        '.dng',
+        '.raf',
+        '.orf',
+        '.rw2',
+        '.pef',
+        '.srw',
+        '.x3f',
+        '.3fr',
+        '.fff',
+        '.iiq',
+        '.mos',
+        '.mrw',
+        '.kdc',
+        '.dcr',
+        '.erf',
+        '.mef',
+        '.rwl',
+        '.raw',
+        '.gpr',
+    ):
         assert ext in RAW_EXTENSIONS
 
 
@@ -159,9 +207,10 @@ def test_dng_brightness_does_not_depend_on_the_brightest_pixel(tmp_path):
     assert abs(ratio - 2.0) < 0.01
 
 
-@pytest.mark.parametrize('orientation, turn', [(3, lambda a: np.rot90(a, 2)),
-                                               (6, lambda a: np.rot90(a, -1)),
-                                               (8, lambda a: np.rot90(a, 1))])
+@pytest.mark.parametrize(
+    'orientation, turn',
+    [(3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))],
+)
 def test_dng_orientation_applied_once(tmp_path, orientation, turn):
     scene = smooth_scene(64, 96)
     upright = read_frame(write_dng(tmp_path / 'up.dng', scene)).pixels
@@ -184,10 +233,10 @@ ORIENTATIONS = {
     2: np.fliplr,
     3: lambda a: np.rot90(a, 2),
     4: np.flipud,
-    5: lambda a: np.fliplr(np.rot90(a, -1)),    # transpose
-    6: lambda a: np.rot90(a, -1),               # 90 degrees clockwise
-    7: lambda a: np.fliplr(np.rot90(a, 1)),     # transverse
-    8: lambda a: np.rot90(a, 1),                # 90 degrees counter-clockwise
+    5: lambda a: np.fliplr(np.rot90(a, -1)),  # transpose
+    6: lambda a: np.rot90(a, -1),  # 90 degrees clockwise
+    7: lambda a: np.fliplr(np.rot90(a, 1)),  # transverse
+    8: lambda a: np.rot90(a, 1),  # 90 degrees counter-clockwise
 }
 
 
@@ -195,7 +244,7 @@ ORIENTATIONS = {
 def test_jpeg_exif_orientation(tmp_path, exiftool, orientation):
     path = tmp_path / 'turned.jpg'
     write_image(path, asymmetric_rgb() / 255.0, bit_depth=8)
-    stored = read_frame(path).pixels                     # no EXIF yet: stored order
+    stored = read_frame(path).pixels  # no EXIF yet: stored order
     exiftool(f'-Orientation#={orientation}', '-overwrite_original', path)
     assert exiftool('-Orientation#', '-s3', path).strip() == str(orientation)
     frame = read_frame(path)
@@ -215,7 +264,7 @@ def test_png_exif_orientation(tmp_path, exiftool):
 
 
 def test_tiff_orientation_tag(tmp_path):
-    rgb = (asymmetric_rgb().astype(np.uint16) * 257)
+    rgb = asymmetric_rgb().astype(np.uint16) * 257
     path = tmp_path / 'turned.tif'
     tifffile.imwrite(path, rgb, photometric='rgb', extratags=[(274, 'H', 1, 8, True)])
     frame = read_frame(path)
@@ -224,6 +273,7 @@ def test_tiff_orientation_tag(tmp_path):
 
 
 # ------------------------------------------------------------------ TIFF layouts
+
 
 def gradient16(h: int = 64, w: int = 1024) -> np.ndarray:
     ramp = np.linspace(0, 65535, h * w).round().astype(np.uint16).reshape(h, w)
@@ -245,8 +295,9 @@ def test_8bit_grayscale_and_planar_and_compressed_tiffs(tmp_path):
     rgb = asymmetric_rgb()
     gray = rgb[:, :, 0]
     tifffile.imwrite(tmp_path / 'gray.tif', gray, photometric='minisblack')
-    tifffile.imwrite(tmp_path / 'planar.tif', np.moveaxis(rgb, -1, 0), photometric='rgb',
-                     planarconfig='separate')
+    tifffile.imwrite(
+        tmp_path / 'planar.tif', np.moveaxis(rgb, -1, 0), photometric='rgb', planarconfig='separate'
+    )
     tifffile.imwrite(tmp_path / 'zlib.tif', rgb, photometric='rgb', compression='zlib')
     tifffile.imwrite(tmp_path / 'white.tif', gray, photometric='miniswhite')
 
@@ -267,7 +318,7 @@ def test_lzw_tiff_without_imagecodecs(tmp_path):
     ok, buf = cv2.imencode('.tif', np.ascontiguousarray(rgb16[:, :, ::-1]))
     path = tmp_path / 'lzw.tif'
     path.write_bytes(buf.tobytes())
-    assert tifffile.TiffFile(path).pages.first.compression == 5     # really LZW
+    assert tifffile.TiffFile(path).pages.first.compression == 5  # really LZW
     frame = read_frame(path)
     assert frame.bit_depth == 16
     np.testing.assert_array_equal(as_uint(frame, 65535), rgb16)
@@ -308,18 +359,23 @@ def test_float_tiff_keeps_values_and_removes_nan(tmp_path, dtype):
     assert np.isfinite(frame.pixels).all()
     assert frame.pixels[0, 0, 0] == 0.0 and frame.pixels[0, 1, 0] == 1.0
     np.testing.assert_allclose(frame.pixels[1:], data[1:].astype(np.float32), rtol=1e-3)
-    assert frame.pixels.max() > 1.4                        # headroom kept, not clipped
+    assert frame.pixels.max() > 1.4  # headroom kept, not clipped
     assert probe_frame(path) == FrameInfo(48, 64, 3, 32, 'tiff')
 
 
 def test_tiff_icc_is_read(tmp_path, icc_profile):
     path = tmp_path / 'icc.tif'
-    tifffile.imwrite(path, asymmetric_rgb(), photometric='rgb',
-                     extratags=[(34675, 'B', len(icc_profile), icc_profile, True)])
+    tifffile.imwrite(
+        path,
+        asymmetric_rgb(),
+        photometric='rgb',
+        extratags=[(34675, 'B', len(icc_profile), icc_profile, True)],
+    )
     assert read_frame(path).icc == icc_profile
 
 
 # ------------------------------------------------------------------ PNG layouts
+
 
 def test_rgba_png_drops_alpha_in_rgb_order(tmp_path):
     rgb = asymmetric_rgb()
@@ -344,8 +400,12 @@ def test_gray_alpha_png_stays_gray(tmp_path):
 def test_16bit_png_and_iccp(tmp_path, icc_profile):
     rgb = gradient16(16, 512)
     iccp = b'sRGB\x00\x00' + zlib.compress(icc_profile)
-    chunk = struct.pack('>I', len(iccp)) + b'iCCP' + iccp + \
-        struct.pack('>I', zlib.crc32(b'iCCP' + iccp) & 0xFFFFFFFF)
+    chunk = (
+        struct.pack('>I', len(iccp))
+        + b'iCCP'
+        + iccp
+        + struct.pack('>I', zlib.crc32(b'iCCP' + iccp) & 0xFFFFFFFF)
+    )
     path = tmp_path / 'deep.png'
     path.write_bytes(png_bytes(rgb, color_type=2, bit_depth=16, extra=chunk))
     frame = read_frame(path)
@@ -354,6 +414,7 @@ def test_16bit_png_and_iccp(tmp_path, icc_profile):
 
 
 # ------------------------------------------------------------------ errors
+
 
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(InputError, match='no such file') as err:
@@ -376,7 +437,7 @@ def test_empty_files(tmp_path, name):
 
 def test_truncated_jpeg_tiff_png(test_data, tmp_path):
     jpeg = (RING6 / 'step0.jpg').read_bytes()
-    for cut in (100, len(jpeg) // 2, len(jpeg) - 2):    # -2: only the end marker is gone
+    for cut in (100, len(jpeg) // 2, len(jpeg) - 2):  # -2: only the end marker is gone
         (tmp_path / 'cut.jpg').write_bytes(jpeg[:cut])
         with pytest.raises(InputError, match='cut.jpg: .*(truncated|corrupt)'):
             read_frame(tmp_path / 'cut.jpg')
@@ -387,7 +448,7 @@ def test_truncated_jpeg_tiff_png(test_data, tmp_path):
         with pytest.raises(InputError, match='cut.tif: '):
             read_frame(tmp_path / 'cut.tif')
     png = cv2.imencode('.png', asymmetric_rgb())[1].tobytes()
-    (tmp_path / 'cut.png').write_bytes(png[:len(png) // 2])
+    (tmp_path / 'cut.png').write_bytes(png[: len(png) // 2])
     with pytest.raises(InputError, match='cut.png: .*truncated'):
         read_frame(tmp_path / 'cut.png')
 
@@ -412,6 +473,7 @@ def test_non_ascii_jpeg_name(test_data, tmp_path):
 
 # ------------------------------------------------------------------ arrays
 
+
 def test_frame_from_array():
     rgb = asymmetric_rgb()
     f8 = frame_from_array(rgb)
@@ -429,7 +491,7 @@ def test_frame_from_array():
     ff = frame_from_array(floats)
     assert ff.bit_depth == 32 and ff.pixels.shape == (8, 8, 3)
     ff.pixels[:] = 0
-    assert floats.max() > 0                                # the caller's array is untouched
+    assert floats.max() > 0  # the caller's array is untouched
 
     with pytest.raises(InputError, match='shape'):
         frame_from_array(np.zeros((4, 4, 5), np.uint8))

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import REPO_ROOT
 from dng import smooth_scene, write_dng
+from test_frames import asymmetric_rgb, png_bytes
+
 from pybridge import frames
 from pybridge.errors import InputError
 from pybridge.frames import DEFAULT_MAX_PIXELS, FrameInfo, probe_frame, read_frame
-from test_frames import asymmetric_rgb, png_bytes
 
 
 def jpeg_bytes(h: int = 48, w: int = 64) -> bytes:
@@ -48,23 +48,42 @@ def zero_png(w: int, h: int) -> bytes:
     comp = zlib.compressobj(9)
     first = comp.compress(bytes((w + 1) * rows)) + comp.flush(zlib.Z_FULL_FLUSH)
     again = comp.compress(bytes((w + 1) * rows)) + comp.flush(zlib.Z_FULL_FLUSH)
-    assert first[2:] == again                                 # first: zlib header + block
-    adler = (((w + 1) * h % 65521) << 16) | 1                 # Adler-32 of that many zeros
+    assert first[2:] == again  # first: zlib header + block
+    adler = (((w + 1) * h % 65521) << 16) | 1  # Adler-32 of that many zeros
     idat = first + again * (h // rows - 1) + b'\x03\x00' + struct.pack('>I', adler)
 
     def chunk(kind, body):
-        return struct.pack('>I', len(body)) + kind + body + \
-            struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0))
-            + chunk(b'IDAT', idat) + chunk(b'IEND', b''))
+        return (
+            struct.pack('>I', len(body))
+            + kind
+            + body
+            + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0))
+        + chunk(b'IDAT', idat)
+        + chunk(b'IEND', b'')
+    )
 
 
 def tiff_claiming(w: int, h: int) -> bytes:
     """A little-endian TIFF whose header declares w x h 8-bit grey in one 16-byte strip."""
-    tags = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-            (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, h), (279, 4, 16)]
-    ifd = struct.pack('<H', len(tags)) + b''.join(struct.pack('<HHII', tag, typ, 1, value)
-                                                  for tag, typ, value in tags)
+    tags = [
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8 + 2 + 12 * 9 + 4),
+        (277, 3, 1),
+        (278, 4, h),
+        (279, 4, 16),
+    ]
+    ifd = struct.pack('<H', len(tags)) + b''.join(
+        struct.pack('<HHII', tag, typ, 1, value) for tag, typ, value in tags
+    )
     return b'II*\x00' + struct.pack('<I', 8) + ifd + b'\x00' * 4 + bytes(range(16))
 
 
@@ -72,8 +91,9 @@ def test_file_makers_make_real_images(tmp_path):
     png = cv2.imdecode(np.frombuffer(zero_png(300, 200), np.uint8), cv2.IMREAD_UNCHANGED)
     assert png.shape == (200, 300) and not png.any()
     (tmp_path / 'small.tif').write_bytes(tiff_claiming(4, 4))
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / 'small.tif'),
-                                  np.arange(16, dtype=np.uint8).reshape(4, 4))
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / 'small.tif'), np.arange(16, dtype=np.uint8).reshape(4, 4)
+    )
     assert cv2.imdecode(np.frombuffer(jpeg_bytes(), np.uint8), 1).shape == (48, 64, 3)
 
 
@@ -111,7 +131,7 @@ for name, expr in json.loads(sys.argv[1]):
     print(json.dumps([name, result]), flush=True)
 '''
 
-OPENCV_LIMIT = 10_000       # OPENCV_IO_MAX_IMAGE_PIXELS in the child
+OPENCV_LIMIT = 10_000  # OPENCV_IO_MAX_IMAGE_PIXELS in the child
 
 
 @pytest.fixture(scope='module')
@@ -122,7 +142,7 @@ def hostile(tmp_path_factory):
     os.symlink('/dev/zero', d / 'zero.jpg')
     (d / 'bomb.png').write_bytes(zero_png(30000, 30000))
     (d / 'huge.tif').write_bytes(tiff_claiming(100_000, 100_000))
-    (d / 'small.jpg').write_bytes(jpeg_bytes(96, 128))           # 12288 pixels
+    (d / 'small.jpg').write_bytes(jpeg_bytes(96, 128))  # 12288 pixels
     cases = {
         'fifo read': f'read_frame({str(d / "fifo.jpg")!r})',
         'fifo probe': f'probe_frame({str(d / "fifo.jpg")!r})',
@@ -136,11 +156,19 @@ def hostile(tmp_path_factory):
         'huge tiff probe': f'probe_frame({str(d / "huge.tif")!r})',
         'over opencv limit': f'read_frame({str(d / "small.jpg")!r})',
     }
-    env = {**os.environ, 'OPENCV_IO_MAX_IMAGE_PIXELS': str(OPENCV_LIMIT),
-           'MALLOC_ARENA_MAX': '2'}                  # keep the address space small for the cap
+    env = {
+        **os.environ,
+        'OPENCV_IO_MAX_IMAGE_PIXELS': str(OPENCV_LIMIT),
+        'MALLOC_ARENA_MAX': '2',
+    }  # keep the address space small for the cap
     try:
-        done = subprocess.run([sys.executable, '-c', _CHILD, json.dumps(list(cases.items()))],
-                              cwd=REPO_ROOT, env=env, capture_output=True, timeout=150)
+        done = subprocess.run(
+            [sys.executable, '-c', _CHILD, json.dumps(list(cases.items()))],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            timeout=150,
+        )
         out, err, rc = done.stdout, done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
         out, err, rc = exc.stdout or b'', exc.stderr or b'', 'timeout'
@@ -152,27 +180,37 @@ def hostile(tmp_path_factory):
 @pytest.mark.parametrize('case', ['fifo read', 'fifo probe', 'fifo after stat'])
 def test_fifo_is_refused_without_blocking(hostile, case):
     results, d = hostile
-    assert results[case] == \
-        f'InputError: {d / "fifo.jpg"}: is not a regular file (a named pipe); give image files only'
+    assert (
+        results[case]
+        == f'InputError: {d / "fifo.jpg"}: is not a regular file (a named pipe); give image files only'
+    )
 
 
 @pytest.mark.parametrize('case', ['dev zero read', 'dev zero probe'])
 def test_symlink_to_dev_zero_is_refused(hostile, case):
     results, d = hostile
-    assert results[case] == \
-        f'InputError: {d / "zero.jpg"}: is not a regular file (a device); give image files only'
+    assert (
+        results[case]
+        == f'InputError: {d / "zero.jpg"}: is not a regular file (a device); give image files only'
+    )
 
 
 def over_limit(path, size: str, megapixels: str, limit: str = '250') -> str:
-    return (f'{path}: is {size} = {megapixels} megapixels, more than the limit of {limit} '
-            'megapixels (raise it with --max-pixels; 0: no limit)')
+    return (
+        f'{path}: is {size} = {megapixels} megapixels, more than the limit of {limit} '
+        'megapixels (raise it with --max-pixels; 0: no limit)'
+    )
 
 
-@pytest.mark.parametrize('case, name, size, megapixels', [
-    ('bomb read', 'bomb.png', '30000x30000', '900'),
-    ('bomb probe', 'bomb.png', '30000x30000', '900'),
-    ('huge tiff read', 'huge.tif', '100000x100000', '10000'),
-    ('huge tiff probe', 'huge.tif', '100000x100000', '10000')])
+@pytest.mark.parametrize(
+    'case, name, size, megapixels',
+    [
+        ('bomb read', 'bomb.png', '30000x30000', '900'),
+        ('bomb probe', 'bomb.png', '30000x30000', '900'),
+        ('huge tiff read', 'huge.tif', '100000x100000', '10000'),
+        ('huge tiff probe', 'huge.tif', '100000x100000', '10000'),
+    ],
+)
 def test_too_many_pixels_refused_from_the_header(hostile, case, name, size, megapixels):
     results, d = hostile
     assert results[case] == 'InputError: ' + over_limit(d / name, size, megapixels)
@@ -181,14 +219,19 @@ def test_too_many_pixels_refused_from_the_header(hostile, case, name, size, mega
 def test_opencv_limit_is_a_clean_input_error(hostile):
     results, d = hostile
     # Without our limit OpenCV's applies: said plainly, not as an assertion or a crash.
-    for case, path, size in (('bomb without our limit', d / 'bomb.png', '30000x30000'),
-                             ('over opencv limit', d / 'small.jpg', '128x96')):
-        assert results[case] == (f'InputError: {path}: is {size}, over the limit '
-                                 f'OPENCV_IO_MAX_IMAGE_PIXELS={OPENCV_LIMIT} of OpenCV, which '
-                                 'decodes it (raise it in the environment)')
+    for case, path, size in (
+        ('bomb without our limit', d / 'bomb.png', '30000x30000'),
+        ('over opencv limit', d / 'small.jpg', '128x96'),
+    ):
+        assert results[case] == (
+            f'InputError: {path}: is {size}, over the limit '
+            f'OPENCV_IO_MAX_IMAGE_PIXELS={OPENCV_LIMIT} of OpenCV, which '
+            'decodes it (raise it in the environment)'
+        )
 
 
 # ------------------------------------------------------------------ not regular files
+
 
 def test_symlink_to_a_regular_file_is_fine(tmp_path):
     (tmp_path / 'real.jpg').write_bytes(jpeg_bytes())
@@ -207,8 +250,10 @@ def test_folder_device_and_socket_are_refused(tmp_path):
             for fn in (read_frame, probe_frame):
                 with pytest.raises(InputError) as err:
                     fn(path)
-                assert str(err.value) == \
-                    f'{path}: is not a regular file ({what}); give image files only'
+                assert (
+                    str(err.value)
+                    == f'{path}: is not a regular file ({what}); give image files only'
+                )
     finally:
         sock.close()
 
@@ -220,6 +265,7 @@ def test_dangling_symlink_is_no_such_file(tmp_path):
 
 
 # ------------------------------------------------------------------ the pixel limit
+
 
 def small_files(tmp_path):
     """One 48 x 64 file of each kind -> path."""
@@ -236,7 +282,7 @@ def test_max_pixels_is_checked_for_every_kind(tmp_path):
             with pytest.raises(InputError) as err:
                 fn(path, max_pixels=3071)
             assert str(err.value) == over_limit(path, '64x48', '0.003072', '0.003071')
-            for allowed in (3072, 0, None):       # the limit itself, no limit, the default
+            for allowed in (3072, 0, None):  # the limit itself, no limit, the default
                 got = fn(path, max_pixels=allowed)
                 assert (got.height, got.width) == (48, 64)
 
@@ -254,19 +300,27 @@ def test_jpeg_claiming_a_huge_size(tmp_path):
     path = tmp_path / 'huge.jpg'
     path.write_bytes(with_jpeg_size(jpeg_bytes(), 65000, 65000))
     for fn in (read_frame, probe_frame):
-        with pytest.raises(InputError, match='huge.jpg: is 65000x65000 = 4225 megapixels, more '
-                                             'than the limit of 250 megapixels'):
+        with pytest.raises(
+            InputError,
+            match='huge.jpg: is 65000x65000 = 4225 megapixels, more '
+            'than the limit of 250 megapixels',
+        ):
             fn(path)
     # No limit of ours: OpenCV's own (2**30 pixels by default) still gives a clean error.
-    with pytest.raises(InputError, match='huge.jpg: is 65000x65000, over the limit '
-                                         'OPENCV_IO_MAX_IMAGE_(WIDTH|HEIGHT|PIXELS)='):
+    with pytest.raises(
+        InputError,
+        match='huge.jpg: is 65000x65000, over the limit OPENCV_IO_MAX_IMAGE_(WIDTH|HEIGHT|PIXELS)=',
+    ):
         read_frame(path, max_pixels=0)
 
 
 def test_header_with_no_pixels(tmp_path):
     path = tmp_path / 'empty.png'
-    path.write_bytes(png_bytes(np.zeros((1, 1), np.uint8), color_type=0).replace(
-        struct.pack('>II', 1, 1), struct.pack('>II', 0, 1), 1))
+    path.write_bytes(
+        png_bytes(np.zeros((1, 1), np.uint8), color_type=0).replace(
+            struct.pack('>II', 1, 1), struct.pack('>II', 0, 1), 1
+        )
+    )
     for fn in (read_frame, probe_frame):
         with pytest.raises(InputError, match=r'empty.png: has no pixels \(0x1\)'):
             fn(path)
@@ -282,13 +336,14 @@ def test_empty_file_probe(tmp_path, name):
 
 # ------------------------------------------------------------------ file names
 
+
 def test_names_that_are_not_utf8(tmp_path):
-    stem = os.fsdecode(b'frame-\xff\xfe')                   # surrogates, as os.listdir gives
+    stem = os.fsdecode(b'frame-\xff\xfe')  # surrogates, as os.listdir gives
     files = small_files(tmp_path)
     for src in files:
         path = tmp_path / (stem + src.suffix)
         src.rename(path)
-        for name in (path, os.fsencode(path)):                # str and bytes
+        for name in (path, os.fsencode(path)):  # str and bytes
             assert read_frame(name).pixels.shape[:2] == (48, 64)
             assert probe_frame(name).width == 64
     with pytest.raises(InputError) as err:

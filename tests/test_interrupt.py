@@ -4,6 +4,7 @@ Each test here failed on 0.1: side files replacing inputs, rollback losing the o
 signals during the metadata phase leaving temp files, late errors after the whole stack,
 a grey reference frame turning a colour bracket grey.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import copy_camera_files
 from synthetic import make_bracket, save_bracket, save_image
 
@@ -27,13 +27,19 @@ FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
 
 def run(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*FOCUSBRIDGE, *map(os.fsdecode, args)], capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [*FOCUSBRIDGE, *map(os.fsdecode, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([*FOCUSBRIDGE, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*FOCUSBRIDGE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def one_line_error(done, *must_contain):
@@ -57,8 +63,9 @@ def digest(paths) -> dict:
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("frames")
-    return save_bracket(make_bracket(4, (120, 160), breathing=0.005, seed=3), folder, ".png",
-                        bit_depth=8)
+    return save_bracket(
+        make_bracket(4, (120, 160), breathing=0.005, seed=3), folder, ".png", bit_depth=8
+    )
 
 
 @pytest.fixture()
@@ -71,21 +78,32 @@ def own_frames(tmp_path, frames) -> list[Path]:
 
 # -- 3. side files never land on what a command reads ----------------------------------------
 
+
 def test_report_naming_an_input_or_the_result_is_refused(tmp_path, own_frames):
     before = digest(own_frames)
     out = tmp_path / "out.tif"
-    one_line_error(run("stack", *own_frames, "-o", out, "--report", own_frames[2]),
-                   own_frames[2], "--report", "input frame")
-    one_line_error(run("stack", *own_frames, "-o", out, "--report", out, "--overwrite"),
-                   out, "--report", "result")
+    one_line_error(
+        run("stack", *own_frames, "-o", out, "--report", own_frames[2]),
+        own_frames[2],
+        "--report",
+        "input frame",
+    )
+    one_line_error(
+        run("stack", *own_frames, "-o", out, "--report", out, "--overwrite"),
+        out,
+        "--report",
+        "result",
+    )
     # the same file through `..` and through a symlink
     dotted = own_frames[1].parent / ".." / "in" / own_frames[1].name
-    one_line_error(run("stack", *own_frames, "-o", out, "--report", dotted, "--overwrite"),
-                   "input frame")
+    one_line_error(
+        run("stack", *own_frames, "-o", out, "--report", dotted, "--overwrite"), "input frame"
+    )
     link = tmp_path / "report.json"
     link.symlink_to(own_frames[0])
-    one_line_error(run("stack", *own_frames, "-o", out, "--report", link, "--overwrite"),
-                   "input frame")
+    one_line_error(
+        run("stack", *own_frames, "-o", out, "--report", link, "--overwrite"), "input frame"
+    )
     assert digest(own_frames) == before and not out.exists()
 
 
@@ -99,8 +117,11 @@ def test_output_that_is_a_hard_link_or_symlink_to_an_input_is_refused(tmp_path, 
     one_line_error(run("stack", *own_frames, "-o", soft, "--overwrite"), soft, "input frame")
     depth = tmp_path / "depth.png"
     os.link(own_frames[1], depth)
-    one_line_error(run("stack", *own_frames, "-o", tmp_path / "o.tif", "--depth-map", depth,
-                       "--overwrite"), depth, "input frame")
+    one_line_error(
+        run("stack", *own_frames, "-o", tmp_path / "o.tif", "--depth-map", depth, "--overwrite"),
+        depth,
+        "input frame",
+    )
     assert digest(own_frames) == before
 
 
@@ -108,16 +129,34 @@ def test_output_that_is_a_metadata_source_or_base_is_refused(tmp_path, own_frame
     cams = copy_camera_files(test_data, tmp_path / "cam", ["Canon.jpg", "Nikon.jpg"])
     originals = [cams / "Canon.jpg"] * 3 + [cams / "Nikon.jpg"]
     before = digest(originals)
-    one_line_error(run("stack", *own_frames, "-o", cams / "Nikon.jpg", "--overwrite",
-                       "--sources", *originals), "Nikon.jpg", "metadata source")
-    one_line_error(run("stack", *own_frames, "-o", cams / "Canon.jpg", "--overwrite",
-                       "--base", cams / "Canon.jpg"), "Canon.jpg", "metadata base")
+    one_line_error(
+        run("stack", *own_frames, "-o", cams / "Nikon.jpg", "--overwrite", "--sources", *originals),
+        "Nikon.jpg",
+        "metadata source",
+    )
+    one_line_error(
+        run(
+            "stack",
+            *own_frames,
+            "-o",
+            cams / "Canon.jpg",
+            "--overwrite",
+            "--base",
+            cams / "Canon.jpg",
+        ),
+        "Canon.jpg",
+        "metadata base",
+    )
     assert digest(originals) == before
 
 
 def _job(tmp_path: Path, frames, **extra) -> Path:
-    manifest = {"version": 1, "frames": [str(f) for f in frames],
-                "output": str(tmp_path / "stacked.tif"), **extra}
+    manifest = {
+        "version": 1,
+        "frames": [str(f) for f in frames],
+        "output": str(tmp_path / "stacked.tif"),
+        **extra,
+    }
     path = tmp_path / "job.json"
     path.write_text(json.dumps(manifest))
     return path
@@ -130,20 +169,30 @@ def test_run_job_side_files_never_replace_an_input(tmp_path, own_frames, key):
     one_line_error(done, own_frames[1], key)
     assert digest(own_frames) == before and not (tmp_path / "stacked.tif").exists()
     # nor the result the job is about to write
-    done = run("run-job", _job(tmp_path, own_frames, **{key: str(tmp_path / "stacked_depth.tif")},
-                               options={"depth_map": True}))
+    done = run(
+        "run-job",
+        _job(
+            tmp_path,
+            own_frames,
+            **{key: str(tmp_path / "stacked_depth.tif")},
+            options={"depth_map": True},
+        ),
+    )
     one_line_error(done, "stacked_depth.tif")
 
 
-@pytest.mark.parametrize("options, problem", [
-    ({"overwrite": "false"}, "overwrite"),
-    ({"bit_depth": "16"}, "bit_depth"),
-    ({"bit_depth": True}, "bit_depth"),
-    ({"depth_map": 1}, "depth_map"),
-    ({"method": ["pyramid"]}, "method"),
-    ({"reference": 2.5}, "reference"),
-    ({"metadata": "no"}, "metadata"),
-])
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"overwrite": "false"}, "overwrite"),
+        ({"bit_depth": "16"}, "bit_depth"),
+        ({"bit_depth": True}, "bit_depth"),
+        ({"depth_map": 1}, "depth_map"),
+        ({"method": ["pyramid"]}, "method"),
+        ({"reference": 2.5}, "reference"),
+        ({"metadata": "no"}, "metadata"),
+    ],
+)
 def test_run_job_options_are_checked_by_type(tmp_path, own_frames, options, problem):
     existing = tmp_path / "stacked.tif"
     existing.write_bytes(b"precious")
@@ -155,19 +204,26 @@ def test_run_job_options_are_checked_by_type(tmp_path, own_frames, options, prob
 
 
 def test_run_job_rejects_bad_top_level_types(tmp_path, own_frames):
-    for extra, problem in [({"status_file": 7}, "status_file"), ({"kind": ["stack"]}, "kind"),
-                           ({"options": "fast"}, "options"), ({"version": True}, "version")]:
+    for extra, problem in [
+        ({"status_file": 7}, "status_file"),
+        ({"kind": ["stack"]}, "kind"),
+        ({"options": "fast"}, "options"),
+        ({"version": True}, "version"),
+    ]:
         one_line_error(run("run-job", _job(tmp_path, own_frames, **extra)), problem)
 
 
 # -- 4. --overwrite rollback puts the old files back ---------------------------------------
 
+
 def test_failed_commit_of_a_set_restores_the_previous_files(tmp_path):
     from pybridge.atomic import atomic_outputs
+    from pybridge.errors import OutputError
+
     result, depth = tmp_path / "stack.tif", tmp_path / "stack_depth.tif"
     result.write_bytes(b"old result")
     depth.write_bytes(b"old depth")
-    with pytest.raises(Exception):
+    with pytest.raises(OutputError):
         with atomic_outputs([result, depth], overwrite=True) as (t1, t2):
             t1.write_bytes(b"new result")
             t2.write_bytes(b"new depth")
@@ -181,6 +237,7 @@ def test_failed_commit_of_a_set_restores_the_previous_files(tmp_path):
 
 def test_successful_overwrite_leaves_no_backup(tmp_path):
     from pybridge.atomic import atomic_outputs
+
     result = tmp_path / "stack.tif"
     result.write_bytes(b"old")
     with atomic_outputs([result], overwrite=True) as (t,):
@@ -190,12 +247,14 @@ def test_successful_overwrite_leaves_no_backup(tmp_path):
 
 # -- 7. signals during writing and metadata: done, or nothing left -----------------------
 
+
 @pytest.fixture(scope="module")
 def metadata_bracket(tmp_path_factory, test_data):
     """Frames plus camera originals to take metadata from: the run has a metadata phase."""
     folder = tmp_path_factory.mktemp("meta")
-    frames = save_bracket(make_bracket(4, (600, 800), breathing=0.004, seed=5), folder / "f",
-                          ".png", bit_depth=8)
+    frames = save_bracket(
+        make_bracket(4, (600, 800), breathing=0.004, seed=5), folder / "f", ".png", bit_depth=8
+    )
     cams = copy_camera_files(test_data, folder / "cam", ["CanonRaw.cr3"])
     return frames, [cams / "CanonRaw.cr3"] * len(frames)
 
@@ -203,8 +262,9 @@ def metadata_bracket(tmp_path_factory, test_data):
 def _run_and_signal(out_dir: Path, frames, sources, when, signals=(signal.SIGTERM,)):
     """Start a stack with metadata; at `when` ("metadata" or seconds) send `signals`."""
     out = out_dir / "stacked.tif"
-    proc = start("stack", *frames, "-o", out, "--depth-map", "--sources", *sources,
-                 "--progress", "json")
+    proc = start(
+        "stack", *frames, "-o", out, "--depth-map", "--sources", *sources, "--progress", "json"
+    )
     if isinstance(when, str):
         for line in proc.stdout:
             if json.loads(line)["phase"] == when:
@@ -224,8 +284,9 @@ def _done_or_nothing(rc, err, out: Path):
     if rc == 0:
         assert names == ["stacked.tif", "stacked_depth.tif"], names
         assert tifffile.imread(out).dtype == np.uint16
-        tags = subprocess.run(["exiftool", "-s3", "-XMP-fbstack:FrameCount", str(out)],
-                              capture_output=True, text=True).stdout.strip()
+        tags = subprocess.run(
+            ["exiftool", "-s3", "-XMP-fbstack:FrameCount", str(out)], capture_output=True, text=True
+        ).stdout.strip()
         assert tags == "4", err
     else:
         assert rc == 130, err
@@ -244,11 +305,13 @@ def test_one_signal_in_the_metadata_phase_finishes_the_run(tmp_path, metadata_br
 
 
 def test_a_second_signal_in_the_metadata_phase_cancels_and_removes_everything(
-        tmp_path, metadata_bracket):
+    tmp_path, metadata_bracket
+):
     frames, sources = metadata_bracket
-    rc, err, out = _run_and_signal(tmp_path, frames, sources, "metadata",
-                                   (signal.SIGTERM, signal.SIGTERM))
-    time.sleep(0.5)        # anything exiftool might still write would be there by now
+    rc, err, out = _run_and_signal(
+        tmp_path, frames, sources, "metadata", (signal.SIGTERM, signal.SIGTERM)
+    )
+    time.sleep(0.5)  # anything exiftool might still write would be there by now
     assert rc == 130, err
     assert listing(tmp_path) == []
 
@@ -276,10 +339,12 @@ def test_signals_at_random_points_give_done_or_nothing(tmp_path, metadata_bracke
 
 def test_stale_partials_of_a_killed_run_are_cleaned_by_the_next(tmp_path, frames):
     dead = subprocess.Popen(["true"])
-    dead.wait()                                   # a pid that no longer runs
-    stale = [tmp_path / f".stacked.partial-{dead.pid}-0badcafe.tif",
-             tmp_path / f"..stacked.partial-{dead.pid}-0badcafe.fbmeta-12345678.tif"]
-    live = tmp_path / f".stacked.partial-{os.getpid()}-00c0ffee.tif"   # this test is alive
+    dead.wait()  # a pid that no longer runs
+    stale = [
+        tmp_path / f".stacked.partial-{dead.pid}-0badcafe.tif",
+        tmp_path / f"..stacked.partial-{dead.pid}-0badcafe.fbmeta-12345678.tif",
+    ]
+    live = tmp_path / f".stacked.partial-{os.getpid()}-00c0ffee.tif"  # this test is alive
     other = tmp_path / ".hidden-notes.txt"
     for p in [*stale, live, other]:
         p.write_bytes(b"x" * 1000)
@@ -291,14 +356,22 @@ def test_stale_partials_of_a_killed_run_are_cleaned_by_the_next(tmp_path, frames
 
 def test_sigkill_leaves_partials_that_the_next_run_removes(tmp_path, metadata_bracket):
     frames, sources = metadata_bracket
-    proc = start("stack", *frames, "-o", tmp_path / "stacked.tif", "--sources", *sources,
-                 "--progress", "json")
+    proc = start(
+        "stack",
+        *frames,
+        "-o",
+        tmp_path / "stacked.tif",
+        "--sources",
+        *sources,
+        "--progress",
+        "json",
+    )
     for line in proc.stdout:
         if json.loads(line)["phase"] == "metadata":
             break
     proc.kill()
     proc.wait(timeout=60)
-    time.sleep(2.5)                                 # past the age a starting run may have
+    time.sleep(2.5)  # past the age a starting run may have
     assert any(".partial-" in n for n in listing(tmp_path))
     done = run("stack", *frames, "-o", tmp_path / "stacked.tif", "--sources", *sources)
     assert done.returncode == 0, done.stderr
@@ -307,16 +380,20 @@ def test_sigkill_leaves_partials_that_the_next_run_removes(tmp_path, metadata_br
 
 # -- 9. every checkable error comes before the first pixel is read ---------------------------
 
+
 def _no_work_done(done):
     events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert not [e for e in events if e["phase"] in ("align", "fuse", "write")], events
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("out.xyz", "unsupported result format"),
-    ("out", "(no extension)"),
-    ("two\nlines.tif", "line breaks"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("out.xyz", "unsupported result format"),
+        ("out", "(no extension)"),
+        ("two\nlines.tif", "line breaks"),
+    ],
+)
 def test_bad_output_names_fail_before_reading_pixels(tmp_path, frames, name, problem):
     done = run("stack", *frames, "-o", tmp_path / name, "--progress", "json")
     one_line_error(done, problem)
@@ -325,8 +402,16 @@ def test_bad_output_names_fail_before_reading_pixels(tmp_path, frames, name, pro
 
 
 def test_bad_depth_map_name_fails_before_reading_pixels(tmp_path, frames):
-    done = run("stack", *frames, "-o", tmp_path / "o.tif", "--depth-map", tmp_path / "d.bmp",
-               "--progress", "json")
+    done = run(
+        "stack",
+        *frames,
+        "-o",
+        tmp_path / "o.tif",
+        "--depth-map",
+        tmp_path / "d.bmp",
+        "--progress",
+        "json",
+    )
     one_line_error(done, "d.bmp", "depth map")
     _no_work_done(done)
 
@@ -357,23 +442,37 @@ def test_non_utf8_file_names_work_or_fail_cleanly(tmp_path, frames):
         shutil.copy(f, name)
         copies.append(name)
     out = folder + b"/stacked\xff.tif"
-    done = subprocess.run([*FOCUSBRIDGE, "stack", *copies, "-o", out, "--report",
-                           folder + b"/report\xfe.json", "--progress", "json"],
-                          capture_output=True, timeout=300)
+    done = subprocess.run(
+        [
+            *FOCUSBRIDGE,
+            "stack",
+            *copies,
+            "-o",
+            out,
+            "--report",
+            folder + b"/report\xfe.json",
+            "--progress",
+            "json",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert os.path.exists(out)
-    done = subprocess.run([*FOCUSBRIDGE, "stack", *copies, "-o", out],
-                          capture_output=True, timeout=300)
+    done = subprocess.run(
+        [*FOCUSBRIDGE, "stack", *copies, "-o", out], capture_output=True, timeout=300
+    )
     err = done.stderr.decode("utf-8")
     assert done.returncode == 1 and "exists" in err and "internal error" not in err
 
 
 # -- 10. a grey reference frame keeps a colour bracket colour ----------------------------
 
+
 def test_grey_reference_frame_keeps_the_result_in_colour(tmp_path):
     b = make_bracket(5, (120, 160), breathing=0.0, seed=11)
     paths = save_bracket(b, tmp_path / "in", ".png", bit_depth=8)
-    grey = b.frames[2].mean(axis=2)                 # the middle (reference) frame is grey
+    grey = b.frames[2].mean(axis=2)  # the middle (reference) frame is grey
     paths[2].unlink()
     save_image(paths[2], grey, 8)
     out = tmp_path / "out.tif"
@@ -396,6 +495,7 @@ def test_write_errors_name_the_users_file_not_the_temp_file(tmp_path, frames, mo
 
     def full_disk(path, *args, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
     monkeypatch.setattr(pipeline, "write_depth_map", full_disk)
     out = tmp_path / "stacked.tif"
     with pytest.raises(StackError) as err:

@@ -1,21 +1,22 @@
 """The engine against a known truth: synthetic brackets with breathing, shift, rotation, flicker
 and noise (tests/synthetic.py). Assert on pixels and on recovered transforms."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic import make_bracket, psnr, save_bracket
 
 from pybridge import stack
 from pybridge.align import ChainAligner
 from pybridge.pipeline import chain_order
-from synthetic import make_bracket, psnr, save_bracket
 
 
 def _interior(shape, border=0.03):
     h, w = shape[:2]
     b = int(border * max(h, w))
     m = np.zeros((h, w), bool)
-    m[b:h - b, b:w - b] = True
+    m[b : h - b, b : w - b] = True
     return m
 
 
@@ -23,7 +24,7 @@ def _corner_error(estimated: np.ndarray, true_frame_to_ref: np.ndarray, shape) -
     """Largest distance (px) between where the estimated and the true transform send the
     image corners."""
     h, w = shape[:2]
-    truth = np.linalg.inv(true_frame_to_ref)        # reference -> frame, like Transform.matrix
+    truth = np.linalg.inv(true_frame_to_ref)  # reference -> frame, like Transform.matrix
     worst = 0.0
     for x, y in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
         p = np.array([x, y, 1.0])
@@ -34,8 +35,9 @@ def _corner_error(estimated: np.ndarray, true_frame_to_ref: np.ndarray, shape) -
 
 @pytest.fixture(scope="module")
 def bracket():
-    return make_bracket(9, (360, 540), breathing=0.012, shift=3.0, rotation=0.15, flicker=0.04,
-                        noise=0.005, seed=3)
+    return make_bracket(
+        9, (360, 540), breathing=0.012, shift=3.0, rotation=0.15, flicker=0.04, noise=0.005, seed=3
+    )
 
 
 @pytest.mark.parametrize("method", ["pyramid", "depthmap"])
@@ -57,7 +59,9 @@ def test_alignment_recovers_applied_transforms(bracket):
         assert err < 0.3, f"frame {k}: corners off by {err:.3f} px"
     # breathing: the scale steps by ~1.2 % per frame, recovered to 0.1 %
     scales = [t.scale for t in result.transforms]
-    true_scales = [float(np.sqrt(abs(np.linalg.det(np.linalg.inv(T)[:2, :2])))) for T in bracket.transforms]
+    true_scales = [
+        float(np.sqrt(abs(np.linalg.det(np.linalg.inv(T)[:2, :2])))) for T in bracket.transforms
+    ]
     assert np.allclose(scales, true_scales, atol=1e-3)
     # flicker: the gains undo the applied per-channel gains (relative to the reference)
     ref = result.reference
@@ -80,8 +84,9 @@ def test_no_align_is_identity_and_worse_on_a_breathing_bracket(bracket):
 
 
 def test_registered_microscope_stack_with_no_align():
-    b = make_bracket(6, (240, 320), breathing=0.0, shift=0.0, rotation=0.0, flicker=0.0,
-                     noise=0.003, seed=5)
+    b = make_bracket(
+        6, (240, 320), breathing=0.0, shift=0.0, rotation=0.0, flicker=0.0, noise=0.003, seed=5
+    )
     m = _interior(b.truth.shape)
     result = stack(b.frames, align=False)
     assert psnr(result.image, b.truth, m) > max(psnr(f, b.truth, m) for f in b.frames) + 8
@@ -122,7 +127,7 @@ def test_crop_keeps_only_the_common_area(bracket):
     assert cropped.image.shape[:2] == (h, w)
     assert h < full.image.shape[0] and w < full.image.shape[1]
     # the crop is the same pixels as the uncropped result
-    assert np.allclose(cropped.image, full.image[top:top + h, left:left + w])
+    assert np.allclose(cropped.image, full.image[top : top + h, left : left + w])
 
 
 def test_chain_order_starts_at_the_reference_and_walks_outwards():
@@ -146,19 +151,22 @@ def test_aligner_falls_back_on_a_featureless_frame():
     assert not t3.fallback
 
 
-def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels_and_icc(tmp_path, bracket,
-                                                                            icc_profile):
+def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels_and_icc(
+    tmp_path, bracket, icc_profile
+):
     import tifffile
+
     from pybridge.write import write_image
+
     (tmp_path / "in").mkdir()
     paths = [tmp_path / "in" / f"f{k}.tif" for k in range(len(bracket.frames))]
-    for p, f in zip(paths, bracket.frames):
+    for p, f in zip(paths, bracket.frames, strict=True):
         write_image(p, f, bit_depth=16, icc=icc_profile)
     out = tmp_path / "stacked.tif"
     stack(paths, out, metadata=False)
     with tifffile.TiffFile(out) as tif:
         data = tif.asarray()
-        assert tif.pages[0].tags[34675].value == icc_profile   # the ICC profile travelled
+        assert tif.pages[0].tags[34675].value == icc_profile  # the ICC profile travelled
     assert data.dtype == np.uint16 and data.shape == bracket.truth.shape
     # real 16-bit content: far more distinct levels than 8 bits can hold
     assert len(np.unique(data[..., 1])) > 5000
@@ -170,6 +178,7 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
     """Streaming: frames are folded in one at a time, so 64 frames peak no higher than 16.
     Measured with tracemalloc (numpy reports its buffers to it) on files read from disk."""
     import tracemalloc
+
     b = make_bracket(8, (240, 360), breathing=0.004, seed=8)
     paths = save_bracket(b, tmp_path, ".tif", bit_depth=16)
 
@@ -180,10 +189,11 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+
     # The peak is the worst overlap of the read-ahead thread with the fusing thread, which
     # varies a little with timing; storing frames would grow it 4x.
-    few = peak(paths * 2)           # 16 frames
-    many = peak(paths * 8)          # 64 frames: the same files again, in order
+    few = peak(paths * 2)  # 16 frames
+    many = peak(paths * 8)  # 64 frames: the same files again, in order
     assert many <= 1.25 * few, (few, many)
     # and the peak is a handful of frames' worth, not the bracket's
     frame_bytes = 240 * 360 * 3 * 4

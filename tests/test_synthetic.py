@@ -7,7 +7,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from synthetic import Bracket, disk_kernel, make_bracket, psnr, save_bracket, save_image
 
 SIZE = (240, 320)
@@ -48,7 +47,7 @@ def test_deterministic_by_seed():
     a = make_bracket(3, (64, 96), seed=5)
     b = make_bracket(3, (64, 96), seed=5)
     c = make_bracket(3, (64, 96), seed=6)
-    assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
+    assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames, strict=True))
     assert not np.array_equal(a.truth, c.truth)
 
 
@@ -77,8 +76,14 @@ def test_warp_back_matches_unwarped_render(clean: Bracket):
     b = clean
     H, W = SIZE
     for k, f in enumerate(b.frames):
-        back = cv2.warpAffine(f, b.transforms[k][:2], (W, H), flags=cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(-1, -1, -1))
+        back = cv2.warpAffine(
+            f,
+            b.transforms[k][:2],
+            (W, H),
+            flags=cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(-1, -1, -1),
+        )
         valid = (back.min(axis=2) >= 0) & _interior(SIZE, 12)
         valid = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         assert valid.mean() > 0.7
@@ -105,8 +110,13 @@ def test_sharp_region_matches_truth(clean: Bracket):
         # exact in reference geometry (before warping)...
         assert psnr(b.unwarped[k], b.truth, region) > 45.0
         # ...and within resampling error after the warp round trip
-        back = cv2.warpAffine(b.frames[k], b.transforms[k][:2], (W, H), flags=cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REFLECT)
+        back = cv2.warpAffine(
+            b.frames[k],
+            b.transforms[k][:2],
+            (W, H),
+            flags=cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_REFLECT,
+        )
         assert psnr(back, b.truth, region) > 30.0
         # and a frame focused elsewhere is clearly worse there
         other = 0 if k >= len(b.frames) // 2 else len(b.frames) - 1
@@ -116,8 +126,16 @@ def test_sharp_region_matches_truth(clean: Bracket):
 
 def test_single_frames_are_far_from_truth(default: Bracket):
     for k, f in enumerate(default.frames):
-        back = cv2.warpAffine(f, default.transforms[k][:2], SIZE[::-1], flags=cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REFLECT) / default.gains[k]
+        back = (
+            cv2.warpAffine(
+                f,
+                default.transforms[k][:2],
+                SIZE[::-1],
+                flags=cv2.INTER_CUBIC,
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            / default.gains[k]
+        )
         p = psnr(back, default.truth, _interior(SIZE, 16))
         assert np.isfinite(p) and p < 33.0, (k, p)
 
@@ -128,20 +146,40 @@ def test_edge_band(default: Bracket):
     assert 0.02 < band.mean() < 0.6
     # every depth discontinuity lies inside the band
     d = default.depth
-    jump = (cv2.dilate(d, np.ones((3, 3), np.uint8)) - cv2.erode(d, np.ones((3, 3), np.uint8))) > 0.5
+    jump = (
+        cv2.dilate(d, np.ones((3, 3), np.uint8)) - cv2.erode(d, np.ones((3, 3), np.uint8))
+    ) > 0.5
     assert jump.any() and band[jump].all()
 
 
 def test_gains_and_noise_applied():
-    b = make_bracket(3, (64, 96), flicker=0.05, noise=0.0, shift=0, rotation=0, breathing=0,
-                     seed=4, keep_unwarped=True)
+    b = make_bracket(
+        3,
+        (64, 96),
+        flicker=0.05,
+        noise=0.0,
+        shift=0,
+        rotation=0,
+        breathing=0,
+        seed=4,
+        keep_unwarped=True,
+    )
     for k, f in enumerate(b.frames):
         g = b.gains[k]
         assert np.all(np.abs(g - 1.0) <= 0.05 + 1e-6)
-        est = (f.reshape(-1, 3).sum(0) / b.unwarped[k].reshape(-1, 3).sum(0))
+        est = f.reshape(-1, 3).sum(0) / b.unwarped[k].reshape(-1, 3).sum(0)
         assert np.allclose(est, g, atol=2e-3)
-    n = make_bracket(3, (64, 96), noise=0.02, flicker=0, shift=0, rotation=0, breathing=0,
-                     seed=4, keep_unwarped=True)
+    n = make_bracket(
+        3,
+        (64, 96),
+        noise=0.02,
+        flicker=0,
+        shift=0,
+        rotation=0,
+        breathing=0,
+        seed=4,
+        keep_unwarped=True,
+    )
     resid = n.frames[1] - n.unwarped[1]
     assert 0.015 < resid.std() < 0.025
 

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import tifffile
 
+from pybridge.atomic import atomic_output, atomic_outputs
 from pybridge.errors import OutputError
 from pybridge.frames import read_frame
-from pybridge.atomic import atomic_output, atomic_outputs
-from pybridge.write import (write_confidence_map,
-                            write_depth_map, write_image, depth_map_index,
-                            depth_map_levels)
+from pybridge.write import (
+    depth_map_index,
+    depth_map_levels,
+    write_confidence_map,
+    write_depth_map,
+    write_image,
+)
 
 
 def gradient(h: int = 64, w: int = 1024) -> np.ndarray:
@@ -35,7 +39,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes, bool]]:
     out, pos = [], 8
     while pos < len(data):
         length, kind = struct.unpack_from('>I4s', data, pos)
-        body = data[pos + 8:pos + 8 + length]
+        body = data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack_from('>I', data, pos + 8 + length)
         out.append((kind, body, crc == zlib.crc32(kind + body) & 0xFFFFFFFF))
         pos += 12 + length
@@ -47,12 +51,13 @@ def jpeg_app2_segments(data: bytes) -> list[bytes]:
     while data[pos + 1] != 0xDA:
         (length,) = struct.unpack_from('>H', data, pos + 2)
         if data[pos + 1] == 0xE2:
-            segments.append(data[pos + 4:pos + 2 + length])
+            segments.append(data[pos + 4 : pos + 2 + length])
         pos += 2 + length
     return segments
 
 
 # ------------------------------------------------------------------ atomic_output
+
 
 def test_success_renames_temp_in_same_folder(tmp_path):
     target = tmp_path / 'result.tif'
@@ -103,7 +108,7 @@ def test_file_appearing_meanwhile_is_not_clobbered(tmp_path):
     with pytest.raises(OutputError, match='exists'):
         with atomic_output(target) as temp:
             temp.write_bytes(b'ours')
-            target.write_bytes(b'theirs')            # e.g. a second run finishing first
+            target.write_bytes(b'theirs')  # e.g. a second run finishing first
     assert target.read_bytes() == b'theirs' and os.listdir(tmp_path) == ['result.tif']
 
 
@@ -131,7 +136,8 @@ def test_non_ascii_and_spaces(tmp_path):
             write_image(temp, gradient(16, 64), icc=None)
         assert read_frame(target).pixels.shape == (16, 64, 3)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ['mon résultat final.tif', 'Größe 焦点.png', 'ring stack.jpg'])
+        ['mon résultat final.tif', 'Größe 焦点.png', 'ring stack.jpg']
+    )
 
 
 def test_atomic_outputs_all_or_nothing(tmp_path):
@@ -143,7 +149,7 @@ def test_atomic_outputs_all_or_nothing(tmp_path):
             raise ValueError
     assert os.listdir(tmp_path) == []
 
-    depth.write_bytes(b'old')                    # second target exists: nothing is started
+    depth.write_bytes(b'old')  # second target exists: nothing is started
     with pytest.raises(OutputError, match='stack_depth.png: exists'):
         with atomic_outputs([result, depth]):
             pytest.fail('must not get here')
@@ -159,6 +165,7 @@ def test_atomic_outputs_all_or_nothing(tmp_path):
 
 # ------------------------------------------------------------------ write_image
 
+
 def test_16bit_tiff_exact_levels(tmp_path, icc_profile):
     pixels = gradient()
     path = tmp_path / 'out.tif'
@@ -171,7 +178,7 @@ def test_16bit_tiff_exact_levels(tmp_path, icc_profile):
     assert data.dtype == np.uint16
     np.testing.assert_array_equal(data, codes(pixels, 65535))
     assert len(np.unique(data[:, :, 0])) == 65536
-    back = read_frame(path)                    # and our reader gives the same numbers
+    back = read_frame(path)  # and our reader gives the same numbers
     assert back.icc == icc_profile and back.bit_depth == 16
     np.testing.assert_array_equal(codes(back.pixels, 65535), data)
 
@@ -196,13 +203,18 @@ def test_float_tiff(tmp_path):
 
 
 def test_clipping_rounding_and_nan(tmp_path):
-    pixels = np.array([[[-0.5, 0.0, np.nan], [1.0, 1.7, 0.5 / 65535]],
-                       [[0.49 / 65535, 0.51 / 65535, 0.5], [1 - 0.4 / 65535, 1e-9, 0.25]]],
-                      np.float32)
+    pixels = np.array(
+        [
+            [[-0.5, 0.0, np.nan], [1.0, 1.7, 0.5 / 65535]],
+            [[0.49 / 65535, 0.51 / 65535, 0.5], [1 - 0.4 / 65535, 1e-9, 0.25]],
+        ],
+        np.float32,
+    )
     write_image(tmp_path / 'c.tif', pixels)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / 'c.tif'),
-                                  [[[0, 0, 0], [65535, 65535, 1]],
-                                   [[0, 1, 32768], [65535, 0, 16384]]])
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / 'c.tif'),
+        [[[0, 0, 0], [65535, 65535, 1]], [[0, 1, 32768], [65535, 0, 16384]]],
+    )
 
 
 def test_png_16bit_rgb_order_and_iccp(tmp_path, icc_profile):
@@ -214,7 +226,7 @@ def test_png_16bit_rgb_order_and_iccp(tmp_path, icc_profile):
     np.testing.assert_array_equal(decoded[:, :, ::-1], codes(pixels, 65535))
     chunks = png_chunks(path.read_bytes())
     kinds = [k for k, _, _ in chunks]
-    assert all(ok for _, _, ok in chunks)                   # every CRC is right
+    assert all(ok for _, _, ok in chunks)  # every CRC is right
     assert kinds.index(b'iCCP') < kinds.index(b'IDAT')
     body = dict((k, b) for k, b, _ in chunks)[b'iCCP']
     name, rest = body.split(b'\x00', 1)
@@ -239,7 +251,7 @@ def test_jpeg_quality_rgb_order_and_icc(tmp_path, icc_profile, exiftool):
     assert (tmp_path / 'q50.jpg').stat().st_size < 0.7 * (tmp_path / 'q95.jpg').stat().st_size
     back = read_frame(tmp_path / 'q95.jpg')
     assert back.bit_depth == 8 and back.icc == icc_profile
-    assert np.abs(back.pixels - pixels).mean() < 0.02     # close, and not BGR-swapped
+    assert np.abs(back.pixels - pixels).mean() < 0.02  # close, and not BGR-swapped
     assert 'sRGB' in exiftool('-ICC_Profile:ProfileDescription', '-s3', tmp_path / 'q95.jpg')
 
 
@@ -265,6 +277,7 @@ def test_unsupported_extension_and_shape(tmp_path):
 
 # ------------------------------------------------------------------ maps
 
+
 @pytest.mark.parametrize('ext', ['.tif', '.png'])
 def test_depth_map_holds_frame_indices(tmp_path, ext):
     index = (np.arange(40 * 60).reshape(40, 60) // 7) % 300
@@ -275,14 +288,13 @@ def test_depth_map_holds_frame_indices(tmp_path, ext):
     # spread over the full range (visible), and exactly invertible
     assert data.min() == 0 and data.max() == 65535
     np.testing.assert_array_equal(depth_map_index(data, 300), index)
-    assert b'depth map of 300 frames' in path.read_bytes()   # self-describing
+    assert b'depth map of 300 frames' in path.read_bytes()  # self-describing
 
 
 def test_depth_map_levels_are_exact_for_any_frame_count():
     for count in (2, 3, 7, 300, 4097, 65536):
         index = np.arange(count)
-        np.testing.assert_array_equal(depth_map_index(depth_map_levels(index, count), count),
-                                      index)
+        np.testing.assert_array_equal(depth_map_index(depth_map_levels(index, count), count), index)
 
 
 def test_depth_map_rejects_bad_indices(tmp_path):
@@ -307,4 +319,4 @@ def test_confidence_map_is_16bit(tmp_path):
     assert data.dtype == np.uint16 and data[0, 0] == 0 and data[-1, -1] == 65535
     # float32 arithmetic may round a value sitting on .5 the other way: at most 1 code off
     assert np.abs(data.astype(np.int64) - codes(conf, 65535)).max() <= 1
-    assert (np.diff(data.ravel().astype(np.int64)) > 0).all()     # 3500 distinct levels
+    assert (np.diff(data.ravel().astype(np.int64)) > 0).all()  # 3500 distinct levels

@@ -30,8 +30,11 @@ LAYOUTS = {
     'standalone': ('focus_stack.lua', 'lib/focus_stack', 'focus_stack'),
     # a checkout of this repository in <configdir>/lua (as the script manager's "install
     # more scripts" clones one): nothing on package.path leads there, the script finds it
-    'checkout': ('focusbridge/darktable_lua/focus_stack.lua',
-                 'focusbridge/darktable_lua/lib/focus_stack', 'focusbridge/darktable_lua/focus_stack'),
+    'checkout': (
+        'focusbridge/darktable_lua/focus_stack.lua',
+        'focusbridge/darktable_lua/lib/focus_stack',
+        'focusbridge/darktable_lua/focus_stack',
+    ),
 }
 
 
@@ -43,6 +46,7 @@ def install_plugin(lua_dir: Path, layout: str = 'lua-scripts') -> str:
     shutil.copy(PLUGIN_DIR / 'focus_stack.lua', lua_dir / script)
     shutil.copytree(PLUGIN_DIR / 'lib' / 'focus_stack', lua_dir / lib, dirs_exist_ok=True)
     return name
+
 
 PRELUDE = r'''
 local dt = require "darktable"
@@ -100,8 +104,11 @@ dt.gui.action("global/quit", 0, "", "", 1.0)
 def lua_string(s: str | os.PathLike) -> str:
     """A Lua long-bracket-free string literal for any path."""
     data = str(s).encode('utf-8')
-    return '"' + ''.join(f'\\{b}' if (b < 32 or b in (34, 92) or b > 126) else chr(b)
-                         for b in data) + '"'
+    return (
+        '"'
+        + ''.join(f'\\{b}' if (b < 32 or b in (34, 92) or b > 126) else chr(b) for b in data)
+        + '"'
+    )
 
 
 @dataclass
@@ -139,14 +146,23 @@ def move_pointer(started_text: str, x: int, y: int) -> None:
     that no hover or tooltip changes a screenshot."""
     import ctypes
     import ctypes.util
+
     x11 = ctypes.CDLL(ctypes.util.find_library('X11') or 'libX11.so.6')
     x11.XOpenDisplay.restype = ctypes.c_void_p
     x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
     x11.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
     x11.XDefaultRootWindow.restype = ctypes.c_ulong
-    x11.XWarpPointer.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_int,
-                                 ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int,
-                                 ctypes.c_int]
+    x11.XWarpPointer.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     x11.XFlush.argtypes = x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
     env = x_env(started_text)
     old = os.environ.get('XAUTHORITY')
@@ -169,10 +185,20 @@ def darktable_available() -> bool:
     return bool(shutil.which('darktable') and shutil.which('xvfb-run'))
 
 
-def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, tries: int = 3,
-                  start_timeout: float = 40.0, timeout: float = 150.0, extra_conf: dict | None = None,
-                  on_started=None, on_shot=None, env: dict | None = None,
-                  layout: str = 'lua-scripts') -> DarktableResult:
+def run_darktable(
+    work: Path,
+    body: str,
+    *,
+    bridge_dir: Path | None = None,
+    tries: int = 3,
+    start_timeout: float = 40.0,
+    timeout: float = 150.0,
+    extra_conf: dict | None = None,
+    on_started=None,
+    on_shot=None,
+    env: dict | None = None,
+    layout: str = 'lua-scripts',
+) -> DarktableResult:
     """Run ``body`` (Lua, inside the driver's pcall) in a fresh darktable; return its report.
 
     The plugin is installed the way ``layout`` (see LAYOUTS) says and loaded from luarc.
@@ -197,39 +223,73 @@ def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, trie
         started = adir / 'started'
         report = adir / 'report.json'
         driver = adir / 'driver.lua'
-        driver.write_text(PRELUDE.replace('__SCRIPT_NAME__', lua_string(script_name))
-                          .replace('__STARTED__', lua_string(started))
-                          .replace('__REPORT__', lua_string(report))
-                          .replace('__SHOT_REQ__', lua_string(adir / 'shot_request'))
-                          .replace('__SHOT_DONE__', lua_string(adir / 'shot_done'))
-                          .replace('__BODY__', body))
+        driver.write_text(
+            PRELUDE.replace('__SCRIPT_NAME__', lua_string(script_name))
+            .replace('__STARTED__', lua_string(started))
+            .replace('__REPORT__', lua_string(report))
+            .replace('__SHOT_REQ__', lua_string(adir / 'shot_request'))
+            .replace('__SHOT_DONE__', lua_string(adir / 'shot_done'))
+            .replace('__BODY__', body)
+        )
         run_env = dict(os.environ)
-        run_env.update(HOME=str(adir / 'home'), XDG_CONFIG_HOME=str(adir / 'home/.config'),
-                       XDG_CACHE_HOME=str(adir / 'home/.cache'), TMPDIR=str(adir / 'tmp'),
-                       LC_ALL='C.UTF-8', LANG='C.UTF-8')
+        run_env.update(
+            HOME=str(adir / 'home'),
+            XDG_CONFIG_HOME=str(adir / 'home/.config'),
+            XDG_CACHE_HOME=str(adir / 'home/.cache'),
+            TMPDIR=str(adir / 'tmp'),
+            LC_ALL='C.UTF-8',
+            LANG='C.UTF-8',
+        )
         if bridge_dir is not None:
             run_env['PATH'] = f'{bridge_dir}{os.pathsep}{run_env.get("PATH", "")}'
         if env:
             run_env.update(env)
-        conf = {'write_sidecar_files': 'never',
-                'plugins/lighttable/export/storage_name': STORAGE_NAME,
-                'plugins/lighttable/export/format_name': 'tiff',
-                'plugins/imageio/format/tiff/bpp': '16',
-                'ui_last/window_x': '0', 'ui_last/window_y': '0',
-                'ui_last/window_w': '1280', 'ui_last/window_h': '1024',
-                'ui_last/maximized': 'true'}
+        conf = {
+            'write_sidecar_files': 'never',
+            'plugins/lighttable/export/storage_name': STORAGE_NAME,
+            'plugins/lighttable/export/format_name': 'tiff',
+            'plugins/imageio/format/tiff/bpp': '16',
+            'ui_last/window_x': '0',
+            'ui_last/window_y': '0',
+            'ui_last/window_w': '1280',
+            'ui_last/window_h': '1024',
+            'ui_last/maximized': 'true',
+        }
         conf.update(extra_conf or {})
-        cmd = ['xvfb-run', '-a', '-s', '-screen 0 1280x1024x24',
-               'timeout', '-k', '5', str(int(timeout)),
-               'darktable', '--configdir', str(adir / 'cfg'), '--cachedir', str(adir / 'cache'),
-               '--library', str(adir / 'library.db'), '--tmpdir', str(adir / 'tmp'),
-               '--disable-opencl', '-d', 'lua']
+        cmd = [
+            'xvfb-run',
+            '-a',
+            '-s',
+            '-screen 0 1280x1024x24',
+            'timeout',
+            '-k',
+            '5',
+            str(int(timeout)),
+            'darktable',
+            '--configdir',
+            str(adir / 'cfg'),
+            '--cachedir',
+            str(adir / 'cache'),
+            '--library',
+            str(adir / 'library.db'),
+            '--tmpdir',
+            str(adir / 'tmp'),
+            '--disable-opencl',
+            '-d',
+            'lua',
+        ]
         for k, v in conf.items():
             cmd += ['--conf', f'{k}={v}']
         cmd += ['--luacmd', f'dofile({lua_string(driver)})']
         logf = open(adir / 'darktable.log', 'wb')
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=run_env,
-                                cwd=adir, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=run_env,
+            cwd=adir,
+            start_new_session=True,
+        )
         start = time.monotonic()
         hook_done = False
         hung = False
@@ -266,8 +326,9 @@ def run_darktable(work: Path, body: str, *, bridge_dir: Path | None = None, trie
         log = (adir / 'darktable.log').read_text(errors='replace')
         logs.append(f'--- attempt {attempt} (rc={proc.returncode}, hung={hung})\n{log[-4000:]}')
         if report.exists():
-            return DarktableResult(json.loads(report.read_text()), adir, log, attempt,
-                                   time.monotonic() - t0)
+            return DarktableResult(
+                json.loads(report.read_text()), adir, log, attempt, time.monotonic() - t0
+            )
         if started.exists():
             # the driver ran but wrote no report: a real failure, not a start-up hang
             break

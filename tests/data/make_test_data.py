@@ -33,15 +33,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-JPEG_QUALITY = 80          # the quality of the pcb7 originals
+JPEG_QUALITY = 80  # the quality of the pcb7 originals
 TRIM_BYTES = 64 * 1024
 TRIMMED = [f'mde_issue247-{i}.nef' for i in range(1, 5)]
 DOWNSCALE = {  # set: (glob, (width, height))
     'pcb7': ('*.jpg', (1024, 768)),
     'depthmap10': ('pcb_*.JPG', (512, 384)),
 }
-REFERENCE = ['3d.jpg', 'depth_raw.png']     # depthmap10/reference: used as they are
-GENERATED = ['camera-metadata', 'raw', 'brackets']   # cmyk.jpg and README.md are kept
+REFERENCE = ['3d.jpg', 'depth_raw.png']  # depthmap10/reference: used as they are
+GENERATED = ['camera-metadata', 'raw', 'brackets']  # cmyk.jpg and README.md are kept
 
 
 def copy(src: Path, dst: Path) -> None:
@@ -57,8 +57,20 @@ def downscale(src: Path, dst: Path, size: tuple[int, int]) -> None:
     assert ok, src
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(buf.tobytes())
-    done = subprocess.run(['exiftool', '-q', '-q', '-overwrite_original', '-TagsFromFile',
-                           str(src), '-all:all', str(dst)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            'exiftool',
+            '-q',
+            '-q',
+            '-overwrite_original',
+            '-TagsFromFile',
+            str(src),
+            '-all:all',
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     dst.chmod(0o644)
 
@@ -66,15 +78,16 @@ def downscale(src: Path, dst: Path, size: tuple[int, int]) -> None:
 def libraw_behaviour(data: bytes):
     """('open-ok', raw size, error at decode) or ('open-fail', error) or ('decoded', size)."""
     import rawpy
+
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             size = (raw.sizes.raw_width, raw.sizes.raw_height)
             try:
                 raw.postprocess()
-            except Exception as exc:    # noqa: BLE001 - the class is what is compared
+            except Exception as exc:  # noqa: BLE001 - the class is what is compared
                 return 'open-ok', size, type(exc).__name__
             return 'decoded', size
-    except Exception as exc:            # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
         return 'open-fail', type(exc).__name__
 
 
@@ -108,8 +121,10 @@ def main(source: Path) -> None:
             downscale(src, HERE / 'brackets' / set_ / src.name, size)
         copy(folder / 'LICENSE.md', HERE / 'brackets' / set_ / 'LICENSE.md')
     for name in REFERENCE:
-        copy(source / 'brackets' / 'depthmap10' / 'reference' / name,
-             HERE / 'brackets' / 'depthmap10' / 'reference' / name)
+        copy(
+            source / 'brackets' / 'depthmap10' / 'reference' / name,
+            HERE / 'brackets' / 'depthmap10' / 'reference' / name,
+        )
 
     ring6, sample = source / 'brackets' / 'ring6', REPO / 'pybridge' / 'sample' / 'ring6'
     names = sorted(p.name for p in ring6.iterdir())
