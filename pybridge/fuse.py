@@ -13,6 +13,12 @@ number of frames, so a 300-frame bracket needs the memory of a 15-frame one.
   defocused foreground's blur into a halo; they follow the full-resolution focus decision,
   blended through a Gaussian pyramid of its mask.
 
+Noise-aware (default): where several frames are equally sharp within what sensor noise
+explains (flat areas, backgrounds, overlapping depths of field), both fusers average them
+instead of picking one, so noise there falls below a single frame's; where one frame is clearly
+sharper it is taken alone, as before (`SoftSelect`, with the noise measured from the frames
+themselves by `TieSpread`).
+
 Both track the depth map (index of the sharpest frame) and a confidence map.
 """
 
@@ -66,18 +72,138 @@ def aligned_focus_measure(
     return f
 
 
-class _FocusTracker:
-    """Running argmax of the focus measure, plus what the confidence map needs."""
+class SoftSelect:
+    """Streaming soft selection over frames, per pixel: the noise-aware part of fusion.
+
+    Each frame brings a sharpness statistic u (per pixel); the fused value is the mean of the
+    frames' values weighted by exp((u - max u) / T), where T is the spread of u that sensor
+    noise alone explains. A frame sharper than the rest by many T takes the pixel alone (fine
+    detail stays as sharp as with a hard maximum); frames equally sharp within the noise (flat
+    areas, overlapping depths of field) are averaged, which divides their noise by sqrt(k).
+    Only the running maximum and the sum of weights relative to it are kept, so memory does
+    not grow with the frame count. T = 0 is the classic hard maximum."""
 
     def __init__(self, shape: tuple[int, int]):
+        self.top = np.full(shape, _NONE, np.float32)
+        self.total = np.zeros(shape, np.float32)
+
+    def update(self, u: np.ndarray, spread: float) -> np.ndarray:
+        """Fold in one frame's statistic; returns alpha (float32, 0..1): this frame's share of
+        the weighted mean so far, for `mean += alpha * (value - mean)`."""
+        if spread <= 0:
+            alpha = np.greater(u, self.top).astype(np.float32)
+            np.maximum(self.top, u, out=self.top)
+            self.total.fill(1.0)  # only the maximum has weight
+            return alpha
+        # relative to the new maximum M: old weights scale by exp((M_old - M) / T), the new
+        # frame weighs exp((u - M) / T). Weights stay relative to the maximum, so a spread
+        # that is still being estimated in the first frames only changes the newer weights.
+        new_top = cv2.max(self.top, u)
+        shrink = cv2.exp(cv2.addWeighted(self.top, 1.0 / spread, new_top, -1.0 / spread, 0.0))
+        weight = cv2.exp(cv2.addWeighted(u, 1.0 / spread, new_top, -1.0 / spread, 0.0))
+        cv2.multiply(self.total, shrink, dst=self.total)
+        cv2.add(self.total, weight, dst=self.total)
+        self.top = new_top
+        return cv2.divide(weight, self.total, dst=weight)
+
+
+_NONE = np.float32(-1e30)  # the statistic of a pixel a frame does not cover
+
+
+class TieSpread:
+    """What noise alone does to a sharpness statistic, measured on the frames themselves.
+
+    Consecutive frames of a bracket (the fusion order walks the chain) are nearly the same
+    picture wherever both are out of focus, so in the blocks where their statistics differ
+    least (the lowest tenth of 8x8 blocks) the difference is noise: its RMS is the `spread`
+    two equally sharp frames show, and the statistic's level there is the `floor` that noise
+    alone reaches. Each is the median over frame pairs: every pair of a short bracket, then
+    ever sparser pairs (a bracket's noise does not change along it; this keeps the cost off
+    long brackets while still sampling both sides of the reference)."""
+
+    def __init__(self):
+        self.previous: np.ndarray | None = None
+        self.estimates: list[tuple[float, float]] = []
+        self.step = 0
+        self.spread = 0.0
+        self.floor = 0.0
+
+    @staticmethod
+    def _sampled(step: int) -> bool:
+        """Pairs 1..8, then about every 1.5x further along the chain."""
+        if step <= 8:
+            return step >= 1
+        return any(round(8 * 1.5**k) == step for k in range(1, 40))
+
+    def update(self, u: np.ndarray) -> None:
+        if self.previous is not None and self._sampled(self.step):
+            estimate = _quiet_blocks(u, self.previous)
+            if estimate is not None:
+                self.estimates.append(estimate)
+                self.spread, self.floor = (float(v) for v in np.median(self.estimates, axis=0))
+        self.step += 1
+        self.previous = u if self._sampled(self.step) else None
+
+
+def _quiet_blocks(a: np.ndarray, b: np.ndarray, block: int = 8) -> tuple[float, float] | None:
+    h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    a, b = a[:h, :w], b[:h, :w]
+    low = cv2.min(a, b)
+    covered = cv2.compare(low, float(_NONE / 2), cv2.CMP_GT)
+    d = cv2.subtract(a, b)
+    d[covered == 0] = 0.0
+    low[covered == 0] = 0.0
+
+    def block_mean(x):  # INTER_AREA by an integer factor: the mean of each block
+        return cv2.resize(x, (w // block, h // block), interpolation=cv2.INTER_AREA)
+
+    energy = block_mean(cv2.multiply(d, d))
+    level = block_mean(low)
+    # whole blocks inside both frames; exact zeros are clipped (saturated or black) areas
+    keep = (block_mean(covered) == 255) & (energy > 0)
+    if keep.sum() < 16:
+        return None
+    energy, level = energy[keep], level[keep]
+    quiet = energy <= np.percentile(energy, 10)
+    return float(np.sqrt(np.mean(energy[quiet]))), float(np.median(level[quiet]))
+
+
+def _noise_aware(u: np.ndarray, ties: TieSpread, spread: float) -> tuple[np.ndarray, float]:
+    """The statistic and tie spread for SoftSelect: below the noise floor (plus a margin)
+    no frame shows detail, so all such frames tie exactly and are averaged."""
+    ties.update(u)
+    floor = ties.floor + NOISE_MARGIN * ties.spread
+    if floor > 0:
+        outside = cv2.compare(u, float(_NONE / 2), cv2.CMP_LT)
+        u = cv2.max(u, float(floor))
+        u[outside > 0] = _NONE
+    return u, spread * ties.spread
+
+
+# Measured with bench/run_bench.py on synthetic brackets (noise sd 0 to 0.04) and the real
+# brackets' flat areas: frames whose statistics differ by about one noise spread are averaged
+# (a wider spread blurs clean detail, a narrower one leaves noise); statistics within two
+# spreads of the noise floor count as "no detail" (below 2, flat real backgrounds stayed noisy).
+FOCUS_SPREAD = 1.0
+DETAIL_SPREAD = 1.0
+NOISE_MARGIN = 2.0
+
+
+class _FocusTracker:
+    """Running argmax of the focus measure (depth and confidence maps) and its soft,
+    noise-aware counterpart (the weights the fusers use)."""
+
+    def __init__(self, shape: tuple[int, int], noise_aware: bool = True):
         self.best = np.full(shape, -1.0, np.float32)
         self.second = np.zeros(shape, np.float32)
         self.depth = np.zeros(shape, np.uint16)
         self.coverage = np.zeros(shape, np.uint16)
+        self.soft = SoftSelect(shape)
+        self.ties = TieSpread() if noise_aware else None
 
     def update(self, index: int, f: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns the uint8 mask
-        (0/255) of pixels where this frame is the sharpest so far."""
+        """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns alpha
+        (float32 0..1), this frame's share of the noise-aware weighted mean so far."""
         if valid is not None:
             cv2.add(self.coverage, 1, dst=self.coverage, mask=valid, dtype=cv2.CV_16U)
         else:
@@ -88,7 +214,11 @@ class _FocusTracker:
         cv2.copyTo(self.best, wins, self.second)
         cv2.copyTo(f, wins, self.best)
         self.depth[wins > 0] = index
-        return wins
+        if self.ties is None:
+            return np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
+        u = np.sqrt(np.maximum(f, 0))
+        np.copyto(u, _NONE, where=f < 0)
+        return self.soft.update(*_noise_aware(u, self.ties, FOCUS_SPREAD))
 
     def confidence(self) -> np.ndarray:
         best = np.maximum(self.best, 0)
@@ -141,11 +271,18 @@ def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
 
 
 class _Fuser:
-    def __init__(self, shape: tuple[int, int], channels: int, window_sigma: float | None = None):
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        channels: int,
+        window_sigma: float | None = None,
+        noise_aware: bool = True,
+    ):
         self.shape = shape
         self.channels = channels
         self.window_sigma = window_sigma or window_sigma_for(shape)
-        self.focus = _FocusTracker(shape)
+        self.noise_aware = noise_aware
+        self.focus = _FocusTracker(shape, noise_aware)
         self.frames = 0
 
     def add(
@@ -160,8 +297,8 @@ class _Fuser:
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         if focus is None:
             focus = aligned_focus_measure(pixels, valid, self.window_sigma)
-        wins = self.focus.update(index, focus, valid)
-        self._fold(pixels, valid, wins)
+        alpha = self.focus.update(index, focus, valid)
+        self._fold(pixels, valid, alpha)
         self.frames += 1
 
     def finish(self) -> FusionResult:
@@ -175,18 +312,18 @@ class _Fuser:
 
 
 class DepthMapFuser(_Fuser):
-    """Composite each frame where it is the sharpest so far, with a feathered mask."""
+    """Composite each frame where it is the sharpest (noise-aware: averaged where several are
+    equally sharp within the noise), with a feathered mask."""
 
-    def __init__(self, shape, channels, window_sigma=None, feather: float = 1.5):
-        super().__init__(shape, channels, window_sigma)
+    def __init__(self, shape, channels, window_sigma=None, noise_aware=True, feather=1.5):
+        super().__init__(shape, channels, window_sigma, noise_aware)
         self.feather = feather
         self.result = np.zeros((shape[0], shape[1], channels), np.float32)
 
-    def _fold(self, pixels, valid, wins):
+    def _fold(self, pixels, valid, alpha):
         if self.frames == 0:
             self.result[...] = pixels
             return
-        alpha = np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
         cv2.GaussianBlur(alpha, (0, 0), self.feather, dst=alpha)
         if valid is not None:  # feathering must not reach past the frame's own border
             np.copyto(alpha, 0.0, where=valid == 0)
@@ -197,19 +334,20 @@ class DepthMapFuser(_Fuser):
 
 
 class PyramidFuser(_Fuser):
-    """Laplacian-pyramid maximum-contrast fusion with a consistency window and halo
-    suppression at coarse levels."""
+    """Laplacian-pyramid maximum-contrast fusion with a consistency window, noise-aware ties
+    and halo suppression at coarse levels."""
 
     def __init__(
         self,
         shape,
         channels,
         window_sigma=None,
+        noise_aware: bool = True,
         halo_suppression: bool = True,
         fine_levels: int = 3,
         consistency_sigma: float = 1.0,
     ):
-        super().__init__(shape, channels, window_sigma)
+        super().__init__(shape, channels, window_sigma, noise_aware)
         # window over which a level's contrast is summed before frames compete (0: classic
         # per-coefficient PMax, which turns flat areas into noise; see bench/halo.py)
         self.consistency_sigma = consistency_sigma
@@ -219,11 +357,13 @@ class PyramidFuser(_Fuser):
         # focus decision (halo suppression) or, without it, contrast too
         self.contrast_levels = min(fine_levels, self.levels) if halo_suppression else self.levels
         self.pyr: list[np.ndarray] | None = None
-        self.activity: list[np.ndarray] = []
+        self.select: list[SoftSelect] = []
+        self.ties = [TieSpread() for _ in range(self.contrast_levels)]
 
-    def _activity(self, lap: np.ndarray) -> np.ndarray:
-        """Local contrast of a pyramid level: energy of its luminance (the Laplacian is linear,
-        so this is the Laplacian of the luminance) over a small window."""
+    def _contrast(self, i: int, lap: np.ndarray, valid: np.ndarray | None):
+        """Local contrast of pyramid level i: RMS of its luminance (the Laplacian is linear, so
+        this is the Laplacian of the luminance) over a small window, and the spread of it that
+        noise explains."""
         if lap.ndim == 3 and lap.shape[2] > 1:
             lum = cv2.transform(lap, _LUMA[:, : lap.shape[2]])
         else:
@@ -232,38 +372,36 @@ class PyramidFuser(_Fuser):
         if lum is lap or lum.base is lap:
             lum = lum.copy()
         cv2.multiply(lum, lum, dst=lum)
-        if self.consistency_sigma <= 0:
-            return lum
-        return cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
+        if self.consistency_sigma > 0:
+            cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
+        u = cv2.sqrt(lum, dst=lum)
+        if valid is not None:
+            np.copyto(u, _NONE, where=valid < 255)
+        if not self.noise_aware:
+            return u, 0.0
+        return _noise_aware(u, self.ties[i], DETAIL_SPREAD)
 
-    def _fold(self, pixels, valid, wins):
+    def _fold(self, pixels, valid, alpha):
         # Level by level, so only one level of this frame's pyramid exists at a time.
         levels = _laplacian_levels(pixels, self.levels)
         # uint8 masks: pyrDown keeps 255 exactly where a level is wholly inside the frame
         valid_levels = _gaussian_levels(valid, self.levels) if valid is not None else None
         if self.pyr is None:
             self.pyr = list(levels)
-            self.activity = [self._activity(self.pyr[i]) for i in range(self.contrast_levels)]
+            self.select = [SoftSelect(self.pyr[i].shape[:2]) for i in range(self.contrast_levels)]
+            for i, select in enumerate(self.select):
+                select.update(*self._contrast(i, self.pyr[i], None))
             self.top_sum = None if self.halo_suppression else self.pyr[-1].copy()
             return
-        mask_levels = None
-        if self.halo_suppression:
-            mask = wins if valid is None else cv2.bitwise_and(wins, valid)
-            mask_levels = _gaussian_levels(
-                np.multiply(mask, np.float32(1 / 255), dtype=np.float32), self.levels
-            )
+        alpha_levels = _gaussian_levels(alpha, self.levels) if self.halo_suppression else None
         for i, lap in enumerate(levels):
             v = next(valid_levels) if valid_levels is not None else None
-            m = next(mask_levels) if mask_levels is not None else None
+            a = next(alpha_levels) if alpha_levels is not None else None
             if i < self.contrast_levels:
-                act = self._activity(lap)
-                if v is not None:
-                    np.copyto(act, -1.0, where=v < 255)
-                take = cv2.compare(act, self.activity[i], cv2.CMP_GT)
-                cv2.copyTo(lap, take, self.pyr[i])
-                cv2.copyTo(act, take, self.activity[i])
+                take = self.select[i].update(*self._contrast(i, lap, v))
+                _blend_into(self.pyr[i], lap, take)
             elif self.halo_suppression:
-                _blend_into(self.pyr[i], lap, m)
+                _blend_into(self.pyr[i], lap, a)
             elif i == self.levels:
                 # classic PMax: the base level is the mean of all frames
                 cv2.add(self.top_sum, lap, self.top_sum)
@@ -277,10 +415,17 @@ class PyramidFuser(_Fuser):
 
 
 def make_fuser(
-    method: str, shape: tuple[int, int], channels: int, *, halo_suppression: bool = True
+    method: str,
+    shape: tuple[int, int],
+    channels: int,
+    *,
+    halo_suppression: bool = True,
+    noise_aware: bool = True,
 ) -> _Fuser:
     if method == "pyramid":
-        return PyramidFuser(shape, channels, halo_suppression=halo_suppression)
+        return PyramidFuser(
+            shape, channels, noise_aware=noise_aware, halo_suppression=halo_suppression
+        )
     if method == "depthmap":
-        return DepthMapFuser(shape, channels)
+        return DepthMapFuser(shape, channels, noise_aware=noise_aware)
     raise ValueError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")

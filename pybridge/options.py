@@ -266,6 +266,13 @@ class StackOptions(Options):
         "PMax). Default is on, which avoids bright/dark halos around foreground edges",
         flag="--no-halo-suppression",
     )
+    noise_averaging: bool = option(
+        True,
+        "always take the sharpest frame's detail, even where several frames are equally "
+        "sharp within the noise (on by default, those are averaged: flat areas come out "
+        "less noisy than any single frame)",
+        flag="--no-noise-averaging",
+    )
     crop: bool = option(
         False,
         "crop to the area every frame covers; default keeps the reference frame's size, "

@@ -298,7 +298,11 @@ def _align_and_fuse(
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
                 fuser = make_fuser(
-                    opts.method, first["shape"], channels, halo_suppression=opts.halo_suppression
+                    opts.method,
+                    first["shape"],
+                    channels,
+                    halo_suppression=opts.halo_suppression,
+                    noise_aware=opts.noise_averaging,
                 )
             icc = icc or frame_icc
             transforms[index] = t
