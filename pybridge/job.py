@@ -23,7 +23,6 @@ from .options import FORMATS, OptionError, Options, option, options_schema, spli
 from .signals import note_late_cancel
 
 KINDS = ("stack", "lens")
-LENS_ACTIONS = ("set", "undo")
 _PATH = {"type": "string", "minLength": 1}
 _PATHS = {"type": "array", "items": _PATH}
 _OPTIONAL_PATH = {"type": ["string", "null"], "minLength": 1}
@@ -54,9 +53,7 @@ def manifest_schema() -> dict:
             **common,
             "kind": {"const": "lens"},
             "files": _PATHS,
-            "action": {"enum": list(LENS_ACTIONS)},
-            "preset": {"type": ["string", "null"]},
-            "dry_run": {"type": "boolean"},
+            **LensJob.schema()["properties"],
             "fields": LensFields.schema(),
         },
     }
@@ -84,7 +81,7 @@ def load_manifest(path: Path) -> dict:
     allowed = {"version", "kind", *_RUN_FILES} | (
         {"frames", "sources", "output", "options"}
         if kind == "stack"
-        else {"files", "action", "preset", "dry_run", "fields"}
+        else {"files", "fields", *LensJob.names()}
     )
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -179,6 +176,13 @@ def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
 
 
 @dataclass
+class LensJob(Options):
+    action: str = option("set", "set: write the lens tags; undo: restore", choices=("set", "undo"))
+    preset: str | None = option(None, "lens catalogue name (focusbridge lens set --list-presets)")
+    dry_run: bool = option(False, "report what would change, write nothing")
+
+
+@dataclass
 class LensFields(Options):
     """The `fields` of a lens job: what `focusbridge lens set` takes as options."""
 
@@ -198,19 +202,13 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     from exif.lens import lens_spec, set_lens, undo_lens
 
     files = [Path(f) for f in _string_list(manifest, "files", path)]
-    action = manifest.get("action", "set")
-    if action not in ("set", "undo"):
-        raise ManifestError(path, f"unknown lens action {action!r} (set or undo)")
     try:
+        job = LensJob.from_json({k: v for k, v in manifest.items() if k in LensJob.names()})
         fields = vars(LensFields.from_json(manifest.get("fields"), "fields"))
     except OptionError as exc:
         raise ManifestError(path, str(exc)) from None
-    if not isinstance(manifest.get("dry_run", False), bool):
-        raise ManifestError(path, "'dry_run' must be true or false")
-    if manifest.get("preset") is not None and not isinstance(manifest["preset"], str):
-        raise ManifestError(path, "'preset' must be a lens preset name")
     progress("lens", count=len(files), fraction=0.1)
-    if action == "undo":
+    if job.action == "undo":
         results = []
         for f in files:  # one at a time, so a cancel stops between files
             if cancel is not None and cancel():
@@ -228,8 +226,8 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     else:
         report = set_lens(
             files,
-            lens_spec(manifest.get("preset"), **fields),
-            dry_run=manifest.get("dry_run", False),
+            lens_spec(job.preset, **fields),
+            dry_run=job.dry_run,
             should_stop=cancel,
         )
         results = []
