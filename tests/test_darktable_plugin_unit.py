@@ -550,6 +550,7 @@ def test_button_stacks_imports_groups_tags(plugin):
         'method': 'pyramid',
         'align': True,
         'depth_map': False,
+        'noise_averaging': True,
         'format': 'tiff',
         'reference': 'middle',
         'overwrite': False,

@@ -43,6 +43,11 @@ options.TABLE = {
    label = _("align frames"),
    tooltip = _("correct focus breathing and shifts between the frames"),
    manifest = true},
+  {name = "noise_averaging", type = "bool", default = true,
+   label = _("average noise in flat areas"),
+   tooltip = _("where several frames are equally sharp, average them: backgrounds come out "
+               .. "less noisy than any single frame; the sharpest detail is kept as it is"),
+   manifest = true},
   {name = "format", type = "choice", default = "tiff",
    values = {"tiff", "jpeg", "png"},
    labels = {_("TIFF 16-bit"), _("JPEG"), _("PNG 16-bit")},
