@@ -24,6 +24,7 @@ Both track the depth map (index of the sharpest frame) and a confidence map.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -121,10 +122,14 @@ class TieSpread:
     ever sparser pairs (a bracket's noise does not change along it; this keeps the cost off
     long brackets while still sampling both sides of the reference)."""
 
-    def __init__(self):
+    def __init__(self, frame_count: int | None = None):
         self.previous: np.ndarray | None = None
         self.estimates: list[tuple[float, float]] = []
         self.step = 0
+        # the largest of N frames' noise grows like sqrt(2 ln N): so does the margin above the
+        # floor below which a pixel counts as "no detail in any frame" (as at 9 frames, for fewer)
+        n = max(9, frame_count or 9)
+        self.margin = NOISE_MARGIN * math.sqrt(math.log(n) / math.log(9))
         self.spread = 0.0
         self.floor = 0.0
 
@@ -172,7 +177,7 @@ def _noise_aware(u: np.ndarray, ties: TieSpread, spread: float) -> tuple[np.ndar
     """The statistic and tie spread for SoftSelect: below the noise floor (plus a margin)
     no frame shows detail, so all such frames tie exactly and are averaged."""
     ties.update(u)
-    floor = ties.floor + NOISE_MARGIN * ties.spread
+    floor = ties.floor + ties.margin * ties.spread
     if floor > 0:
         outside = cv2.compare(u, float(_NONE / 2), cv2.CMP_LT)
         u = cv2.max(u, float(floor))
@@ -183,7 +188,8 @@ def _noise_aware(u: np.ndarray, ties: TieSpread, spread: float) -> tuple[np.ndar
 # Measured with bench/run_bench.py on synthetic brackets (noise sd 0 to 0.04) and the real
 # brackets' flat areas: frames whose statistics differ by about one noise spread are averaged
 # (a wider spread blurs clean detail, a narrower one leaves noise); statistics within two
-# spreads of the noise floor count as "no detail" (below 2, flat real backgrounds stayed noisy).
+# spreads of the noise floor (at 9 frames; more with more frames) count as "no detail" (below
+# 2, flat real backgrounds stayed noisy; above, low-contrast detail got averaged away).
 FOCUS_SPREAD = 1.0
 DETAIL_SPREAD = 1.0
 NOISE_MARGIN = 2.0
@@ -193,13 +199,15 @@ class _FocusTracker:
     """Running argmax of the focus measure (depth and confidence maps) and its soft,
     noise-aware counterpart (the weights the fusers use)."""
 
-    def __init__(self, shape: tuple[int, int], noise_aware: bool = True):
+    def __init__(
+        self, shape: tuple[int, int], noise_aware: bool = True, frame_count: int | None = None
+    ):
         self.best = np.full(shape, -1.0, np.float32)
         self.second = np.zeros(shape, np.float32)
         self.depth = np.zeros(shape, np.uint16)
         self.coverage = np.zeros(shape, np.uint16)
         self.soft = SoftSelect(shape)
-        self.ties = TieSpread() if noise_aware else None
+        self.ties = TieSpread(frame_count) if noise_aware else None
 
     def update(self, index: int, f: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns alpha
@@ -277,12 +285,14 @@ class _Fuser:
         channels: int,
         window_sigma: float | None = None,
         noise_aware: bool = True,
+        frame_count: int | None = None,
     ):
         self.shape = shape
         self.channels = channels
         self.window_sigma = window_sigma or window_sigma_for(shape)
         self.noise_aware = noise_aware
-        self.focus = _FocusTracker(shape, noise_aware)
+        self.frame_count = frame_count
+        self.focus = _FocusTracker(shape, noise_aware, frame_count)
         self.frames = 0
 
     def add(
@@ -315,8 +325,10 @@ class DepthMapFuser(_Fuser):
     """Composite each frame where it is the sharpest (noise-aware: averaged where several are
     equally sharp within the noise), with a feathered mask."""
 
-    def __init__(self, shape, channels, window_sigma=None, noise_aware=True, feather=1.5):
-        super().__init__(shape, channels, window_sigma, noise_aware)
+    def __init__(
+        self, shape, channels, window_sigma=None, noise_aware=True, frame_count=None, feather=1.5
+    ):
+        super().__init__(shape, channels, window_sigma, noise_aware, frame_count)
         self.feather = feather
         self.result = np.zeros((shape[0], shape[1], channels), np.float32)
 
@@ -343,11 +355,12 @@ class PyramidFuser(_Fuser):
         channels,
         window_sigma=None,
         noise_aware: bool = True,
+        frame_count: int | None = None,
         halo_suppression: bool = True,
         fine_levels: int = 3,
         consistency_sigma: float = 1.0,
     ):
-        super().__init__(shape, channels, window_sigma, noise_aware)
+        super().__init__(shape, channels, window_sigma, noise_aware, frame_count)
         # window over which a level's contrast is summed before frames compete (0: classic
         # per-coefficient PMax, which turns flat areas into noise; see bench/halo.py)
         self.consistency_sigma = consistency_sigma
@@ -358,7 +371,7 @@ class PyramidFuser(_Fuser):
         self.contrast_levels = min(fine_levels, self.levels) if halo_suppression else self.levels
         self.pyr: list[np.ndarray] | None = None
         self.select: list[SoftSelect] = []
-        self.ties = [TieSpread() for _ in range(self.contrast_levels)]
+        self.ties = [TieSpread(frame_count) for _ in range(self.contrast_levels)]
 
     def _contrast(self, i: int, lap: np.ndarray, valid: np.ndarray | None):
         """Local contrast of pyramid level i: RMS of its luminance (the Laplacian is linear, so
@@ -421,11 +434,11 @@ def make_fuser(
     *,
     halo_suppression: bool = True,
     noise_aware: bool = True,
+    frame_count: int | None = None,
 ) -> _Fuser:
+    common = dict(noise_aware=noise_aware, frame_count=frame_count)
     if method == "pyramid":
-        return PyramidFuser(
-            shape, channels, noise_aware=noise_aware, halo_suppression=halo_suppression
-        )
+        return PyramidFuser(shape, channels, halo_suppression=halo_suppression, **common)
     if method == "depthmap":
-        return DepthMapFuser(shape, channels, noise_aware=noise_aware)
+        return DepthMapFuser(shape, channels, **common)
     raise ValueError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")

@@ -303,6 +303,7 @@ def _align_and_fuse(
                     channels,
                     halo_suppression=opts.halo_suppression,
                     noise_aware=opts.noise_averaging,
+                    frame_count=count,
                 )
             icc = icc or frame_icc
             transforms[index] = t

@@ -41,7 +41,11 @@ DOWNSCALE = {  # set: (glob, (width, height))
     'depthmap10': ('pcb_*.JPG', (512, 384)),
 }
 REFERENCE = ['3d.jpg', 'depth_raw.png']  # depthmap10/reference: used as they are
-GENERATED = ['camera-metadata', 'raw', 'brackets']  # cmyk.jpg, README.md, LICENSE.file-type are kept
+GENERATED = [
+    'camera-metadata',
+    'raw',
+    'brackets',
+]  # cmyk.jpg, README.md, LICENSE.file-type are kept
 
 
 def copy(src: Path, dst: Path) -> None:
