@@ -21,7 +21,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tifffile
+
 from pybridge.atomic import replaced
+from pybridge.headers import exif, open_header, sniff
 
 from . import focus as _focus
 from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
@@ -322,8 +324,47 @@ def merge_metadata(
     started for this call otherwise.  Raises :class:`exif.tool.ExifError` (one line naming the
     file) and leaves ``target`` untouched on failure.
     """
-    target = Path(target)
-    sources = [Path(s) for s in sources]
+    job = _inputs(Path(target), [Path(s) for s in sources], base, info)
+    report = MergeReport(target=job.target, base=job.base, frame_count=info.frame_count)
+    with maybe_exiftool(exiftool) as et, _format_free(job.base) as base_arg:
+        tags = _read_tags(et, job)
+        readings = _focus_range(tags.frames, job.sources, report)
+        lens = _lens_facts(tags.base, tags.base_print)
+        report.lens_model = lens.get('model')
+        stamp = _now()
+        args = [
+            *_copy_args(tags),
+            *_structure_args(tags, info.software, stamp),
+            *_lens_args(lens),
+            *_focus_args(report, readings),
+            *_provenance_args(info, job, tags.base, stamp),
+        ]
+        with replaced(job.target, 'fbmeta') as tmp:
+            # a copy edited in place, not exiftool's -o: that name would be a format string too
+            shutil.copyfile(job.target, tmp)
+            _write_tags(et, base_arg, args, tmp, report)
+            out = _copy_maker_notes(et, base_arg, tmp, tags.base_groups, report)
+            _write_canon_focus(et, tmp, out, report)
+            _validate(et, tmp, report)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# merge_metadata's steps
+
+
+@dataclass
+class _Inputs:
+    target: Path
+    sources: list[Path]
+    base: Path
+    names: list[str]  # the sources' names for provenance
+    ref_name: str  # name of the alignment reference
+    base_name: str  # name of the metadata base
+
+
+def _inputs(target: Path, sources: list[Path], base: Path | None, info: StackInfo) -> _Inputs:
+    """The files checked (all there, the output none of the sources) and the base chosen."""
     if not target.is_file():
         raise ExifError('no such file', target)
     if not sources:
@@ -331,12 +372,8 @@ def merge_metadata(
     for s in sources:
         if not s.is_file():
             raise ExifError('no such file (metadata source)', s)
-    if base is None:
-        idx = (
-            info.reference_index if 0 <= info.reference_index < len(sources) else len(sources) // 2
-        )
-        base = sources[idx]
-    base = Path(base)
+    ref = info.reference_index if 0 <= info.reference_index < len(sources) else None
+    base = Path(base) if base is not None else sources[len(sources) // 2 if ref is None else ref]
     if not base.is_file():
         raise ExifError('no such file (metadata base)', base)
     for src in [*sources, base]:  # never rewrite a camera original
@@ -345,253 +382,265 @@ def merge_metadata(
     names = list(info.source_names) if info.source_names else [s.name for s in sources]
     if len(names) != len(sources):
         raise ExifError(f'{len(names)} source names for {len(sources)} sources', target)
-    ref_idx = info.reference_index if 0 <= info.reference_index < len(sources) else None
-    ref_name = names[ref_idx] if ref_idx is not None else base.name
+    ref_name = names[ref] if ref is not None else base.name
     base_name = names[sources.index(base)] if base in sources else base.name
-    report = MergeReport(target=target, base=base, frame_count=info.frame_count)
+    return _Inputs(target, sources, base, names, ref_name, base_name)
 
-    with maybe_exiftool(exiftool) as et, _format_free(base) as base_arg:
-        # -- read: every frame's focus distance, the base in full, the target's structure ----
-        frame_files = sources + ([base] if base not in sources else [])
-        frames, fres = read_json(et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make'])
-        base_key = os.path.abspath(base)
-        if base_key not in frames or 'ExifTool:Error' in frames[base_key]:
-            msg = (
-                frames.get(base_key, {}).get('ExifTool:Error')
-                or fres.errors_by_file().get(base_key)
-                or 'exiftool cannot read its metadata'
-            )
-            raise ExifError(msg, base)
-        base_raw, _ = read_json(et, [base], extra=['-n'], groups='-G0:1')
-        base01 = base_raw.get(base_key, {})
-        base_flat, base_fam0 = _split_groups(base01)
-        tgt_key = os.path.abspath(target)
-        tmeta, tres = read_json(
-            et, [target], ['FileType', 'ImageSize', 'ProfileDescription', 'IFD0:ImageDescription']
+
+@dataclass
+class _Tags:
+    frames: dict[str, dict]  # absolute path -> focus tags, LensID, Make of every frame and the base
+    base_print: dict  # those of the base
+    base: dict  # the base's tags in full, numeric, 'Group1:Tag' keys
+    base_groups: set[str]  # the base's family-0 groups: MakerNotes, ICC_Profile, ...
+    target: dict  # the target's FileType, ImageSize, ProfileDescription, ImageDescription
+    ftype: str  # the target's type: TIFF, JPEG or PNG
+
+
+def _readable(meta: dict | None, res, path: Path, fallback: str) -> dict:
+    """``meta`` as read_json gave it for ``path``, or ExifError saying why exiftool could not
+    read the file."""
+    if meta is None or 'ExifTool:Error' in meta:
+        msg = (meta or {}).get('ExifTool:Error') or res.errors_by_file().get(os.path.abspath(path))
+        raise ExifError(msg or fallback, path)
+    return meta
+
+
+def _read_tags(et, job: _Inputs) -> _Tags:
+    """Every frame's focus distance, the base in full, the target's structure."""
+    frame_files = job.sources + ([job.base] if job.base not in job.sources else [])
+    frames, res = read_json(et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make'])
+    base_key = os.path.abspath(job.base)
+    base_print = _readable(frames.get(base_key), res, job.base, 'exiftool cannot read its metadata')
+    base_raw, _ = read_json(et, [job.base], extra=['-n'], groups='-G0:1')
+    base_flat, base_groups = _split_groups(base_raw.get(base_key, {}))
+    tmeta, res = read_json(
+        et, [job.target], ['FileType', 'ImageSize', 'ProfileDescription', 'IFD0:ImageDescription']
+    )
+    t = tmeta.get(os.path.abspath(job.target)) or None
+    t = _readable(t, res, job.target, 'exiftool cannot read this file')
+    ftype = str(tag(t, 'File:FileType', default='')).upper()
+    if ftype not in _WRITABLE_OUTPUTS:
+        raise ExifError(
+            f'cannot write merged metadata into a {ftype or "unknown"} file '
+            '(TIFF, JPEG and PNG are supported)',
+            job.target,
         )
-        t = tmeta.get(tgt_key, {})
-        if not t or 'ExifTool:Error' in t:
-            msg = (
-                t.get('ExifTool:Error')
-                or tres.errors_by_file().get(tgt_key)
-                or 'exiftool cannot read this file'
-            )
-            raise ExifError(msg, target)
-        ftype = str(tag(t, 'File:FileType', default='')).upper()
-        if ftype not in _WRITABLE_OUTPUTS:
-            raise ExifError(
-                f'cannot write merged metadata into a {ftype or "unknown"} file '
-                '(TIFF, JPEG and PNG are supported)',
-                target,
-            )
-        width, height = _image_size(t)
+    return _Tags(frames, base_print, base_flat, base_groups, t, ftype)
 
-        # -- focus range ----------------------------------------------------------------------
-        readings = []
-        for s in sources:
-            m = frames.get(os.path.abspath(s))
-            if m is None or 'ExifTool:Error' in m:
-                report.warnings.append(f'{s}: no readable metadata, focus distance unknown')
-                readings.append(_focus.FocusReading())
-            else:
-                readings.append(_focus.focus_reading(m))
-        near, far, fsrc = _focus.bracket_range(readings)
-        report.focus_near, report.focus_far, report.focus_source = near, far, fsrc
-        report.frames_with_focus = sum(r.known for r in readings)
-        report.frame_distances = [r.distance for r in readings]
 
-        # -- pass 1: copy the base, fix structure tags, add lens, focus and provenance ------------
-        now = _dt.datetime.now().astimezone().replace(microsecond=0)
-        off = now.strftime('%z')
-        off = f'{off[:3]}:{off[3:]}' if off else '+00:00'
-        exif_now = now.strftime('%Y:%m:%d %H:%M:%S')
-        sw = info.software
-        copy = ['-all:all', '-unsafe']
-        if not tag(t, 'ICC_Profile:ProfileDescription') and 'ICC_Profile' in base_fam0:
-            copy.append('-icc_profile')  # the pixels are in the frames' own encoding
-        excl = list(_EXCLUDE) + ([] if ftype == 'JPEG' else _EXCLUDE_NON_JPEG)
-        gps = [k for k in base_flat if k.startswith('GPS:')]
-        if gps and all(k == 'GPS:GPSVersionID' for k in gps):
-            excl.append('--GPS:all')  # an empty GPS IFD: validate complains, nothing lost
-        assign = [
-            '-IFD0:Orientation=1',
-            '-XMP-tiff:Orientation=',
-            f'-IFD0:Software={sw}',
-            f'-IFD0:ModifyDate={exif_now}',
-            f'-ExifIFD:OffsetTime={off}',
-            f'-XMP-xmp:ModifyDate={exif_now}{off}',
-            f'-XMP-xmp:MetadataDate={exif_now}{off}',
-            f'-XMP-xmp:CreatorTool={sw}',
-        ]
-        assign.append('-ExifIFD:SubSecTime=')  # belonged to the base's ModifyDate
-        ver = str(tag(base_flat, 'ExifIFD:ExifVersion', default='') or '')
-        if not ver.isdigit() or ver < '0231':  # we write OffsetTime (2.31), LensModel (2.3)
-            assign.append('-ExifIFD:ExifVersion=0231')
-        if ftype != 'JPEG':  # exiftool adds it to every new ExifIFD; it describes JPEG data
-            assign.append('-ExifIFD:ComponentsConfiguration=')
-        if ftype == 'TIFF':
-            assign += ['-ExifIFD:ExifImageWidth=', '-ExifIFD:ExifImageHeight=']
-        elif width and height:
-            assign += [f'-ExifIFD:ExifImageWidth={width}', f'-ExifIFD:ExifImageHeight={height}']
-        desc = tag(t, 'IFD0:ImageDescription')
-        if (
-            isinstance(desc, str)
-            and desc.startswith('{"shape"')
-            and not base_flat.get('IFD0:ImageDescription')
-        ):
-            assign.append('-IFD0:ImageDescription=')  # tifffile's private shape note
-        prof = tag(t, 'ICC_Profile:ProfileDescription')
-        if prof and 'srgb' not in str(prof).lower():
-            assign.append('-ExifIFD:ColorSpace=65535')  # uncalibrated: the ICC profile rules
-
-        lens = _lens_facts(base_flat, frames[base_key])
-        report.lens_model = lens.get('model')
-        assign += _lens_args(lens)
-
-        if near is not None:
-            assign += [
-                f'-XMP-fbstack:FocusDistanceNear={_focus.xmp_distance(near)}',
-                f'-XMP-fbstack:FocusDistanceFar={_focus.xmp_distance(far)}',
-                f'-XMP-fbstack:FocusDistanceSource={fsrc}',
-            ]
-            assign += [
-                f'-XMP-fbstack:FrameFocusDistances='
-                f'{_focus.xmp_distance(r.distance) if r.known else 0}'
-                for r in readings
-            ]
+def _focus_range(
+    frames: dict, sources: list[Path], report: MergeReport
+) -> list[_focus.FocusReading]:
+    """Every frame's focus distance and the bracket's range, into the report."""
+    readings = []
+    for s in sources:
+        m = frames.get(os.path.abspath(s))
+        if m is None or 'ExifTool:Error' in m:
+            report.warnings.append(f'{s}: no readable metadata, focus distance unknown')
+            readings.append(_focus.FocusReading())
         else:
-            assign += ['-XMP-fbstack:FrameFocusDistances=']
-        assign += [
-            f'-XMP-fbstack:FrameCount={int(info.frame_count)}',
-            f'-XMP-fbstack:StackMethod={info.method}',
-            f'-XMP-fbstack:ReferenceFrame={ref_name}',
-            f'-XMP-fbstack:MetadataBase={base_name}',
-            f'-XMP-fbstack:Software={sw}',
-        ]
-        assign += [f'-XMP-fbstack:SourceFiles={n}' for n in names]
-        # xmpMM: a new document derived from the base, made of the frames
-        doc = tag(base_flat, 'XMP-xmpMM:DocumentID')
-        orig_doc = tag(base_flat, 'XMP-xmpMM:OriginalDocumentID') or doc
-        derived = f'FilePath={_struct_escape(base_name)}'
-        if doc:
-            derived += f',DocumentID={_struct_escape(str(doc))}'
-        inst = tag(base_flat, 'XMP-xmpMM:InstanceID')
-        if inst:
-            derived += f',InstanceID={_struct_escape(str(inst))}'
-        new_iid = f'xmp.iid:{uuid.uuid4()}'
-        assign += [
-            f'-XMP-xmpMM:DocumentID=xmp.did:{uuid.uuid4()}',
-            f'-XMP-xmpMM:InstanceID={new_iid}',
-            f'-XMP-xmpMM:DerivedFrom={{{derived}}}',
-            '-XMP-xmpMM:Ingredients=['
-            + ','.join(f'{{FilePath={_struct_escape(n)}}}' for n in names)
-            + ']',
-            '-XMP-xmpMM:History=[{Action=derived,'
-            f'Parameters={_struct_escape(f"focus stack of {info.frame_count} frames ({info.method})")},'
-            f'SoftwareAgent={_struct_escape(sw)},InstanceID={_struct_escape(new_iid)},'
-            f'When={exif_now}{_struct_escape(off)}}}]',
-            f'-XMP-dc:Source=focus stack of {info.frame_count} frames: ' + ', '.join(names),
-        ]
-        if orig_doc:
-            assign.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
+            readings.append(_focus.focus_reading(m))
+    report.focus_near, report.focus_far, report.focus_source = _focus.bracket_range(readings)
+    report.frames_with_focus = sum(r.known for r in readings)
+    report.frame_distances = [r.distance for r in readings]
+    return readings
 
-        with replaced(target, 'fbmeta') as tmp:
-            # a copy edited in place, not exiftool's -o: that name would be a format string too
-            shutil.copyfile(target, tmp)
-            res = run(
-                et,
-                [
-                    '-n',
-                    '-TagsFromFile',
-                    base_arg,
-                    *copy,
-                    *excl,
-                    *assign,
-                    '-overwrite_original',
-                    fname(tmp),
-                ],
+
+def _now() -> tuple[str, str]:
+    """Local time now as EXIF writes it, and its UTC offset ('+02:00')."""
+    now = _dt.datetime.now().astimezone().replace(microsecond=0)
+    off = now.strftime('%z')
+    return now.strftime('%Y:%m:%d %H:%M:%S'), f'{off[:3]}:{off[3:]}' if off else '+00:00'
+
+
+def _copy_args(tags: _Tags) -> list[str]:
+    """What pass 1 copies from the base: all of it but _EXCLUDE, its ICC profile if need be."""
+    args = ['-all:all', '-unsafe']
+    if not tag(tags.target, 'ICC_Profile:ProfileDescription') and 'ICC_Profile' in tags.base_groups:
+        args.append('-icc_profile')  # the pixels are in the frames' own encoding
+    args += _EXCLUDE + ([] if tags.ftype == 'JPEG' else _EXCLUDE_NON_JPEG)
+    gps = [k for k in tags.base if k.startswith('GPS:')]
+    if gps and all(k == 'GPS:GPSVersionID' for k in gps):
+        args.append('--GPS:all')  # an empty GPS IFD: validate complains, nothing lost
+    return args
+
+
+def _structure_args(tags: _Tags, sw: str, stamp: tuple[str, str]) -> list[str]:
+    """Tags that describe the new file: orientation, software, dates, size, colour space."""
+    exif_now, off = stamp
+    args = [
+        '-IFD0:Orientation=1',
+        '-XMP-tiff:Orientation=',
+        f'-IFD0:Software={sw}',
+        f'-IFD0:ModifyDate={exif_now}',
+        f'-ExifIFD:OffsetTime={off}',
+        f'-XMP-xmp:ModifyDate={exif_now}{off}',
+        f'-XMP-xmp:MetadataDate={exif_now}{off}',
+        f'-XMP-xmp:CreatorTool={sw}',
+        '-ExifIFD:SubSecTime=',  # belonged to the base's ModifyDate
+    ]
+    ver = str(tag(tags.base, 'ExifIFD:ExifVersion', default='') or '')
+    if not ver.isdigit() or ver < '0231':  # we write OffsetTime (2.31), LensModel (2.3)
+        args.append('-ExifIFD:ExifVersion=0231')
+    if tags.ftype != 'JPEG':  # exiftool adds it to every new ExifIFD; it describes JPEG data
+        args.append('-ExifIFD:ComponentsConfiguration=')
+    width, height = _image_size(tags.target)
+    if tags.ftype == 'TIFF':
+        args += ['-ExifIFD:ExifImageWidth=', '-ExifIFD:ExifImageHeight=']
+    elif width and height:
+        args += [f'-ExifIFD:ExifImageWidth={width}', f'-ExifIFD:ExifImageHeight={height}']
+    desc = tag(tags.target, 'IFD0:ImageDescription')
+    if (
+        isinstance(desc, str)
+        and desc.startswith('{"shape"')
+        and not tags.base.get('IFD0:ImageDescription')
+    ):
+        args.append('-IFD0:ImageDescription=')  # tifffile's private shape note
+    prof = tag(tags.target, 'ICC_Profile:ProfileDescription')
+    if prof and 'srgb' not in str(prof).lower():
+        args.append('-ExifIFD:ColorSpace=65535')  # uncalibrated: the ICC profile rules
+    return args
+
+
+def _focus_args(report: MergeReport, readings: list[_focus.FocusReading]) -> list[str]:
+    """The bracket's focus range and every frame's distance, in XMP-fbstack."""
+    if report.focus_near is None:
+        return ['-XMP-fbstack:FrameFocusDistances=']
+    return [
+        f'-XMP-fbstack:FocusDistanceNear={_focus.xmp_distance(report.focus_near)}',
+        f'-XMP-fbstack:FocusDistanceFar={_focus.xmp_distance(report.focus_far)}',
+        f'-XMP-fbstack:FocusDistanceSource={report.focus_source}',
+        *(
+            f'-XMP-fbstack:FrameFocusDistances={_focus.xmp_distance(r.distance) if r.known else 0}'
+            for r in readings
+        ),
+    ]
+
+
+def _provenance_args(info: StackInfo, job: _Inputs, base: dict, stamp: tuple[str, str]):
+    """Where the output comes from: XMP-fbstack, XMP-xmpMM (a new document derived from the
+    base, made of the frames), XMP-dc:Source."""
+    sw, names = info.software, job.names
+    args = [
+        f'-XMP-fbstack:FrameCount={int(info.frame_count)}',
+        f'-XMP-fbstack:StackMethod={info.method}',
+        f'-XMP-fbstack:ReferenceFrame={job.ref_name}',
+        f'-XMP-fbstack:MetadataBase={job.base_name}',
+        f'-XMP-fbstack:Software={sw}',
+        *(f'-XMP-fbstack:SourceFiles={n}' for n in names),
+    ]
+    doc = tag(base, 'XMP-xmpMM:DocumentID')
+    orig_doc = tag(base, 'XMP-xmpMM:OriginalDocumentID') or doc
+    derived = f'FilePath={_struct_escape(job.base_name)}'
+    if doc:
+        derived += f',DocumentID={_struct_escape(str(doc))}'
+    inst = tag(base, 'XMP-xmpMM:InstanceID')
+    if inst:
+        derived += f',InstanceID={_struct_escape(str(inst))}'
+    new_iid = f'xmp.iid:{uuid.uuid4()}'
+    exif_now, off = stamp
+    args += [
+        f'-XMP-xmpMM:DocumentID=xmp.did:{uuid.uuid4()}',
+        f'-XMP-xmpMM:InstanceID={new_iid}',
+        f'-XMP-xmpMM:DerivedFrom={{{derived}}}',
+        '-XMP-xmpMM:Ingredients=['
+        + ','.join(f'{{FilePath={_struct_escape(n)}}}' for n in names)
+        + ']',
+        '-XMP-xmpMM:History=[{Action=derived,'
+        f'Parameters={_struct_escape(f"focus stack of {info.frame_count} frames ({info.method})")},'
+        f'SoftwareAgent={_struct_escape(sw)},InstanceID={_struct_escape(new_iid)},'
+        f'When={exif_now}{_struct_escape(off)}}}]',
+        f'-XMP-dc:Source=focus stack of {info.frame_count} frames: ' + ', '.join(names),
+    ]
+    if orig_doc:
+        args.append(f'-XMP-xmpMM:OriginalDocumentID={orig_doc}')
+    return args
+
+
+def _edit(et, tmp: Path, args: list[str]):
+    """exiftool ``args`` on ``tmp`` in place: the result, and whether it updated the file."""
+    res = run(et, [*args, '-overwrite_original', fname(tmp)])
+    return res, res.status == 0 and res.counts.get('updated', 0) == 1
+
+
+def _write_tags(et, base_arg: str, args: list[str], tmp: Path, report: MergeReport) -> None:
+    """Pass 1: the base's tags and ``args`` onto the copy ``tmp``."""
+    res, ok = _edit(et, tmp, ['-n', '-TagsFromFile', base_arg, *args])
+    if not ok:
+        err = res.errors_by_file()
+        msg = (
+            err.get(fname(tmp))
+            or next(iter(err.values()), None)
+            or (res.stderr.strip() or 'exiftool could not write the file')
+        )
+        raise ExifError(f'writing metadata failed: {msg}', report.target)
+    report.warnings += [f'{w}' for w in res.warnings_by_file().values()]
+
+
+def _maker_notes(et, tmp: Path) -> dict:
+    out, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
+    return out.get(os.path.abspath(tmp), {})
+
+
+def _copy_maker_notes(
+    et, base_arg: str, tmp: Path, base_groups: set[str], report: MergeReport
+) -> dict:
+    """Pass 2: the maker notes that pass 1 dropped (CR3 bases); the output's maker notes."""
+    out = _maker_notes(et, tmp)
+    if 'MakerNotes' in base_groups and _maker_group(out) is None:
+        res, ok = _edit(et, tmp, ['-n', '-TagsFromFile', base_arg, '-makernotes'])
+        if not ok:
+            report.warnings.append(
+                f'{report.base}: maker notes could not be copied '
+                f'({(res.stderr or "").strip() or "no change"})'
             )
-            if res.status != 0 or res.counts.get('updated', 0) != 1:
-                err = res.errors_by_file()
-                msg = (
-                    err.get(fname(tmp))
-                    or next(iter(err.values()), None)
-                    or (res.stderr.strip() or 'exiftool could not write the file')
-                )
-                raise ExifError(f'writing metadata failed: {msg}', target)
-            report.warnings += [f'{w}' for w in res.warnings_by_file().values()]
+        else:
+            report.makernotes_second_pass = True
+        out = _maker_notes(et, tmp)
+    report.makernotes = _maker_group(out)
+    return out
 
-            # -- pass 2: maker notes that the one-pass copy dropped (CR3 bases) --------------------
-            out01, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
-            out = out01.get(os.path.abspath(tmp), {})
-            if 'MakerNotes' in base_fam0 and _maker_group(out) is None:
-                res = run(
-                    et,
-                    [
-                        '-n',
-                        '-TagsFromFile',
-                        base_arg,
-                        '-makernotes',
-                        '-overwrite_original',
-                        fname(tmp),
-                    ],
-                )
-                if res.status != 0 or res.counts.get('updated', 0) != 1:
-                    report.warnings.append(
-                        f'{base}: maker notes could not be copied '
-                        f'({(res.stderr or "").strip() or "no change"})'
-                    )
-                else:
-                    report.makernotes_second_pass = True
-                out01, _ = read_json(et, [tmp], ['MakerNotes:all'], extra=['-n'], groups='-G0:1')
-                out = out01.get(os.path.abspath(tmp), {})
-            report.makernotes = _maker_group(out)
 
-            # -- pass 3: the focus range into Canon's own pair -------------------------------------
-            has_canon_focus = any(k.endswith(':Canon:FocusDistanceUpper') for k in out)
-            if near is not None and has_canon_focus:
-                lo = min(near, 655.35)
-                hi = 655.35 if math.isinf(far) else min(far, 655.35)
-                res = run(
-                    et,
-                    [
-                        '-n',
-                        f'-Canon:FocusDistanceLower={lo:.2f}',
-                        f'-Canon:FocusDistanceUpper={hi:.2f}',
-                        '-overwrite_original',
-                        fname(tmp),
-                    ],
-                )
-                if res.status == 0 and res.counts.get('updated', 0) == 1:
-                    chk, _ = read_json(
-                        et, [tmp], ['Canon:FocusDistanceLower#', 'Canon:FocusDistanceUpper#']
-                    )
-                    c = chk.get(os.path.abspath(tmp), {})
-                    report.canon_focus_written = (
-                        abs(float(c.get('Canon:FocusDistanceLower', -1)) - round(lo, 2)) < 0.006
-                        and abs(float(c.get('Canon:FocusDistanceUpper', -1)) - round(hi, 2)) < 0.006
-                    )
-                if not report.canon_focus_written:
-                    report.warnings.append(f'{target}: Canon FocusDistanceLower/Upper not written')
+def _write_canon_focus(et, tmp: Path, out: dict, report: MergeReport) -> None:
+    """Pass 3: the focus range into Canon's own FocusDistanceLower/Upper, where the output's
+    maker notes have them."""
+    near, far = report.focus_near, report.focus_far
+    if near is None or not any(k.endswith(':Canon:FocusDistanceUpper') for k in out):
+        return
+    lo = min(near, 655.35)
+    hi = 655.35 if math.isinf(far) else min(far, 655.35)
+    lower, upper = f'-Canon:FocusDistanceLower={lo:.2f}', f'-Canon:FocusDistanceUpper={hi:.2f}'
+    if _edit(et, tmp, ['-n', lower, upper])[1]:
+        chk, _ = read_json(et, [tmp], ['Canon:FocusDistanceLower#', 'Canon:FocusDistanceUpper#'])
+        c = chk.get(os.path.abspath(tmp), {})
+        report.canon_focus_written = (
+            abs(float(c.get('Canon:FocusDistanceLower', -1)) - round(lo, 2)) < 0.006
+            and abs(float(c.get('Canon:FocusDistanceUpper', -1)) - round(hi, 2)) < 0.006
+        )
+    if not report.canon_focus_written:
+        report.warnings.append(f'{report.target}: Canon FocusDistanceLower/Upper not written')
 
-            # -- validate, then replace the target ----------------------------------------------------
-            res = run(et, ['-validate', '-warning', '-error', '-a', '-s', fname(tmp)])
-            for line in res.stdout.splitlines():
-                key, _, val = line.partition(':')
-                key, val = key.strip(), val.strip()
-                if key.endswith('Validate'):
-                    report.validation = val
-                elif key.endswith('Warning'):
-                    report.validation_warnings.append(val)
-                elif key.endswith('Error'):
-                    report.validation_errors.append(val)
-    return report
+
+def _validate(et, tmp: Path, report: MergeReport) -> None:
+    """exiftool -validate on the result, into the report."""
+    res = run(et, ['-validate', '-warning', '-error', '-a', '-s', fname(tmp)])
+    for line in res.stdout.splitlines():
+        key, _, val = line.partition(':')
+        key, val = key.strip(), val.strip()
+        if key.endswith('Validate'):
+            report.validation = val
+        elif key.endswith('Warning'):
+            report.validation_warnings.append(val)
+        elif key.endswith('Error'):
+            report.validation_errors.append(val)
 
 
 # ------------------------------------------------------------------------------------------------
-# sources_have_metadata: a cheap header sniff, no exiftool needed
+# sources_have_metadata: a cheap header check, no exiftool needed
 
-_TIFF_MAKE, _TIFF_MODEL, _TIFF_EXIF, _TIFF_XMP, _TIFF_DTO = 0x010F, 0x0110, 0x8769, 0x02BC, 0x9003
+_CAMERA_TAGS = (0x010F, 0x0110, 0x02BC)  # Make, Model, XMP in IFD0
+_DATE_ORIGINAL, _EXIF_IFD = 0x9003, 0x8769
 _XMP_HINTS = (
     b'tiff:Make',
     b'exif:DateTimeOriginal',
@@ -602,116 +651,35 @@ _XMP_HINTS = (
 )
 
 
-def _tiff_has_metadata(buf: bytes) -> bool:
-    """Make / Model / ExifIFD DateTimeOriginal in a TIFF structure (file or EXIF block)."""
-    if len(buf) < 8 or buf[:2] not in (b'II', b'MM'):
-        return False
-    e = '<' if buf[:2] == b'II' else '>'
-    magic = struct.unpack(e + 'H', buf[2:4])[0]
-    if magic == 43:  # BigTIFF: not produced by cameras; look for the strings instead
-        return False
-
-    def entries(off):
-        if off + 2 > len(buf):
-            return []
-        n = struct.unpack(e + 'H', buf[off : off + 2])[0]
-        out = []
-        for i in range(min(n, 512)):
-            p = off + 2 + 12 * i
-            if p + 12 > len(buf):
-                break
-            t, typ, cnt = struct.unpack(e + 'HHI', buf[p : p + 8])
-            out.append((t, typ, cnt, buf[p + 8 : p + 12]))
-        return out
-
-    ifd0 = struct.unpack(e + 'I', buf[4:8])[0]
-    for t, _type, cnt, val in entries(ifd0):
-        if t in (_TIFF_MAKE, _TIFF_MODEL) and cnt > 1:
-            return True
-        if t == _TIFF_XMP and cnt > 0:
-            return True
-        if t == _TIFF_EXIF:
-            exif_off = struct.unpack(e + 'I', val)[0]
-            if any(tt == _TIFF_DTO for tt, *_ in entries(exif_off)):
-                return True
-    return False
-
-
 def _file_has_metadata(path: Path) -> bool:
+    """Make, Model or XMP in IFD0, DateTimeOriginal in the ExifIFD (of a TIFF or the EXIF block
+    of a JPEG or PNG), XMP with camera tags, or a camera RAW container."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(1 << 18)
-    except OSError:
-        return False
-    if head[:8] == b'\x89PNG\r\n\x1a\n':
-        pos = 8
-        while pos + 8 <= len(head):
-            n, ctype = struct.unpack('>I4s', head[pos : pos + 8])
-            data = head[pos + 8 : pos + 8 + n]
-            if ctype == b'eXIf' and _tiff_has_metadata(data):
+        with open(path, 'rb') as fh:
+            kind = sniff(fh.read(16))
+            if kind == 'raw':
+                return True  # CR3, RAF, ORF, RW2, CRW, MRW, X3F: camera files always carry EXIF
+            if kind == 'tiff':
+                fh.seek(0)
+                with tifffile.TiffFile(fh) as tif:
+                    tags = tif.pages.first.tags
+                    exif_ifd = tags.valueof(_EXIF_IFD) or {}  # tifffile: a dict by tag name
+                    return any(map(tags.valueof, _CAMERA_TAGS)) or 'DateTimeOriginal' in exif_ifd
+            if kind not in ('jpeg', 'png'):
+                return False
+            info = open_header(fh, kind).info
+            tags = exif(info)
+            if any(map(tags.get, _CAMERA_TAGS)) or _DATE_ORIGINAL in tags.get_ifd(_EXIF_IFD):
                 return True
-            if ctype in (b'iTXt', b'tEXt', b'zTXt') and (
-                data.startswith(b'XML:com.adobe.xmp')
-                and any(h in data for h in _XMP_HINTS)
-                or data.startswith(b'Raw profile type exif')
-            ):
-                return True
-            if ctype == b'IDAT':
-                break
-            pos += 12 + n
+            xmp = info.get('xmp') or info.get('XML:com.adobe.xmp') or b''  # APP1, iTXt, tEXt
+            xmp = xmp.encode('utf-8', 'replace') if isinstance(xmp, str) else xmp
+            return any(h in xmp for h in _XMP_HINTS) or 'Raw profile type exif' in info
+    except Exception:  # unreadable here: nothing worth copying
         return False
-    if head[:2] == b'\xff\xd8':
-        pos = 2
-        while pos + 4 <= len(head) and head[pos] == 0xFF:
-            marker = head[pos + 1]
-            if marker in (0xD9, 0xDA):
-                break
-            n = struct.unpack('>H', head[pos + 2 : pos + 4])[0]
-            data = head[pos + 4 : pos + 2 + n]
-            if marker == 0xE1 and data.startswith(b'Exif\x00\x00') and _tiff_has_metadata(data[6:]):
-                return True
-            if (
-                marker == 0xE1
-                and data.startswith(b'http://ns.adobe.com/xap/1.0/')
-                and any(h in data for h in _XMP_HINTS)
-            ):
-                return True
-            pos += 2 + n
-        return False
-    if head[:2] in (b'II', b'MM'):
-        if head[2:4] in (b'RO', b'U\x00'):  # Olympus ORF, Panasonic RW2: camera raw
-            return True
-        return _tiff_has_metadata(head) or (len(head) >= 8 and _tiff_has_metadata_full(path))
-    if head[4:8] == b'ftyp' or head[:8] == b'FUJIFILM' or head[:4] in (b'FOVb', b'\x00MRM'):
-        return True  # CR3/HEIF, RAF, X3F, MRW: camera files always carry EXIF
-    return False
-
-
-def _tiff_has_metadata_full(path: Path) -> bool:
-    """IFD0 beyond the first 256 KiB (tifffile may write the IFD after the pixels)."""
-    try:
-        size = os.path.getsize(path)
-        if size > (1 << 18) and size < (1 << 31):
-            with open(path, 'rb') as f:
-                hdr = f.read(8)
-                e = '<' if hdr[:2] == b'II' else '>'
-                off = struct.unpack(e + 'I', hdr[4:8])[0]
-                if off + 2 > size:
-                    return False
-                f.seek(off)
-                chunk = f.read(2 + 12 * 512 + 4)
-                n = struct.unpack(e + 'H', chunk[:2])[0]
-                for i in range(min(n, 512)):
-                    t = struct.unpack(e + 'H', chunk[2 + 12 * i : 4 + 12 * i])[0]
-                    if t in (_TIFF_MAKE, _TIFF_MODEL, _TIFF_EXIF, _TIFF_XMP):
-                        return True
-    except (OSError, struct.error):
-        return False
-    return False
 
 
 def sources_have_metadata(sources) -> bool:
     """Do the inputs carry EXIF/XMP worth copying (Make, Model, DateTimeOriginal, XMP camera
-    tags)?  A header sniff in pure Python: works without exiftool, so a bracket of synthetic
+    tags)?  A header check in pure Python: works without exiftool, so a bracket of synthetic
     PNGs can be stacked on a machine without exiftool."""
     return any(_file_has_metadata(Path(s)) for s in sources)

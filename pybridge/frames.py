@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
-import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError, one_line
+from .headers import ORIENTATION_TAG, jpeg_png_header, sniff
 from .options import DEFAULT_MAX_PIXELS  # largest frame read unless the caller says otherwise
 
 # Every extension LibRaw reads (its documented camera list and dcraw's heritage).
@@ -91,11 +90,6 @@ RAW_EXTENSIONS = frozenset(
 TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif'})
 PNG_EXTENSIONS = frozenset({'.png'})
-
-
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_ICC_TAG = 34675
-_ORIENTATION_TAG = 274
 
 
 @dataclass
@@ -207,8 +201,6 @@ def frame_from_array(arr: np.ndarray, bit_depth: int | None = None) -> Frame:
 
 # ------------------------------------------------------------------ file kind, errors
 
-_NAMES = {'raw': 'RAW', 'tiff': 'TIFF', 'jpeg': 'JPEG', 'png': 'PNG'}
-
 
 def _describe(exc: BaseException) -> str:
     return one_line(exc.args[0] if len(exc.args) == 1 else exc) or type(exc).__name__
@@ -220,7 +212,7 @@ def _decode_error(path: Path, kind: str, exc: Exception) -> InputError:
         detail = f'LibRaw: {detail}'
         if type(exc).__name__ == 'LibRawIOError':  # LibRaw's word for "ran out of data"
             detail += '; the file is probably truncated'
-    return InputError(path, f'not a readable {_NAMES[kind]} file ({detail})')
+    return InputError(path, f'not a readable {kind.upper()} file ({detail})')
 
 
 _FILE_TYPES = {
@@ -286,7 +278,7 @@ def _kind_of(path: Path, fh) -> str:
         return 'raw'
     if not head:
         raise InputError(path, 'empty file')
-    sniffed = _sniff(head)
+    sniffed = sniff(head)
     if sniffed:
         return sniffed
     for kind, exts in (
@@ -297,23 +289,6 @@ def _kind_of(path: Path, fh) -> str:
         if ext in exts:
             return kind  # the reader will say what is wrong with it
     raise InputError(path, 'unsupported file type (not JPEG, PNG, TIFF or a camera RAW)')
-
-
-def _sniff(head: bytes) -> str | None:
-    if head.startswith(b'\xff\xd8\xff'):
-        return 'jpeg'
-    if head.startswith(_PNG_SIGNATURE):
-        return 'png'
-    if head[:4] in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
-        return 'tiff'
-    # RAW formats that are not plain TIFF: CR3 (ISO BMFF), RAF, ORF, RW2, CRW, MRW, X3F.
-    if head[4:12] == b'ftypcrx ' or head.startswith(
-        (b'FUJIFILM', b'IIRO', b'IIRS', b'MMOR', b'IIU\x00', b'\x00MRM', b'FOVb')
-    ):
-        return 'raw'
-    if head[6:14] == b'HEAPCCDR':
-        return 'raw'
-    return None
 
 
 def _check_size(path: Path, info: FrameInfo, limit: int) -> FrameInfo:
@@ -491,9 +466,8 @@ def _tiff_check(path: Path, page) -> None:
 
 
 def _tiff_orientation(page) -> int:
-    tag = page.tags.get(_ORIENTATION_TAG)
     try:
-        return int(tag.value) if tag is not None else 1
+        return int(page.tags.valueof(ORIENTATION_TAG, 1))
     except (TypeError, ValueError):
         return 1
 
@@ -536,8 +510,7 @@ def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
             if 'imagecodecs' not in str(exc):
                 raise
             data = None
-        icc_tag = page.tags.get(_ICC_TAG)
-        icc = bytes(icc_tag.value) if icc_tag is not None else None
+        icc = page.iccprofile
         photometric = int(page.photometric)
         bits = _tiff_bits(page)
         colormap = page.colormap if photometric == 3 else None
@@ -592,123 +565,7 @@ def _tiff_via_cv2(path: Path, data: bytes, height: int, width: int) -> tuple[np.
     raise InputError(path, f'unsupported TIFF sample type {img.dtype}')
 
 
-# ------------------------------------------------------------------ JPEG / PNG headers
-
-
-@dataclass
-class _Header:
-    height: int
-    width: int
-    channels: int
-    bit_depth: int
-    orientation: int = 1
-    icc: bytes | None = None
-
-
-def _exif_orientation(tiff: bytes) -> int:
-    """Orientation (tag 274) from IFD0 of a TIFF-structured EXIF block; 1 when absent."""
-    try:
-        return _exif_orientation_unchecked(tiff)
-    except struct.error:  # damaged EXIF must not make the image unreadable
-        return 1
-
-
-def _exif_orientation_unchecked(tiff: bytes) -> int:
-    if len(tiff) < 8 or tiff[:2] not in (b'II', b'MM'):
-        return 1
-    end = '<' if tiff[:2] == b'II' else '>'
-    (ifd,) = struct.unpack_from(end + 'I', tiff, 4)
-    if ifd + 2 > len(tiff):
-        return 1
-    (count,) = struct.unpack_from(end + 'H', tiff, ifd)
-    for i in range(count):
-        entry = ifd + 2 + 12 * i
-        if entry + 12 > len(tiff):
-            break
-        tag, typ, _n = struct.unpack_from(end + 'HHI', tiff, entry)
-        if tag == _ORIENTATION_TAG and typ == 3:  # SHORT, stored inline
-            (value,) = struct.unpack_from(end + 'H', tiff, entry + 8)
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def _jpeg_header(path: Path, data: bytes) -> _Header:
-    """Walk the JPEG markers up to the first scan: size (SOFn), EXIF orientation, ICC."""
-    if not data.startswith(b'\xff\xd8'):
-        raise InputError(path, 'not a JPEG file (no JPEG start marker)')
-    pos, size = 2, None
-    orientation, icc_parts = 1, {}
-    while True:
-        if data[pos : pos + 2] == b'\xff\xff':  # fill byte before a marker
-            pos += 1
-            continue
-        if pos + 4 > len(data):
-            raise InputError(path, 'truncated JPEG file (ends inside its header)')
-        if data[pos] != 0xFF:
-            raise InputError(path, 'corrupt JPEG file (bad marker in header)')
-        marker = data[pos + 1]
-        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack_from('>H', data, pos + 2)
-        body = data[pos + 4 : pos + 2 + length]
-        if marker == 0xDA:  # start of scan
-            break
-        if len(body) < length - 2:
-            raise InputError(path, 'truncated JPEG file (ends inside its header)')
-        if marker == 0xE1 and body.startswith(b'Exif\x00\x00') and orientation == 1:
-            orientation = _exif_orientation(body[6:])
-        elif marker == 0xE2 and body.startswith(b'ICC_PROFILE\x00') and len(body) > 14:
-            icc_parts[body[12]] = body[14:]  # sequence number -> chunk
-        elif (
-            marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
-            and size is None
-        ):
-            precision, height, width, ncomp = struct.unpack_from('>BHHB', body, 0)
-            size = (height, width, 1 if ncomp == 1 else 3, 8 if precision <= 8 else 16)
-        pos += 2 + length
-    if size is None:
-        raise InputError(path, 'corrupt JPEG file (no frame header)')
-    # Entropy-coded data cannot contain FF D9, so a missing end marker means truncation.
-    if data.find(b'\xff\xd9', pos) < 0:
-        raise InputError(path, 'truncated JPEG file (no end-of-image marker)')
-    icc = b''.join(icc_parts[k] for k in sorted(icc_parts)) or None
-    return _Header(*size, orientation=orientation, icc=icc)
-
-
-def _png_chunks(path: Path, data: bytes):
-    if not data.startswith(_PNG_SIGNATURE):
-        raise InputError(path, 'not a PNG file (bad signature)')
-    pos = len(_PNG_SIGNATURE)
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack_from('>I4s', data, pos)
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) < length:
-            break
-        yield ctype, body
-        if ctype == b'IEND':
-            return
-        pos += 12 + length
-    raise InputError(path, 'truncated PNG file (no IEND chunk)')
-
-
-def _png_header(path: Path, data: bytes) -> _Header:
-    header, orientation, icc = None, 1, None
-    for ctype, body in _png_chunks(path, data):
-        if ctype == b'IHDR':
-            width, height, depth, color = struct.unpack_from('>IIBB', body, 0)
-            channels = 1 if color in (0, 4) else 3  # gray, gray+alpha | rgb, palette, rgba
-            header = (height, width, channels, 16 if depth == 16 else 8)
-        elif ctype == b'iCCP':
-            name_end = body.find(b'\x00')
-            if name_end >= 0 and body[name_end + 1 : name_end + 2] == b'\x00':
-                icc = zlib.decompress(body[name_end + 2 :])
-        elif ctype == b'eXIf':
-            orientation = _exif_orientation(body)
-    if header is None:
-        raise InputError(path, 'corrupt PNG file (no IHDR chunk)')
-    return _Header(*header, orientation=orientation, icc=icc)
-
+# ------------------------------------------------------------------ JPEG / PNG
 
 # OpenCV refuses images over these (environment variable, default) with an assertion message.
 _CV2_LIMITS = (
@@ -736,13 +593,13 @@ def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> 
     flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
-        raise InputError(path, f'not a readable {_NAMES[kind]} file (corrupt or truncated)')
+        raise InputError(path, f'not a readable {kind.upper()} file (corrupt or truncated)')
     return img
 
 
 def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | FrameInfo:
     data = _read(path, fh)
-    header = (_jpeg_header if kind == 'jpeg' else _png_header)(path, data)
+    header = jpeg_png_header(path, data, kind)
     info = _check_size(
         path,
         FrameInfo(

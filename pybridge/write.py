@@ -10,20 +10,22 @@ Decisions worth knowing:
   and machine-readable (looks black in a viewer; stretch it for display). A description
   (TIFF ImageDescription / PNG tEXt) says so. JPEG depth maps are a scaled 8-bit preview.
 - Every encoder writes through a Python file object or bytes, never cv2.imwrite, so any
-  file name works.
+  file name works. JPEG is Pillow's (it embeds the ICC profile); PNG is OpenCV's, which
+  writes 16-bit RGB, with the ICC profile and description chunks added after (headers.py).
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+from PIL import Image
 
 from .errors import OutputError, one_line
+from .headers import png_with_chunks
 
 TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg'})
@@ -31,7 +33,6 @@ PNG_EXTENSIONS = frozenset({'.png'})
 OUTPUT_EXTENSIONS = TIFF_EXTENSIONS | JPEG_EXTENSIONS | PNG_EXTENSIONS
 
 _ICC_TAG = 34675
-_ICC_SEGMENT_MAX = 65535 - 2 - 14  # APP2 length field counts itself; 14-byte header
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -71,55 +72,20 @@ def _write_bytes(path: Path, data: bytes) -> None:
         raise OutputError(path, f'cannot write ({one_line(exc.strerror or exc)})') from None
 
 
-def _jpeg_with_icc(jpeg: bytes, icc: bytes) -> bytes:
-    """Insert ICC_PROFILE APP2 segments after SOI and a leading APP0 (JFIF)."""
-    chunks = [icc[i : i + _ICC_SEGMENT_MAX] for i in range(0, len(icc), _ICC_SEGMENT_MAX)]
-    if len(chunks) > 255:
-        raise ValueError('ICC profile too large for JPEG')
-    segments = b''.join(
-        b'\xff\xe2'
-        + struct.pack('>H', 2 + 14 + len(c))
-        + b'ICC_PROFILE\x00'
-        + bytes((n, len(chunks)))
-        + c
-        for n, c in enumerate(chunks, 1)
-    )
-    pos = 2
-    if jpeg[2:4] == b'\xff\xe0':
-        pos = 4 + struct.unpack_from('>H', jpeg, 4)[0]
-    return jpeg[:pos] + segments + jpeg[pos:]
-
-
-def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack('>I', len(body))
-        + ctype
-        + body
-        + struct.pack('>I', zlib.crc32(ctype + body) & 0xFFFFFFFF)
-    )
-
-
-def _png_insert(png: bytes, chunks: bytes) -> bytes:
-    """Insert ready-made chunks right after IHDR (before PLTE and IDAT, as iCCP needs)."""
-    ihdr_end = 8 + 12 + struct.unpack_from('>I', png, 8)[0]
-    return png[:ihdr_end] + chunks + png[ihdr_end:]
-
-
-def _iccp_chunk(icc: bytes) -> bytes:
-    return _png_chunk(b'iCCP', b'ICC profile\x00\x00' + zlib.compress(icc))
-
-
-def _text_chunk(keyword: str, text: str) -> bytes:
-    return _png_chunk(
-        b'tEXt', keyword.encode('latin-1') + b'\x00' + text.encode('latin-1', 'replace')
-    )
-
-
-def _encode_cv2(path: Path, ext: str, img: np.ndarray, params: list[int]) -> bytes:
-    ok, buf = cv2.imencode(ext, _to_bgr(img), params)
+def _encode_png(path: Path, img: np.ndarray, icc: bytes | None, description: str | None) -> bytes:
+    ok, buf = cv2.imencode('.png', _to_bgr(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
-        raise OutputError(path, f'the {ext[1:].upper()} encoder failed')
-    return buf.tobytes()
+        raise OutputError(path, 'the PNG encoder failed')
+    return png_with_chunks(buf.tobytes(), icc, description)
+
+
+def _encode_jpeg(path: Path, img: np.ndarray, quality: int, icc: bytes | None) -> bytes:
+    out = io.BytesIO()
+    try:  # subsampling=0: 4:4:4
+        Image.fromarray(img).save(out, 'JPEG', quality=quality, subsampling=0, icc_profile=icc)
+    except (OSError, ValueError) as exc:  # over 65500 pixels wide, ICC profile too large
+        raise OutputError(path, f'the JPEG encoder failed ({one_line(exc)})') from None
+    return out.getvalue()
 
 
 def _write_tiff(path: Path, img: np.ndarray, icc: bytes | None, description: str | None):
@@ -173,23 +139,10 @@ def write_image(
         _write_tiff(path, data, icc, description)
         return
     if ext in JPEG_EXTENSIONS:
-        params = [
-            cv2.IMWRITE_JPEG_QUALITY,
-            int(jpeg_quality),
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-        ]
-        out = _encode_cv2(path, '.jpg', _quantize(img, 255, np.uint8), params)
-        if icc:
-            out = _jpeg_with_icc(out, icc)
+        out = _encode_jpeg(path, _quantize(img, 255, np.uint8), int(jpeg_quality), icc)
     else:
         data = _quantize(img, 255, np.uint8) if bit_depth <= 8 else _quantize(img, 65535, np.uint16)
-        out = _encode_cv2(path, '.png', data, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        extra = (_iccp_chunk(icc) if icc else b'') + (
-            _text_chunk('Description', description) if description else b''
-        )
-        if extra:
-            out = _png_insert(out, extra)
+        out = _encode_png(path, data, icc, description)
     _write_bytes(path, out)
 
 
@@ -235,8 +188,7 @@ def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
     if ext in TIFF_EXTENSIONS:
         _write_tiff(path, data, None, description)
     else:
-        out = _encode_cv2(path, '.png', data, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        _write_bytes(path, _png_insert(out, _text_chunk('Description', description)))
+        _write_bytes(path, _encode_png(path, data, None, description))
 
 
 def write_confidence_map(path: str | Path, conf: np.ndarray) -> None:

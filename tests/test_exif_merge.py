@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import copy_camera_files
+from PIL import Image, PngImagePlugin
 
 from exif.merge import StackInfo, merge_metadata, sources_have_metadata
 from exif.tool import CONFIG_FILE, ExifError, ExiftoolMissing, open_exiftool, require_exiftool
@@ -376,6 +378,41 @@ def test_sources_have_metadata(cam, tmp_path):
     fresh_image(out)
     merge_metadata(out, [cam / 'Sony.jpg'], None, StackInfo(1, 'pyramid', 0, SW))
     assert sources_have_metadata([out])
+
+
+def tiff_with_ifd_last(path: Path) -> Path:
+    """A grey TIFF whose only IFD comes after 300 kB of pixels, with Make=Canon in it."""
+    w, h = 600, 500
+    value = b'Canon\x00'
+    ifd = 8 + w * h
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags += [(271, 2, len(value), ifd + 2 + 12 * 10 + 4), (273, 4, 1, 8), (277, 3, 1, 1)]
+    tags += [(278, 3, 1, h), (279, 4, 1, w * h)]
+    entries = b''.join(struct.pack('<HHII', *t) for t in tags)
+    header = b'II*\x00' + struct.pack('<I', ifd)
+    path.write_bytes(header + bytes(w * h) + struct.pack('<H', 10) + entries + bytes(4) + value)
+    return path
+
+
+def test_sources_have_metadata_reads_each_place(tmp_path):
+    """EXIF Make in a JPEG, DateTimeOriginal alone in a PNG's ExifIFD, XMP camera tags alone,
+    a TIFF IFD past the first 256 kB; an empty Make is no metadata."""
+    rgb = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    make, date, empty = Image.Exif(), Image.Exif(), Image.Exif()
+    make[0x010F] = 'Canon'
+    date.get_ifd(0x8769)[0x9003] = '2024:01:02 03:04:05'
+    empty[0x010F] = ''
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt('XML:com.adobe.xmp', '<x:xmpmeta><rdf:Description tiff:Make="Canon"/></x:xmpmeta>')
+    rgb.save(tmp_path / 'make.jpg', exif=make)
+    rgb.save(tmp_path / 'date.png', exif=date.tobytes())
+    rgb.save(tmp_path / 'xmp.png', pnginfo=xmp)
+    rgb.save(tmp_path / 'empty.jpg', exif=empty)
+    tiff_with_ifd_last(tmp_path / 'late.tif')
+    assert tifffile.imread(tmp_path / 'late.tif').shape == (500, 600)
+    for name in ('make.jpg', 'date.png', 'xmp.png', 'late.tif'):
+        assert sources_have_metadata([tmp_path / name]), name
+    assert not sources_have_metadata([tmp_path / 'empty.jpg'])
 
 
 def test_one_exiftool_process_for_many_merges(cr3_bracket, tmp_path):

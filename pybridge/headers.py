@@ -1,0 +1,144 @@
+"""What an image file declares before its pixels, for reading (frames), writing (write) and the
+metadata merge (exif.merge).
+
+The libraries answer: Pillow reads a JPEG or PNG header lazily (size, mode, ICC profile, EXIF,
+XMP, PNG text; no pixels are decoded) and parses EXIF blocks; tifffile reads TIFF tags (callers
+use it directly). Pillow's plugin classes are used rather than Image.open, whose decompression
+bomb limit is process-wide: our callers apply their own limit, with their own message, and a
+program that imports focusbridge keeps Pillow's limit for its own images.
+
+Byte-level code is kept only where no library does the job:
+- sniff: the kind of a file from its first bytes, camera RAW containers included;
+- the JPEG end-of-image check: Pillow stops reading at the first scan;
+- the size a PNG declares when Pillow refuses it for a zero width or height;
+- iCCP and tEXt chunks added to a PNG that OpenCV encoded (Pillow cannot write 16-bit RGB PNGs).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
+
+from .errors import InputError, one_line
+
+ORIENTATION_TAG = 274
+_OPENERS = {'jpeg': JpegImagePlugin.JpegImageFile, 'png': PngImagePlugin.PngImageFile}
+
+
+def sniff(head: bytes) -> str | None:
+    """'jpeg' | 'png' | 'tiff' | 'raw' from the first 16 bytes of a file; None if unknown."""
+    if head.startswith(b'\xff\xd8\xff'):
+        return 'jpeg'
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):
+        return 'png'
+    if head[:4] in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
+        return 'tiff'
+    # RAW formats that are not plain TIFF: CR3 (ISO BMFF), RAF, ORF, RW2, CRW, MRW, X3F.
+    if head[4:12] == b'ftypcrx ' or head.startswith(
+        (b'FUJIFILM', b'IIRO', b'IIRS', b'MMOR', b'IIU\x00', b'\x00MRM', b'FOVb')
+    ):
+        return 'raw'
+    if head[6:14] == b'HEAPCCDR':
+        return 'raw'
+    return None
+
+
+def open_header(fh, kind: str) -> ImageFile.ImageFile:
+    """Pillow's lazy view of the JPEG or PNG in the binary file `fh`, read from its start: size,
+    mode, `info` (icc_profile, exif, xmp, PNG text); nothing is decoded."""
+    fh.seek(0)
+    return _OPENERS[kind](fh)
+
+
+def exif(info: dict) -> Image.Exif:
+    """The EXIF block in Pillow's `info` of a JPEG (APP1) or PNG (eXIf), parsed (empty when
+    there is none); damaged EXIF raises here or when a tag is read."""
+    parsed = Image.Exif()
+    parsed.load(info.get('exif') or b'')
+    return parsed
+
+
+@dataclass(frozen=True)
+class Header:
+    height: int  # as stored
+    width: int
+    channels: int  # 1 (grey) or 3 (colour), alpha not counted
+    bit_depth: int  # 8 or 16
+    orientation: int = 1  # EXIF Orientation 1..8
+    icc: bytes | None = None
+
+
+def jpeg_png_header(path, data: bytes, kind: str) -> Header:
+    """The header of the JPEG or PNG `data`; InputError naming `path` when it is damaged or the
+    file is truncated (a JPEG without its end marker, a PNG without IEND)."""
+    fh = io.BytesIO(data)
+    try:
+        im = open_header(fh, kind)
+    except Exception as exc:  # Pillow says what is wrong in several exception types
+        declared = _png_declared_size(data) if kind == 'png' else None
+        if declared and 0 in declared:  # Pillow refuses these; the caller says "no pixels"
+            return Header(*declared, 1, 8)
+        raise _damaged(path, kind, exc) from exc
+    if kind == 'jpeg':
+        # Entropy-coded data cannot contain FF D9, so no end marker after the header (where
+        # Pillow stopped reading) means truncation.
+        if not im.tile or data.find(b'\xff\xd9', fh.tell()) < 0:
+            raise InputError(path, 'truncated JPEG file (no end-of-image marker)')
+        bit_depth = 8  # Pillow opens 8-bit JPEGs only
+    else:
+        bit_depth = 16 if ';16' in im.tile[0][3] else 8  # 16-bit RGB opens as mode RGB
+    header = Header(
+        im.height,
+        im.width,
+        1 if Image.getmodebase(im.mode) == 'L' else 3,
+        bit_depth,
+        _orientation(im.info),
+        im.info.get('icc_profile') or None,
+    )
+    if kind == 'png':
+        try:
+            im.verify()  # every chunk up to IEND there, with the right checksum
+        except Exception as exc:
+            raise _damaged(path, kind, exc) from exc
+    return header
+
+
+def _damaged(path, kind: str, exc: Exception) -> InputError:
+    detail = one_line(exc) or type(exc).__name__
+    return InputError(path, f'corrupt or truncated {kind.upper()} file ({detail})')
+
+
+def _orientation(info: dict) -> int:
+    try:
+        value = int(exif(info).get(ORIENTATION_TAG, 1))
+    except Exception:  # damaged EXIF must not make the image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _png_declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from IHDR, the first chunk, at a fixed place."""
+    if data[12:16] != b'IHDR' or len(data) < 24:
+        return None
+    width, height = struct.unpack_from('>II', data, 16)
+    return height, width
+
+
+def png_with_chunks(png: bytes, icc: bytes | None, description: str | None) -> bytes:
+    """`png` with an iCCP chunk holding `icc` and a tEXt Description, right after IHDR (before
+    PLTE and IDAT, as iCCP needs)."""
+    bodies = []
+    if icc:
+        bodies.append((b'iCCP', b'ICC profile\x00\x00' + zlib.compress(icc)))
+    if description:
+        bodies.append((b'tEXt', b'Description\x00' + description.encode('latin-1', 'replace')))
+    chunks = b''.join(
+        struct.pack('>I', len(body)) + ctype + body + struct.pack('>I', zlib.crc32(ctype + body))
+        for ctype, body in bodies
+    )
+    ihdr_end = 8 + 12 + struct.unpack_from('>I', png, 8)[0]
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
