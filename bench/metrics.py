@@ -260,3 +260,71 @@ def quality(out_path, ref: np.ndarray, edge_band: np.ndarray | None = None) -> d
         res["edge_psnr"] = psnr(reg.warped, ref, m)
         res["edge_fraction"] = float(m.mean())
     return res
+
+
+# --------------------------------------------------------------------------------------
+# flat-area noise (real brackets: no truth, so noise is measured where there is no detail)
+
+HIGHPASS_SIGMA = 2.0
+
+
+def highpass(luma: np.ndarray, sigma: float = HIGHPASS_SIGMA) -> np.ndarray:
+    """luma - GaussianBlur(luma, sigma): what is left in a flat area is noise (and JPEG grain)."""
+    luma = np.asarray(luma, np.float32)
+    return luma - cv2.GaussianBlur(luma, (0, 0), sigma)
+
+
+def box_std(hp: np.ndarray, box) -> float:
+    x, y, w, h = (int(v) for v in box)
+    return float(hp[y : y + h, x : x + w].std())
+
+
+SAME_GEOMETRY_PX = 2.0
+
+
+def same_geometry(
+    reg: Registration, out_shape, ref_shape, tol_px: float = SAME_GEOMETRY_PX
+) -> bool:
+    """True when the output already lies on the reference grid: same size, and the registration
+    moves no corner of the image by more than tol_px.  Such an output is scored as it is: in a
+    flat box a pixel or two of offset changes nothing, while a resampling would itself smooth
+    the noise (registering a fused result onto one partly defocused frame finds a few tenths
+    of a pixel of shift or shear even for tools that keep the reference frame's geometry)."""
+    if tuple(out_shape[:2]) != tuple(ref_shape[:2]):
+        return False
+    H, W = ref_shape[:2]
+    corners = np.array([[0, 0, 1], [W - 1, 0, 1], [0, H - 1, 1], [W - 1, H - 1, 1]], np.float64)
+    moved = corners @ reg.matrix.astype(np.float64).T - corners[:, :2]
+    return float(np.abs(moved).max()) <= tol_px
+
+
+def on_reference(out: np.ndarray, alpha, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """An output on the reference frame's grid: as it is when its geometry already matches
+    (see same_geometry), else registered and resampled (register()).
+    -> (image, valid mask, info: registered / reg_method / reg_ecc / reg_scale)."""
+    reg = register(out, ref, alpha, border=0.0)
+    info = {"reg_method": reg.method, "reg_ecc": reg.ecc, "reg_scale": reg.scale}
+    if same_geometry(reg, out.shape, ref.shape):
+        valid = np.ones(ref.shape[:2], bool) if alpha is None else alpha.astype(bool)
+        return out, valid, dict(info, registered=False)
+    return reg.warped, reg.valid, dict(info, registered=True)
+
+
+def flat_noise_ratio(img: np.ndarray, valid: np.ndarray, ref: np.ndarray, boxes) -> dict:
+    """Median over the flat boxes of std(high-pass of img's luma) / std(high-pass of ref's
+    luma), both on the reference grid; boxes not fully inside `valid` are left out."""
+    hp_img, hp_ref = highpass(gray(img)), highpass(gray(ref))
+    ratios = []
+    for box in boxes:
+        x, y, w, h = (int(v) for v in box)
+        if not valid[y : y + h, x : x + w].all():
+            continue
+        r = box_std(hp_ref, box)
+        if r > 0:
+            ratios.append(box_std(hp_img, box) / r)
+    return {
+        "flat_ratio": float(np.median(ratios)) if ratios else None,
+        "flat_boxes_used": len(ratios),
+        "flat_boxes": len(boxes),
+        "flat_ratios": [round(v, 4) for v in ratios],
+    }

@@ -11,6 +11,12 @@ Scene
       (random tiles instead of a checkerboard, wavy stripes only on objects), so no aligner is
       trapped by a period ambiguity.  Nearer objects occlude farther ones,
       so there are depth edges everywhere.
+    With ``scene="halo"`` the scene is instead made for halos: hairs and bristles (thin dark
+    lines 1-3 px wide: long curved hairs and fans of short strokes, colour 0.02-0.14) on one
+    layer per near depth ``0 .. n // 2``, in front of a bright backlit background plane (near
+    white, 0.88-0.95 with a slow light fall-off, so it reads as defocused; small specular glints
+    of radius 0.7-2.5 px reach 1.0) with the default scene's slant.  Defocused glints spread into
+    bright discs over the hairs, defocused hairs into faint dark bands over the background.
     ``depth`` is measured in *frame units*: depth ``d`` is in focus in frame ``d``
     (frame 0 focuses nearest).  Objects are piecewise constant in depth, the plane is slanted.
 
@@ -67,7 +73,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["Bracket", "make_bracket", "save_bracket", "save_image", "psnr", "disk_kernel"]
+__all__ = [
+    "Bracket",
+    "SCENES",
+    "make_bracket",
+    "save_bracket",
+    "save_image",
+    "psnr",
+    "disk_kernel",
+]
+
+SCENES = ("default", "halo")
 
 
 @dataclass
@@ -239,14 +255,35 @@ def _object_mask(rng, h, w, kind, scale):
     return m.astype(np.float32) / 255.0
 
 
+def _bezier(start, angle, length, bend, samples=48) -> np.ndarray:
+    """Points (x, y) of a quadratic Bezier curve from `start` in direction `angle`, bowed
+    sideways by `bend` * length at its middle."""
+    p0 = np.array(start, np.float64)
+    d = np.array([math.cos(angle), math.sin(angle)])
+    p2 = p0 + d * length
+    p1 = (p0 + p2) / 2 + np.array([-d[1], d[0]]) * bend * length
+    t = np.linspace(0.0, 1.0, samples)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
 class _Scene:
-    def __init__(self, rng, n, H, W, margin, max_blur, slant):
+    def __init__(self, rng, n, H, W, margin, max_blur, slant, scene="default"):
         self.n = n
         self.H, self.W, self.margin = H, W, margin
         self.CH, self.CW = H + 2 * margin, W + 2 * margin
         self.max_blur = float(max_blur)
         scale = max(1.0, min(H, W) / 480.0)
         self.pad = int(math.ceil(max_blur + 0.5)) + 2
+        if scene == "halo":
+            self._init_halo(rng, n, H, W, margin, scale, slant)
+        else:
+            self._init_default(rng, n, H, W, margin, scale, slant)
+        self._bg_cache: dict[float, np.ndarray] = {}
+        self._bg_cache_bytes = 0
+        self._bg_cache_limit = 768 << 20
+
+    def _init_default(self, rng, n, H, W, margin, scale, slant):
+        """The default scene: textured slanted plane and textured occluding objects."""
         # background plane
         # (background: non-periodic kinds only; a large periodic area makes alignment ambiguous)
         bg_kinds = ("noise", "text", "tiles")
@@ -303,9 +340,89 @@ class _Scene:
                     float(d),
                 )
             )
-        self._bg_cache: dict[float, np.ndarray] = {}
-        self._bg_cache_bytes = 0
-        self._bg_cache_limit = 768 << 20
+
+    def _init_halo(self, rng, n, H, W, margin, scale, slant):
+        """The halo scene (``scene="halo"``): hairs and bristles, thin dark lines 1-3 px wide,
+        at the near depths ``0 .. n // 2``, in front of a bright backlit background (near white,
+        smooth, with small specular glints that reach 1.0) at the far end of the bracket."""
+        CH, CW = self.CH, self.CW
+        # background: near white with a slow light fall-off, so it reads as a defocused,
+        # backlit backdrop; its only fine structure is the glints
+        tint = rng.uniform(0.88, 0.95, 3).astype(np.float32)
+        glow = 0.035 * _smooth_noise(rng, CH, CW, 40.0 * scale)
+        glow += 0.015 * _smooth_noise(rng, CH, CW, 10.0 * scale)
+        bg = tint[None, None, :] * (1.0 + glow[..., None])
+        glints = np.zeros((CH, CW), np.uint8)
+        for _ in range(int(CH * CW / 2500)):
+            cx, cy = rng.uniform(0, CW), rng.uniform(0, CH)
+            r = rng.uniform(0.7, 2.5) * scale
+            cv2.circle(glints, (int(cx * 16), int(cy * 16)), int(r * 16), 255, -1, cv2.LINE_AA, 4)
+        g = glints.astype(np.float32)[..., None] / 255.0
+        self.bg = np.clip(bg + (1.0 - bg) * g, 0.0, 1.0).astype(np.float32)
+        # slanted depth, as in the default scene: n-1 on one side
+        yy, xx = np.mgrid[0:CH, 0:CW].astype(np.float32)
+        th = rng.uniform(0, 2 * np.pi)
+        u = (xx - CW / 2) * math.cos(th) + (yy - CH / 2) * math.sin(th)
+        vis = u[margin : margin + H, margin : margin + W]
+        u = (u - vis.min()) / max(1e-6, float(vis.max() - vis.min()))
+        self.bg_depth = ((n - 1) * (1.0 - slant * u)).astype(np.float32)
+        # one layer per near depth, each holding a few long curved hairs and bristle tufts
+        base = min(H, W)
+        per_layer = (H * W) / (600.0 * 900.0)
+        self.layers = []
+        for d in range(n // 2, -1, -1):  # far to near
+            alpha = np.zeros((CH, CW), np.float32)
+            premult = np.zeros((CH, CW, 3), np.float32)
+            for _ in range(max(2, int(round(rng.uniform(5, 9) * per_layer)))):
+                strokes = []
+                x0 = margin + rng.uniform(0.0, 1.0) * W
+                y0 = margin + rng.uniform(0.0, 1.0) * H
+                a = rng.uniform(0, 2 * np.pi)
+                if rng.random() < 0.3:  # bristle tuft: a fan of short, nearly straight strokes
+                    for _ in range(int(rng.integers(6, 15))):
+                        b = a + rng.uniform(-0.7, 0.7)
+                        length = base * rng.uniform(0.06, 0.18)
+                        strokes.append(
+                            (
+                                _bezier((x0, y0), b, length, rng.uniform(-0.08, 0.08)),
+                                1 + (rng.random() < 0.3),
+                            )
+                        )
+                else:  # a long curved hair
+                    length = base * rng.uniform(0.25, 0.7)
+                    width = int(rng.choice([1, 1, 2, 2, 3]))
+                    strokes.append((_bezier((x0, y0), a, length, rng.uniform(-0.3, 0.3)), width))
+                colour = rng.uniform(0.02, 0.14) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+                for pts, width in strokes:
+                    lo = np.floor(pts.min(axis=0)).astype(int) - 4
+                    hi = np.ceil(pts.max(axis=0)).astype(int) + 5
+                    lo = np.maximum(lo, 0)
+                    hi = np.minimum(hi, [CW, CH])
+                    if (hi <= lo).any():
+                        continue
+                    m8 = np.zeros((hi[1] - lo[1], hi[0] - lo[0]), np.uint8)
+                    p16 = np.round((pts - lo) * 16).astype(np.int32)
+                    cv2.polylines(m8, [p16], False, 255, int(width), cv2.LINE_AA, 4)
+                    m = m8.astype(np.float32) / 255.0
+                    sl = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+                    # "over" within the layer: this stroke in front of the layer so far
+                    premult[sl] = premult[sl] * (1.0 - m[..., None]) + colour * m[..., None]
+                    alpha[sl] = alpha[sl] * (1.0 - m) + m
+            ys, xs = np.nonzero(alpha > 0)
+            if ys.size == 0:
+                continue
+            p = self.pad
+            ya, yb = max(0, ys.min() - p), min(CH, ys.max() + p + 1)
+            xa, xb = max(0, xs.min() - p), min(CW, xs.max() + p + 1)
+            self.layers.append(
+                _Layer(
+                    int(ya),
+                    int(xa),
+                    np.ascontiguousarray(premult[ya:yb, xa:xb]),
+                    np.ascontiguousarray(alpha[ya:yb, xa:xb]),
+                    float(d),
+                )
+            )
 
     def radius(self, depth_diff):
         return self.max_blur * np.abs(depth_diff) / max(1, self.n - 1)
@@ -402,6 +519,7 @@ def make_bracket(
     max_blur: float = 8.0,
     bit_depth: int | None = None,
     slant: float = 0.3,
+    scene: str = "default",
     keep_unwarped: bool = False,
     sink: Callable[[int, np.ndarray], None] | None = None,
 ) -> Bracket:
@@ -409,11 +527,16 @@ def make_bracket(
 
     size is (height, width).  bit_depth (8 or 16) quantises the frames like a file would.
     slant: depth range of the background plane as a fraction of the bracket.
+    scene: "default" (textured plane and objects) or "halo" (thin dark hairs and bristles at
+    the near depths in front of a bright backlit background; see the module docstring).
+    The default scene is unaffected by this option: same seed, same pixels.
     sink: if given, each frame is passed to ``sink(k, frame)`` as soon as it is rendered and
     not kept (``Bracket.frames`` stays empty): for long, large brackets written to disk.
     """
     if n_frames < 2:
         raise ValueError("n_frames must be >= 2")
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(SCENES)}, not {scene!r}")
     H, W = int(size[0]), int(size[1])
     rng = np.random.default_rng(seed)
     n = int(n_frames)
@@ -445,14 +568,14 @@ def make_bracket(
     )
     margin = int(math.ceil(max(0.0, need) + max_blur + 8))
 
-    scene = _Scene(rng, n, H, W, margin, max_blur, slant)
+    world = _Scene(rng, n, H, W, margin, max_blur, slant, scene)
     noise_rng = np.random.default_rng([seed, 1])
 
     T = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], np.float64)
     frames, transforms, unwarped = [], [], []
     crop = (slice(margin, margin + H), slice(margin, margin + W))
     for k in range(n):
-        canvas = scene.render(k)
+        canvas = world.render(k)
         inv = np.linalg.inv(forwards[k])  # frame k -> reference
         transforms.append(inv)
         if keep_unwarped:
@@ -481,8 +604,8 @@ def make_bracket(
         else:
             frames.append(img)
 
-    truth = np.ascontiguousarray(scene.render(0, blur=False)[crop])
-    depth = np.ascontiguousarray(scene.depth_map()[crop]).astype(np.float32)
+    truth = np.ascontiguousarray(world.render(0, blur=False)[crop])
+    depth = np.ascontiguousarray(world.depth_map()[crop]).astype(np.float32)
     # depth discontinuities (the slanted plane changes by far less than 0.5 per pixel)
     k3 = np.ones((3, 3), np.uint8)
     jump = (cv2.dilate(depth, k3) - cv2.erode(depth, k3)) > 0.5
