@@ -173,15 +173,18 @@ def _quiet_blocks(a: np.ndarray, b: np.ndarray, block: int = 8) -> tuple[float, 
     return float(np.sqrt(np.mean(energy[quiet]))), float(np.median(level[quiet]))
 
 
-def _noise_aware(u: np.ndarray, ties: TieSpread, spread: float) -> tuple[np.ndarray, float]:
+def _noise_aware(
+    u: np.ndarray, outside: np.ndarray | None, ties: TieSpread, spread: float
+) -> tuple[np.ndarray, float]:
     """The statistic and tie spread for SoftSelect: below the noise floor (plus a margin)
-    no frame shows detail, so all such frames tie exactly and are averaged."""
+    no frame shows detail, so all such frames tie exactly and are averaged. `outside`: uint8
+    mask of pixels the frame does not cover (None: it covers all), kept out of every tie."""
     ties.update(u)
     floor = ties.floor + ties.margin * ties.spread
     if floor > 0:
-        outside = cv2.compare(u, float(_NONE / 2), cv2.CMP_LT)
         u = cv2.max(u, float(floor))
-        u[outside > 0] = _NONE
+        if outside is not None:
+            u[outside > 0] = _NONE
     return u, spread * ties.spread
 
 
@@ -224,9 +227,12 @@ class _FocusTracker:
         self.depth[wins > 0] = index
         if self.ties is None:
             return np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
-        u = np.sqrt(np.maximum(f, 0))
-        np.copyto(u, _NONE, where=f < 0)
-        return self.soft.update(*_noise_aware(u, self.ties, FOCUS_SPREAD))
+        u = cv2.sqrt(cv2.max(f, 0.0))
+        outside = None
+        if valid is not None:
+            outside = cv2.compare(f, 0.0, cv2.CMP_LT)
+            u[outside > 0] = _NONE
+        return self.soft.update(*_noise_aware(u, outside, self.ties, FOCUS_SPREAD))
 
     def confidence(self) -> np.ndarray:
         best = np.maximum(self.best, 0)
@@ -388,11 +394,13 @@ class PyramidFuser(_Fuser):
         if self.consistency_sigma > 0:
             cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
         u = cv2.sqrt(lum, dst=lum)
+        outside = None
         if valid is not None:
-            np.copyto(u, _NONE, where=valid < 255)
+            outside = cv2.compare(valid, 255, cv2.CMP_LT)
+            u[outside > 0] = _NONE
         if not self.noise_aware:
             return u, 0.0
-        return _noise_aware(u, self.ties[i], DETAIL_SPREAD)
+        return _noise_aware(u, outside, self.ties[i], DETAIL_SPREAD)
 
     def _fold(self, pixels, valid, alpha):
         # Level by level, so only one level of this frame's pyramid exists at a time.
