@@ -37,7 +37,7 @@ python_env() {
     find_uv
     # trust the system's certificate store, as pip and apt do (TLS-inspecting proxies, mirrors)
     export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
-    "${UV[@]}" sync --locked --group dev --quiet
+    "${UV[@]}" sync --locked --group dev --extra dask --quiet
 }
 
 case "${1:-}" in

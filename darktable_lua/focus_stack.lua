@@ -26,6 +26,10 @@
     stacked by focusbridge, and the result is imported, made leader of a group with its
     sources and tagged "focus stack|stacked" (the sources get "focus stack|source").
     The sources' tags, and the reference (middle) frame's rating and title, carry over.
+    A selection of several brackets (darktable groups, or found by capture time) is split and
+    stacked as one queue, each result grouped with its own frames; "check bracket" looks for
+    gaps in focus, wasted frames and order, and imports a coverage map. Optionally the
+    aligned frames come back too, for retouching.
 
     The same module has a lens section that rewrites the lens metadata of the selected
     images' original files (focusbridge lens set), shows the outcome per file and can undo.
@@ -41,7 +45,7 @@
       - or standalone: this file to <configdir>/lua/, the folder to
         <configdir>/lua/lib/focus_stack/, and  require "focus_stack"  in <configdir>/luarc
       (the script finds lib/focus_stack/ beside itself or one folder up)
-    * select two or more images, press "focus stack"
+    * select two or more images, press "focus stack" (or "check bracket")
 
     SAFETY
     * no file name ever appears in a shell command: every name travels inside a JSON
@@ -165,6 +169,10 @@ local state = {
   last_command = nil,        -- the last shell command (runner)
   last_manifest = nil,       -- the last manifest written (runner)
   last_result = nil,         -- the last stacked image imported
+  last_results = nil,        -- every stacked image the last run imported (one per bracket)
+  last_outcome = nil,        -- the module's text about the last run (brackets, results, check)
+  last_check = nil,          -- the last check's status (its findings under .check)
+  last_coverage = nil,       -- the last check's coverage map, imported
   last_lens_images = nil,    -- the images of the last lens change (undo acts on them)
   last_lens_outcome = nil,   -- the lens section's outcome text
 }
@@ -200,6 +208,24 @@ end
 -- stacking
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
 
+-- what a flow run under pcall gave: its result, or nil once the user was told why not
+-- (`ok`, `result`, `message`: pcall's; `failed`: the message with a %s for a Lua error)
+local function flow_result(ok, result, message, failed)
+  if not ok then
+    notify(string.format(failed, tostring(result)))
+    return nil
+  end
+  if not result then notify(message or string.format(failed, _("unknown error"))) end
+  return result
+end
+
+-- the module's text about the last run (brackets found, results, a check's findings)
+local function show_outcome(lines)
+  local text = table.concat(lines, "\n")
+  state.last_outcome = text
+  if state.widgets.stack_outcome then state.widgets.stack_outcome.text = text end
+end
+
 -- export the images as 16-bit TIFF into the job folder; returns the frame list or nil
 local function export_frames(job, images, progress_cb)
   local fmt = dt.new_format("tiff")
@@ -222,9 +248,27 @@ local function export_frames(job, images, progress_cb)
   return frames
 end
 
--- the whole flow; `images` sorted darktable images, `frames` files darktable exported for
--- them into `job_dir` (export target) or nil; returns true on success (a message is shown)
-local function stack(images, frames, job_dir)
+-- frames darktable exported for `images` (export target): each must hold something
+local function check_exports(images, frames)
+  for i, img in ipairs(images) do
+    local size = frames[i] and platform.file_size(frames[i])
+    if not size or size == 0 then
+      return nil, string.format(_("the export of %s produced nothing"), img.filename)
+    end
+  end
+  return true
+end
+
+-- the stack manifest's options, with the aligned frames' folder when the user wants them
+local function stack_options(output, opts)
+  if options.read("aligned_frames") then opts.aligned_frames = naming.aligned_folder(output) end
+  return opts
+end
+
+-- one bracket, as ever; `images` sorted darktable images, `frames` files darktable exported
+-- for them into `job_dir` (export target) or nil, `job_frames` every frame in that folder
+-- (nil: `frames`); returns true on success (a message is shown)
+local function stack(images, frames, job_dir, job_frames)
   local bridge = claim_bridge(#images, 2, _("focus stack: select at least two images"))
   if not bridge then return false end
   local ok, result, message = pcall(function()
@@ -241,22 +285,19 @@ local function stack(images, frames, job_dir)
           return nil, export_err
         end
       else
-        for i, f in ipairs(frames) do
-          local size = platform.file_size(f)
-          if not size or size == 0 then
-            return nil, string.format(_("the export of %s produced nothing"), images[i].filename)
-          end
-        end
+        local exported, export_err = check_exports(images, frames)
+        if not exported then return nil, export_err end
       end
       if job.cancelled then return nil, _("focus stack cancelled") end
       local opts = options.manifest_options()
-      output = naming.output_path(sources, options.read("output_folder"), opts.format)
+      output = naming.output_path(sources, options.read("output_folder"), opts.format,
+        {aligned = options.read("aligned_frames")})
       if not output then return nil, _("focus stack: no free name for the result") end
-      return {frames = frames, sources = sources, output = output, options = opts}
+      return {frames = frames, sources = sources, output = output, options = stack_options(output, opts)}
     end
     local status, err = jobs.run_bridge_job("stack", manifest,
       function(bar, f) bar.percent = 0.25 + 0.75 * f end,
-      {bridge = bridge, dir = job_dir, frames = frames})
+      {bridge = bridge, dir = job_dir, frames = job_frames or frames})
     if not status then return nil, err end
     if status.cancelled then return nil, _("focus stack cancelled") end
     if not status.ok then
@@ -266,23 +307,332 @@ local function stack(images, frames, job_dir)
     if not platform.file_exists(out) then
       return nil, string.format(_("focus stack failed: %s was not written"), out)
     end
-    local imported = results.import(images, out, status.depth_map)
+    local imported = results.import(images, out, status.depth_map, status.aligned_frames)
     if not imported then
       return nil, string.format(_("focus stack: could not import %s"), out)
     end
     return imported
   end)
-  if not ok then
-    notify(string.format(_("focus stack failed: %s"), tostring(result)))
-    return false
-  end
-  if not result then
-    notify(message or _("focus stack failed"))
-    return false
-  end
+  result = flow_result(ok, result, message, _("focus stack failed: %s"))
+  if not result then return false end
   notify(string.format(_("focus stack: imported %s"), result.filename))
   state.last_result = result
+  state.last_results = {result}
   return true
+end
+
+-- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
+-- several brackets in one selection
+-- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
+
+-- the selected images' own darktable groups: 0-based indexes into `images` of the images
+-- that share a group leader, for every leader shared by two or more
+local function user_groups(images)
+  local members, leaders = {}, {}
+  for i, img in ipairs(images) do
+    local ok, leader = pcall(function() return img.group_leader end)
+    local key = (ok and leader and leader.id) or img.id
+    if not members[key] then
+      members[key] = {}
+      leaders[#leaders + 1] = key
+    end
+    table.insert(members[key], i - 1)
+  end
+  local groups = {}
+  for _, key in ipairs(leaders) do
+    if #members[key] >= 2 then groups[#groups + 1] = members[key] end
+  end
+  return groups
+end
+
+-- detection can change something: two images carry a capture time in the library, or two
+-- share a group (without either, the bridge would find no bracket and the selection is
+-- stacked as one, as it always was)
+local function worth_detecting(images, groups)
+  local timed = 0
+  for _, img in ipairs(images) do
+    local ok, taken = pcall(function() return img.exif_datetime_taken end)
+    if ok and type(taken) == "string" and taken:match("%d") then timed = timed + 1 end
+  end
+  return timed >= 2 or #groups > 0
+end
+
+-- the brackets among `images` (sorted by name). What this script made (results, maps,
+-- aligned frames) is never a frame; one darktable group is one bracket; otherwise darktable
+-- groups stay as they are and the rest goes through the bridge's detection (`focusbridge
+-- brackets`). Returns {brackets = {{image...}}, unassigned = {{image =, reason =}}, detected
+-- = true when there is something to show, note = a line for the module} or nil and a
+-- message (cancelled, or the bridge never ran)
+local function find_brackets(images, bridge)
+  local frames, unassigned = {}, {}
+  local not_a_frame = _("a focus stack output, not a frame")
+  for _, img in ipairs(images) do
+    if results.is_output(img) then
+      unassigned[#unassigned + 1] = {image = img, reason = not_a_frame}
+    else
+      frames[#frames + 1] = img
+    end
+  end
+  -- outputs only (and one frame at most): nothing to split, the selection is stacked as ever
+  if #frames < 2 then return {brackets = {images}, unassigned = {}} end
+  local plan = {brackets = {frames}, unassigned = unassigned, detected = #unassigned > 0}
+  local groups = user_groups(frames)
+  if (#groups == 1 and #groups[1] == #frames) or not worth_detecting(frames, groups) then
+    return plan
+  end
+  local sources = {}
+  for i, img in ipairs(frames) do sources[i] = naming.image_file(img) end
+  local manifest = {sources = sources}
+  if #groups > 0 then manifest.groups = groups end
+  local status, err = jobs.run_bridge_job("brackets", manifest, nil, {bridge = bridge})
+  if not status then return nil, err end
+  if status.cancelled or status.cancel_requested then return nil, _("focus stack cancelled") end
+  if not status.ok then
+    plan.note = string.format(_("finding the brackets failed (%s): the selection is stacked as one"),
+      tostring(status.error or _("unknown error")))
+    return plan
+  end
+  local brackets = {}
+  for _, b in ipairs(status.brackets or {}) do
+    local bracket = {}
+    for _, k in ipairs(b.indexes or {}) do bracket[#bracket + 1] = frames[k + 1] end
+    if #bracket >= 2 then brackets[#brackets + 1] = bracket end
+  end
+  if #brackets == 0 then
+    plan.note = _("no bracket found by capture time or group: the selection is stacked as one")
+    return plan
+  end
+  for _, u in ipairs(status.unassigned or {}) do
+    local img = frames[(tonumber(u.index) or -1) + 1]
+    if img then unassigned[#unassigned + 1] = {image = img, reason = tostring(u.reason or "")} end
+  end
+  return {brackets = brackets, unassigned = unassigned, detected = true}
+end
+
+-- what the module shows of a plan before it starts: "3 brackets: 6, 5, 6 frames", then each
+-- image left out and why
+local function plan_lines(plan)
+  local lines = {}
+  if plan.note then lines[#lines + 1] = plan.note end
+  if plan.detected then
+    local counts = {}
+    for i, b in ipairs(plan.brackets) do counts[i] = tostring(#b) end
+    if #plan.brackets == 1 then
+      lines[#lines + 1] = string.format(_("1 bracket: %s frames"), counts[1])
+    else
+      lines[#lines + 1] = string.format(_("%d brackets: %s frames"), #plan.brackets, table.concat(counts, ", "))
+    end
+  end
+  local left_out = _("not stacked: %s (%s)")
+  for _, u in ipairs(plan.unassigned) do
+    lines[#lines + 1] = string.format(left_out, u.image.filename, u.reason)
+  end
+  return lines
+end
+
+-- several brackets as one queue: one export, one bridge job ("batch": the stacks one after
+-- another), one progress bar and cancel; each result comes home grouped with exactly its own
+-- frames. `frame_of` {[image id] = exported frame} (export target) or nil, `job_dir` and
+-- `job_frames` the export target's folder and every frame in it. Returns true when all
+-- were stacked (a message is shown either way)
+local function stack_batch(brackets, frame_of, job_dir, job_frames, lines)
+  local count = 0
+  for _, b in ipairs(brackets) do count = count + #b end
+  local bridge = claim_bridge(count, 2, _("focus stack: select at least two images"))
+  if not bridge then return false end
+  local ok, result, message = pcall(function()
+    local stacks
+    local function manifest(job, bar)
+      if not frame_of then
+        -- every frame of every bracket exported once, bracket after bracket: 0-25 %
+        local all = {}
+        for _, b in ipairs(brackets) do for _, img in ipairs(b) do all[#all + 1] = img end end
+        local frames, export_err = export_frames(job, all, function(f) bar.percent = 0.25 * f end)
+        if not frames then
+          if job.cancelled then return nil, _("focus stack cancelled") end
+          return nil, export_err
+        end
+        frame_of = {}
+        for i, img in ipairs(all) do frame_of[img.id] = frames[i] end
+      end
+      if job.cancelled then return nil, _("focus stack cancelled") end
+      local opts = options.manifest_options()
+      local taken = {}
+      stacks = {}
+      for i, b in ipairs(brackets) do
+        local sources, frames = {}, {}
+        for k, img in ipairs(b) do
+          sources[k] = naming.image_file(img)
+          frames[k] = frame_of[img.id]
+        end
+        local exported, export_err = check_exports(b, frames)
+        if not exported then return nil, export_err end
+        local output = naming.output_path(sources, options.read("output_folder"), opts.format,
+          {aligned = options.read("aligned_frames"), taken = taken})
+        if not output then return nil, _("focus stack: no free name for the result") end
+        stacks[i] = {frames = frames, sources = sources, output = output}
+        if options.read("aligned_frames") then stacks[i].aligned_frames = naming.aligned_folder(output) end
+      end
+      return {stacks = stacks, options = opts}
+    end
+    local status, err = jobs.run_bridge_job("batch", manifest,
+      function(bar, f) bar.percent = 0.25 + 0.75 * f end,
+      {bridge = bridge, dir = job_dir, frames = job_frames})
+    if not status then return nil, err end
+    if not status.results then
+      if status.cancelled then return nil, _("focus stack cancelled") end
+      return nil, string.format(_("focus stack failed: %s"), tostring(status.error or _("unknown error")))
+    end
+    -- every stack the bridge finished comes home, whatever happened to the others
+    local imported, first_error = {}, nil
+    for i, b in ipairs(brackets) do
+      local r = status.results[i] or {}
+      local name = stacks and stacks[i] and platform.basename(stacks[i].output) or b[1].filename
+      local img
+      if r.ok and r.output and platform.file_exists(r.output) then
+        img = results.import(b, r.output, r.depth_map, r.aligned_frames)
+      end
+      if img then
+        imported[#imported + 1] = img
+        lines[#lines + 1] = string.format(_("%s: %d frames"), img.filename, #b)
+      elseif r.cancelled then
+        lines[#lines + 1] = string.format(_("%s: cancelled"), name)
+      else
+        local why = r.ok and string.format(_("could not import %s"), tostring(r.output))
+          or tostring(r.error or _("unknown error"))
+        first_error = first_error or string.format("%s: %s", name, why)
+        lines[#lines + 1] = string.format(_("%s: failed: %s"), name, why)
+      end
+    end
+    return {imported = imported, cancelled = status.cancelled, error = first_error}
+  end)
+  local text
+  if not ok then
+    text = string.format(_("focus stack failed: %s"), tostring(result))
+  elseif not result then
+    text = message or _("focus stack failed")
+  else
+    local n, total = #result.imported, #brackets
+    if result.cancelled then
+      text = string.format(_("focus stack cancelled: %d of %d brackets stacked"), n, total)
+    elseif n < total then
+      text = string.format(_("focus stack: %d of %d brackets stacked; %s"), n, total, tostring(result.error))
+    else
+      local names = {}
+      for i, img in ipairs(result.imported) do names[i] = img.filename end
+      text = string.format(_("focus stack: imported %d results: %s"), n, table.concat(names, ", "))
+    end
+    if n > 0 then
+      state.last_result = result.imported[n]
+      state.last_results = result.imported
+    end
+  end
+  lines[#lines + 1] = text
+  show_outcome(lines)
+  notify(text)
+  return ok and result and not result.cancelled and #result.imported == #brackets or false
+end
+
+-- the whole flow for a selection: split it into brackets (darktable groups, then the
+-- bridge's detection), show what was found, then stack one bracket as ever or several as
+-- one queue. `images` sorted; `frames`/`job_dir` as stack(). Returns true on success
+local function stack_selection(images, frames, job_dir)
+  local bridge = claim_bridge(#images, 2, _("focus stack: select at least two images"))
+  if not bridge then return false end
+  local ok, plan, err = pcall(find_brackets, images, bridge)
+  if not ok then
+    notify(string.format(_("focus stack failed: %s"), tostring(plan)))
+    return false
+  end
+  if not plan then
+    notify(err)
+    return false
+  end
+  local lines = plan_lines(plan)
+  show_outcome(lines)
+  -- tell the user before the queue starts, unless it is the one bracket selected
+  if #plan.brackets > 1 or #plan.unassigned > 0 or plan.note then notify(table.concat(lines, "; ")) end
+  local frame_of
+  if frames then
+    frame_of = {}
+    for i, img in ipairs(images) do frame_of[img.id] = frames[i] end
+  end
+  if #plan.brackets == 1 then
+    local bracket = plan.brackets[1]
+    local own
+    if frames then
+      own = {}
+      for i, img in ipairs(bracket) do own[i] = frame_of[img.id] end
+    end
+    local stacked = stack(bracket, own, job_dir, frames)
+    if plan.detected or plan.note then
+      lines[#lines + 1] = state.last_message
+      show_outcome(lines)
+    end
+    return stacked
+  end
+  return stack_batch(plan.brackets, frame_of, job_dir, frames, lines)
+end
+
+-- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
+-- checking a bracket
+-- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
+
+-- the file types the bridge reads itself (pybridge.frames); others are checked on exports
+local BRIDGE_READS = {}
+for ext in ([[3fr ari arw bay braw cap cr2 cr3 crw cs1 dcr dcs dng drf eip erf fff gpr iiq jfif
+  jpe jpeg jpg k25 kc2 kdc mdc mef mos mrw nef nrw obm orf ori pef png ptx pxn qtk r3d raf raw
+  rdc rw2 rwl rwz sr2 srf srw sti tif tiff x3f]]):gmatch("%w+") do BRIDGE_READS[ext] = true end
+
+-- "check bracket": the bridge's quick look at the selected frames (sorted), on the original
+-- files where it reads them (else on 16-bit exports), with a coverage map beside the first
+-- one, imported into its group. Returns the check's status, or nil (a message is shown)
+local function check_selection(images)
+  local bridge = claim_bridge(#images, 2, _("check bracket: select at least two images"))
+  if not bridge then return nil end
+  local ok, result, message = pcall(function()
+    local sources, names, direct = {}, {}, true
+    for i, img in ipairs(images) do
+      sources[i] = naming.image_file(img)
+      names[i] = img.filename
+      if not BRIDGE_READS[(img.filename:match("%.([^.]+)$") or ""):lower()] then direct = false end
+    end
+    local coverage = naming.free_path(platform.dirname(sources[1]),
+      platform.basename_noext(sources[1]) .. "_coverage", ".png")
+    if not coverage then return nil, _("check bracket: no free name for the coverage map") end
+    local function manifest(job, bar)
+      local fields = {frames = sources, coverage_map = coverage}
+      if not direct then
+        local frames, export_err = export_frames(job, images, function(f) bar.percent = 0.5 * f end)
+        if not frames then
+          if job.cancelled then return nil, _("check bracket cancelled") end
+          return nil, export_err
+        end
+        fields.frames, fields.sources = frames, sources
+      end
+      if job.cancelled then return nil, _("check bracket cancelled") end
+      return fields
+    end
+    local share = direct and 0 or 0.5
+    local status, err = jobs.run_bridge_job("check", manifest,
+      function(bar, f) bar.percent = share + (1 - share) * f end, {bridge = bridge})
+    if not status then return nil, err end
+    if status.cancelled then return nil, _("check bracket cancelled") end
+    if not status.ok then
+      return nil, string.format(_("check bracket failed: %s"), tostring(status.error or _("unknown error")))
+    end
+    local lines = results.check_lines(status.check or {}, names)
+    local map = status.coverage_map and results.import_coverage(status.coverage_map, images)
+    if map then lines[#lines + 1] = string.format(_("coverage map: %s"), map.filename) end
+    return {status = status, lines = lines, map = map}
+  end)
+  result = flow_result(ok, result, message, _("check bracket failed: %s"))
+  if not result then return nil end
+  show_outcome(result.lines)
+  state.last_check = result.status
+  state.last_coverage = result.map
+  notify(string.format(_("check bracket: %s"), table.concat(result.lines, "; ")))
+  return result.status
 end
 
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
@@ -370,7 +720,7 @@ end
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
 
 -- the stacking options shown in the module and in the export target (kept in step)
-local STACK_OPTIONS = {"method", "align", "format", "depth_map"}
+local STACK_OPTIONS = {"method", "align", "format", "depth_map", "noise_averaging", "aligned_frames"}
 
 -- one set of them: by name, and in STACK_OPTIONS' order
 local function make_option_widgets()
@@ -407,15 +757,25 @@ local function build_module_widgets()
   end)
   w.bridge_label = dt.new_widget("label"){label = bridge_status_text(), ellipsize = "middle"}
 
+  local function selected()
+    local images = {}
+    for _, img in ipairs(dt.gui.action_images) do images[#images + 1] = img end
+    return naming.sort_by_name(images)
+  end
   w.stack_button = dt.new_widget("button"){
     label = _("focus stack"),
-    tooltip = _("stack the selected images and import the result"),
-    clicked_callback = function()
-      local images = {}
-      for _, img in ipairs(dt.gui.action_images) do images[#images + 1] = img end
-      stack(naming.sort_by_name(images))
-    end
+    tooltip = _("stack the selected images and import the result; a selection of several "
+                .. "brackets (darktable groups, or found by capture time) is stacked bracket by bracket"),
+    clicked_callback = function() stack_selection(selected()) end
   }
+  w.check_button = dt.new_widget("button"){
+    label = _("check bracket"),
+    tooltip = _("look for gaps in focus, wasted frames and frames out of order in the selected "
+                .. "bracket, and import a coverage map (red: sharp in no frame)"),
+    clicked_callback = function() check_selection(selected()) end
+  }
+  w.stack_outcome = dt.new_widget("text_view"){text = "", editable = false,
+    tooltip = _("what the last run found: brackets, results, a check's findings")}
 
   w.lens_preset = options.widget("lens_preset")
   for _, f in ipairs(lens.FIELDS) do
@@ -440,7 +800,8 @@ local function build_module_widgets()
     w.output_folder, w.output_next_to_source,
     dt.new_widget("section_label"){label = _("focusbridge program")},
     w.executable, w.bridge_label,
-    w.stack_button,
+    dt.new_widget("box"){orientation = "horizontal", w.stack_button, w.check_button},
+    w.stack_outcome,
     dt.new_widget("section_label"){label = _("lens metadata")},
     w.lens_preset)
   for _, f in ipairs(lens.FIELDS) do add(w["lens_" .. f[1]]) end
@@ -524,7 +885,7 @@ local function storage_finalize_flow(image_table, extra)
     return
   end
   if extra.self_export then
-    stack(naming.sort_by_name(extra.images or {}))
+    stack_selection(naming.sort_by_name(extra.images or {}))
     return
   end
   if not extra.dir then return end
@@ -549,7 +910,7 @@ local function storage_finalize_flow(image_table, extra)
     jobs.remove_job_dir({dir = extra.dir, frames = {}})
     return
   end
-  local ok = stack(images, frames, extra.dir)
+  local ok = stack_selection(images, frames, extra.dir)
   -- darktable's own temp files that never reached store (foreign) are removed too
   for _, p in ipairs(pairs_list) do if p.foreign then os.remove(p.frame) end end
   -- refused before the job started (busy, no program): the folder is still there
@@ -618,7 +979,8 @@ script_data.focus_stack = {
   state = state,
   json = json,
   quote = shell.quote,
-  stack = function(images) return stack(naming.sort_by_name(images)) end,
+  stack = function(images) return stack_selection(naming.sort_by_name(images)) end,
+  check = function(images) return check_selection(naming.sort_by_name(images)) end,
   lens = lens_apply,
   -- what the progress job's cancel button does
   cancel = function()

@@ -36,7 +36,14 @@ from pybridge.headers import exif, open_header, sniff
 from . import focus as _focus
 from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
 
-__all__ = ['StackInfo', 'MergeReport', 'merge_metadata', 'sources_have_metadata', 'software_name']
+__all__ = [
+    'StackInfo',
+    'MergeReport',
+    'merge_metadata',
+    'copy_metadata',
+    'sources_have_metadata',
+    'software_name',
+]
 
 
 @dataclass
@@ -347,6 +354,86 @@ def merge_metadata(
             _write_canon_focus(et, tmp, out, report)
             _validate(et, tmp, report)
     return report
+
+
+def copy_metadata(
+    target: Path,
+    source: Path,
+    *,
+    derivation: str,
+    software: str | None = None,
+    keep_provenance: bool = False,
+    exiftool=None,
+) -> MergeReport:
+    """The tags of one ``source`` onto ``target``, an image made from it alone: an aligned
+    frame (its frame's tags), a retouched result (the result's tags).
+
+    What merge_metadata does with a base, without the bracket: everything but _EXCLUDE, maker
+    notes included (second pass), structure tags that describe the new file, lens tags; then
+    XMP-xmpMM says ``target`` is a new instance derived from ``source`` by ``derivation``
+    (History gains that step). ``keep_provenance``: keep the source's XMP-fbstack and xmpMM
+    (a retouched result stays the focus stack it was); otherwise ``target`` is a new document.
+    Raises ExifError (one line naming the file) and leaves ``target`` untouched on failure."""
+    target, source = Path(target), Path(source)
+    sw = software or software_name()
+    job = _inputs(target, [source], source, StackInfo(1, 'copy', 0, sw))
+    report = MergeReport(target=job.target, base=job.base, frame_count=1)
+    with maybe_exiftool(exiftool) as et, _format_free(job.base) as base_arg:
+        tags = _read_tags(et, job)
+        stamp = _now()
+        keep = {'--XMP-fbstack:all', '--XMP-xmpMM:all'} if keep_provenance else set()
+        args = [
+            *(a for a in _copy_args(tags) if a not in keep),
+            # rewritten whole below: copied too, the lists would hold the old entries twice
+            *(['--XMP-xmpMM:History', '--XMP-xmpMM:DerivedFrom'] if keep_provenance else []),
+            *_structure_args(tags, sw, stamp),
+            *_lens_args(_lens_facts(tags.base, tags.base_print)),
+            *_derived_args(job.base_name, tags.base, sw, derivation, stamp, keep_provenance),
+        ]
+        with replaced(job.target, 'fbmeta') as tmp:
+            shutil.copyfile(job.target, tmp)
+            _write_tags(et, base_arg, args, tmp, report)
+            _copy_maker_notes(et, base_arg, tmp, tags.base_groups, report)
+    return report
+
+
+def _struct(entry: dict) -> str:
+    """A flat XMP structure ({'Action': 'derived', ...}) in exiftool's serialized syntax."""
+    return '{' + ','.join(f'{k}={_struct_escape(str(v))}' for k, v in entry.items()) + '}'
+
+
+def _derived_args(
+    name: str, base: dict, sw: str, derivation: str, stamp: tuple[str, str], keep: bool
+) -> list[str]:
+    """XMP-xmpMM: a new instance (and, unless ``keep``, a new document) derived from ``name``,
+    with one more History step."""
+    exif_now, off = stamp
+    doc, inst = tag(base, 'XMP-xmpMM:DocumentID'), tag(base, 'XMP-xmpMM:InstanceID')
+    derived = {'FilePath': name, **({'DocumentID': doc} if doc else {})}
+    derived.update({'InstanceID': inst} if inst else {})
+    new_iid = f'xmp.iid:{uuid.uuid4()}'
+    history = base.get('XMP-xmpMM:History') if keep else None
+    history = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    history.append(
+        {
+            'Action': 'derived',
+            'Parameters': derivation,
+            'SoftwareAgent': sw,
+            'InstanceID': new_iid,
+            'When': f'{exif_now}{off}',
+        }
+    )
+    args = [
+        f'-XMP-xmpMM:InstanceID={new_iid}',
+        f'-XMP-xmpMM:DerivedFrom={_struct(derived)}',
+        '-XMP-xmpMM:History=[' + ','.join(_struct(h) for h in history) + ']',
+    ]
+    if not keep:
+        args.append(f'-XMP-xmpMM:DocumentID=xmp.did:{uuid.uuid4()}')
+        orig = tag(base, 'XMP-xmpMM:OriginalDocumentID') or doc
+        if orig:
+            args.append(f'-XMP-xmpMM:OriginalDocumentID={orig}')
+    return args
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ def stack(
     *,
     depth_map: str | os.PathLike | None = None,
     confidence_map: str | os.PathLike | None = None,
+    aligned_frames: str | os.PathLike | None = None,
+    layers: str | os.PathLike | None = None,
     metadata: bool | None = None,
     sources: Sequence[str | os.PathLike] | None = None,
     base: str | os.PathLike | None = None,
@@ -40,12 +43,14 @@ def stack(
     """Stack a focus bracket and give the result its sources' metadata.
 
     `frames`, `output`, `options` (or their names as keywords), `depth_map`, `confidence_map`,
-    `progress`, `cancel`: as pipeline.stack. `metadata`: copy the sources' EXIF/XMP onto the
-    output (None: when the inputs carry any; needs exiftool). `sources`: the original files
-    to take metadata from when `frames` are derived copies (darktable's exports), one per
-    frame. `base`: the file whose tags the result inherits (default: the reference frame's
-    source). `also_writes`: (role, path) of files the caller will write after the stack (a
-    report), checked up front with the outputs.
+    `layers`, `progress`, `cancel`: as pipeline.stack. `aligned_frames`: a folder for every
+    frame registered onto the result, each named after its source and carrying its source's
+    metadata (docs/retouch.md). `metadata`: copy the sources' EXIF/XMP onto the output and the
+    aligned frames (None: when the inputs carry any; needs exiftool). `sources`: the original
+    files to take metadata (and the aligned frames' names) from when `frames` are derived
+    copies (darktable's exports), one per frame. `base`: the file whose tags the result
+    inherits (default: the reference frame's source). `also_writes`: (role, path) of files the
+    caller will write after the stack (a report), checked up front with the outputs.
     """
     opts = StackOptions.merged(options, option_values)
     frames = list(frames)
@@ -57,27 +62,36 @@ def stack(
     )
     reads = [("metadata source", s) for s in meta_sources if explicit]
     reads += [("metadata base", Path(base))] if base else []
-    merge = None
-    if (
-        output is not None
-        and metadata is not False
-        and (explicit or len(meta_sources) == len(frames))
-    ):
-        _check_metadata_sources(meta_sources, base, len(frames), explicit)
-        merge = _metadata_hook(meta_sources, base, opts, len(frames), bool(metadata), progress)
-    result = run_engine(
-        frames,
-        output,
-        opts,
-        depth_map=depth_map,
-        confidence_map=confidence_map,
-        before_commit=merge,
-        also_reads=reads,
-        also_writes=also_writes,
-        progress=progress,
-        cancel=cancel,
-    )
-    result.metadata_written = merge is not None
+    merge = frame_merge = None
+    with ExitStack() as cleanup:
+        if (
+            (output is not None or aligned_frames is not None)
+            and metadata is not False
+            and (explicit or len(meta_sources) == len(frames))
+        ):
+            _check_metadata_sources(meta_sources, base, len(frames), explicit)
+            if _copy_wanted(meta_sources, bool(metadata)):
+                if output is not None:
+                    merge = _metadata_hook(meta_sources, base, opts, len(frames), progress)
+                if aligned_frames is not None:
+                    frame_merge = _frame_metadata_hook(meta_sources, cleanup)
+        result = run_engine(
+            frames,
+            output,
+            opts,
+            depth_map=depth_map,
+            confidence_map=confidence_map,
+            aligned_frames=aligned_frames,
+            aligned_names=meta_sources if explicit else None,
+            layers=layers,
+            before_commit=merge,
+            before_commit_frame=frame_merge,
+            also_reads=reads,
+            also_writes=also_writes,
+            progress=progress,
+            cancel=cancel,
+        )
+    result.metadata_written = merge is not None  # the result's (aligned frames: their own)
     return result
 
 
@@ -103,19 +117,25 @@ def _check_metadata_sources(sources: Sequence[Path], base, count: int, explicit:
             )
 
 
-def _metadata_hook(
-    sources: list[Path], base, opts: StackOptions, count: int, required: bool, progress
-) -> Callable[[Path], None] | None:
-    """The merge the engine runs on the written result before committing it; None when there
-    is nothing worth copying. Fails now (before the heavy work) if exiftool is missing."""
-    from exif.merge import StackInfo, merge_metadata, sources_have_metadata
+def _copy_wanted(sources: Sequence[Path], required: bool) -> bool:
+    """Is there metadata to copy? Fails now (before the heavy work) if exiftool is needed and
+    missing. In "when there is some" mode a cheap header check needs no exiftool, so a
+    bracket without metadata (synthetic, scanned) stacks on a machine that lacks it."""
+    from exif.merge import sources_have_metadata
     from exif.tool import require_exiftool
 
-    # "when there is some" mode: a cheap header check needs no exiftool, so a bracket without
-    # metadata (synthetic, scanned) stacks on a machine that lacks it
     if not required and not sources_have_metadata(sources):
-        return None
+        return False
     require_exiftool()
+    return True
+
+
+def _metadata_hook(
+    sources: list[Path], base, opts: StackOptions, count: int, progress
+) -> Callable[[Path], None]:
+    """The merge the engine runs on the written result before committing it."""
+    from exif.merge import StackInfo, merge_metadata
+
     ref = resolve_reference(opts.reference, count)
     info = StackInfo(
         frame_count=count,
@@ -132,4 +152,58 @@ def _metadata_hook(
     return merge
 
 
-__all__ = ["stack", "StackResult", "StackOptions", "FocusbridgeError"]
+def _frame_metadata_hook(sources: list[Path], cleanup: ExitStack) -> Callable[[Path, int], None]:
+    """Each aligned frame gets its own source's tags (one exiftool process for all of them,
+    started with the first and ended by `cleanup`)."""
+    from exif.merge import copy_metadata
+    from exif.tool import open_exiftool
+
+    tool = []
+
+    def merge(temp_frame: Path, index: int) -> None:
+        if not tool:
+            tool.append(cleanup.enter_context(open_exiftool()))
+        copy_metadata(
+            temp_frame,
+            sources[index],
+            derivation="registered and resampled onto the reference frame of a focus stack",
+            software=f"focusbridge {__version__}",
+            exiftool=tool[0],
+        )
+
+    return merge
+
+
+def retouch(
+    result: str | os.PathLike,
+    frame: str | os.PathLike,
+    mask: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    feather: float = 0.0,
+    overwrite: bool = False,
+    metadata: bool | None = None,
+) -> Path:
+    """Paint an aligned `frame` into `result` through `mask` (pybridge.retouch.retouch) and
+    keep the result's metadata on `output` (None: when it carries any; needs exiftool)."""
+    from .retouch import retouch as paint_in
+
+    hook = None
+    if metadata is not False and _copy_wanted([Path(result)], bool(metadata)):
+        from exif.merge import copy_metadata
+
+        def hook(temp: Path) -> None:
+            copy_metadata(
+                temp,
+                Path(result),
+                derivation=f"retouched: {Path(frame).name} painted in through {Path(mask).name}",
+                software=f"focusbridge {__version__}",
+                keep_provenance=True,
+            )
+
+    return paint_in(
+        result, frame, mask, output, feather=feather, overwrite=overwrite, before_commit=hook
+    )
+
+
+__all__ = ["stack", "retouch", "StackResult", "StackOptions", "FocusbridgeError"]

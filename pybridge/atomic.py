@@ -157,6 +157,13 @@ def _make_temp(path: Path, role: str = '') -> Path:
     raise OutputError(path.parent, 'cannot create a temporary file')
 
 
+def scratch_file(path: Path, role: str = '') -> Path:
+    """A new empty temp file beside `path`, for data on its way to that output (a frame kept
+    full size until the stack's crop is known). Named like every temp here, so a killed run's
+    leftover is cleaned by the next run into that folder; the caller removes it."""
+    return _make_temp(Path(path), f'.{role}' if role else '')
+
+
 def _remove(path: Path) -> None:
     try:
         os.unlink(path)

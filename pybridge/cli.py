@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__, signals
 from .errors import describe_failure, print_failure, print_warning
-from .options import StackOptions
+from .options import StackOptions, StackOutputOptions
 
 _STACK_EPILOG = """\
 examples:
@@ -37,6 +37,7 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
         "(recommended), .png 16-bit PNG, .jpg 8-bit JPEG",
     )
     StackOptions.add_arguments(p)
+    StackOutputOptions.add_arguments(p)  # --aligned-frames DIR, --layers ORA
     # what the application writes around the result: on the command line these are paths
     p.add_argument(
         "--depth-map",
@@ -110,12 +111,15 @@ def cmd_stack(args) -> int:
     output = Path(args.output)
     progress = choose(args.progress)
     report = [("--report", Path(args.report))] if args.report else []
+    outputs = StackOutputOptions.from_args(args)
     result = stack(
         args.frames,
         output,
         StackOptions.from_args(args),
         depth_map=_side_path(output, args.depth_map, "depth"),
         confidence_map=_side_path(output, args.confidence_map, "confidence"),
+        aligned_frames=outputs.aligned_frames,
+        layers=outputs.layers,
         metadata=args.metadata,
         sources=args.sources,
         base=args.base,
@@ -173,6 +177,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_retouch(args) -> int:
+    from .app import retouch
+
+    out = retouch(
+        args.result,
+        args.frame,
+        args.mask,
+        args.output,
+        feather=args.feather,
+        overwrite=args.overwrite,
+        metadata=args.metadata,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_retouch(sub) -> None:
+    p = sub.add_parser(
+        "retouch",
+        help="paint an aligned frame into a stacked result through a mask",
+        description="Paint FRAME (an aligned frame from `stack --aligned-frames`) into RESULT "
+        "where MASK is white (grey blends, black keeps RESULT exactly); all three must have "
+        "one size. See docs/retouch.md.",
+    )
+    p.add_argument("result", metavar="RESULT", help="the stacked result")
+    p.add_argument("--from", dest="frame", required=True, metavar="FRAME", help="aligned frame")
+    p.add_argument("--mask", required=True, metavar="MASK", help="grey mask: white = FRAME")
+    p.add_argument(
+        "--feather", type=float, default=0.0, metavar="PX", help="soften the mask edge (px)"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the retouched result")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--no-metadata",
+        dest="metadata",
+        action="store_false",
+        default=None,
+        help="don't copy RESULT's EXIF/XMP onto OUT (copied by default; needs exiftool)",
+    )
+    p.set_defaults(func=cmd_retouch)
+
+
 def cmd_run_job(args) -> int:
     from .job import run_job
 
@@ -219,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", help="path of the JSON job manifest (see docs/ARCHITECTURE.md)")
     p.set_defaults(func=cmd_run_job)
+    _add_retouch(sub)
+
+    from .batch import register as register_batch
+
+    register_batch(sub)  # brackets, batch
+
+    from .capture import register as register_capture
+
+    register_capture(sub)  # plan, check
 
     try:
         from exif.cli import register
@@ -238,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        if argv is None:  # the program itself (not a caller in-process): its work is over
+            signals.finished()
+        return code
     except BaseException as exc:
         code, message = describe_failure(exc)
         if code is None:

@@ -38,13 +38,14 @@ def option(
     flag: str | None = None,
     minimum: int | None = None,
     cli: bool = True,
+    metavar: str | None = None,
 ):
     """A dataclass field that knows how it is spelled everywhere.
 
     `choices` constrain values of their own type (reference: a name from the list, or any
     frame number); `flag`: the command-line spelling when it is not `--name-with-dashes`
     ("--no-x" turns a default-true switch off); `cli`: False for options the command line
-    spells differently or not at all."""
+    spells differently or not at all; `metavar`: the placeholder in --help (DIR, FILE)."""
     return field(
         default=default,
         metadata={
@@ -53,6 +54,7 @@ def option(
             "flag": flag,
             "minimum": minimum,
             "cli": cli,
+            "metavar": metavar,
         },
     )
 
@@ -167,7 +169,7 @@ class Options:
                 default=f.default,
                 help=m["help"],
                 type=_PY_TYPES[_types(f)[0]] if kw else str,
-                metavar=None if kw else f.name.split("_")[0].upper()[:4],
+                metavar=None if kw else m["metavar"] or f.name.split("_")[0].upper()[:4],
                 **kw,
             )
 
@@ -207,14 +209,19 @@ class Options:
         return {"type": "object", "properties": props, "additionalProperties": False}
 
 
-def _megapixels(text: str) -> int:
+def nonnegative(text: str, what: str) -> float:
+    """A command-line number >= 0 (finite), or argparse's error naming `what`."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megapixels, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of megapixels >= 0, not {text!r}")
-    return int(value * 10**6)
+        raise argparse.ArgumentTypeError(f"expected {what} >= 0, not {text!r}")
+    return value
+
+
+def _megapixels(text: str) -> int:
+    return int(nonnegative(text, "a number of megapixels") * 10**6)
 
 
 @dataclass
@@ -331,13 +338,47 @@ class OutputOptions(Options):
     )
 
 
-def split_manifest_options(data: dict | None) -> tuple[StackOptions, OutputOptions]:
+@dataclass
+class StackOutputOptions(OutputOptions):
+    """OutputOptions plus the retouching material of one stack (docs/retouch.md): paths, so
+    they belong to a single stack (the command line's `stack`, run-job, the Python API), not to
+    a batch of brackets, which keeps to OutputOptions."""
+
+    aligned_frames: str | None = option(
+        None,
+        "also write every frame registered onto the result (same size, cropped alike, "
+        "brightness matched as fused) as DIR/<frame>_aligned.tif, 16-bit with the frame's "
+        "metadata, for retouching; DIR is created if missing",
+        metavar="DIR",
+    )
+    layers: str | None = option(
+        None,
+        "also write an OpenRaster file (.ora, opens in GIMP and Krita) with the result, the "
+        "other fusion method's result, the depth map and the aligned frames as layers",
+        metavar="ORA",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("aligned_frames", "layers"):
+            if getattr(self, name) == "":
+                raise OptionError(name, "must be a path or null, not an empty string")
+
+    @classmethod
+    def schema(cls) -> dict:
+        schema = super().schema()
+        for name in ("aligned_frames", "layers"):
+            schema["properties"][name]["minLength"] = 1
+        return schema
+
+
+def split_manifest_options(data: dict | None) -> tuple[StackOptions, StackOutputOptions]:
     """A manifest's `options` object -> (engine options, output options), strictly typed."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise OptionError("options", "must be a JSON object")
-    unknown = sorted(set(data) - StackOptions.names() - OutputOptions.names())
+    unknown = sorted(set(data) - StackOptions.names() - StackOutputOptions.names())
     if unknown:
         raise OptionError(
             "options",
@@ -345,7 +386,9 @@ def split_manifest_options(data: dict | None) -> tuple[StackOptions, OutputOptio
         )
     return (
         StackOptions.from_json({k: v for k, v in data.items() if k in StackOptions.names()}),
-        OutputOptions.from_json({k: v for k, v in data.items() if k in OutputOptions.names()}),
+        StackOutputOptions.from_json(
+            {k: v for k, v in data.items() if k in StackOutputOptions.names()}
+        ),
     )
 
 
@@ -356,6 +399,6 @@ def options_schema() -> dict:
         "additionalProperties": False,
         "properties": {
             **StackOptions.schema()["properties"],
-            **OutputOptions.schema()["properties"],
+            **StackOutputOptions.schema()["properties"],
         },
     }

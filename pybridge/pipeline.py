@@ -20,14 +20,35 @@ import numpy as np
 
 from . import __version__
 from .align import INTERPOLATIONS, ChainAligner, Transform, warp_frame
-from .atomic import atomic_output, atomic_outputs, check_extension, check_outputs
+from .atomic import (
+    atomic_output,
+    atomic_outputs,
+    check_extension,
+    check_no_clash,
+    check_outputs,
+)
 from .errors import Cancelled, FocusbridgeError, InputError, StackError
 from .frames import Frame, frame_from_array, icc_colour_space, probe_frame, read_frame
 from .fuse import aligned_focus_measure, make_fuser, window_sigma_for
-from .options import StackOptions
+from .layers import ORA_EXTENSIONS, OraWriter
+from .options import METHODS, StackOptions
 from .progress import silent
+from .retouch import (
+    AlignedFrames,
+    aligned_frame_names,
+    aligned_frame_paths,
+    check_aligned_folder,
+    make_folder,
+    remove_folder_if_empty,
+)
 from .signals import committing
-from .write import OUTPUT_EXTENSIONS, write_confidence_map, write_depth_map, write_image
+from .write import (
+    OUTPUT_EXTENSIONS,
+    depth_map_levels,
+    write_confidence_map,
+    write_depth_map,
+    write_image,
+)
 
 FrameSource = str | os.PathLike | np.ndarray
 
@@ -47,6 +68,9 @@ class StackResult:
     output: Path | None = None
     depth_map_path: Path | None = None
     confidence_map_path: Path | None = None
+    aligned_frame_paths: list[Path] = field(default_factory=list)  # in bracket order
+    layers_path: Path | None = None  # the OpenRaster file
+    other_image: np.ndarray | None = None  # the other fusion method's result (for layers)
     metadata_written: bool = False
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     timings: dict = field(default_factory=dict)
@@ -60,6 +84,8 @@ class StackResult:
             "output": str(self.output) if self.output else None,
             "depth_map": str(self.depth_map_path) if self.depth_map_path else None,
             "confidence_map": str(self.confidence_map_path) if self.confidence_map_path else None,
+            "aligned_frames": [str(p) for p in self.aligned_frame_paths],
+            "layers": str(self.layers_path) if self.layers_path else None,
             "metadata": self.metadata_written,
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -183,7 +209,11 @@ def stack(
     *,
     depth_map: str | os.PathLike | None = None,
     confidence_map: str | os.PathLike | None = None,
+    aligned_frames: str | os.PathLike | None = None,
+    aligned_names: Sequence[str | os.PathLike] | None = None,
+    layers: str | os.PathLike | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    before_commit_frame: Callable[[Path, int], None] | None = None,
     also_reads: Sequence[tuple[str, Path]] = (),
     also_writes: Sequence[tuple[str, Path]] = (),
     progress: Callable[..., None] = silent,
@@ -195,11 +225,16 @@ def stack(
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
     write the result (format by extension; None: only return it). `options` (or the same
     names as keywords, see options.StackOptions): method, alignment, interpolation, ...
+    `aligned_frames`: a folder (made if missing) for every frame registered onto the result,
+    `<stem>_aligned.tif`, the stem from `aligned_names` (one per frame) or the frame's file
+    (`frame_000` for arrays). `layers`: an OpenRaster file with the result, the other method's
+    result, the depth map and the aligned frames (docs/retouch.md).
     `before_commit(temp_path)`: called with the written result's temp file before the outputs
     are renamed into place (the application layer merges metadata there, so it is part of
-    the atomic write). `also_reads` / `also_writes`: (role, path) of other files the caller
-    reads / will write; they are checked with the outputs before any pixel is read. `cancel`: polled between frames; returning True stops the run, and
-    nothing is written.
+    the atomic write); `before_commit_frame(temp_path, index)` likewise for each aligned frame.
+    `also_reads` / `also_writes`: (role, path) of other files the caller reads / will write;
+    they are checked with the outputs before any pixel is read. `cancel`: polled between
+    frames; returning True stops the run, and nothing is written.
     """
     opts = StackOptions.merged(options, option_values)
     frames = list(frames)
@@ -210,19 +245,68 @@ def stack(
             ("result", output),
             ("depth map", depth_map),
             ("confidence map", confidence_map),
+            ("layers", layers),
         )
         if p is not None
     ]
-    channels, ref = check_before_pixels(frames, writes, opts, also_reads, also_writes)
-    res = _align_and_fuse(frames, channels, ref, opts, progress, cancel)
-    res.timings["stack"] = time.perf_counter() - t0
-    if cancel is not None and cancel():
-        raise Cancelled()
-    t1 = time.perf_counter()
-    if writes:
-        progress("write", count=len(frames), fraction=_FRAMES_SHARE + 0.02)
-        _write_outputs(res, dict((role, p) for role, p in writes), opts, before_commit)
-    res.timings["write"] = time.perf_counter() - t1
+    if aligned_names is not None and len(aligned_names) != len(frames):
+        raise StackError(f"{len(aligned_names)} names for the aligned frames of {len(frames)}")
+    names = aligned_frame_names(frames, aligned_names)
+    aligned = (
+        [
+            (f"aligned frame of {f'frame {i}' if isinstance(f, np.ndarray) else f}", p)
+            for i, (f, p) in enumerate(
+                zip(frames, aligned_frame_paths(aligned_frames, frames, aligned_names), strict=True)
+            )
+        ]
+        if aligned_frames is not None
+        else []
+    )
+    channels, ref = check_before_pixels(
+        frames, writes, opts, also_reads, also_writes, aligned=aligned
+    )
+    folder = Path(os.fsdecode(aligned_frames)) if aligned_frames is not None else None
+    made = False
+    try:
+        made = folder is not None and make_folder(folder)
+        store = None
+        if aligned or layers is not None:
+            # full-size frames wait beside their outputs (the ORA's, without aligned frames)
+            homes = (
+                [p for _, p in aligned]
+                if aligned
+                else [Path(layers).with_name(f"{Path(layers).stem}-{n}.tif") for n in names]
+            )
+            store = AlignedFrames(homes)
+        try:
+            other = next(m for m in METHODS if m != opts.method) if layers is not None else None
+            res = _align_and_fuse(frames, channels, ref, opts, progress, cancel, store, other)
+            res.timings["stack"] = time.perf_counter() - t0
+            if cancel is not None and cancel():
+                raise Cancelled()
+            t1 = time.perf_counter()
+            if writes or aligned:
+                progress("write", count=len(frames), fraction=_FRAMES_SHARE + 0.02)
+                _write_outputs(
+                    res,
+                    dict((role, p) for role, p in writes),
+                    opts,
+                    before_commit,
+                    aligned=[p for _, p in aligned],
+                    store=store,
+                    names=names,
+                    before_commit_frame=before_commit_frame,
+                    progress=progress,
+                )
+            res.timings["write"] = time.perf_counter() - t1
+        finally:
+            if store is not None:
+                store.discard()
+    except BaseException:
+        if made:
+            remove_folder_if_empty(folder)
+        raise
+    res.other_image = None  # only the layers needed it
     res.timings["total"] = time.perf_counter() - t0
     return res
 
@@ -233,24 +317,44 @@ def check_before_pixels(
     opts: StackOptions,
     also_reads: Sequence[tuple[str, Path]] = (),
     also_writes: Sequence[tuple[str, Path]] = (),
+    *,
+    aligned: Sequence[tuple[str, Path]] = (),
 ) -> tuple[int, int]:
     """Everything that can be known before a pixel is read: output names and folders, no
-    output on an input, frame headers (kind, size, pixel limit). Returns (channels of the
-    result, reference frame index)."""
+    output on an input (nor two outputs on one file: aligned frames of two frames with one
+    stem), frame headers (kind, size, pixel limit). `aligned`: (role, path) of the aligned
+    frames, all in one folder, which may not exist yet. Returns (channels of the result,
+    reference frame index)."""
     for role, p in writes:
-        check_extension(p, OUTPUT_EXTENSIONS, role)
-    check_outputs([*writes, *also_writes], read_paths(frames) + list(also_reads), opts.overwrite)
+        check_extension(p, ORA_EXTENSIONS if role == "layers" else OUTPUT_EXTENSIONS, role)
+    reads = read_paths(frames) + list(also_reads)
+    folder_exists = check_aligned_folder(aligned[0][1].parent) if aligned else True
+    check_outputs(
+        [*writes, *also_writes, *(aligned if folder_exists else [])], reads, opts.overwrite
+    )
+    if not folder_exists:  # nothing there to replace; but two frames may share a name
+        check_no_clash([*writes, *also_writes, *aligned], reads)
     channels = _check_inputs(frames, opts.max_pixels)
     return channels, resolve_reference(opts.reference, len(frames))
 
 
 def _align_and_fuse(
-    frames: Sequence[FrameSource], channels: int, ref: int, opts: StackOptions, progress, cancel
+    frames: Sequence[FrameSource],
+    channels: int,
+    ref: int,
+    opts: StackOptions,
+    progress,
+    cancel,
+    store: AlignedFrames | None = None,
+    other_method: str | None = None,
 ) -> StackResult:
     """Stream the frames through read -> align -> fuse, one at a time, in chain order.
 
     A helper thread reads, registers, resamples and measures the focus of the next frame
-    while this one fuses the current one: the two halves take about as long."""
+    while this one fuses the current one: the two halves take about as long. `store`: where
+    the helper thread also puts each aligned frame (as fused: resampled, gain applied).
+    `other_method`: a second fuser of that method sees the same frames (the layers file holds
+    both results)."""
     count = len(frames)
     aligner = ChainAligner(model=opts.model, match_gain=opts.match_gain)
     transforms: list[Transform | None] = [None] * count
@@ -283,10 +387,13 @@ def _align_and_fuse(
         )
         icc = _usable_icc(frame, channels, warnings)
         del frame, pixels  # the unwarped frame is done with: free it before the next step
+        if store is not None:
+            store.keep(index, warped, icc)
         measure = aligned_focus_measure(warped, valid, window_sigma_for(first["shape"]))
         return warped, valid, measure, t, icc
 
     fuser = None
+    fusers = []
     icc = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-align") as pool:
         pending = pool.submit(read_and_register, order[0])
@@ -297,30 +404,40 @@ def _align_and_fuse(
             if step + 1 < count:
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
-                fuser = make_fuser(
-                    opts.method,
-                    first["shape"],
-                    channels,
-                    halo_suppression=opts.halo_suppression,
-                    noise_aware=opts.noise_averaging,
-                    frame_count=count,
-                )
+                fusers = [
+                    make_fuser(
+                        method,
+                        first["shape"],
+                        channels,
+                        halo_suppression=opts.halo_suppression,
+                        noise_aware=opts.noise_averaging,
+                        frame_count=count,
+                    )
+                    for method in [opts.method, *([other_method] if other_method else [])]
+                ]
+                fuser = fusers[0]
             icc = icc or frame_icc
             transforms[index] = t
             progress(
                 "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
             )
-            fuser.add(index, warped, valid, measure)
+            for f in fusers:  # neither changes the frame, its mask or its focus measure
+                f.add(index, warped, valid, measure)
             del warped, measure
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
     fused = fuser.finish()
+    other = fusers[1].finish().image if len(fusers) > 1 else None
+    del fusers
 
     box = common_area(fused.coverage, count) if opts.crop else None
     image, depth, conf = fused.image, fused.depth, fused.confidence
     if box is not None:
         top, left, h, w = box
         image, depth, conf = (a[top : top + h, left : left + w] for a in (image, depth, conf))
+        if other is not None:
+            other = other[top : top + h, left : left + w]
     return StackResult(
+        other_image=other,
         image=image,
         depth=depth,
         confidence=conf,
@@ -360,14 +477,39 @@ def _write_outputs(
     paths: dict[str, Path],
     opts: StackOptions,
     before_commit: Callable[[Path], None] | None,
+    *,
+    aligned: Sequence[Path] = (),
+    store: AlignedFrames | None = None,
+    names: Sequence[str] = (),
+    before_commit_frame: Callable[[Path, int], None] | None = None,
+    progress: Callable[..., None] = silent,
 ) -> None:
     """All outputs appear together or not at all; from the first byte written on, a signal no
-    longer cancels half-way (see signals.py): the set is finished or fully removed."""
+    longer cancels half-way (see signals.py): the set is finished or fully removed.
+
+    Aligned frames and layers come first, one frame at a time (each read back from the store,
+    cropped, written, given its metadata, added to the layers file), then the result and its
+    maps: the progress fraction only grows."""
     count = len(res.transforms)
     roles = list(paths)
-    with committing(), atomic_outputs(list(paths.values()), overwrite=opts.overwrite) as temps:
-        temp = dict(zip(roles, temps, strict=True))
+    targets = [*paths.values(), *aligned]
+    with committing(), atomic_outputs(targets, overwrite=opts.overwrite) as temps:
+        temp = dict(zip(roles, temps, strict=False))
+        aligned_temps = temps[len(roles) :]
         try:
+            if store is not None:
+                _write_aligned(
+                    res,
+                    paths,
+                    opts,
+                    temp,
+                    aligned_temps,
+                    store,
+                    names,
+                    count,
+                    before_commit_frame,
+                    progress,
+                )
             if "result" in temp:
                 jpeg = paths["result"].suffix.lower() in (".jpg", ".jpeg")
                 write_image(
@@ -386,13 +528,69 @@ def _write_outputs(
                 if isinstance(exc, FocusbridgeError)
                 else f"{exc.filename}: {exc.strerror or exc}"
             )
-            for role in roles:
-                message = message.replace(str(temp[role]), str(paths[role]))
+            for t, target in zip(temps, targets, strict=True):
+                message = message.replace(str(t), str(target))
             raise StackError(message) from None
     # all temp files were renamed into place together when the block closed
     res.output = paths.get("result")
     res.depth_map_path = paths.get("depth map")
     res.confidence_map_path = paths.get("confidence map")
+    res.layers_path = paths.get("layers")
+    res.aligned_frame_paths = list(aligned)
+
+
+def _write_aligned(
+    res: StackResult,
+    paths: dict[str, Path],
+    opts: StackOptions,
+    temp: dict[str, Path],
+    aligned_temps: Sequence[Path],
+    store: AlignedFrames,
+    names: Sequence[str],
+    count: int,
+    before_commit_frame,
+    progress,
+) -> None:
+    """The aligned frames and the layers file, one frame in memory at a time."""
+    colour = res.image.ndim == 3 and res.image.shape[2] == 3
+    ora = None
+    if "layers" in temp:
+        h, w = res.image.shape[:2]
+        ora = OraWriter(temp["layers"], w, h)
+        other = next(m for m in METHODS if m != opts.method)
+        ora.add_layer(f"stacked ({opts.method})", res.image, icc=res.icc if colour else None)
+        ora.add_layer(
+            f"stacked ({other})", res.other_image, visible=False, icc=res.icc if colour else None
+        )
+        ora.add_layer("depth map", depth_map_levels(res.depth, count), visible=False)
+    try:
+        for i in range(count):
+            icc = store.icc[i]
+            if aligned_temps and ora is None and res.crop is None:
+                store.take(i, aligned_temps[i])  # already the file wanted: just move it
+            else:
+                pixels = store.read(i, res.crop)
+                if aligned_temps:
+                    write_image(aligned_temps[i], pixels, bit_depth=16, icc=icc)
+                if ora is not None:
+                    ora.add_layer(
+                        f"{names[i]} (aligned)", pixels, visible=False, icc=icc if colour else None
+                    )
+                del pixels
+                store.drop(i)
+            if aligned_temps and before_commit_frame is not None:
+                before_commit_frame(aligned_temps[i], i)
+            progress(
+                "write",
+                frame=i,
+                count=count,
+                fraction=_FRAMES_SHARE + 0.02 + 0.015 * (i + 1) / count,
+            )
+        if ora is not None:
+            ora.finish(res.image, icc=res.icc if colour else None)
+    finally:
+        if ora is not None:
+            ora.close()
 
 
 def write_report(

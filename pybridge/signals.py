@@ -68,8 +68,14 @@ def committing() -> Iterator[None]:
         if _state['phase'] == _COMMITTING:
             _state['phase'] = previous
         raise
+    finished()
+
+
+def finished() -> None:
+    """The outcome is decided: from now on, interpreter shutdown included (which would put
+    back the default handlers, and a signal would then kill the process with no exit code of
+    ours), signals are ignored."""
     _state['phase'] = _FINISHED
-    # the outcome is decided: from now on, interpreter shutdown included, signals are ignored
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is _on_signal:
             signal.signal(signum, signal.SIG_IGN)

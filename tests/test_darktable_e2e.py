@@ -34,6 +34,7 @@ from darktable_harness.harness import (
     run_darktable,
     x_env,
 )
+from shoots import blank, stack_shoot, when, write_tags
 
 pytestmark = [pytest.mark.darktable, pytest.mark.slow]
 
@@ -372,6 +373,87 @@ R.undone = imgs[1].exif_lens
     assert rep['undone'] == rep['before'], rep
     assert [src.read_bytes() for src in sources] == originals  # byte for byte
     no_leftovers(res, work)
+
+
+def test_two_brackets_aligned_frames_and_check(tmp_path):
+    """One selection holding two brackets (generated, capture times 31 s apart, written by
+    exiftool) and a lone frame, with "import aligned frames" on: two results, each leading a
+    group of exactly its own frames and aligned frames, the lone frame untouched. Then
+    "check bracket" on the first bracket: its coverage map joins that group."""
+    folder = tmp_path / "shoot d'été"
+    b0, b1 = stack_shoot(folder, counts=(3, 3), size=(160, 240))
+    lone = blank(folder / 'lone.tif', (160, 240))
+    write_tags({lone: when(200)})
+    frames = [*b0, *b1, lone]
+    body = f'''
+local imgs = IMPORT_ALL({{ {", ".join(lua_string(p) for p in frames)} }})
+local aligned = PLUGIN.widgets.options.aligned_frames
+aligned.value = true
+aligned.clicked_callback(aligned)
+dt.gui.selection(imgs)
+CLICK("stack_button")
+R.message = PLUGIN.state.last_message
+R.outcome = PLUGIN.state.last_outcome
+R.manifest = PLUGIN.state.last_manifest
+R.results = {{}}
+for i, r in ipairs(PLUGIN.state.last_results or {{}}) do R.results[i] = r.filename end
+dt.gui.selection({{imgs[1], imgs[2], imgs[3]}})
+CLICK("check_button")
+R.check_message = PLUGIN.state.last_message
+R.check_outcome = PLUGIN.state.last_outcome
+R.check_manifest = PLUGIN.state.last_manifest
+'''
+    res = run_darktable(tmp_path, body, bridge_dir=BRIDGE_DIR)
+    rep = res.report
+    assert rep['ok'], (rep, res.log[-3000:])
+    assert rep['results'] == ['b0_000_stacked.tif', 'b1_000_stacked.tif'], rep
+    assert rep['message'] == (
+        'focus stack: imported 2 results: b0_000_stacked.tif, b1_000_stacked.tif'
+    )
+    assert rep['outcome'].split('\n')[:2] == [
+        '2 brackets: 3, 3 frames',
+        'not stacked: lone.tif (a single frame, not a bracket)',
+    ], rep['outcome']
+    m = rep['manifest']
+    assert m['kind'] == 'batch' and 'aligned_frames' not in m['options']
+    assert [st['aligned_frames'] for st in m['stacks']] == [
+        str(folder / 'b0_000_stacked_aligned'),
+        str(folder / 'b1_000_stacked_aligned'),
+    ]
+    rows = db_rows(res.library, 'SELECT id, group_id, filename FROM images')
+    ids = {name: (i, g) for i, g, name in rows}
+    tagnames = dict(db_rows(res.data_db, 'SELECT id, name FROM tags'))
+    tagged = {}
+    for imgid, tagid in db_rows(res.library, 'SELECT imgid, tagid FROM tagged_images'):
+        tagged.setdefault(imgid, set()).add(tagnames.get(tagid))
+    for k, bracket in enumerate((b0, b1)):
+        result = f'b{k}_000_stacked.tif'
+        rid = ids[result][0]
+        aligned = [f'{f.stem}_aligned.tif' for f in bracket]
+        members = sorted(name for name, (_, g) in ids.items() if g == rid)
+        expected = [result, *(f.name for f in bracket), *aligned]
+        if k == 0:
+            expected.append('b0_000_coverage.png')
+        assert members == sorted(expected), (k, rows)
+        assert 'focus stack|stacked' in tagged[rid]
+        for f in bracket:
+            assert 'focus stack|source' in tagged[ids[f.name][0]]
+        for name in aligned:
+            assert 'focus stack|aligned' in tagged[ids[name][0]]
+            assert (folder / f'b{k}_000_stacked_aligned' / name).is_file()
+        check_result_file(folder / result, bracket[0])
+    lone_id, lone_group = ids['lone.tif']
+    assert lone_group == lone_id
+    assert not [t for t in tagged.get(lone_id, ()) if t.startswith('focus stack')]
+    # the check: the original files, the findings in the module, the map in the group
+    cm = rep['check_manifest']
+    assert cm['kind'] == 'check' and cm['frames'] == [str(f) for f in b0]
+    assert cm['coverage_map'] == str(folder / 'b0_000_coverage.png')
+    assert (folder / 'b0_000_coverage.png').read_bytes()[:4] == b'\x89PNG'
+    assert 'focus stack|coverage' in tagged[ids['b0_000_coverage.png'][0]]
+    assert rep['check_outcome'].split('\n')[-1] == 'coverage map: b0_000_coverage.png'
+    assert rep['check_message'].startswith('check bracket: order: ')
+    no_leftovers(res, tmp_path)
 
 
 # --- the README's pictures (FOCUSBRIDGE_SCREENSHOT=1) ------------------------------------

@@ -109,6 +109,12 @@ class Plugin:
         self.mkdir_fail = 0  # answer this many mkdirs with "exists"
         self.scripts: list[str] = []  # run.bat texts (Windows)
         self.clock = 0.0
+        # the bridge's answers to the new kinds: a brackets job's status (or a function of
+        # its manifest), the stacks of a batch that fail (0-based), a check's findings
+        self.brackets_answer = None
+        self.batch_fail: set[int] = set()
+        self.check_answer: dict | None = None
+        self.cancel_status: dict | None = None  # what a cancelled pending job reports
 
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
         old_path = os.environ.get('PATH', '')
@@ -288,6 +294,9 @@ class Plugin:
             ]
             self._status(m, {'ok': True, 'results': results, 'error': None})
             return
+        if m.get('kind') in ('brackets', 'batch', 'check'):
+            getattr(self, f'_bridge_{m["kind"]}')(m, jobdir)
+            return
         progress = Path(m['progress_file'])
         n = len(m['frames'])
         with progress.open('a') as p:
@@ -299,21 +308,8 @@ class Plugin:
                     + '\n'
                 )
         if self.scenario == 'ok':
-            Path(m['output']).write_bytes(b'stacked')
-            dm = None
-            if m['options'].get('depth_map'):
-                dm = str(Path(m['output']).with_name(Path(m['output']).stem + '_depth.tif'))
-                Path(dm).write_bytes(b'depth')
-            self._status(
-                m,
-                {
-                    'ok': True,
-                    'output': m['output'],
-                    'depth_map': dm,
-                    'error': None,
-                    **self.status_extra,
-                },
-            )
+            written = self._stack_files(m, m, m['options'])  # result, depth map, aligned
+            self._status(m, {'ok': True, **written, 'error': None, **self.status_extra})
         elif self.scenario == 'fail':
             self._status(
                 m,
@@ -369,11 +365,121 @@ class Plugin:
                 self.pending = None
             elif Path(m['cancel_file']).exists():
                 self._status(
-                    m, {'ok': False, 'output': None, 'cancelled': True, 'error': 'cancelled'}
+                    m,
+                    self.cancel_status
+                    or {'ok': False, 'output': None, 'cancelled': True, 'error': 'cancelled'},
                 )
                 self.pending = None
         if self.sleeps > 200:
             raise AssertionError('plugin polled forever')
+
+    # -- the new kinds: brackets, batch, check --------------------------------------------
+    def _bridge_brackets(self, m, jobdir):
+        answer = self.brackets_answer
+        if callable(answer):
+            answer = answer(m)
+        if answer is None:  # one bracket of everything
+            answer = {'brackets': [{'indexes': list(range(len(m['sources']))), 'reason': 'x'}]}
+        self._status(m, {'ok': True, 'error': None, 'cancelled': False, 'unassigned': [], **answer})
+
+    def _stack_files(self, m, entry, options):
+        """What one stack writes: the result, its depth map, its aligned frames."""
+        out = Path(entry['output'])
+        out.write_bytes(b'stacked')
+        dm = None
+        if options.get('depth_map'):
+            dm = str(out.with_name(out.stem + '_depth.tif'))
+            Path(dm).write_bytes(b'depth')
+        aligned = []
+        folder = entry.get('aligned_frames') or options.get('aligned_frames')
+        if folder:
+            Path(folder).mkdir(exist_ok=True)
+            for src in entry.get('sources') or entry['frames']:
+                aligned.append(str(Path(folder) / (Path(src).stem + '_aligned.tif')))
+                Path(aligned[-1]).write_bytes(b'aligned')
+        return {'output': str(out), 'depth_map': dm, 'aligned_frames': aligned, 'layers': None}
+
+    def _bridge_batch(self, m, jobdir):
+        stacks = m['stacks']
+        total = sum(len(e['frames']) for e in stacks)
+        results, done = [], 0
+        with Path(m['progress_file']).open('a') as progress:
+            for i, e in enumerate(stacks):
+                n = len(e['frames'])
+                for k in range(n):
+                    event = {
+                        'phase': 'fuse',
+                        'frame': k,
+                        'count': n,
+                        'bracket': i,
+                        'brackets': len(stacks),
+                        'fraction': (done + k + 1) / (total + 1),
+                    }
+                    progress.write(json.dumps(event) + '\n')
+                done += n
+                if i in self.batch_fail:
+                    results.append(
+                        {
+                            'ok': False,
+                            'output': None,
+                            'cancelled': False,
+                            'error': f'{e["frames"][0]}: not a TIFF file',
+                        }
+                    )
+                elif self.scenario == 'slow' and i > 0:
+                    results.append(
+                        {'ok': False, 'output': None, 'cancelled': True, 'error': 'cancelled'}
+                    )
+                else:
+                    results.append(
+                        {
+                            'ok': True,
+                            'error': None,
+                            'cancelled': False,
+                            **self._stack_files(m, e, m.get('options') or {}),
+                        }
+                    )
+        failed = [r for r in results if not r['ok']]
+        status = {
+            'ok': not failed,
+            'error': failed[0]['error'] if failed else None,
+            'cancelled': False,
+            'stacked': len(results) - len(failed),
+            'results': results,
+        }
+        if self.scenario == 'slow':  # the first stack is done, the rest waits for a cancel
+            self.cancel_status = {**status, 'ok': False, 'cancelled': True, 'error': 'cancelled'}
+            self.pending = (m, jobdir)
+            return
+        self._status(m, status)
+
+    def _bridge_check(self, m, jobdir):
+        Path(m['coverage_map']).write_bytes(b'\x89PNG coverage')
+        check = {
+            'frames': len(m['frames']),
+            'gaps': [],
+            'gap_details': [],
+            'wasted': [],
+            'order': 'in focus order',
+            'suggested_order': None,
+            'duplicates': [],
+            'exposure_jumps': [],
+            'motion': [],
+            'notes': [],
+            'coverage_map': m['coverage_map'],
+            **(self.check_answer or {}),
+        }
+        self._status(
+            m,
+            {
+                'ok': True,
+                'error': None,
+                'cancelled': False,
+                'check': check,
+                'coverage_map': m['coverage_map'],
+                'summary': [],
+            },
+        )
 
 
 @pytest.fixture
@@ -1330,3 +1436,503 @@ def test_json_round_trip_and_decimal_point(plugin):
         j, '{"phase": "done", "fraction": 1.0, "output": "/a/\\u00e9\\ud83d\\ude00.tif"}'
     ) == (1.0, '/a/é😀.tif')
     assert dec(j, '{"fraction": 0.5e0}')[0] == 0.5
+
+
+# --- several brackets in one selection ---------------------------------------------------------
+
+
+def timed(imgs, start=0):
+    """Give the images capture times in the library (darktable's exif_datetime_taken)."""
+    for k, img in enumerate(imgs):
+        img.exif_datetime_taken = f'2024:05:01 10:{(start + k) // 60:02d}:{(start + k) % 60:02d}'
+    return imgs
+
+
+def by_name(p, name):
+    return [x for x in p.fake.all_images.values() if x.filename == name][0]
+
+
+def group_of(p, img):
+    """The images in `img`'s group (darktable: group_id = the leader's id), by file name."""
+    return sorted(x.filename for x in p.fake.all_images.values() if x.group_id == img.group_id)
+
+
+def three_brackets(p):
+    """Eight images, a1..a2, b1..b3, c1..c2 and a lone frame h; the bridge finds three
+    brackets and leaves h out."""
+    imgs = timed(
+        p.images(['c2.jpg', 'a1.jpg', 'b1.jpg', 'h.jpg', 'b2.jpg', 'a2.jpg', 'c1.jpg', 'b3.jpg'])
+    )
+    p.brackets_answer = {
+        'brackets': [
+            {'indexes': [0, 1], 'reason': 'capture times'},
+            {'indexes': [2, 3, 4], 'reason': 'capture times'},
+            {'indexes': [5, 6], 'reason': 'capture times'},
+        ],
+        'unassigned': [
+            {'index': 7, 'file': str(p.photos / 'h.jpg'), 'reason': 'a single frame, not a bracket'}
+        ],
+    }
+    p.select(imgs)
+    return imgs
+
+
+def test_a_selection_of_three_brackets_is_one_queue(plugin):
+    p = plugin
+    three_brackets(p)
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['brackets', 'batch']
+    found, batch = p.manifests
+    names = ['a1', 'a2', 'b1', 'b2', 'b3', 'c1', 'c2', 'h']
+    assert found['sources'] == [str(p.photos / f'{n}.jpg') for n in names]
+    assert 'groups' not in found and 'progress_file' not in found
+    jobdir = Path(batch['status_file']).parent
+    # the options a single stack gets: every manifest row of the options table
+    rows = p.lua.eval('(require "lib/focus_stack/options")').TABLE.values()
+    assert batch['options'] == {r.name: r.default for r in rows if r.manifest}
+    stacks = batch['stacks']
+    assert [[Path(s).stem for s in st['sources']] for st in stacks] == [
+        ['a1', 'a2'],
+        ['b1', 'b2', 'b3'],
+        ['c1', 'c2'],
+    ]
+    assert [Path(st['output']).name for st in stacks] == [
+        'a1_stacked.tif',
+        'b1_stacked.tif',
+        'c1_stacked.tif',
+    ]
+    # one export for the queue, the lone frame left out; frames in the job folder
+    assert [st['frames'] for st in stacks] == [
+        [str(jobdir / f'frame_{i:03d}.tif') for i in ks] for ks in ((1, 2), (3, 4, 5), (6, 7))
+    ]
+    exported = [by_id for by_id in (f.id for f in p.fake.written_frames.values())]
+    assert by_name(p, 'h.jpg').id not in exported and len(exported) == 7
+    # each result leads a group of exactly its own frames, tagged as ever
+    for stem, members in (('a1', 'a1 a2'), ('b1', 'b1 b2 b3'), ('c1', 'c1 c2')):
+        result = by_name(p, f'{stem}_stacked.tif')
+        assert result.group_id == result.id
+        assert group_of(p, result) == sorted(
+            [f'{stem}_stacked.tif'] + [f'{m}.jpg' for m in members.split()]
+        )
+        assert 'focus stack|stacked' in p.tags(result)
+        for m in members.split():
+            assert 'focus stack|source' in p.tags(by_name(p, f'{m}.jpg'))
+    h = by_name(p, 'h.jpg')
+    assert h.group_id is None and p.tags(h) == []
+    # the module said what it found before the queue started, then how it went
+    assert p.printed[0] == (
+        '3 brackets: 2, 3, 2 frames; not stacked: h.jpg (a single frame, not a bracket)'
+    )
+    assert p.printed[-1] == (
+        'focus stack: imported 3 results: a1_stacked.tif, b1_stacked.tif, c1_stacked.tif'
+    )
+    assert p.api.widgets.stack_outcome.text.split('\n') == [
+        '3 brackets: 2, 3, 2 frames',
+        'not stacked: h.jpg (a single frame, not a bracket)',
+        'a1_stacked.tif: 2 frames',
+        'b1_stacked.tif: 3 frames',
+        'c1_stacked.tif: 2 frames',
+        p.printed[-1],
+    ]
+    # one progress job for the queue (after the short one that found the brackets)
+    jobs = list(p.fake.jobs.values())
+    assert [j.text for j in jobs] == ['finding brackets', 'focus stack']
+    percents = list(jobs[1].percents.values())
+    assert percents == sorted(percents) and percents[-1] == 1 and jobs[1].cancel_cb
+    assert all(j.valid is False for j in jobs)
+    assert [x.filename for x in p.api.state.last_results.values()] == [
+        'a1_stacked.tif',
+        'b1_stacked.tif',
+        'c1_stacked.tif',
+    ]
+    assert leftovers(p) == [] and p.api.state.busy is False
+
+
+def test_darktable_groups_go_to_the_bridge_as_groups(plugin):
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg', 'e.jpg']))
+    a, b, c, d, e = imgs
+    b.group_with(b, a)  # the user grouped a, b and d
+    d.group_with(d, a)
+    p.brackets_answer = {
+        'brackets': [
+            {'indexes': [0, 1, 3], 'reason': 'one of the given groups'},
+            {'indexes': [2, 4], 'reason': 'capture times'},
+        ]
+    }
+    p.select(imgs)
+    p.click('stack_button')
+    found, batch = p.manifests
+    assert found['groups'] == [[0, 1, 3]]
+    assert [[Path(s).name for s in st['sources']] for st in batch['stacks']] == [
+        ['a.jpg', 'b.jpg', 'd.jpg'],
+        ['c.jpg', 'e.jpg'],
+    ]
+    assert group_of(p, by_name(p, 'c_stacked.tif')) == ['c.jpg', 'c_stacked.tif', 'e.jpg']
+
+
+def test_one_darktable_group_is_one_bracket_without_asking(plugin):
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'c.jpg']))
+    for img in imgs[1:]:
+        img.group_with(img, imgs[0])
+    p.select(imgs)
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['stack']
+    assert p.printed == ['focus stack: imported a_stacked.tif']
+
+
+def test_one_bracket_found_stacks_exactly_as_before(tmp_path):
+    """The bridge finds the whole selection to be one bracket: the stack manifest is the one
+    a selection without capture times gets (the plugin as it always was)."""
+    manifests = []
+    for sub, with_times in (('plain', False), ('timed', True)):
+        (tmp_path / sub).mkdir()
+        p = Plugin(tmp_path / sub)
+        imgs = p.images(['IMG_2.jpg', 'IMG_1.jpg', 'IMG_3.jpg'])
+        if with_times:
+            timed(imgs)
+        p.select(imgs)
+        p.click('stack_button')
+        manifests.append(p.manifests)
+        assert p.printed == ['focus stack: imported IMG_1_stacked.tif']
+    plain, found = manifests
+    assert [m['kind'] for m in plain] == ['stack'] and [m['kind'] for m in found] == [
+        'brackets',
+        'stack',
+    ]
+
+    def same(m, root):
+        jobdir = str(Path(m['status_file']).parent)
+        return json.loads(json.dumps(m).replace(jobdir, 'JOB').replace(str(root), 'ROOT'))
+
+    assert same(found[1], tmp_path / 'timed') == same(plain[0], tmp_path / 'plain')
+
+
+def test_one_bracket_and_a_stray_frame(plugin):
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'c.jpg', 'z.jpg']))
+    p.brackets_answer = {
+        'brackets': [{'indexes': [0, 1, 2], 'reason': 'capture times'}],
+        'unassigned': [{'index': 3, 'file': 'z', 'reason': 'a single frame, not a bracket'}],
+    }
+    p.select(imgs)
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['brackets', 'stack']
+    assert [Path(s).name for s in p.manifests[1]['sources']] == ['a.jpg', 'b.jpg', 'c.jpg']
+    assert p.printed == [
+        '1 bracket: 3 frames; not stacked: z.jpg (a single frame, not a bracket)',
+        'focus stack: imported a_stacked.tif',
+    ]
+    assert group_of(p, by_name(p, 'a_stacked.tif')) == ['a.jpg', 'a_stacked.tif', 'b.jpg', 'c.jpg']
+    assert by_name(p, 'z.jpg').group_id is None
+    assert p.api.widgets.stack_outcome.text.split('\n')[-1] == 'focus stack: imported a_stacked.tif'
+
+
+@pytest.mark.parametrize(
+    'answer, note',
+    [
+        ({'brackets': [], 'unassigned': []}, 'no bracket found by capture time or group'),
+        (
+            {'ok': False, 'error': "unknown job kind 'brackets'"},
+            "finding the brackets failed (unknown job kind 'brackets')",
+        ),
+    ],
+)
+def test_no_bracket_found_stacks_the_selection_as_one(plugin, answer, note):
+    """Frames too far apart in time, or an older bridge: the selection is one bracket, as
+    it always was, and the module says why."""
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'c.jpg']))
+    p.brackets_answer = answer
+    p.select(imgs)
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['brackets', 'stack']
+    assert len(p.manifests[1]['sources']) == 3
+    assert p.printed[0].startswith(note) and p.printed[0].endswith('stacked as one')
+    assert p.printed[-1] == 'focus stack: imported a_stacked.tif'
+
+
+def test_our_own_outputs_are_never_frames(plugin):
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'old_stacked.tif', 'old_depth.tif']))
+    imgs[2].tags[1] = p.dt.tags.create('focus stack|stacked')
+    imgs[3].tags[1] = p.dt.tags.create('focus stack|depth map')
+    p.select(imgs)
+    p.click('stack_button')
+    assert [Path(s).name for s in p.manifests[0]['sources']] == ['a.jpg', 'b.jpg']
+    assert [Path(s).name for s in p.manifests[1]['sources']] == ['a.jpg', 'b.jpg']
+    assert p.printed[0] == (
+        '1 bracket: 2 frames; not stacked: old_depth.tif (a focus stack output, not a frame); '
+        'not stacked: old_stacked.tif (a focus stack output, not a frame)'
+    )
+
+
+def test_a_bracket_that_fails_stops_no_other(plugin):
+    p = plugin
+    three_brackets(p)
+    p.batch_fail = {1}
+    p.click('stack_button')
+    assert [x for x in p.imports] == [
+        str(p.photos / 'a1_stacked.tif'),
+        str(p.photos / 'c1_stacked.tif'),
+    ]
+    frame = p.manifests[1]['stacks'][1]['frames'][0]
+    assert p.printed[-1] == (
+        f'focus stack: 2 of 3 brackets stacked; b1_stacked.tif: {frame}: not a TIFF file'
+    )
+    assert f'b1_stacked.tif: failed: {frame}: not a TIFF file' in p.api.widgets.stack_outcome.text
+    assert all(by_name(p, f'b{i}.jpg').group_id is None for i in (1, 2, 3))
+    assert group_of(p, by_name(p, 'c1_stacked.tif')) == ['c1.jpg', 'c1_stacked.tif', 'c2.jpg']
+    assert leftovers(p) == []
+
+
+def test_cancel_of_the_queue_keeps_what_was_finished(plugin):
+    p = plugin
+    three_brackets(p)
+    p.scenario = 'slow'  # the first stack is done, then the user cancels
+    p.cancel_after_sleeps = 3
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack cancelled: 1 of 3 brackets stacked'
+    assert p.imports == [str(p.photos / 'a1_stacked.tif')]
+    assert group_of(p, by_name(p, 'a1_stacked.tif')) == ['a1.jpg', 'a1_stacked.tif', 'a2.jpg']
+    assert 'b1_stacked.tif: cancelled' in p.api.widgets.stack_outcome.text
+    assert Path(p.manifests[1]['cancel_file']).name == 'cancel'
+    assert leftovers(p) == [] and p.api.state.busy is False
+
+
+def test_cancel_while_finding_brackets_stacks_nothing(plugin):
+    """The user cancels while the bridge looks for brackets; the bridge still answers (its
+    one exiftool call was under way): nothing is exported or stacked."""
+    p = plugin
+    three_brackets(p)
+    answer, late = p.brackets_answer, []
+    p._bridge_brackets = lambda m, jobdir: late.append(m)  # no answer yet
+    p.cancel_after_sleeps = 1
+    sleep = p._sleep
+
+    def answer_after_cancel(ms):
+        sleep(ms)
+        if late and Path(late[0]['cancel_file']).exists():
+            p._status(late.pop(), {'ok': True, 'error': None, 'cancelled': False, **answer})
+
+    p.fake.sleep_handler = answer_after_cancel
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['brackets']
+    assert p.printed[-1] == 'focus stack cancelled'
+    assert p.imports == [] and list(p.fake.written_frames.values()) == []
+    assert leftovers(p) == [] and p.api.state.busy is False
+
+
+def test_results_of_brackets_never_share_a_name(tmp_path):
+    """Two brackets whose first frames have one name (two folders) into one output folder."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    p = Plugin(tmp_path, prefs={'output_folder': str(out)})
+    (p.photos / 'day2').mkdir()
+    imgs = timed(
+        p.images(['IMG_1.jpg', 'IMG_2.jpg'])
+        + p.images(['IMG_1.jpg', 'IMG_2.jpg'], p.photos / 'day2')
+    )
+    p.brackets_answer = {
+        'brackets': [{'indexes': [0, 1], 'reason': 'x'}, {'indexes': [2, 3], 'reason': 'x'}]
+    }
+    p.select(imgs)
+    p.click('stack_button')
+    outputs = [st['output'] for st in p.manifests[1]['stacks']]
+    assert outputs == [str(out / 'IMG_1_stacked.tif'), str(out / 'IMG_1_stacked_2.tif')]
+    assert p.printed[-1].startswith('focus stack: imported 2 results')
+
+
+def test_export_target_splits_the_brackets_too(plugin):
+    p = plugin
+    imgs = three_brackets(p)
+    files = storage_export(p, imgs)
+    assert [m['kind'] for m in p.manifests] == ['brackets', 'batch']
+    stacks = p.manifests[1]['stacks']
+    jobdir = Path(p.manifests[1]['status_file']).parent
+    assert all(Path(f).parent == jobdir for st in stacks for f in st['frames'])
+    assert sum(len(st['frames']) for st in stacks) == 7
+    assert list(p.fake.written_frames.values()) == []  # darktable exported, not us
+    assert len(p.imports) == 3 and p.api.state.storage_runs == 1
+    assert not Path(files[by_name(p, 'h.jpg').id]).exists()
+    assert leftovers(p) == []
+
+
+# --- aligned frames for retouching ------------------------------------------------------------
+
+
+def test_aligned_frames_are_imported_into_the_group(tmp_path):
+    p = Plugin(tmp_path)
+    w = p.api.widgets.options.aligned_frames
+    assert w._kind == 'check_button' and w.value is False
+    assert w.label == 'import aligned frames for retouching'
+    w.value = True
+    w.clicked_callback(w)
+    assert p.fake.prefs['focus_stack/aligned_frames'] is True
+    storage_box = p.fake.storages['focus_stack'].widget
+    assert storage_box[6].value is True  # the export target's copy follows
+    imgs = p.images(['b.jpg', 'a.jpg', 'c.jpg'])
+    (p.photos / 'a_stacked_aligned').mkdir()  # an earlier run's folder takes the name
+    p.select(imgs)
+    p.click('stack_button')
+    m = p.manifests[0]
+    assert m['output'] == str(p.photos / 'a_stacked_2.tif')
+    assert m['options']['aligned_frames'] == str(p.photos / 'a_stacked_2_aligned')
+    result = by_name(p, 'a_stacked_2.tif')
+    aligned = [f'{n}_aligned.tif' for n in 'abc']
+    assert group_of(p, result) == sorted(['a.jpg', 'b.jpg', 'c.jpg', 'a_stacked_2.tif', *aligned])
+    for name in aligned:
+        img = by_name(p, name)
+        assert img.path == str(p.photos / 'a_stacked_2_aligned')
+        assert p.tags(img) == ['focus stack|aligned']
+    assert p.fake.leaders[len(p.fake.leaders)] == result.id
+    assert p.tags(result) == ['focus stack|stacked']
+
+
+def test_aligned_frames_in_a_queue_belong_to_each_stack(tmp_path):
+    p = Plugin(tmp_path, prefs={'aligned_frames': True})
+    three_brackets(p)
+    p.click('stack_button')
+    batch = p.manifests[1]
+    assert 'aligned_frames' not in batch['options']
+    assert [st['aligned_frames'] for st in batch['stacks']] == [
+        str(p.photos / f'{s}_stacked_aligned') for s in ('a1', 'b1', 'c1')
+    ]
+    assert group_of(p, by_name(p, 'b1_stacked.tif')) == sorted(
+        ['b1_stacked.tif']
+        + [f'b{i}.jpg' for i in (1, 2, 3)]
+        + [f'b{i}_aligned.tif' for i in (1, 2, 3)]
+    )
+
+
+def test_aligned_frames_are_never_frames_of_the_next_stack(plugin):
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'a_aligned.tif']))
+    imgs[2].tags[1] = p.dt.tags.create('focus stack|aligned')
+    p.select(imgs)
+    p.click('stack_button')
+    assert [Path(s).name for s in p.manifests[-1]['sources']] == ['a.jpg', 'b.jpg']
+
+
+# --- check bracket -----------------------------------------------------------------------------
+
+
+def test_check_bracket_shows_the_findings_and_imports_the_coverage_map(plugin):
+    p = plugin
+    imgs = p.images(['f3.jpg', 'f1.jpg', 'f2.jpg', 'f4.jpg'])
+    p.check_answer = {
+        'gap_details': [{'between': [1, 2], 'area_fraction': 0.047, 'bbox': [1, 2, 3, 4]}],
+        'gaps': [[1, 2]],
+        'wasted': [3],
+        'exposure_jumps': [{'between': [0, 1], 'change': 0.052}],
+        'notes': ['which end is near is unknown without focus distances'],
+    }
+    p.select(imgs)
+    p.click('check_button')
+    (m,) = p.manifests
+    assert m['kind'] == 'check'
+    assert m['frames'] == [str(p.photos / f'f{i}.jpg') for i in (1, 2, 3, 4)]
+    assert 'sources' not in m and m['coverage_map'] == str(p.photos / 'f1_coverage.png')
+    assert p.api.widgets.stack_outcome.text.split('\n') == [
+        'order: in focus order',
+        'gap between f2.jpg and f3.jpg: 4.7 % of the picture is sharp in neither',
+        'wasted: f4.jpg (the sharpest nowhere)',
+        'exposure jump: f2.jpg is +5.2 % brighter than f1.jpg',
+        'note: which end is near is unknown without focus distances',
+        'coverage map: f1_coverage.png',
+    ]
+    cov = by_name(p, 'f1_coverage.png')
+    assert p.tags(cov) == ['focus stack|coverage']
+    assert cov.group_id == by_name(p, 'f1.jpg').id  # in the first frame's group
+    assert p.printed[-1].startswith('check bracket: order: in focus order; gap between f2.jpg')
+    assert p.api.state.last_check.check.gaps[1][2] == 2
+    assert [j.text for j in p.fake.jobs.values()] == ['check bracket']
+    assert leftovers(p) == []
+
+
+def test_check_joins_the_group_of_an_earlier_stack(plugin):
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    p.select(imgs)
+    p.click('stack_button')
+    (p.photos / 'a_coverage.png').write_bytes(b'earlier')
+    p.click('check_button')
+    m = p.manifests[-1]
+    assert m['coverage_map'] == str(p.photos / 'a_coverage_2.png')
+    result = by_name(p, 'a_stacked.tif')
+    cov = by_name(p, 'a_coverage_2.png')
+    assert cov.group_id == result.id and result.group_id == result.id
+    assert p.api.widgets.stack_outcome.text.split('\n')[:2] == [
+        'order: in focus order',
+        'no problems found',
+    ]
+
+
+def test_check_exports_frames_the_bridge_cannot_read(plugin):
+    p = plugin
+    imgs = p.images(['x1.heic', 'x2.heic'])
+    p.select(imgs)
+    p.click('check_button')
+    (m,) = p.manifests
+    jobdir = Path(m['status_file']).parent
+    assert m['frames'] == [str(jobdir / f'frame_{i:03d}.tif') for i in (1, 2)]
+    assert m['sources'] == [str(p.photos / f'x{i}.heic') for i in (1, 2)]
+    assert [f.bpp for f in p.fake.written_frames.values()] == [16, 16]
+    assert leftovers(p) == []
+
+
+def test_check_needs_two_images_and_reports_failure(plugin):
+    p = plugin
+    p.select(p.images(['one.jpg']))
+    p.click('check_button')
+    assert p.printed == ['check bracket: select at least two images'] and p.commands == []
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.scenario = 'fail'
+
+    def failing(m, jobdir):
+        p._status(m, {'ok': False, 'error': 'a.jpg: cannot decode', 'cancelled': False})
+
+    p._bridge_check = failing
+    p.click('check_button')
+    assert p.printed[-1] == 'check bracket failed: a.jpg: cannot decode'
+    assert p.imports == [] and leftovers(p) == []
+
+
+def test_windows_queue_of_brackets(tmp_path, monkeypatch):
+    p = win_plugin(tmp_path, monkeypatch)
+    three_brackets(p)
+    p.click('stack_button')
+    assert [m['kind'] for m in p.manifests] == ['brackets', 'batch']
+    batch = p.manifests[1]
+    assert batch['pid_file'] == p.run_jobdir + r'\pid'
+    assert all(
+        f.startswith(p.run_jobdir + '\\frame_') for st in batch['stacks'] for f in st['frames']
+    )
+    assert len(p.scripts) == 2 and p.scripts[0] == p.scripts[1]  # the same run.bat each time
+    assert p.printed[-1].startswith('focus stack: imported 3 results')
+    assert win_leftovers(tmp_path) == []
+
+
+def test_callbacks_while_widgets_are_made_change_nothing(tmp_path):
+    """darktable 4.2 may run a widget's callback while the table making it is applied (seen
+    under Xvfb, depending on the table's order): no preference may change then, and the
+    options must still follow the user afterwards."""
+    fake = FAKE.read_text().replace(
+        '''    w._kind = kind
+    return w''',
+        '''    w._kind = kind
+    -- the value set after the callback: darktable runs the callback at once
+    if w.clicked_callback and w.value ~= nil then w.clicked_callback(w) end
+    if w.changed_callback then w.changed_callback(w) end
+    return w''',
+    )
+    assert 'at once' in fake
+    p = Plugin(tmp_path, fake_src=fake, prefs={'method': 'depthmap', 'output_folder': '/o'})
+    prefs = {k.split('/', 1)[1]: v for k, v in p.fake.prefs.items()}
+    assert prefs == {'initialized': True, 'method': 'depthmap', 'output_folder': '/o'}
+    align = p.api.widgets.options.align
+    align.value = False
+    align.clicked_callback(align)
+    assert p.fake.prefs['focus_stack/align'] is False
+    assert p.fake.storages['focus_stack'].widget[2].value is False

@@ -12,7 +12,7 @@ import pytest
 
 from pybridge.errors import OptionError
 from pybridge.job import manifest_schema
-from pybridge.options import OutputOptions, StackOptions, split_manifest_options
+from pybridge.options import StackOptions, StackOutputOptions, split_manifest_options
 
 FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
@@ -105,12 +105,12 @@ def _manifest(**extra) -> dict:
 def test_schema_accepts_every_option_at_its_default_and_the_plugins_shape():
     defaults = {
         **{f.name: f.default for f in dataclasses.fields(StackOptions)},
-        **{f.name: f.default for f in dataclasses.fields(OutputOptions)},
+        **{f.name: f.default for f in dataclasses.fields(StackOutputOptions)},
     }
     schema = manifest_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(_manifest(options=defaults), schema)
-    assert split_manifest_options(defaults) == (StackOptions(), OutputOptions())
+    assert split_manifest_options(defaults) == (StackOptions(), StackOutputOptions())
     plugin_like = _manifest(
         kind="stack",
         sources=["/a.cr3", "/b.cr3"],

@@ -100,11 +100,25 @@ dt.control = {
   sleep = function(ms) FAKE.sleep_handler(ms) end,
 }
 
+-- an image's group leader as darktable gives it: the image of its group_id (itself when it
+-- has none); tests set exif_datetime_taken ("YYYY:MM:DD hh:mm:ss", darktable's "" or nil
+-- when the file has none)
+local IMAGE_MT = {__index = function(img, key)
+  if key == "group_leader" then
+    local gid = rawget(img, "group_id")
+    for _, other in ipairs(FAKE.all_images) do
+      if gid ~= nil and other.id == gid then return other end
+    end
+    return img
+  end
+end}
+
 local function new_image(path, filename)
-  local img = {id = FAKE.next_id, path = path, filename = filename, rating = 1, title = "",
-               tags = {}, group_leader_id = nil, exif_lens = ""}
+  local img = setmetatable({id = FAKE.next_id, path = path, filename = filename, rating = 1,
+               title = "", tags = {}, group_leader_id = nil, exif_lens = ""}, IMAGE_MT)
   FAKE.next_id = FAKE.next_id + 1
-  function img.group_with(self, leader) self.group_id = leader.id end
+  -- darktable: the image joins the other's group (the other's leader leads it)
+  function img.group_with(self, other) self.group_id = other.group_id or other.id end
   function img.make_group_leader(self)
     local old = self.group_id
     for _, other in ipairs(FAKE.all_images) do

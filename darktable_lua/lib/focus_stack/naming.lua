@@ -76,20 +76,45 @@ function naming.sort_by_name(images)
   return sorted
 end
 
+-- the folder of a result's aligned frames: <folder>/<result stem>_aligned
+function naming.aligned_folder(output)
+  return platform.dirname(output) .. PS .. platform.basename_noext(output) .. "_aligned"
+end
+
+-- a file or a folder of that name exists
+local function taken_on_disk(path)
+  return platform.file_exists(path) or platform.file_exists(path .. PS .. ".")
+end
+
 -- the first <folder>/<first source>_stacked[_N].<ext> whose whole set is free: the result and
 -- the maps the bridge writes beside it (pybridge.pipeline.side_path: <stem>_depth.tif,
 -- <stem>_confidence.tif); the bridge never overwrites, and the GUI offers no --overwrite.
 -- `folder` "" or nil: the first source's folder. nil when all 9999 names are taken.
-function naming.output_path(sources, folder, format)
+-- `also` (optional): aligned = true: the aligned frames' folder <stem>_aligned must be free
+-- too; taken = {[stem] = true}: stems given to other results of the same run (a batch)
+function naming.output_path(sources, folder, format, also)
+  also = also or {}
   if not folder or folder == "" then folder = platform.dirname(sources[1]) end
   local base = folder .. PS .. platform.basename_noext(sources[1]) .. "_stacked"
   local ext = naming.FORMAT_EXT[format] or ".tif"
   for n = 1, 9999 do
     local stem = n == 1 and base or base .. "_" .. n
     if not (platform.file_exists(stem .. ext) or platform.file_exists(stem .. "_depth.tif")
-            or platform.file_exists(stem .. "_confidence.tif")) then
+            or platform.file_exists(stem .. "_confidence.tif")
+            or (also.aligned and taken_on_disk(stem .. "_aligned"))
+            or (also.taken and also.taken[stem])) then
+      if also.taken then also.taken[stem] = true end
       return stem .. ext
     end
+  end
+  return nil
+end
+
+-- the first free <folder>/<stem>[_N]<ext> (a file beside the sources, e.g. a coverage map)
+function naming.free_path(folder, stem, ext)
+  for n = 1, 9999 do
+    local path = folder .. PS .. stem .. (n == 1 and "" or "_" .. n) .. ext
+    if not taken_on_disk(path) then return path end
   end
   return nil
 end

@@ -13,7 +13,8 @@
       labels    choice: what the combobox shows for each value
       label     the widget's label (file chooser: its title; entry: its placeholder)
       tooltip   the widget's tooltip
-      manifest  true: sent in the stack manifest's options
+      manifest  true: sent in the stack manifest's options as it stands (aligned_frames is
+                not: the flows turn it into the folder the manifest names)
       fixed     true: not a preference nor a widget, always the default (the manifest's
                 settings the module does not offer)
 
@@ -58,6 +59,12 @@ options.TABLE = {
    label = _("save depth map"),
    tooltip = _("also write and import a depth map beside the result"),
    manifest = true},
+  -- not a manifest row as it stands: the flow sends the folder (<result>_aligned) instead
+  {name = "aligned_frames", type = "bool", default = false,
+   label = _("import aligned frames for retouching"),
+   tooltip = _("also write every frame aligned onto the result (<result>_aligned/) and import "
+               .. "them into the result's group, tagged focus stack|aligned: paint them into "
+               .. "the result with the composite module or an external editor")},
   {name = "reference", type = "choice", default = "middle", values = {"middle"},
    fixed = true, manifest = true},
   {name = "overwrite", type = "bool", default = false, fixed = true, manifest = true},
@@ -131,6 +138,9 @@ end
 -- choice and bool widgets, by option name: all of one name show the same value
 local bound = {}
 local syncing = false
+-- darktable 4.2 may run a widget's callback while the widget is being made (when the table
+-- sets the value after the callback): that is no user's choice, and must not write over one
+local building = false
 
 local function show(row, w)
   if row.type == "choice" then
@@ -141,22 +151,22 @@ local function show(row, w)
 end
 
 local function changed(row, w)
-  if syncing then return end
+  if syncing or building then return end
   if row.type == "choice" then
     options.write(row.name, row.values[w.selected] or row.default)
   else
     options.write(row.name, w.value)
   end
+  -- never left set by an error, or every later change would be ignored
   syncing = true
-  for _, other in ipairs(bound[row.name]) do show(row, other) end
+  local ok, err = pcall(function()
+    for _, other in ipairs(bound[row.name] or {}) do show(row, other) end
+  end)
   syncing = false
+  if not ok then error(err, 0) end
 end
 
--- a new widget for the option `name`; `on_change(widget)` runs after the preference is
--- written (file choosers)
-function options.widget(name, on_change)
-  local row = row_of(name)
-  assert(not row.fixed, name)
+local function make_widget(row, name, on_change)
   local w
   if row.type == "choice" then
     w = dt.new_widget("combobox"){
@@ -181,6 +191,7 @@ function options.widget(name, on_change)
       tooltip = row.tooltip,
       value = value ~= "" and value or nil,
       changed_callback = function(self)
+        if building then return end
         options.write(name, self.value or "")
         if on_change then on_change(self) end
       end
@@ -193,6 +204,18 @@ function options.widget(name, on_change)
       editable = true,
     }
   end
+  return w
+end
+
+-- a new widget for the option `name`; `on_change(widget)` runs after the preference is
+-- written (file choosers)
+function options.widget(name, on_change)
+  local row = row_of(name)
+  assert(not row.fixed, name)
+  building = true
+  local ok, w = pcall(make_widget, row, name, on_change)
+  building = false
+  if not ok then error(w, 0) end
   if row.type == "choice" or row.type == "bool" then
     bound[name] = bound[name] or {}
     table.insert(bound[name], w)

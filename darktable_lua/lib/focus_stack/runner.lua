@@ -2,7 +2,7 @@
     lib/focus_stack/runner.lua - part of focus_stack.lua (GPL-3.0-or-later, see there)
 
     Runs the bridge: `<focusbridge> run-job <manifest>` in the background, for every kind of
-    job (stack, lens). One job = a private folder <darktable tmp>/focus_stack_<random> (created
+    job (stack, lens, brackets, batch, check). One job = a private folder <darktable tmp>/focus_stack_<random> (created
     exclusively, mode 700) holding the manifest, the files the bridge reports through
     (progress.jsonl, status.json, stderr.txt, rc, pid) and the cancel file; the folder goes
     away after every run, whatever the outcome.
@@ -33,7 +33,12 @@ runner.STALL_LIMIT_S = 30 * 60
 runner.CANCEL_GRACE_S = 20
 
 -- the progress job's text for each kind of job
-local TITLES = {stack = _("focus stack"), lens = _("lens data")}
+local TITLES = {stack = _("focus stack"), lens = _("lens data"), brackets = _("finding brackets"),
+                batch = _("focus stack"), check = _("check bracket")}
+
+-- the kinds whose manifest names no progress file: finding brackets is one exiftool call,
+-- there is nothing to show on the way (the job's bar stays empty until it ends)
+local NO_PROGRESS = {brackets = true}
 
 -- every file the plugin or the bridge puts in a job folder (frames aside)
 local JOB_FILES = {"manifest.json", "progress.jsonl", "cancel", "status.json", "status.json.tmp",
@@ -155,7 +160,7 @@ function runner.new(state)
     for k, v in pairs(fields) do manifest[k] = v end
     manifest.version = 1
     manifest.kind = kind
-    manifest.progress_file = job.dir .. PS .. "progress.jsonl"
+    if not NO_PROGRESS[kind] then manifest.progress_file = job.dir .. PS .. "progress.jsonl" end
     manifest.status_file = job.dir .. PS .. "status.json"
     manifest.cancel_file = job.cancel_file
     manifest.pid_file = job.pid_file
@@ -250,7 +255,7 @@ function runner.new(state)
   --[[ Run one bridge job from start to end, for every kind: a private folder, a progress job
     whose cancel button reaches the bridge, the manifest, start, poll, clean-up. The caller
     has checked state.busy and found the program (find_bridge).
-      kind         "stack" or "lens" (the manifest's kind)
+      kind         "stack", "lens", "brackets", "batch" or "check" (the manifest's kind)
       manifest     the kind's own fields (run_bridge_job adds version, kind and the job
                    files), or a function(job, bar) that makes them (or returns nil and a
                    message) once the folder and the progress bar exist: the stack exports its
@@ -258,10 +263,11 @@ function runner.new(state)
       on_progress  function(bar, fraction) showing the bridge's progress (0..1) on the
                    progress bar; nil: bar.percent = fraction. Called with 1 when it says ok
       opts.bridge  {exe =, from_path =}: the program (find_bridge)
-      opts.dir, opts.frames  a job folder made earlier and the frames in it (export target)
+      opts.dir, opts.frames  a job folder made earlier and the frames in it (export target;
+                   every frame there, also those the manifest leaves out: they go with it)
     Returns the bridge's status table: ok, error, cancelled (true too when the user cancelled
-    and the bridge did not finish), and the kind's own keys; or nil and a message when the
-    bridge never ran. A Lua error is raised again after the clean-up. ]]
+    and the bridge did not finish), cancel_requested (the user pressed cancel), and the kind's
+    own keys; or nil and a message when the bridge never ran. A Lua error is raised again after the clean-up. ]]
   function jobs.run_bridge_job(kind, manifest, on_progress, opts)
     on_progress = on_progress or function(bar, fraction) bar.percent = fraction end
     state.busy = true
@@ -285,6 +291,9 @@ function runner.new(state)
       -- a cancel that reaches the bridge while it writes lets it finish (it says ok): that
       -- result counts; one the bridge did not finish is cancelled, whatever it reports
       result.cancelled = result.cancelled or (job.cancelled and not result.ok) or false
+      -- the user pressed cancel, whatever the bridge made of it (a flow with more steps to go
+      -- stops here even when this one finished)
+      result.cancel_requested = job.cancelled
       if result.ok and not result.cancelled then on_progress(bar, 1) end
       return result
     end)

@@ -1,0 +1,862 @@
+"""`focusbridge batch`: every bracket of a shoot stacked, in parallel, resumable.
+
+The brackets come from `brackets.detect`; each is stacked by `run_bracket` (pybridge.app.stack:
+the engine with the metadata merge), the one function that does the work, in a local process
+pool or on Dask workers (pybridge/cluster.py). docs/batch.md is the user's side of this.
+
+Files in the output folder DIR:
+
+* `DIR/<first frame's stem>_stacked.tif` (or the format chosen; `-2`, `-3`... when two
+  brackets start with frames of one name), with `_depth` / `_confidence` maps when asked for.
+* `DIR/focusbridge-batch.jsonl`, the journal: one JSON object per line, appended and fsynced
+  by the client only (never by a worker): `start` before a bracket is handed out, `done` (with
+  the result's size) or `failed` after. A bracket is finished when its last record is `done`
+  and its result exists with the recorded size: a rerun skips those and does the rest. The
+  journal is locked while a batch runs, so two batches never write one folder.
+* `DIR/.focusbridge-batch/`: each attempt at a bracket writes into a private folder there
+  (host, pid, random) and, once its files are complete and fsynced, renames them into DIR: the
+  outputs appear whole or not at all, an attempt on a worker that was killed leaves only its
+  private folder (removed by the next batch into DIR), and attempts on different machines
+  never clean up each other's temp files. A result a killed attempt had already put in place
+  is replaced by the rerun's (the journal says it is ours: `start` came first).
+
+Interruption (the process running `focusbridge batch`; see docs/batch.md):
+first Ctrl-C / SIGTERM: no new bracket starts; the running ones finish and are journalled;
+exit 130 (0 when nothing was left to start). Second: the running brackets are cancelled the
+way `focusbridge stack` cancels (temp files removed; one already committing finishes), exit
+130. SIGKILL or power loss: nothing partial appears; the rerun redoes what was not `done`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .atomic import check_no_clash, check_target, fsync_folder
+from .errors import EXIT_CANCELLED, EXIT_ERROR, FocusbridgeError, OutputError, describe_failure
+from .options import DEFAULT_MAX_PIXELS, FORMATS, OutputOptions, StackOptions
+from .progress import silent
+
+JOURNAL_NAME = "focusbridge-batch.jsonl"
+STAGING_NAME = ".focusbridge-batch"
+# Peak memory of one bracket: about 70 bytes a pixel of one frame (several float32 copies in
+# the aligner and fusers; see DEFAULT_MAX_PIXELS in options.py), plus the worker process
+# itself (Python, numpy, OpenCV, LibRaw).
+BYTES_PER_PIXEL = 70
+WORKER_BYTES = 300 * 2**20
+MEMORY_SHARE = 0.8  # of MemAvailable a local batch plans to use
+WORKER_ATTEMPTS = 2  # a bracket whose worker process died is tried this often in all
+
+
+@dataclass
+class Task:
+    """One bracket's work: plain data, sent to a pool process or a Dask worker."""
+
+    key: str  # identifies frames, outputs and options in the journal
+    frames: list[str]  # absolute paths, in stacking order
+    output: str  # absolute path of the result
+    depth_map: str | None
+    confidence_map: str | None
+    options: dict  # StackOptions fields
+    metadata: bool | None
+    pixels: int | None = None  # of a frame, for the memory plan
+
+    def outputs(self) -> list[tuple[str, Path]]:
+        return [
+            (role, Path(p))
+            for role, p in (
+                ("result", self.output),
+                ("depth map", self.depth_map),
+                ("confidence map", self.confidence_map),
+            )
+            if p
+        ]
+
+    def memory(self) -> int:
+        return BYTES_PER_PIXEL * (self.pixels or 0) + WORKER_BYTES
+
+
+# ------------------------------------------------------------------------------ the work
+
+_IN_POOL = False  # set in local pool processes, which take charge of their own signals
+
+
+def run_bracket(task: Task) -> dict:
+    """Stack one bracket and put its outputs in place. Returns {"ok": True, "output", "size",
+    "warnings", "seconds"} or {"ok": False, "error"} for a failure that another attempt would
+    repeat (a bad frame); other exceptions (a file system hiccup) propagate, so Dask retries
+    them. The same function runs locally and on Dask workers, so results are identical."""
+    from .app import stack
+
+    t0 = time.monotonic()
+    if _IN_POOL:
+        _arm_signals()
+    finals = task.outputs()
+    stage = Path(task.output).parent / STAGING_NAME / _attempt_name(task.key)
+    staged = {role: stage / final.name for role, final in finals}
+    try:
+        stage.mkdir(parents=True)
+        result = stack(
+            task.frames,
+            staged["result"],
+            StackOptions(**task.options),
+            depth_map=staged.get("depth map"),
+            confidence_map=staged.get("confidence map"),
+            metadata=task.metadata,
+        )
+        for path in staged.values():  # the data is on disk before the name is
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        for role, final in reversed(finals):  # the result last: it marks the set complete
+            os.replace(staged[role], final)
+        fsync_folder(Path(task.output).parent)
+        return {
+            "ok": True,
+            "output": task.output,
+            "size": os.stat(task.output).st_size,
+            "warnings": list(result.warnings),
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+    except FocusbridgeError as exc:
+        message = str(exc)
+        for role, final in finals:  # name the user's file, not the private copy
+            message = message.replace(str(staged[role]), str(final))
+        return {"ok": False, "error": message}
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _attempt_name(key: str) -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
+    return f"{key[:16]}.{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _arm_signals() -> None:
+    """In a pool process: SIGTERM (sent by the client on a second Ctrl-C) cancels the bracket
+    as `focusbridge stack` would; SIGINT (the terminal's Ctrl-C reaches the whole process
+    group) is the client's to handle."""
+    from . import signals
+
+    signals.install()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_init(parent: int, threads: int) -> None:
+    global _IN_POOL
+    _IN_POOL = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform.startswith("linux"):  # die with the client (SIGKILL), not finish alone
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+# ------------------------------------------------------------------------------ the journal
+
+
+class Journal:
+    """DIR/focusbridge-batch.jsonl: append-only JSON lines, fsynced, locked while in use."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / JOURNAL_NAME
+        new = not self.path.exists()
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot open the journal ({exc.strerror})") from None
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no lock
+            pass
+        except OSError:
+            os.close(self.fd)
+            raise OutputError(
+                folder, f"another focusbridge batch is writing here ({JOURNAL_NAME} is locked)"
+            ) from None
+        if new:
+            fsync_folder(folder)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        self.records: list[dict] = []
+        for line in data.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # the line a power cut tore
+                continue
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                self.records.append(record)
+        if data and not data.endswith(b"\n"):
+            os.write(self.fd, b"\n")
+
+    def last(self) -> dict[str, dict]:
+        return {r["key"]: r for r in self.records}
+
+    def started(self) -> set[str]:
+        return {r["key"] for r in self.records if r.get("event") == "start"}
+
+    def outputs(self) -> set[str]:
+        """Every file a batch into this folder wrote (results and maps): never frames."""
+        named = set()
+        for r in self.records:
+            for path in [r.get("output"), *(r.get("outputs") or [])]:
+                if isinstance(path, str):
+                    named.add(path)
+        return named
+
+    def append(self, event: str, task: Task, **extra) -> None:
+        record = {
+            "event": event,
+            "key": task.key,
+            "output": task.output,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **extra,
+        }
+        line = json.dumps(record) + "\n"
+        os.write(self.fd, line.encode())
+        os.fsync(self.fd)
+        self.records.append(record)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    stacked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (output, one-line error)
+    cancelled: list[str] = field(default_factory=list)  # not stacked: the run was stopped
+    unassigned: list = field(default_factory=list)  # brackets.Unassigned
+    interrupted: bool = False  # a Ctrl-C / SIGTERM came (the running brackets may have finished)
+    jobs: int = 0
+
+    @property
+    def exit_status(self) -> int:
+        if self.cancelled:
+            return EXIT_CANCELLED
+        return EXIT_ERROR if self.failed else 0
+
+    def line(self) -> str:
+        parts = [f"{len(self.stacked)} stacked"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} already done")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if self.cancelled:
+            parts.append(f"{len(self.cancelled)} cancelled")
+        n = self.total
+        return f"batch: {n} bracket{'s' * (n != 1)}: " + ", ".join(parts)
+
+
+def plan_tasks(brackets, output_dir: Path, opts: StackOptions, out: OutputOptions) -> list[Task]:
+    """One task per bracket, its outputs named after its first frame."""
+    ext = FORMATS[out.format][0] if out.format else ".tif"
+    engine = {k: v for k, v in dataclasses.asdict(opts).items() if k != "overwrite"}
+    taken: set[str] = set()
+    tasks = []
+    for b in brackets:
+        stem = Path(b.frames[0]).stem
+        name, n = f"{stem}_stacked{ext}", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{stem}_stacked-{n}{ext}"
+        taken.add(name.lower())
+        output = Path(os.path.abspath(output_dir / name))
+        frames = [os.path.abspath(f) for f in b.frames]
+        maps = {
+            "depth_map": str(side(output, "depth")) if out.depth_map else None,
+            "confidence_map": str(side(output, "confidence")) if out.confidence_map else None,
+        }
+        ident = {"frames": frames, "output": str(output), **maps, "options": engine}
+        ident["metadata"] = out.metadata
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        tasks.append(
+            Task(
+                key=key,
+                frames=frames,
+                output=str(output),
+                options={**engine, "overwrite": False},
+                metadata=out.metadata,
+                pixels=b.pixels,
+                **maps,
+            )
+        )
+    return tasks
+
+
+def side(output: Path, suffix: str) -> Path:
+    from .pipeline import side_path
+
+    return side_path(output, suffix)
+
+
+def preflight(task: Task, journal: Journal, overwrite: bool) -> str | None:
+    """'skip' when finished, None to run it; raises OutputError when it cannot be run."""
+    last = journal.last().get(task.key)
+    out = Path(task.output)
+    if (
+        last is not None
+        and last.get("event") == "done"
+        and out.is_file()
+        and out.stat().st_size == last.get("size")
+    ):
+        return "skip"
+    check_no_clash(task.outputs(), [("input frame", Path(f)) for f in task.frames])
+    for _, path in task.outputs():
+        check_target(path, overwrite=True)
+    exists = [p for _, p in task.outputs() if p.exists() or p.is_symlink()]
+    if exists and not overwrite:
+        if last is not None and last.get("event") == "done":
+            raise OutputError(
+                exists[0],
+                "exists but is not what this batch wrote (its size changed); pass --overwrite "
+                "to stack it again",
+            )
+        if task.key not in journal.started():
+            raise OutputError(exists[0], "exists; pass --overwrite to replace it")
+    return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes); None where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(tasks: Sequence[Task], memory: int | None) -> int:
+    """As many brackets at once as there are cores, and no more than the memory holds."""
+    jobs = min(cpu_count(), max(1, len(tasks)))
+    if memory is not None and tasks:
+        jobs = min(jobs, int(memory * MEMORY_SHARE) // max(t.memory() for t in tasks))
+    return max(1, jobs)
+
+
+def _fill_pixels(task: Task) -> None:
+    """The frame size for the memory plan when the metadata had none: the first frame's header."""
+    if task.pixels is None:
+        from .frames import probe_frame
+
+        try:
+            info = probe_frame(task.frames[0], max_pixels=task.options.get("max_pixels"))
+            task.pixels = info.height * info.width
+        except FocusbridgeError:
+            task.pixels = DEFAULT_MAX_PIXELS // 10  # unknown: the stack will say why
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class LocalRunner:
+    """A pool of processes (spawn: a fresh interpreter each, nothing inherited but the
+    signal mask), one bracket per task."""
+
+    def __init__(self, jobs: int, budget: int | None = None, largest: int = 0):
+        self.jobs = jobs
+        self.budget = budget  # bytes the running brackets may use together (None: no limit)
+        self.largest = largest
+        self.threads = max(1, cpu_count() // jobs)
+        self._start()
+
+    def _start(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(
+            self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(), self.threads),
+        )
+
+    def slots(self) -> int:
+        return self.jobs
+
+    def submit(self, task: Task):
+        # a new process must not die of the Ctrl-C that the client handles: it starts with
+        # SIGINT/SIGTERM blocked (inherited) and unblocks them once it ignores SIGINT
+        with _blocked(signal.SIGINT, signal.SIGTERM):
+            return self.pool.submit(run_bracket, task)
+
+    def wait(self, futures, timeout: float) -> list:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not futures:
+            time.sleep(timeout)
+            return []
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def outcome(self, future) -> dict:
+        return future.result()
+
+    def lost_worker(self, exc: BaseException) -> bool:
+        """A pool process died (the kernel's OOM killer, a crash in a decoder): every bracket
+        it had failed with BrokenProcessPool; a fresh pool takes over."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(exc, BrokenProcessPool):
+            return False
+        if getattr(self.pool, "_broken", False):  # not yet replaced
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self._start()
+        return True
+
+    def cancel(self, futures) -> None:
+        for pid in list(getattr(self.pool, "_processes", {}) or {}):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def describe(self) -> str:
+        gb = 2**30
+        memory = (
+            f", {self.budget / MEMORY_SHARE / gb:.1f} GB free, up to {self.largest / gb:.1f} GB "
+            "a bracket"
+            if self.budget
+            else ""
+        )
+        return f"{self.jobs} at a time ({cpu_count()} cores{memory})"
+
+
+@contextmanager
+def _blocked(*signums) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
+
+class _Stop:
+    """The client's Ctrl-C / SIGTERM: 1 = start nothing new, 2 = cancel the running ones."""
+
+    def __init__(self):
+        self.level = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.level = min(self.level + 1, 2)
+
+    @contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_batch(
+    paths: Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    options: StackOptions | None = None,
+    outputs: OutputOptions | None = None,
+    *,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    gap: float | None = None,
+    by_folder: bool = False,
+    progress: Callable[..., None] = silent,
+    log: Callable[[str, str], None] = lambda kind, message: None,
+) -> Summary:
+    """Stack every bracket found in `paths` into `output_dir` (see the module's docstring).
+    `log(kind, message)`: 'error' for a bracket that failed, 'warning', 'info'."""
+    from .brackets import detect
+
+    opts = options or StackOptions()
+    out = outputs or OutputOptions()
+    if jobs is not None and jobs < 1:
+        raise FocusbridgeError(f"--jobs must be 1 or more, not {jobs}")
+    folder = Path(output_dir)
+    if scheduler:
+        from .cluster import require_dask
+
+        require_dask()  # before anything is written
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(folder, f"cannot create the folder ({exc.strerror})") from None
+    if not folder.is_dir():
+        raise OutputError(folder, "is not a folder")
+    summary = Summary()
+    staging = folder / STAGING_NAME
+    with ExitStack() as cleanup:  # undone in reverse: local pool, staging, journal, client
+        runner = _connect(scheduler) if scheduler else None  # fail fast: nothing written yet
+        if runner is not None:
+            cleanup.callback(runner.close)
+        journal = Journal(folder)
+        cleanup.callback(journal.close)  # the lock goes once every local worker is done
+        cleanup.callback(_remove_staging, staging, summary, remote=bool(scheduler))
+        shutil.rmtree(staging, ignore_errors=True)  # what killed attempts left
+        found = detect(paths, gap=gap, by_folder=by_folder, exclude=journal.outputs())
+        summary.unassigned = found.unassigned
+        tasks = plan_tasks(found.brackets, folder, opts, out)
+        summary.total = len(tasks)
+        todo = []
+        for task in tasks:
+            try:
+                verdict = preflight(task, journal, opts.overwrite)
+            except FocusbridgeError as exc:
+                summary.failed.append((task.output, str(exc)))
+                log("error", str(exc))
+                continue
+            if verdict == "skip":
+                summary.skipped.append(task.output)
+            else:
+                todo.append(task)
+        if todo and runner is None:
+            for task in todo:
+                _fill_pixels(task)
+            memory = available_memory()
+            runner = LocalRunner(
+                min(jobs or default_jobs(todo, memory), len(todo)),
+                int(memory * MEMORY_SHARE) if memory else None,
+                max(t.memory() for t in todo),
+            )
+            cleanup.callback(runner.close)
+        if todo:
+            summary.jobs = runner.slots()
+            log("info", f"{len(todo)} to stack, {runner.describe()}")
+            _run(todo, runner, journal, summary, progress, log)
+    return summary
+
+
+def _remove_staging(staging: Path, summary: Summary, remote: bool) -> None:
+    """Every attempt of this run is over (local workers have exited), so whatever is left in
+    the staging folder is a dead attempt's. Cancelled Dask tasks may still be running on their
+    workers: their folders are left to the next batch."""
+    if remote and summary.cancelled:
+        try:
+            staging.rmdir()
+        except OSError:
+            pass
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _connect(address: str):
+    from .cluster import DaskRunner
+
+    return DaskRunner(address)
+
+
+def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress, log) -> None:
+    total = summary.total
+    finished = len(summary.skipped) + len(summary.failed)
+    queue = list(todo)
+    running: dict = {}  # future -> task
+    attempts: dict[str, int] = {}
+    budget = getattr(runner, "budget", None)
+
+    def report(task: Task, outcome: str, **extra) -> None:
+        nonlocal finished
+        finished += 1
+        progress(
+            "batch",
+            frame=finished - 1,
+            count=total,
+            fraction=finished / total if total else 1.0,
+            output=task.output,
+            outcome=outcome,
+            **extra,
+        )
+
+    with _Stop().installed() as stop:
+        cancelling = announced = False
+        while queue or running:
+            if stop.level >= 2 and not cancelling:
+                cancelling = True
+                runner.cancel(list(running))
+                log("warning", f"cancelling {len(running)} running bracket(s)")
+            while queue and not stop.level and len(running) < runner.slots():
+                task = queue[0]
+                in_use = sum(t.memory() for t in running.values())
+                if budget is not None and running and in_use + task.memory() > budget:
+                    break  # wait: it would not fit in memory beside the running ones
+                queue.pop(0)
+                outputs = [str(p) for _, p in task.outputs()]
+                journal.append("start", task, frames=task.frames, outputs=outputs)
+                running[runner.submit(task)] = task
+            if stop.level and not announced:
+                announced = True
+                summary.cancelled += [t.output for t in queue]
+                log(
+                    "warning",
+                    f"stopping: {len(queue)} bracket(s) not started; waiting for the "
+                    f"{len(running)} running (Ctrl-C again cancels them)",
+                )
+                queue.clear()
+            for future in runner.wait(list(running), 0.2):
+                task = running.pop(future)
+                try:
+                    result = runner.outcome(future)
+                except BaseException as exc:  # noqa: B036 - a worker's KeyboardInterrupt too
+                    if isinstance(exc, KeyboardInterrupt) or (cancelling and _is_cancel(exc)):
+                        summary.cancelled.append(task.output)
+                        continue
+                    if runner.lost_worker(exc):
+                        attempts[task.key] = attempts.get(task.key, 1) + 1
+                        if stop.level:
+                            summary.cancelled.append(task.output)
+                            continue
+                        if attempts[task.key] <= WORKER_ATTEMPTS:
+                            queue.insert(0, task)  # perhaps another bracket's process died
+                            continue
+                        result = {
+                            "ok": False,
+                            "error": f"{task.output}: the process stacking it died "
+                            "(killed by the system, perhaps out of memory)",
+                        }
+                    else:
+                        _, message = describe_failure(exc)
+                        result = {"ok": False, "error": message or repr(exc)}
+                if result.get("ok"):
+                    journal.append("done", task, size=result["size"])
+                    summary.stacked.append(task.output)
+                    for warning in result.get("warnings", []):
+                        log("warning", warning)
+                    report(task, "done")
+                else:
+                    journal.append("failed", task, error=result["error"])
+                    summary.failed.append((task.output, result["error"]))
+                    log("error", result["error"])
+                    report(task, "failed", error=result["error"])
+        summary.interrupted = stop.level > 0
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    """What a cancelled task ends with: a local pool whose processes got SIGTERM breaks; a
+    Dask future says CancelledError (FutureCancelledError in recent versions)."""
+    name = type(exc).__name__
+    return name == "BrokenProcessPool" or name.endswith("CancelledError")
+
+
+# ------------------------------------------------------------------------------ command line
+
+_BATCH_EPILOG = """\
+examples:
+  focusbridge brackets shoot/                      what would be stacked, and why
+  focusbridge batch shoot/ --output-dir stacked/   stack every bracket
+  focusbridge batch scope/*/ --by-folder --output-dir stacked/ --no-align
+  focusbridge batch shoot/ --output-dir stacked/ --scheduler tcp://node1:8786
+
+Run it again after an interruption: finished brackets are skipped (see docs/batch.md).
+"""
+
+
+def _add_detection_options(p) -> None:
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files (RAW, TIFF, JPEG, PNG) and folders (their image files)",
+    )
+    p.add_argument(
+        "--gap",
+        type=_seconds,
+        metavar="SECONDS",
+        help="split brackets at every pause longer than this between two shots (default: "
+        f"adaptive, over 3 x the bracket's median interval and over {2:g} s)",
+    )
+    p.add_argument(
+        "--by-folder",
+        action="store_true",
+        help="every folder is one bracket, its files in name order (microscopes, rails "
+        "that write a folder per stack, files without capture times)",
+    )
+
+
+def _seconds(text: str) -> float:
+    from .options import nonnegative
+
+    return nonnegative(text, "seconds")
+
+
+def _add_output_options(p) -> None:
+    """OutputOptions on the batch command line (one output per bracket, so no paths)."""
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(OutputOptions)}
+    p.add_argument("--depth-map", action="store_true", help=helps["depth_map"])
+    p.add_argument("--confidence-map", action="store_true", help=helps["confidence_map"])
+    p.add_argument("--format", choices=tuple(FORMATS), help=helps["format"] + " (default tiff)")
+    p.add_argument(
+        "--no-metadata", dest="metadata", action="store_false", default=None, help=helps["metadata"]
+    )
+
+
+def register(sub) -> None:
+    """Add `brackets` and `batch` to the `focusbridge` command line."""
+    import argparse
+
+    p = sub.add_parser(
+        "brackets",
+        help="find the focus brackets among files and folders",
+        description="List the focus brackets among the files (in-camera bracketing tags, "
+        "then capture times; a change of camera, lens, size or orientation, or the focus "
+        "distance turning back, ends a bracket). Single frames are in no bracket.",
+    )
+    _add_detection_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON: brackets and unassigned")
+    p.set_defaults(func=cmd_brackets)
+
+    p = sub.add_parser(
+        "batch",
+        help="stack every bracket among files and folders",
+        description="Find the brackets (as `focusbridge brackets`) and stack each into "
+        "DIR/<first frame>_stacked.tif with its metadata. Resumable: a rerun skips the "
+        "brackets already done.",
+        epilog=_BATCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_detection_options(p)
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="brackets stacked at once on this machine (default: from the cores and the free "
+        "memory; never more than the memory holds)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="stack on a Dask cluster (tcp://HOST:PORT of `dask scheduler`); needs the "
+        "'dask' extra and paths every worker sees",
+    )
+    StackOptions.add_arguments(p)
+    _add_output_options(p)
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="auto (default): a bar when run in a terminal; json: one JSON object per line "
+        'on stdout ({"phase": "batch", "frame": i, "count": n, "fraction": f, "output": ..., '
+        '"outcome": "done"|"failed"}, then "done")',
+    )
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_brackets(args) -> int:
+    from .brackets import detect, format_table
+
+    found = detect(args.paths, gap=args.gap, by_folder=args.by_folder)
+    if args.json:
+        print(json.dumps(found.to_json(), indent=1))
+    else:
+        print(format_table(found))
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .errors import print_failure, print_warning
+    from .progress import Bar, choose
+
+    if args.jobs is not None and args.scheduler:
+        raise FocusbridgeError("--jobs is for local runs; with --scheduler the workers decide")
+    show = choose(args.progress)
+    quiet = args.progress == "json"
+    drawn = False  # a bar is on the terminal's current line
+
+    def progress(*a, **kw) -> None:
+        nonlocal drawn
+        show(*a, **kw)
+        drawn = isinstance(show, Bar)
+
+    def log(kind: str, message: str) -> None:
+        nonlocal drawn
+        if drawn:  # below the bar, not over it
+            sys.stderr.write("\n")
+            drawn = False
+        if kind == "error":
+            print_failure(EXIT_ERROR, message)
+        elif kind == "warning":
+            print_warning(message)
+        elif not quiet:
+            print(f"focusbridge: {message}", file=sys.stderr)
+
+    summary = run_batch(
+        args.paths,
+        args.output_dir,
+        StackOptions.from_args(args),
+        OutputOptions(**{name: getattr(args, name) for name in OutputOptions.names()}),
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        gap=args.gap,
+        by_folder=args.by_folder,
+        progress=progress,
+        log=log,
+    )
+    if summary.unassigned:
+        names = ", ".join(str(u.path) for u in summary.unassigned[:3])
+        more = ", ..." if len(summary.unassigned) > 3 else ""
+        log(
+            "warning",
+            f"{len(summary.unassigned)} file(s) in no bracket ({names}{more}); "
+            "`focusbridge brackets PATH...` says why",
+        )
+    progress(
+        "done",
+        fraction=1.0,
+        stacked=len(summary.stacked),
+        skipped=len(summary.skipped),
+        failed=len(summary.failed),
+        cancelled=len(summary.cancelled),
+    )
+    print(summary.line(), file=sys.stdout if not quiet else sys.stderr)
+    for _, error in summary.failed:
+        print(f"  failed: {error}", file=sys.stderr)
+    return summary.exit_status

@@ -1,0 +1,751 @@
+"""CHECK: a fast look at a focus bracket, before (or instead of) stacking it.
+
+The frames are read, scaled so the long side is about 1000 px, aligned the way the pipeline
+aligns them (`ChainAligner`, `warp_frame`) and measured with the fusers' focus measure
+(`fuse.focus_measure`) in a grid of blocks (64 along the long side). Nothing is fused at full
+size. From the blocks' focus curves (the measure of one block along the frames) it finds:
+
+* gaps: neighbouring frames i, i+1 between which part of the scene is sharp in neither. Where a
+  block is sharpest in frame b, the measure falls towards both neighbours by about the same
+  factor in an evenly stepped bracket (log measure ~ parabola in focus position). For each pair
+  the median fall from a block's best frame (one of the pair) to the other frame of the pair
+  measures how far apart the two frames' focus lies; against the bracket's typical fall (the
+  median over pairs) it gives the pair's step ratio e, its step in typical steps (with depths
+  spread evenly the median fall grows as e(e + 1)/2). A pair at e >= 1.6 (most of a frame's
+  worth of focus travel missing) is a gap; its blocks whose focus lies more than half a
+  typical step from both frames are the area sharp in neither (bbox, area fraction, the red
+  of the coverage map). Frames wasted at the ends are left out of this.
+* wasted frames: frames at the ends of the bracket that are the sharpest (almost) nowhere;
+* focus order: frames in the order given should form a chain in which neighbours are focused
+  most alike; a clearly (10 %) shorter chain in another order (spectral seriation and local
+  search) means the frames are out of order, and that order is suggested. Reversed order is
+  fine; which end is near is only known from focus distances (`distances`, from EXIF);
+* duplicates: neighbouring frames whose focus maps are the same;
+* exposure jumps: neighbours whose brightness differs by more than 4 % (the aligner's gain);
+* subject motion: a patch that moves between two neighbours after alignment (dense optical
+  flow at half the check size, trusted only at corners and texture) by more than 4 px at the
+  check size, beyond the flow the neighbouring pairs show there, scaled by the focus travel
+  (breathing that differs with depth and defocus spreading across edges change smoothly along
+  a bracket; a subject that moves once does not). Conservative: pairs a big focus step apart
+  (1.5x the typical one, gaps included) are not judged, and smaller moves, or a subject
+  creeping steadily through the whole bracket, go unreported.
+
+This module is engine-level: it takes frames (paths or arrays) and optional focus distances in
+metres, and knows nothing of EXIF.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .align import ChainAligner, warp_frame
+from .atomic import atomic_output
+from .errors import Cancelled, InputError
+from .frames import frame_from_array, icc_colour_space, read_frame
+from .fuse import focus_measure, window_sigma_for
+from .options import DEFAULT_MAX_PIXELS, StackOptions
+from .pipeline import chain_order, check_before_pixels
+from .write import write_image
+
+FrameSource = str | os.PathLike | np.ndarray
+
+CHECK_LONG_SIDE = 1000  # px: the check works on frames scaled to this long side
+_ALIGN_LONG_SIDE = 320  # the aligner's working size (the pipeline uses 800 on full frames)
+_BLOCKS_LONG_SIDE = 64  # focus blocks along the long side
+_PEAKED = 4.0  # a block has a focus peak when its best measure is 4x its worst
+GAP_STEP_RATIO = 1.6  # a pair this many typical steps apart is a gap
+_WASTED_SHARE = 0.003  # an end frame sharpest in less than this share of blocks is wasted
+_DUPLICATE_SHARE = 0.25  # neighbours this alike (vs a typical pair) are duplicates
+_DUPLICATE_ABS = 0.03  # mean |log measure| difference below which neighbours are duplicates
+EXPOSURE_JUMP = 0.04  # neighbours' brightness ratio beyond 1 +- this is a jump
+_MOTION_SIGMA = 1.5  # px at check size: smoothing before the optical flow
+_MOTION_TEXTURE = 1e-4  # corner strength (0..1 grey) below which the flow is not trusted
+_MOTION_PX = 4.0  # px at check size (about 24 px of a 24 MP frame): a patch moved this far
+_MOTION_AREA = (20, 0.005)  # a moved patch: at least 20 blocks and 0.5 % of them
+
+
+@dataclass
+class CheckResult:
+    """What `focusbridge check` reports. Frame numbers are 0-based indexes into the frames
+    as given; boxes are [x, y, width, height] in the frames' pixels."""
+
+    count: int
+    size: tuple[int, int]  # (width, height) of the frames
+    check_size: tuple[int, int]  # (width, height) the check worked at
+    gaps: list[dict] = field(default_factory=list)
+    wasted: list[int] = field(default_factory=list)
+    order: str = "in focus order"
+    suggested_order: list[int] | None = None
+    duplicates: list[list[int]] = field(default_factory=list)
+    exposure_jumps: list[dict] = field(default_factory=list)
+    motion: list[dict] = field(default_factory=list)
+    step_ratios: list[float | None] = field(default_factory=list)  # per neighbour pair
+    step_mm: float | None = None  # the bracket's focus step from the focus distances
+    notes: list[str] = field(default_factory=list)
+    coverage_map: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "frames": self.count,
+            "size": list(self.size),
+            "check_size": list(self.check_size),
+            "gaps": [g["between"] for g in self.gaps],
+            "gap_details": self.gaps,
+            "wasted": self.wasted,
+            "order": self.order,
+            "suggested_order": self.suggested_order,
+            "duplicates": self.duplicates,
+            "exposure_jumps": self.exposure_jumps,
+            "motion": self.motion,
+            "step_ratios": self.step_ratios,
+            "step_mm": self.step_mm,
+            "notes": self.notes,
+            "coverage_map": self.coverage_map,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @property
+    def ok(self) -> bool:
+        """No problem found (notes are not problems)."""
+        return not (
+            self.gaps
+            or self.wasted
+            or self.order == "out of order"
+            or self.duplicates
+            or self.exposure_jumps
+            or self.motion
+        )
+
+    def summary_lines(self) -> list[str]:
+        w, h = self.size
+        lines = [
+            f"{self.count} frames of {w}x{h}, checked at {self.check_size[0]}x{self.check_size[1]}"
+        ]
+        if self.order == "out of order":
+            lines.append(
+                "out of focus order: in focus order they would be "
+                + " ".join(map(str, self.suggested_order or []))
+            )
+        else:
+            lines.append(f"order: {self.order}")
+        if self.step_mm is not None:
+            lines.append(f"focus step: {self.step_mm:.3g} mm (from the focus distances)")
+        for g in self.gaps:
+            i, j = g["between"]
+            lines.append(
+                f"gap between frames {i} and {j}: {_place(g)} is sharp in neither; the step "
+                f"there is about {g['step_ratio']:.1f}x the bracket's typical step"
+            )
+        if self.wasted:
+            lines.append(
+                "wasted: frame"
+                + ("s " if len(self.wasted) > 1 else " ")
+                + ", ".join(map(str, self.wasted))
+                + " at the end of the bracket "
+                + ("are" if len(self.wasted) > 1 else "is")
+                + " the sharpest nowhere"
+            )
+        for i, j in self.duplicates:
+            lines.append(f"duplicates: frames {i} and {j} are focused alike")
+        for e in self.exposure_jumps:
+            i, j = e["between"]
+            lines.append(f"exposure jump: frame {j} is {e['change']:+.1%} brighter than frame {i}")
+        for m in self.motion:
+            i, j = m["between"]
+            lines.append(f"subject motion between frames {i} and {j}: {_place(m)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        if self.ok:
+            lines.append("no problems found")
+        if self.coverage_map:
+            lines.append(f"coverage map: {self.coverage_map}")
+        return lines
+
+
+def _place(found: dict) -> str:
+    """'4.7% of the picture (around x 16-1000, y 393-705)' for a gap or a moved patch."""
+    x, y, w, h = found["bbox"]
+    return f"{found['area_fraction']:.1%} of the picture (around x {x}-{x + w}, y {y}-{y + h})"
+
+
+@dataclass
+class _Measures:
+    """Per-frame block measures gathered while the frames stream through."""
+
+    fine: np.ndarray  # n x bh x bw: focus measure at check size
+    coarse: np.ndarray  # n x bh x bw: focus measure at half the check size
+    covered: np.ndarray  # bh x bw bool: inside every aligned frame
+    valid: np.ndarray  # n x bh x bw bool: inside that aligned frame
+    gains: list[float]  # per frame: luminance gain onto the reference
+    fallback: list[bool]  # per frame: its alignment step failed
+    flows: dict  # pair i (frames i, i+1) -> block flow x, y and where it is reliable
+    composite: np.ndarray  # the quick max-focus composite at check size
+    block: int  # block size in check pixels
+    scale: float  # check size / frame size
+    unsharp: np.ndarray | None = None  # bh x bw bool: sharp in no frame (found by _gaps)
+
+
+def check_bracket(
+    frames: Sequence[FrameSource],
+    *,
+    distances: Sequence[float | None] | None = None,
+    coverage_map: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    long_side: int = CHECK_LONG_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cancel: Callable[[], bool] | None = None,
+) -> CheckResult:
+    """Check a focus bracket (see the module docstring). `distances`: focus distance of each
+    frame in metres (None where unknown), for the step in mm and the direction.
+    `coverage_map`: also write the quick composite with the areas sharp in no frame tinted
+    red (TIFF, PNG or JPEG, atomically)."""
+    t0 = time.perf_counter()
+    frames = list(frames)
+    if len(frames) < 2:
+        what = str(frames[0]) if frames and not isinstance(frames[0], np.ndarray) else "input"
+        raise InputError(what, "a bracket check needs at least two frames")
+    if distances is not None and len(distances) != len(frames):
+        raise ValueError("distances must have one entry per frame")
+    writes = [("coverage map", Path(coverage_map))] if coverage_map is not None else []
+    opts = StackOptions(overwrite=overwrite, max_pixels=max_pixels)
+    channels, ref = check_before_pixels(frames, writes, opts)
+    measures, size, icc = _measure(frames, channels, ref, long_side, max_pixels, cancel)
+    n = len(frames)
+    h, w = measures.composite.shape[:2]
+    result = CheckResult(count=n, size=size, check_size=(w, h))
+    measure = _measure_for_steps(measures)
+    logs = np.log(np.maximum(measure, 1e-12))
+    textured = _peaked(measure) & measures.covered
+    travel = _distances(logs, textured)
+    _order(result, travel, textured, distances)
+    if textured.sum() < 16:
+        result.notes.append("too little detail to judge focus (blank or out-of-focus frames?)")
+    elif result.order == "out of order":
+        result.notes.append("gaps and wasted frames are not judged until the order is right")
+    else:
+        result.wasted = _wasted(measure, measures.valid)
+        useful = [i for i in range(n) if i not in result.wasted]
+        _gaps(result, measure[useful[0] : useful[-1] + 1], useful[0], measures)
+    _duplicates(result, logs, measures.covered)
+    _exposure(result, measures.gains)
+    # across a gap the defocus changes too much for the flow to mean motion
+    gaps = [g["between"] for g in result.gaps]
+    steps = [float(travel[i, i + 1]) for i in range(n - 1)]
+    motion = _motion_events(measures.flows, steps, measures.block, measures.scale, size)
+    result.motion = [m for m in motion if m["between"] not in gaps]
+    bad = [i for i, f in enumerate(measures.fallback) if f]
+    if bad:
+        result.notes.append(
+            "alignment failed for frame"
+            + ("s " if len(bad) > 1 else " ")
+            + ", ".join(map(str, bad))
+            + " (motion there is not judged)"
+        )
+    _step_mm(result, distances)
+    if coverage_map is not None:
+        _write_map(Path(coverage_map), measures, result, icc, overwrite)
+        result.coverage_map = str(coverage_map)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------------- streaming pass
+
+
+def _load_small(src: FrameSource, max_pixels: int, long_side: int, channels: int):
+    frame = (
+        frame_from_array(src)
+        if isinstance(src, np.ndarray)
+        else read_frame(src, max_pixels=max_pixels)
+    )
+    pixels = frame.pixels
+    h, w = pixels.shape[:2]
+    f = long_side / max(h, w)
+    if f < 0.8:  # a frame up to 25 % larger is checked as it is
+        size = (max(8, round(w * f)), max(8, round(h * f)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).reshape(
+            size[1], size[0], -1
+        )
+    if pixels.shape[2] != channels:
+        pixels = (
+            np.repeat(pixels[..., :1], 3, axis=2)
+            if channels == 3
+            else pixels.mean(axis=2, keepdims=True, dtype=np.float32)
+        )
+    icc = (
+        frame.icc
+        if frame.icc and icc_colour_space(frame.icc) == ("RGB" if channels == 3 else "GRAY")
+        else None
+    )
+    return np.ascontiguousarray(pixels, dtype=np.float32), (w, h), icc
+
+
+def _block_mean(a: np.ndarray, block: int, bh: int, bw: int) -> np.ndarray:
+    return cv2.resize(a[: bh * block, : bw * block], (bw, bh), interpolation=cv2.INTER_AREA)
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    return pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+
+
+def _measure(frames, channels, ref, long_side, max_pixels, cancel):
+    """One pass in the pipeline's chain order: read (ahead, in a thread), scale, align, warp,
+    measure; keep only block measures, the composite and the neighbours for motion."""
+    n = len(frames)
+    aligner = ChainAligner(model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE)
+    order = chain_order(n, ref)
+    fine: list = [None] * n
+    coarse: list = [None] * n
+    valid_blocks_all: list = [None] * n
+    gains = [1.0] * n
+    fallback = [False] * n
+    flows: dict[int, tuple] = {}  # pair (i, i+1) -> block flow x, y and where it is reliable
+    state: dict = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-read") as pool:
+        pending = pool.submit(_load_small, frames[order[0]], max_pixels, long_side, channels)
+        for step, index in enumerate(order):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            pixels, size, icc = pending.result()
+            if step + 1 < n:
+                pending = pool.submit(
+                    _load_small, frames[order[step + 1]], max_pixels, long_side, channels
+                )
+            if not state:
+                shape = pixels.shape[:2]
+                block = 2 * max(2, round(max(shape) / (2 * _BLOCKS_LONG_SIDE)))
+                bh, bw = shape[0] // block, shape[1] // block
+                state.update(
+                    shape=shape,
+                    block=block,
+                    bh=bh,
+                    bw=bw,
+                    size=size,
+                    icc=icc,
+                    sigma=window_sigma_for(shape),
+                    sigma_half=window_sigma_for((shape[0] // 2, shape[1] // 2)),
+                    best=np.full(shape, -1.0, np.float32),
+                    composite=pixels.copy(),
+                    scale=max(shape) / max(size),
+                )
+            elif pixels.shape[:2] != state["shape"]:
+                raise InputError(_name(frames[index]), "is not the size of the other frames")
+            if index == ref - 1:  # the chain turns back from the reference
+                aligner.restart()
+            t = aligner.set_reference(pixels) if index == ref else aligner.align(pixels)
+            fallback[index] = t.fallback
+            gains[index] = float(np.mean(t.gain))
+            warped, valid = warp_frame(pixels, t, state["shape"], interpolation=cv2.INTER_LINEAR)
+            valid_blocks = _fold(state, index, warped, valid, fine, coarse)
+            valid_blocks_all[index] = valid_blocks
+            small = _motion_image(state, warped, valid)
+            if index == ref:
+                state["ref_small"] = small
+            else:
+                other = index + (1 if index < ref else -1)  # the neighbour it was aligned to
+                if not (t.fallback or fallback[other]):
+                    neighbour = state["ref_small"] if other == ref else state["prev_small"]
+                    first, second = (neighbour, small) if other < index else (small, neighbour)
+                    flows[min(index, other)] = _flow(state, first, second)
+            state["prev_small"] = small
+    return (
+        _Measures(
+            fine=np.stack(fine),
+            coarse=np.stack(coarse),
+            covered=np.logical_and.reduce(valid_blocks_all),
+            valid=np.stack(valid_blocks_all),
+            gains=gains,
+            fallback=fallback,
+            flows=flows,
+            composite=state["composite"],
+            block=state["block"],
+            scale=state["scale"],
+        ),
+        state["size"],
+        state["icc"],
+    )
+
+
+def _name(src: FrameSource) -> str:
+    return "<array>" if isinstance(src, np.ndarray) else str(src)
+
+
+def _fold(state, index, warped, valid, fine, coarse) -> np.ndarray:
+    """Block focus measures at two scales and the max-focus composite; returns the blocks
+    wholly inside the aligned frame."""
+    block, bh, bw = state["block"], state["bh"], state["bw"]
+    measure = focus_measure(warped, state["sigma"])
+    fine[index] = _block_mean(measure, block, bh, bw)
+    h, w = state["shape"]
+    half = cv2.resize(warped, (w // 2, h // 2), interpolation=cv2.INTER_AREA).reshape(
+        h // 2, w // 2, -1
+    )
+    coarse[index] = _block_mean(focus_measure(half, state["sigma_half"]), block // 2, bh, bw)
+    inside = np.ones((bh, bw), bool)
+    if valid is not None:
+        inner = cv2.erode(valid, np.ones((5, 5), np.uint8))
+        inside = _block_mean(inner, block, bh, bw) == 255
+        measure[inner == 0] = -1.0
+    wins = cv2.compare(measure, state["best"], cv2.CMP_GT)
+    cv2.copyTo(measure, wins, state["best"])
+    cv2.copyTo(warped, wins, state["composite"])
+    return inside
+
+
+def _motion_image(state, warped, valid):
+    """What motion is judged on: the lightly smoothed grey frame at half the check size,
+    scaled by the reference's bright level, its corner strength, and its coverage."""
+    grey = cv2.GaussianBlur(_grey(warped), (0, 0), _MOTION_SIGMA)
+    h, w = grey.shape
+    half = cv2.resize(grey, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    if "level" not in state:
+        state["level"] = max(float(np.percentile(half, 99)), 1e-6)
+    half = np.clip(half / state["level"], 0.0, 1.0)
+    # the smaller eigenvalue of the structure tensor: flow is only trusted at corners and
+    # texture, never along a single edge or in blur (the aperture problem)
+    corners = cv2.cornerMinEigenVal(half, 7)
+    return (half * 255).astype(np.uint8), corners, valid
+
+
+def _flow(state, a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense optical flow from neighbour a to b after alignment, averaged per block (in check
+    pixels; a vector mean, so the symmetric spread of defocus cancels), and the blocks where
+    it can be trusted."""
+    (img_a, corners_a, valid_a), (img_b, corners_b, valid_b) = a, b
+    block, bh, bw = state["block"], state["bh"], state["bw"]
+    if "dis" not in state:
+        state["dis"] = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = state["dis"].calc(img_a, img_b, None)
+    fx = 2.0 * _block_mean(np.ascontiguousarray(flow[..., 0]), block // 2, bh, bw)
+    fy = 2.0 * _block_mean(np.ascontiguousarray(flow[..., 1]), block // 2, bh, bw)
+    corners = _block_mean(np.minimum(corners_a, corners_b), block // 2, bh, bw)
+    reliable = corners > _MOTION_TEXTURE
+    for valid in (valid_a, valid_b):
+        if valid is not None:
+            reliable &= _block_mean(valid, block, bh, bw) == 255
+    return fx, fy, reliable
+
+
+def _motion_events(flows: dict, steps, block: int, scale: float, size) -> list[dict]:
+    """Pairs whose flow, beyond what the neighbouring pairs show at the same place, moves a
+    patch of the picture by more than _MOTION_PX. Focus breathing that differs with depth and
+    defocus spreading across edges move things too, but smoothly along the bracket and in
+    proportion to the focus travel: a neighbour pair's flow counts scaled by how much further
+    (`steps`: focus distance between each pair's frames) this pair's frames are apart."""
+    events = []
+    typical = float(np.median(steps)) if len(steps) else 0.0
+    for i in sorted(flows):
+        if steps[i] > 1.5 * typical:
+            continue  # a big focus step: defocus changes too much for flow to mean motion
+        fx, fy, reliable = flows[i]
+        others = []
+        for k in (i - 1, i + 1):
+            if k in flows:
+                grow = float(np.clip(steps[i] / max(steps[k], 1e-6), 1.0, 4.0))
+                others.append((flows[k][0] * grow, flows[k][1] * grow))
+        ox = oy = 0.0
+        if others:
+            pick = np.argmin(np.stack([np.hypot(o[0], o[1]) for o in others]), axis=0)
+            ox = np.choose(pick, [o[0] for o in others])
+            oy = np.choose(pick, [o[1] for o in others])
+        moved = (reliable & (np.hypot(fx - ox, fy - oy) > _MOTION_PX)).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(moved, connectivity=8)
+        if count < 2:
+            continue
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        found = _area(labels == largest, block, scale, size, _MOTION_AREA)
+        if found is not None:
+            events.append({"between": [i, i + 1], **found})
+    return events
+
+
+def _area(mask: np.ndarray, block: int, scale: float, size, least=(4, 0.003)) -> dict | None:
+    """Share of the blocks and bounding box (frame pixels) of `mask`; None below `least`
+    (blocks, share of all blocks)."""
+    count = int(mask.sum())
+    if count < max(least[0], least[1] * mask.size):
+        return None
+    ys, xs = np.nonzero(mask)
+    f = block / scale  # block -> frame pixels
+    x0, y0 = int(xs.min() * f), int(ys.min() * f)
+    x1 = min(size[0], int(math.ceil((xs.max() + 1) * f)))
+    y1 = min(size[1], int(math.ceil((ys.max() + 1) * f)))
+    return {"area_fraction": round(count / mask.size, 4), "bbox": [x0, y0, x1 - x0, y1 - y0]}
+
+
+# ---------------------------------------------------------------------- analysis
+
+
+def _peaked(measure: np.ndarray) -> np.ndarray:
+    """Blocks with a focus peak: best measure well above the most defocused one."""
+    return measure.max(axis=0) > _PEAKED * np.maximum(measure.min(axis=0), 1e-12)
+
+
+def _measure_for_steps(measures: _Measures) -> np.ndarray:
+    """The block measure whose fall over one typical step is moderate: the check-size one, or
+    the half-size one where steps are so big (against the check size) that the finer measure
+    falls to its floor within a step."""
+    drops = _pair_drops(measures.fine, _peaked(measures.fine) & measures.covered)
+    if np.isfinite(drops).any() and np.nanmedian(drops) > 1.0:
+        return measures.coarse
+    return measures.fine
+
+
+def _pair_drops(measure: np.ndarray, textured: np.ndarray) -> np.ndarray:
+    """Per neighbour pair (i, i+1): the median fall of the log measure from a block's best frame
+    (one of the two, not an end of the bracket) to the other frame of the pair; NaN where too
+    few blocks peak there."""
+    n = len(measure)
+    logs = np.log(np.maximum(measure, 1e-12))
+    best = measure.argmax(axis=0)
+    usable = textured & (best > 0) & (best < n - 1)
+    least = max(12, 0.004 * textured.size)
+    out = np.full(max(0, n - 1), np.nan)
+    for i in range(n - 1):
+        falls = np.concatenate(
+            [
+                (logs[i] - logs[i + 1])[usable & (best == i)],
+                (logs[i + 1] - logs[i])[usable & (best == i + 1)],
+            ]
+        )
+        if falls.size >= least:
+            out[i] = float(np.median(falls))
+    return out
+
+
+def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Measures) -> None:
+    """Gaps within the useful stretch `measure` (frames offset, offset + 1, ...)."""
+    n = len(measure)
+    result.step_ratios = [None] * (result.count - 1)
+    textured = _peaked(measure) & measures.covered
+    drops = _pair_drops(measure, textured)
+    judged = np.isfinite(drops)
+    if n < 4 or judged.sum() < 3:
+        result.notes.append("too few frames with detail in focus to judge gaps")
+        return
+    typical = float(np.median(drops[judged]))
+    # a step e typical steps wide: median fall ~ e(e + 1)/2 typical falls
+    ratio = np.maximum(np.where(judged, drops / typical, 1.0), 0.0)
+    steps = np.maximum((-1 + np.sqrt(1 + 8 * ratio)) / 2, 1.0)
+    logs = np.log(np.maximum(measure, 1e-12))
+    best = measure.argmax(axis=0)
+    unsharp = np.zeros(textured.shape, bool)
+    for i in range(n - 1):
+        e = float(steps[i])
+        if judged[i]:
+            result.step_ratios[offset + i] = round(e, 2)
+        if not (judged[i] and e >= GAP_STEP_RATIO):
+            continue
+        # blocks whose focus lies more than half a typical step from both frames
+        between = textured & ((best == i) | (best == i + 1))
+        middle = between & (np.abs(logs[i] - logs[i + 1]) < typical * e * (e - 1))
+        found = _area(middle, measures.block, measures.scale, result.size)
+        if found is None:
+            continue
+        unsharp |= middle
+        result.gaps.append(
+            {
+                "between": [offset + i, offset + i + 1],
+                **found,
+                "step_ratio": round(e, 2),
+                "severity": round(e - 1, 1),
+            }
+        )
+    measures.unsharp = unsharp
+
+
+def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int]:
+    """Frames at the ends of the bracket that are the sharpest in (almost) no block, counting
+    every block a frame covers (the ends of a breathing bracket lose the borders)."""
+    n = len(measure)
+    inside = np.where(valid, measure, np.nan)
+    seen = valid.sum(axis=0) >= max(3, n // 2)
+    top = np.nanmax(np.where(seen, inside, 1.0), axis=0)
+    low = np.nanmin(np.where(seen, inside, 1.0), axis=0)
+    peaked = seen & (top > _PEAKED * np.maximum(low, 1e-12))
+    best = np.where(valid, measure, -1.0).argmax(axis=0)[peaked]
+    share = np.bincount(best, minlength=n) / max(1, best.size)
+    wasted = []
+    for k in range(n - 1):
+        if share[k] >= _WASTED_SHARE:
+            break
+        wasted.append(k)
+    for k in range(n - 1, wasted[-1] + 1 if wasted else 0, -1):
+        if share[k] >= _WASTED_SHARE:
+            break
+        wasted.append(k)
+    return sorted(wasted)
+
+
+def _distances(logs, textured) -> np.ndarray:
+    """How far apart every two frames are focused: the mean |log measure| difference over the
+    blocks with detail that are near their sharpest (within 2x) in one of the two. (Over all
+    blocks, frames at the two ends would look alike: both blurred in the middle.)"""
+    flat = logs[:, textured]
+    near = flat >= flat.max(axis=0) - math.log(2.0)
+    n = len(logs)
+    d = np.zeros((n, n))
+    for i in range(n):
+        either = near | near[i]
+        diff = np.abs(flat - flat[i]) * either
+        d[i] = diff.sum(axis=1) / np.maximum(either.sum(axis=1), 1)
+    return d
+
+
+def _path(d: np.ndarray, order: Sequence[int]) -> float:
+    order = np.asarray(order)
+    return float(d[order[:-1], order[1:]].sum())
+
+
+def _shortened(d: np.ndarray, order: list[int]) -> list[int]:
+    """Local search for a shorter chain: reverse a stretch, or move one frame elsewhere, while
+    either shortens it (each change costed from the few links it alters)."""
+    n = len(order)
+    length = _path(d, order)
+    improved = True
+    while improved:
+        improved = False
+        for a in range(n - 1):
+            for b in range(a + 1, n):
+                p = order
+                old = (d[p[a - 1], p[a]] if a else 0.0) + (d[p[b], p[b + 1]] if b < n - 1 else 0.0)
+                new = (d[p[a - 1], p[b]] if a else 0.0) + (d[p[a], p[b + 1]] if b < n - 1 else 0.0)
+                if new < old - 1e-9:
+                    order = p[:a] + p[a : b + 1][::-1] + p[b + 1 :]
+                    length, improved = length + new - old, True
+                    continue
+                for src, dst in ((a, b), (b, a)):  # move the frame at src to dst
+                    rest = p[:src] + p[src + 1 :]
+                    trial = rest[:dst] + [p[src]] + rest[dst:]
+                    shorter = _path(d, trial)
+                    if shorter < length - 1e-9:
+                        order, length, improved = trial, shorter, True
+                        break
+    return order
+
+
+def _seriate(d: np.ndarray) -> list[int]:
+    """The order in which neighbours are most alike: spectral seriation and the order given,
+    each shortened by local search; the shorter chain wins."""
+    n = len(d)
+    near = np.sort(d + np.eye(n) * 1e9, axis=1)[:, 0]
+    s = float(np.median(near)) or 1.0
+    w = np.exp(-d / s)
+    lap = np.diag(w.sum(axis=1)) - w
+    _, vectors = np.linalg.eigh(lap)
+    starts = ([int(i) for i in np.argsort(vectors[:, 1])], list(range(n)))
+    found = [_shortened(d, start) for start in starts]
+    return min(found, key=lambda order: _path(d, order))
+
+
+def _order(result: CheckResult, travel, textured, distances) -> None:
+    """In focus order (near to far or far to near, when the distances tell), or out of order
+    with the order the frames' focus suggests. `travel`: _distances()."""
+    n = len(travel)
+    direction = _direction(distances)
+    result.order = direction or "in focus order"
+    found = _better_order(travel) if n >= 3 and textured.sum() >= 16 else None
+    if found is None:
+        if direction is None:
+            result.notes.append("which end is near is unknown without focus distances")
+        return
+    # of the chain's two directions, the one nearer the order given
+    if sum(abs(a - b) for a, b in enumerate(found[::-1])) < sum(
+        abs(a - b) for a, b in enumerate(found)
+    ):
+        found = found[::-1]
+    result.order = "out of order"
+    result.suggested_order = found
+
+
+def _better_order(d) -> list[int] | None:
+    """An order of the frames whose chain is clearly (10 %) shorter than the order given, or
+    None when the order given (or its reverse) is as good."""
+    n = len(d)
+    found = _seriate(d)
+    if found in (list(range(n)), list(range(n - 1, -1, -1))):
+        return None
+    return found if _path(d, found) < 0.9 * _path(d, range(n)) else None
+
+
+def _direction(distances) -> str | None:
+    if distances is None:
+        return None
+    known = [d for d in distances if d is not None and math.isfinite(d)]
+    if len(known) < 2 or known[0] == known[-1]:
+        return None
+    return "near to far" if known[-1] > known[0] else "far to near"
+
+
+def _step_mm(result: CheckResult, distances) -> None:
+    """The focus step in mm from the frames' focus distances: the span between the first and
+    the last frame that carry one, over the frames between them (cameras round the distance,
+    so neighbours often read alike)."""
+    if distances is None:
+        return
+    known = [(i, d) for i, d in enumerate(distances) if d is not None and math.isfinite(d)]
+    if len(known) >= 2 and known[-1][1] != known[0][1]:
+        (i0, d0), (i1, d1) = known[0], known[-1]
+        result.step_mm = round(abs(d1 - d0) * 1000.0 / (i1 - i0), 4)
+
+
+def _duplicates(result: CheckResult, logs, covered) -> None:
+    """Neighbours whose focus maps are the same over the more detailed half of the blocks:
+    alike in absolute terms, or (with enough pairs to say what is typical) far more alike
+    than neighbours usually are."""
+    n = len(logs)
+    top = logs.max(axis=0)
+    detail = covered & (top > np.median(top[covered])) if covered.any() else covered
+    if detail.sum() < 16:
+        return
+    flat = logs[:, detail]
+    diffs = np.array([np.abs(flat[i] - flat[i + 1]).mean() for i in range(n - 1)])
+    alike = _DUPLICATE_SHARE * float(np.median(diffs)) if n >= 4 else 0.0
+    for i, d in enumerate(diffs):
+        if d < max(_DUPLICATE_ABS, alike):
+            result.duplicates.append([i, i + 1])
+
+
+def _exposure(result: CheckResult, gains: list[float]) -> None:
+    # a frame's level relative to the reference is 1 / its gain onto the reference
+    for i in range(len(gains) - 1):
+        change = gains[i] / gains[i + 1] - 1.0
+        if abs(change) > EXPOSURE_JUMP:
+            result.exposure_jumps.append({"between": [i, i + 1], "change": round(change, 4)})
+
+
+# ---------------------------------------------------------------------- coverage map
+
+
+def _write_map(path: Path, measures: _Measures, result: CheckResult, icc, overwrite) -> None:
+    """The quick composite with the areas sharp in no frame tinted red."""
+    image = np.clip(measures.composite, 0.0, 1.0)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+        icc = None
+    unsharp = measures.unsharp
+    if unsharp is not None and unsharp.any():
+        h, w = image.shape[:2]
+        block = measures.block
+        mask = cv2.resize(
+            unsharp.astype(np.float32),
+            (unsharp.shape[1] * block, unsharp.shape[0] * block),
+            interpolation=cv2.INTER_NEAREST,
+        )
+        full = np.zeros((h, w), np.float32)
+        full[: mask.shape[0], : mask.shape[1]] = mask
+        full = cv2.GaussianBlur(full, (0, 0), block / 4)[..., None] * 0.6
+        red = np.array([1.0, 0.0, 0.0], np.float32)
+        image = image * (1.0 - full) + red * full
+    bits = 16 if path.suffix.lower() in (".tif", ".tiff") else 8
+    with atomic_output(path, overwrite=overwrite) as temp:
+        write_image(temp, image, bit_depth=bits, icc=icc, description="focusbridge check")

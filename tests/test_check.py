@@ -1,0 +1,282 @@
+"""`focusbridge check`: gaps, wasted frames, order, duplicates, exposure jumps and motion on
+synthetic brackets whose truth is known, the real brackets in tests/data, and the command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from synthetic import make_bracket, save_image
+
+from pybridge.check import check_bracket
+from pybridge.frames import read_frame
+
+FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
+N = 12
+
+
+def _bracket(seed: int):
+    # 12 frames; one focus step blurs by 1.45 px (disk radius), the plane spans 90 % of the
+    # bracket, objects sit at every depth 0..10; 1 % breathing, shifts, 0.5 % flicker
+    return make_bracket(N, (480, 640), max_blur=16.0, seed=seed, flicker=0.005, slant=0.9)
+
+
+@pytest.fixture(scope="module")
+def bracket():
+    return _bracket(1)
+
+
+@pytest.fixture(scope="module")
+def bracket2():
+    return _bracket(2)
+
+
+def without(frames, removed):
+    return [f for k, f in enumerate(frames) if k not in removed]
+
+
+def problems(result) -> dict:
+    j = result.to_json()
+    return {k: j[k] for k in ("gaps", "duplicates", "exposure_jumps", "motion")}
+
+
+# -- gaps -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["bracket", "bracket2"])
+def test_a_complete_bracket_has_no_gap(which, request):
+    b = request.getfixturevalue(which)
+    result = check_bracket(b.frames)
+    assert problems(result) == {"gaps": [], "duplicates": [], "exposure_jumps": [], "motion": []}
+    assert result.order == "in focus order" and result.suggested_order is None
+    assert all(e is None or e < 1.6 for e in result.step_ratios)
+
+
+@pytest.mark.parametrize(
+    "which, removed, gap",
+    [
+        ("bracket", (5, 6), [4, 5]),  # frames 0-4 and 7-11 are left: indexes 4 and 5
+        ("bracket", (4, 5, 6), [3, 4]),
+        ("bracket2", (5, 6), [4, 5]),
+        ("bracket2", (3, 4, 5), [2, 3]),
+    ],
+)
+def test_frames_missing_in_the_middle_are_a_gap_between_the_right_neighbours(
+    which, removed, gap, request
+):
+    b = request.getfixturevalue(which)
+    result = check_bracket(without(b.frames, removed))
+    assert result.to_json()["gaps"] == [gap]
+    (detail,) = result.gaps
+    assert detail["between"] == gap
+    assert 0.02 < detail["area_fraction"] < 0.5
+    assert detail["step_ratio"] >= 1.6 and detail["severity"] == round(detail["step_ratio"] - 1, 1)
+    # the box holds the scene whose focus was in the missing frames (reference geometry)
+    x, y, w, h = detail["bbox"]
+    inside = b.depth[y : y + h, x : x + w]
+    lo, hi = min(removed) - 0.5, max(removed) + 0.5
+    assert ((inside > lo) & (inside < hi)).mean() > ((b.depth > lo) & (b.depth < hi)).mean()
+    assert not result.duplicates and not result.motion and result.order == "in focus order"
+
+
+def test_reversed_order_is_fine_and_the_gap_is_still_found(bracket):
+    result = check_bracket(bracket.frames[::-1])
+    assert result.order == "in focus order" and result.gaps == []
+    result = check_bracket(without(bracket.frames, (5, 6))[::-1])
+    assert result.to_json()["gaps"] == [[4, 5]]  # 10 frames reversed: 9-4 -> 5, 9-5 -> 4
+
+
+# -- wasted, order, duplicates, exposure, motion --------------------------------------------
+
+
+def test_frames_focused_before_the_subject_are_wasted(bracket):
+    # two frames focused nearer than anything: blurrier than frame 0 everywhere
+    before = [cv2.GaussianBlur(bracket.frames[0], (0, 0), s) for s in (3.0, 1.5)]
+    result = check_bracket(before + bracket.frames)
+    assert result.wasted[:2] == [0, 1] and 2 not in result.wasted
+    assert result.gaps == []  # the step from a wasted frame into the bracket is no gap
+
+
+def test_frames_out_of_order_and_the_order_they_belong_in(bracket):
+    order = list(range(N))
+    order[3], order[8] = order[8], order[3]
+    result = check_bracket([bracket.frames[k] for k in order])
+    assert result.order == "out of order"
+    # given position -> frame: putting the given frames in the suggested order restores focus
+    assert [order[k] for k in result.suggested_order] == list(range(N))
+    assert result.gaps == [] and result.wasted == []  # not judged until the order is right
+
+
+def test_a_repeated_frame_is_a_duplicate(bracket):
+    rng = np.random.default_rng(3)
+    again = np.clip(bracket.frames[5] + rng.normal(0, 0.005, bracket.frames[5].shape), 0, 1)
+    frames = [*bracket.frames[:6], again.astype(np.float32), *bracket.frames[6:]]
+    result = check_bracket(frames)
+    assert result.duplicates == [[5, 6]]
+    assert result.gaps == []
+
+
+def test_an_exposure_jump(bracket):
+    frames = bracket.frames[:7] + [np.clip(f * 1.1, 0, 1) for f in bracket.frames[7:]]
+    result = check_bracket(frames)
+    (jump,) = result.exposure_jumps
+    assert jump["between"] == [6, 7] and jump["change"] == pytest.approx(0.10, abs=0.02)
+
+
+def _moved(frame, dx=12):
+    """A round patch of the subject moved sideways by dx px (soft-edged)."""
+    h, w = frame.shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    cv2.circle(mask, (w // 3, h // 2), 70, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 4)[..., None]
+    shifted = cv2.warpAffine(
+        frame, np.float32([[1, 0, dx], [0, 1, 0]]), (w, h), borderMode=cv2.BORDER_REFLECT
+    )
+    return frame * (1 - mask) + shifted * mask
+
+
+@pytest.mark.parametrize("which", ["bracket", "bracket2"])
+def test_subject_motion_between_two_frames(which, request):
+    b = request.getfixturevalue(which)
+    frames = b.frames[:7] + [_moved(f) for f in b.frames[7:]]
+    result = check_bracket(frames)
+    (event,) = result.motion
+    assert event["between"] == [6, 7]
+    x, y, w, h = event["bbox"]
+    assert x <= 640 // 3 <= x + w and y <= 240 <= y + h  # around the moved patch
+    assert event["area_fraction"] < 0.1
+
+
+def test_focus_distances_give_direction_and_step(bracket):
+    near_to_far = [0.100 + 0.0005 * k for k in range(N)]
+    result = check_bracket(bracket.frames, distances=near_to_far)
+    assert result.order == "near to far" and result.step_mm == pytest.approx(0.5)
+    # rounded readings (two frames per value) and unknown ones still give the step
+    rounded = [round(d, 3) if k % 3 else None for k, d in enumerate(near_to_far)]
+    assert check_bracket(bracket.frames, distances=rounded).step_mm == pytest.approx(0.5, 0.1)
+    result = check_bracket(bracket.frames[::-1], distances=near_to_far[::-1])
+    assert result.order == "far to near"
+
+
+# -- the real brackets ----------------------------------------------------------------------
+
+
+def _real(test_data, name):
+    return sorted((test_data / "brackets" / name).glob("pcb_*.[jJ][pP][gG]"))
+
+
+def test_real_brackets_in_order_without_duplicates_or_motion(test_data):
+    for name in ("pcb7", "depthmap10"):
+        result = check_bracket(_real(test_data, name))
+        assert result.order == "in focus order", name
+        assert result.duplicates == [] and result.motion == [], name
+    # depthmap10 is evenly stepped where the subject is; its first two frames are focused in
+    # front of it (the sharpest nowhere)
+    result = check_bracket(_real(test_data, "depthmap10"))
+    assert result.gaps == [] and result.wasted == [0, 1]
+
+
+def test_real_bracket_with_frames_taken_out(test_data):
+    files = _real(test_data, "depthmap10")
+    result = check_bracket(without(files, (4, 5)))
+    assert [3, 4] in result.to_json()["gaps"]
+    files = _real(test_data, "pcb7")
+    result = check_bracket(without(files, (2, 3)))
+    assert [1, 2] in result.to_json()["gaps"]
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def run(*args):
+    return subprocess.run(
+        [*FOCUSBRIDGE, "check", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def gap_files(bracket, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gap")
+    frames = without(bracket.frames, (5, 6))
+    return [save_image(folder / f"frame_{i:03d}.png", f, 16) for i, f in enumerate(frames)]
+
+
+def test_check_json_and_coverage_map(gap_files, bracket, tmp_path):
+    coverage = tmp_path / "coverage.png"
+    done = run(*gap_files, "--json", "--map", coverage)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    for key in ("gaps", "gap_details", "wasted", "order", "duplicates", "exposure_jumps"):
+        assert key in data, key
+    assert data["gaps"] == [[4, 5]] and data["gap_details"][0]["between"] == [4, 5]
+    assert {"area_fraction", "bbox", "severity"} <= set(data["gap_details"][0])
+    assert data["motion"] == [] and data["coverage_map"] == str(coverage)
+    preview = read_frame(coverage).pixels
+    assert preview.shape == (480, 640, 3)
+
+    # tinted red where sharp in no frame: inside the gap's box, hardly anywhere else (against
+    # the all-in-focus truth, so the scene's own reds don't count)
+    def redness(img):
+        return img[..., 0] - 0.5 * (img[..., 1] + img[..., 2])
+
+    red = redness(preview) - redness(bracket.truth) > 0.2
+    x, y, w, h = data["gap_details"][0]["bbox"]
+    box = np.zeros(red.shape, bool)
+    box[y : y + h, x : x + w] = True
+    assert red[box].mean() > 0.05 and red[box].mean() > 3 * red[~box].mean()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_check_text_names_the_gap(gap_files):
+    done = run(*gap_files)
+    assert done.returncode == 0, done.stderr
+    assert "gap between frames 4 and 5" in done.stdout
+
+
+def test_check_errors_are_one_line_and_touch_nothing(gap_files, tmp_path):
+    before = gap_files[0].read_bytes()
+    done = run(*gap_files, "--map", gap_files[0], "--overwrite")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert str(gap_files[0]) in done.stderr and "input frame" in done.stderr
+    assert gap_files[0].read_bytes() == before
+    done = run(*gap_files[:3], tmp_path / "missing.png")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "missing.png" in done.stderr
+    done = run(*gap_files, "--map", tmp_path / "map.bmp")
+    assert done.returncode == 1 and "map.bmp" in done.stderr and done.stderr.count("\n") == 1
+    done = run(gap_files[0])
+    assert done.returncode == 1 and "at least two frames" in done.stderr
+    existing = tmp_path / "exists.png"
+    existing.write_bytes(b"keep")
+    done = run(*gap_files, "--map", existing)
+    assert done.returncode == 1 and "exists" in done.stderr
+    assert existing.read_bytes() == b"keep"
+
+
+def test_check_reads_focus_distances_for_direction_and_step(bracket, exiftool, tmp_path):
+    # far to near: the files say so through EXIF SubjectDistance (set with exiftool)
+    files = []
+    for i, frame in enumerate(bracket.frames[::-1]):
+        path = save_image(tmp_path / f"f{i:02d}.jpg", frame)
+        exiftool("-overwrite_original", f"-SubjectDistance={0.1055 - 0.0005 * i:.4f}", path)
+        files.append(path)
+    done = run(*files, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["order"] == "far to near" and data["step_mm"] == pytest.approx(0.5, abs=0.01)
+    assert data["gaps"] == []
+
+
+def test_focus_distances_from_real_maker_notes(test_data):
+    from pybridge.capture import focus_distances
+
+    meta = test_data / "camera-metadata"
+    distances, note = focus_distances([meta / "CanonRaw.cr3", meta / "Nikon.nef", meta / "DNG.dng"])
+    assert note is None
+    # Canon: the middle of FocusDistanceLower/Upper 0.22/0.24 m; Nikon: its FocusDistance
+    assert distances[0] == pytest.approx(0.23) and distances[1] == pytest.approx(2.371, abs=0.001)
+    assert distances[2] is None
