@@ -1,0 +1,248 @@
+"""Benchmark: `focusbridge batch` against a shell loop of `focusbridge stack`, and through Dask.
+
+    .venv/bin/python bench/bench_batch.py [--brackets 12 --frames 8 --size 1200x1700]
+
+Generates (once, cached under bench/work/batch-sets/) BRACKETS synthetic brackets of FRAMES
+16-bit TIFF frames each (tests/synthetic.py make_bracket, seed = bracket number), one folder
+per bracket, then runs, one after the other on the same inputs:
+
+1. loop:  `focusbridge stack DIR/*.tif -o OUT/DIR_stacked.tif` for every bracket, sequentially;
+2. batch: `focusbridge batch DIR... --by-folder --output-dir OUT --jobs 2`;
+3. dask:  the same batch with `--scheduler ADDRESS` of a distributed.LocalCluster(n_workers=2,
+   threads_per_worker=1, processes=True) started here (started before the clock runs).
+
+Wall time and peak RSS come from `/usr/bin/time -v` around each command (its peak is the
+largest single process of the tree, so for batch it is the largest pool worker).  Dask workers
+are not children of the command: their peaks are read from each worker with
+VmHWM (/proc/self/status) after the run (a fresh cluster per run).  The loop's peak is
+the largest of its `stack` runs, i.e. a single stack's peak.
+
+Prints a markdown table and writes it to bench/work/batch-results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
+BIN = ROOT / ".venv" / "bin" / "focusbridge"
+TIME = "/usr/bin/time"
+sys.path.insert(0, str(ROOT / "tests"))
+
+RSS_RE = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def generate(sets: Path, brackets: int, frames: int, size: tuple[int, int]) -> list[Path]:
+    """Bracket folders sets/b00 ... (kept between runs: a folder with all frames is reused)."""
+    from synthetic import make_bracket, save_bracket
+
+    folders = []
+    for b in range(brackets):
+        folder = sets / f"b{b:02d}"
+        folders.append(folder)
+        if len(list(folder.glob("*.tif"))) == frames and (folder / ".done").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        t0 = time.monotonic()
+        bracket = make_bracket(n_frames=frames, size=size, seed=b, bit_depth=16)
+        save_bracket(bracket, folder, ".tif", 16, prefix=f"{folder.name}_")
+        (folder / ".done").write_text("")
+        print(f"  generated {folder.name} in {time.monotonic() - t0:.1f} s", flush=True)
+    return folders
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one command under /usr/bin/time -v."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [TIME, "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    m = RSS_RE.search(proc.stderr)
+    return wall, int(m.group(1)) // 1024 if m else 0
+
+
+def fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def run_loop(folders: list[Path], out: Path) -> dict:
+    fresh(out)
+    t0 = time.monotonic()
+    peaks, walls = [], []
+    for d in folders:
+        frames = sorted(str(p) for p in d.glob("*.tif"))
+        wall, rss = timed([str(BIN), "stack", *frames, "-o", str(out / f"{d.name}_stacked.tif")])
+        walls.append(wall)
+        peaks.append(rss)
+    return {
+        "wall": time.monotonic() - t0,
+        "peak": max(peaks),
+        "single": sorted(walls)[len(walls) // 2],
+        "workers": [max(peaks)],
+    }
+
+
+def batch_cmd(folders: list[Path], out: Path, *extra: str) -> list[str]:
+    return [
+        str(BIN),
+        "batch",
+        *map(str, folders),
+        "--by-folder",
+        "--output-dir",
+        str(out),
+        "--progress",
+        "none",
+        *extra,
+    ]
+
+
+def run_batch(folders: list[Path], out: Path, jobs: int) -> dict:
+    fresh(out)
+    wall, rss = timed(batch_cmd(folders, out, "--jobs", str(jobs)))
+    return {"wall": wall, "peak": rss, "workers": [rss]}
+
+
+def _maxrss_mib() -> int:
+    """This process's peak RSS (MiB): VmHWM starts afresh at exec, unlike ru_maxrss, which a
+    worker started by fork + exec inherits from this (generating) script."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def run_dask(folders: list[Path], out: Path, workers: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    fresh(out)
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=0,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        base = client.run(_maxrss_mib)
+        wall, client_rss = timed(batch_cmd(folders, out, "--scheduler", cluster.scheduler_address))
+        peaks = client.run(_maxrss_mib)
+    return {
+        "wall": wall,
+        "peak": max(peaks.values()),
+        "client": client_rss,
+        "workers": sorted(peaks.values()),
+        "idle": max(base.values()),
+    }
+
+
+def check_outputs(out: Path, n: int) -> None:
+    got = len(list(out.glob("*_stacked*.tif")))
+    if got != n:
+        sys.exit(f"{out}: {got} results, expected {n}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--brackets", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", default="1200x1700", help="HEIGHTxWIDTH (default 1200x1700)")
+    ap.add_argument("--jobs", type=int, default=2, help="batch --jobs and Dask workers")
+    ap.add_argument("--report", default=str(WORK / "batch-results.md"))
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    if not Path(TIME).exists():
+        sys.exit(f"{TIME} is missing (apt-get install time)")
+
+    name = f"{args.brackets}x{args.frames}-{size[0]}x{size[1]}"
+    sets = WORK / "batch-sets" / name
+    runs = WORK / "batch-runs"
+    print(f"inputs: {sets}", flush=True)
+    t0 = time.monotonic()
+    folders = generate(sets, args.brackets, args.frames, size)
+    print(f"inputs ready in {time.monotonic() - t0:.1f} s", flush=True)
+
+    res = {}
+    print("loop ...", flush=True)
+    res["loop"] = run_loop(folders, runs / "loop")
+    check_outputs(runs / "loop", len(folders))
+    print(f"  {res['loop']['wall']:.1f} s", flush=True)
+    print(f"batch --jobs {args.jobs} ...", flush=True)
+    res["batch"] = run_batch(folders, runs / "batch", args.jobs)
+    check_outputs(runs / "batch", len(folders))
+    print(f"  {res['batch']['wall']:.1f} s", flush=True)
+    print(f"batch --scheduler (LocalCluster, {args.jobs} workers) ...", flush=True)
+    res["dask"] = run_dask(folders, runs / "dask", args.jobs)
+    check_outputs(runs / "dask", len(folders))
+    print(f"  {res['dask']['wall']:.1f} s", flush=True)
+
+    single = res["loop"]["peak"]
+    mp = size[0] * size[1] / 1e6
+    lines = [
+        f"Batch benchmark: {args.brackets} brackets x {args.frames} frames x "
+        f"{size[0]}x{size[1]} ({mp:.1f} MP, 16-bit TIFF); {os.cpu_count()} cores, "
+        f"{platform.machine()}, Python {platform.python_version()}",
+        "",
+        "| run | wall (s) | s/bracket | peak RSS per worker (MiB) | peak / single stack |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "loop": "shell loop of `stack`",
+        "batch": f"`batch --jobs {args.jobs}`",
+        "dask": f"`batch --scheduler` (LocalCluster {args.jobs}x1)",
+    }
+    for key, label in labels.items():
+        r = res[key]
+        lines.append(
+            f"| {label} | {r['wall']:.1f} | {r['wall'] / len(folders):.2f} | "
+            f"{r['peak']} | {r['peak'] / single:.2f} |"
+        )
+    b_l = res["batch"]["wall"] / res["loop"]["wall"]
+    d_b = res["dask"]["wall"] / res["batch"]["wall"]
+    lines += [
+        "",
+        "| ratio | value | target | |",
+        "|---|---:|---:|---|",
+        f"| batch / loop wall | {b_l:.2f} | <= 0.60 | {'ok' if b_l <= 0.6 else 'MISSED'} |",
+        f"| dask / batch wall | {d_b:.2f} | <= 1.15 | {'ok' if d_b <= 1.15 else 'MISSED'} |",
+        "",
+        f"Single stack: median {res['loop']['single']:.1f} s, peak {single} MiB (largest of the "
+        f"loop's runs).  batch peak: largest process of the tree (`/usr/bin/time -v`).  "
+        f"Dask workers' peaks {res['dask']['workers']} MiB (VmHWM in each worker; "
+        f"{res['dask']['idle']} MiB idle before the run), `batch --scheduler` client process "
+        f"{res['dask']['client']} MiB.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    print(f"written to {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
