@@ -297,7 +297,6 @@ class _Fuser:
         self.channels = channels
         self.window_sigma = window_sigma or window_sigma_for(shape)
         self.noise_aware = noise_aware
-        self.frame_count = frame_count
         self.focus = _FocusTracker(shape, noise_aware, frame_count)
         self.frames = 0
 
