@@ -9,13 +9,19 @@ per bracket, then runs, one after the other on the same inputs:
 1. loop:  `focusbridge stack DIR/*.tif -o OUT/DIR_stacked.tif` for every bracket, sequentially;
 2. batch: `focusbridge batch DIR... --by-folder --output-dir OUT --jobs 2`;
 3. dask:  the same batch with `--scheduler ADDRESS` of a distributed.LocalCluster(n_workers=2,
-   threads_per_worker=1, processes=True) started here (started before the clock runs).
+   threads_per_worker=1, processes=True) started here (started before the clock runs, as a
+   user starts `dask scheduler` and `dask worker` beforehand; everything `focusbridge batch
+   --scheduler` does, loading Dask included, is timed).
 
-Wall time and peak RSS come from `/usr/bin/time -v` around each command (its peak is the
-largest single process of the tree, so for batch it is the largest pool worker).  Dask workers
-are not children of the command: their peaks are read from each worker with
-VmHWM (/proc/self/status) after the run (a fresh cluster per run).  The loop's peak is
-the largest of its `stack` runs, i.e. a single stack's peak.
+Wall time, CPU time (user + system) and peak RSS come from `/usr/bin/time -v` around each
+command (its peak is the largest single process of the tree, so for batch it is the largest
+pool worker).  Dask workers are not children of the command: their peaks are read from each
+worker with VmHWM (/proc/self/status) after the run (a fresh cluster per run), and their CPU
+time from getrusage before and after, added to the command's.  The loop's peak is the largest
+of its `stack` runs, i.e. a single stack's peak.  The nanny leaves its workers' environment
+(MALLOC_TRIM_THRESHOLD_...) in this process, so it is put back before the batch command
+starts, as from a user's shell.  On a machine that other work shares, compare the rows of
+one run, and repeat.
 
 Prints a markdown table and writes it to bench/work/batch-results.md.
 """
@@ -40,6 +46,7 @@ TIME = "/usr/bin/time"
 sys.path.insert(0, str(ROOT / "tests"))
 
 RSS_RE = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+CPU_RE = re.compile(r"(?:User|System) time \(seconds\): ([\d.]+)")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -66,8 +73,9 @@ def generate(sets: Path, brackets: int, frames: int, size: tuple[int, int]) -> l
     return folders
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of one command under /usr/bin/time -v."""
+def timed(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, its children included) of
+    one command under /usr/bin/time -v."""
     t0 = time.monotonic()
     proc = subprocess.run(
         [TIME, "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -76,7 +84,8 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     m = RSS_RE.search(proc.stderr)
-    return wall, int(m.group(1)) // 1024 if m else 0
+    cpu = sum(float(t) for t in CPU_RE.findall(proc.stderr))
+    return wall, int(m.group(1)) // 1024 if m else 0, cpu
 
 
 def fresh(folder: Path) -> Path:
@@ -88,14 +97,18 @@ def fresh(folder: Path) -> Path:
 def run_loop(folders: list[Path], out: Path) -> dict:
     fresh(out)
     t0 = time.monotonic()
-    peaks, walls = [], []
+    peaks, walls, cpu = [], [], 0.0
     for d in folders:
         frames = sorted(str(p) for p in d.glob("*.tif"))
-        wall, rss = timed([str(BIN), "stack", *frames, "-o", str(out / f"{d.name}_stacked.tif")])
+        wall, rss, used = timed(
+            [str(BIN), "stack", *frames, "-o", str(out / f"{d.name}_stacked.tif")]
+        )
         walls.append(wall)
         peaks.append(rss)
+        cpu += used
     return {
         "wall": time.monotonic() - t0,
+        "cpu": cpu,
         "peak": max(peaks),
         "single": sorted(walls)[len(walls) // 2],
         "workers": [max(peaks)],
@@ -118,8 +131,8 @@ def batch_cmd(folders: list[Path], out: Path, *extra: str) -> list[str]:
 
 def run_batch(folders: list[Path], out: Path, jobs: int) -> dict:
     fresh(out)
-    wall, rss = timed(batch_cmd(folders, out, "--jobs", str(jobs)))
-    return {"wall": wall, "peak": rss, "workers": [rss]}
+    wall, rss, cpu = timed(batch_cmd(folders, out, "--jobs", str(jobs)))
+    return {"wall": wall, "cpu": cpu, "peak": rss, "workers": [rss]}
 
 
 def _maxrss_mib() -> int:
@@ -132,10 +145,19 @@ def _maxrss_mib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def _cpu_seconds() -> float:
+    """User + system seconds of this process (a worker) and its children (exiftool)."""
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+
+
 def run_dask(folders: list[Path], out: Path, workers: int) -> dict:
     from distributed import Client, LocalCluster
 
     fresh(out)
+    environ = dict(os.environ)
     with (
         LocalCluster(
             n_workers=workers,
@@ -146,11 +168,21 @@ def run_dask(folders: list[Path], out: Path, workers: int) -> dict:
         ) as cluster,
         Client(cluster) as client,
     ):
+        # the nanny leaves its worker settings (MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS...)
+        # in this process's environment; `focusbridge batch`, started from a shell as a user
+        # would, must not inherit them
+        os.environ.clear()
+        os.environ.update(environ)
         base = client.run(_maxrss_mib)
-        wall, client_rss = timed(batch_cmd(folders, out, "--scheduler", cluster.scheduler_address))
+        before = client.run(_cpu_seconds)
+        wall, client_rss, client_cpu = timed(
+            batch_cmd(folders, out, "--scheduler", cluster.scheduler_address)
+        )
+        after = client.run(_cpu_seconds)
         peaks = client.run(_maxrss_mib)
     return {
         "wall": wall,
+        "cpu": client_cpu + sum(after[w] - before[w] for w in after),
         "peak": max(peaks.values()),
         "client": client_rss,
         "workers": sorted(peaks.values()),
@@ -205,8 +237,8 @@ def main() -> int:
         f"{size[0]}x{size[1]} ({mp:.1f} MP, 16-bit TIFF); {os.cpu_count()} cores, "
         f"{platform.machine()}, Python {platform.python_version()}",
         "",
-        "| run | wall (s) | s/bracket | peak RSS per worker (MiB) | peak / single stack |",
-        "|---|---:|---:|---:|---:|",
+        "| run | wall (s) | s/bracket | CPU (s) | peak RSS per worker (MiB) | peak / single stack |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     labels = {
         "loop": "shell loop of `stack`",
@@ -216,7 +248,7 @@ def main() -> int:
     for key, label in labels.items():
         r = res[key]
         lines.append(
-            f"| {label} | {r['wall']:.1f} | {r['wall'] / len(folders):.2f} | "
+            f"| {label} | {r['wall']:.1f} | {r['wall'] / len(folders):.2f} | {r['cpu']:.1f} | "
             f"{r['peak']} | {r['peak'] / single:.2f} |"
         )
     b_l = res["batch"]["wall"] / res["loop"]["wall"]

@@ -29,6 +29,7 @@ way `focusbridge stack` cancels (temp files removed; one already committing fini
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -155,20 +156,80 @@ def _arm_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold its sliding rule reaches
+# (DEFAULT_MMAP_THRESHOLD_MAX: 32 MiB on 64-bit systems)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+_MALLOC_SWITCHES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_malloc_ready = False
+
+
+def reuse_freed_memory() -> None:
+    """Give this process (a pool process, a Dask worker) glibc's usual malloc behaviour for
+    arrays, once.
+
+    Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 (its config
+    `distributed.nanny.pre-spawn-environ`), and leaves it in the environment of the process
+    that started the nanny too. Setting any such variable switches off glibc's sliding mmap
+    threshold: every array over 128 KiB (each frame, each pyramid level) then becomes an mmap
+    of its own, page-faulted in zeroed and unmapped again when freed, where a process started
+    without it (`focusbridge stack`, the local pool) soon serves them from its heap. For 12
+    brackets of 8 frames of 2 MP (bench/bench_batch.py) that was 4.1 million page faults
+    instead of 0.4 million and 34 s instead of 7 s of system time: Dask ~1.9x the local pool.
+    This sets the thresholds the sliding rule ends at (mmap: 32 MiB on 64-bit systems, trim:
+    twice that), so what a process keeps between brackets stays within one bracket's peak,
+    as in a pool process. A threshold the user set (MALLOC_MMAP_THRESHOLD_) is left alone, and
+    so is a process without those variables (`dask worker --no-nanny`, a plain shell), where
+    glibc's own rule is in force."""
+    global _malloc_ready
+    if _malloc_ready:
+        return
+    _malloc_ready = True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    if not any(name in os.environ for name in _MALLOC_SWITCHES):
+        return
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        top = 4 * 2**20 * ctypes.sizeof(ctypes.c_long)
+        if mallopt(M_MMAP_THRESHOLD, top):
+            mallopt(M_TRIM_THRESHOLD, 2 * top)
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed by a finished bracket back to the system (glibc's malloc_trim),
+    as a Dask worker that may run other work between brackets is expected to: what it keeps
+    drops to about its idle size (in bench/bench_batch.py from ~350 MiB to ~200 MiB)."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim.argtypes = (ctypes.c_size_t,)
+        trim(0)
+
+
+def _glibc(name: str):
+    """A function of the C library when it is glibc's (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # musl has no malloc_trim
+        return None
+
+
 def _worker_init(parent: int, threads: int) -> None:
     global _IN_POOL
     _IN_POOL = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):  # die with the client (SIGKILL), not finish alone
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(1)
     import cv2
 
+    reuse_freed_memory()
     cv2.setNumThreads(threads)
 
 
@@ -200,16 +261,19 @@ class Journal:
             fsync_folder(folder)
         with open(self.path, "rb") as f:
             data = f.read()
-        self.records: list[dict] = []
-        for line in data.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # the line a power cut tore
-                continue
-            if isinstance(record, dict) and isinstance(record.get("key"), str):
-                self.records.append(record)
+        self.records = _parse_records(data)
         if data and not data.endswith(b"\n"):
             os.write(self.fd, b"\n")
+
+    @staticmethod
+    def peek_outputs(folder: Path) -> set[str]:
+        """outputs() of the journal in `folder` as it is now, read without creating or
+        locking it (empty when there is none)."""
+        try:
+            with open(folder / JOURNAL_NAME, "rb") as f:
+                return _outputs(_parse_records(f.read()))
+        except OSError:
+            return set()
 
     def last(self) -> dict[str, dict]:
         return {r["key"]: r for r in self.records}
@@ -219,12 +283,7 @@ class Journal:
 
     def outputs(self) -> set[str]:
         """Every file a batch into this folder wrote (results and maps): never frames."""
-        named = set()
-        for r in self.records:
-            for path in [r.get("output"), *(r.get("outputs") or [])]:
-                if isinstance(path, str):
-                    named.add(path)
-        return named
+        return _outputs(self.records)
 
     def append(self, event: str, task: Task, **extra) -> None:
         record = {
@@ -241,6 +300,27 @@ class Journal:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _parse_records(data: bytes) -> list[dict]:
+    records = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line a power cut tore
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), str):
+            records.append(record)
+    return records
+
+
+def _outputs(records: list[dict]) -> set[str]:
+    named = set()
+    for r in records:
+        for path in [r.get("output"), *(r.get("outputs") or [])]:
+            if isinstance(path, str):
+                named.add(path)
+    return named
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -526,7 +606,7 @@ def run_batch(
     if scheduler:
         from .cluster import require_dask
 
-        require_dask()  # before anything is written
+        require_dask(load=False)  # before anything is written (loaded while detecting)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -536,14 +616,20 @@ def run_batch(
     summary = Summary()
     staging = folder / STAGING_NAME
     with ExitStack() as cleanup:  # undone in reverse: local pool, staging, journal, client
-        runner = _connect(scheduler) if scheduler else None  # fail fast: nothing written yet
-        if runner is not None:
-            cleanup.callback(runner.close)
+        # Dask loads (1-2 s) and connects in a thread while the brackets are found (exiftool's
+        # read of every file); the journal is only read until the connection stands
+        connecting = _Connecting(scheduler) if scheduler else None
+        if connecting is not None:
+            cleanup.callback(connecting.close)
+        seen = Journal.peek_outputs(folder)
+        found = detect(paths, gap=gap, by_folder=by_folder, exclude=seen)
+        runner = connecting.result() if connecting else None  # fail fast: nothing written yet
         journal = Journal(folder)
         cleanup.callback(journal.close)  # the lock goes once every local worker is done
         cleanup.callback(_remove_staging, staging, summary, remote=bool(scheduler))
         shutil.rmtree(staging, ignore_errors=True)  # what killed attempts left
-        found = detect(paths, gap=gap, by_folder=by_folder, exclude=journal.outputs())
+        if journal.outputs() != seen:  # a batch into DIR ended meanwhile: its results too
+            found = detect(paths, gap=gap, by_folder=by_folder, exclude=journal.outputs())
         summary.unassigned = found.unassigned
         tasks = plan_tasks(found.brackets, folder, opts, out)
         summary.total = len(tasks)
@@ -570,6 +656,9 @@ def run_batch(
             )
             cleanup.callback(runner.close)
         if todo:
+            # the largest first (stable: detection order among equals), so the last to run
+            # are small ones and the workers finish together rather than wait on one big one
+            todo.sort(key=lambda t: len(t.frames) * (t.pixels or 1), reverse=True)
             summary.jobs = runner.slots()
             log("info", f"{len(todo)} to stack, {runner.describe()}")
             _run(todo, runner, journal, summary, progress, log)
@@ -589,10 +678,28 @@ def _remove_staging(staging: Path, summary: Summary, remote: bool) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _connect(address: str):
-    from .cluster import DaskRunner
+class _Connecting:
+    """cluster.DaskRunner(address), made in a thread of its own: `result()` waits for it
+    (raising what its making raised), `close()` closes it whenever it is made."""
 
-    return DaskRunner(address)
+    def __init__(self, address: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .cluster import DaskRunner
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dask-connect")
+        self.future = pool.submit(DaskRunner, address)
+        pool.shutdown(wait=False)
+
+    def result(self):
+        return self.future.result()
+
+    def close(self) -> None:
+        def close(future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                future.result().close()
+
+        self.future.add_done_callback(close)  # now, or when it comes (interrupted meanwhile)
 
 
 def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress, log) -> None:

@@ -2,7 +2,9 @@
 
 The application layer of `plan.py` (optics arithmetic) and `check.py` (the engine's quick
 look at a bracket): their command lines, and for `check` the frames' focus distances, read
-with exiftool (exif/focus.py) when it is installed. `register(subparsers)` adds both commands.
+with exiftool (exif/focus.py) when it is installed and some frame has metadata to read (a
+header look: EXIF, XMP, text chunks, a camera RAW), alongside the check's pixel pass.
+`register(subparsers)` adds both commands.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
 
 from .errors import OptionError, print_warning
@@ -35,7 +38,8 @@ examples:
   focusbridge check frames/*.jpg --json
 
 Frame numbers are counted from 0 in the order given. The check works on frames scaled to
-about 1000 px (--long-side), so it sees gaps of at least a few pixels' blur at that size.
+half their size, 750 to 1000 px (frames up to 1250 px as they are; --long-side), so it sees
+gaps of at least a few pixels' blur at that size.
 See docs/capture.md.
 """
 
@@ -95,9 +99,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--long-side",
         type=int,
-        default=1000,
+        default=None,
         metavar="PX",
-        help="size the frames are checked at (default 1000; larger sees smaller gaps, slower)",
+        help="size the frames are checked at (default: frames up to 1250 px as they are, "
+        "larger ones at half size, 750..1000; larger sees smaller gaps, slower)",
     )
 
 
@@ -119,18 +124,23 @@ def cmd_plan(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import check_bracket
+    from concurrent.futures import ThreadPoolExecutor
 
-    if not 64 <= args.long_side <= 20000:
+    if args.long_side is not None and not 64 <= args.long_side <= 20000:
         raise OptionError("long-side", f"must be 64..20000 px, not {args.long_side}")
-    distances, note = focus_distances(args.frames)
-    result = check_bracket(
-        args.frames,
-        distances=distances,
-        coverage_map=args.map,
-        overwrite=args.overwrite,
-        long_side=args.long_side,
-    )
+    # exiftool reads the focus distances while the engine loads and the pixels are checked
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-exif") as pool:
+        reading = pool.submit(focus_distances, args.frames)
+        from .check import check_bracket
+
+        result = check_bracket(
+            args.frames,
+            distances=lambda: reading.result()[0],
+            coverage_map=args.map,
+            overwrite=args.overwrite,
+            long_side=args.long_side,
+        )
+        note = reading.result()[1]
     if note:
         result.notes.append(note)
     if args.json:
@@ -143,7 +153,10 @@ def cmd_check(args) -> int:
 
 def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str | None]:
     """Each frame's focus distance in metres (None where the file has none) from its EXIF or
-    maker notes, and a note when they could not be read at all."""
+    maker notes, and a note when they could not be read at all. Frames without metadata
+    (exported or generated TIFF, PNG or JPEG files) carry none: no exiftool for those."""
+    if not any(map(_has_metadata, frames)):
+        return None, None
     try:
         from exif.focus import FOCUS_TAGS, focus_reading
         from exif.tool import ExifError, find_exiftool, open_exiftool, read_json
@@ -159,3 +172,52 @@ def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str |
     readings = [focus_reading(data.get(os.path.abspath(f)) or {}) for f in frames]
     distances = [r.distance if r.known and math.isfinite(r.distance) else None for r in readings]
     return (distances if any(d is not None for d in distances) else None), None
+
+
+# Where exiftool finds focus distances: EXIF (maker notes included) or XMP. TIFF tags: XMP,
+# ExifIFD, SubjectDistance, MakerNote, DNGVersion; PNG chunks: EXIF, and the text chunks
+# that hold XMP and ImageMagick's raw EXIF profiles.
+_TIFF_METADATA_TAGS = (700, 34665, 37382, 37500, 50706)
+_PNG_METADATA_CHUNKS = {b"eXIf", b"iTXt", b"tEXt", b"zTXt"}
+
+
+def _has_metadata(path) -> bool:
+    """Might the file carry a focus distance? False only when its header says it has no
+    EXIF and no XMP (a camera RAW always has them; an unreadable file is exiftool's to judge)."""
+    from .frames import RAW_EXTENSIONS
+    from .headers import open_header, sniff
+
+    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            kind = sniff(fh.read(16))
+            if kind == "jpeg":
+                info = open_header(fh, kind).info
+                return bool(info.get("exif") or info.get("xmp"))
+            if kind == "png":
+                return bool(_png_chunks(fh) & _PNG_METADATA_CHUNKS)
+            if kind == "tiff":
+                import tifffile
+
+                fh.seek(0)
+                with tifffile.TiffFile(fh) as tif:
+                    return any(tag in tif.pages.first.tags for tag in _TIFF_METADATA_TAGS)
+    except Exception:  # damaged or unreadable: let exiftool say what it finds
+        return True
+    return True
+
+
+def _png_chunks(fh) -> set[bytes]:
+    """The chunk types of a PNG (lengths followed from chunk to chunk; data not read)."""
+    fh.seek(8)
+    found = set()
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            return found
+        length, kind = struct.unpack(">I4s", head)
+        found.add(kind)
+        if kind == b"IEND":
+            return found
+        fh.seek(length + 4, os.SEEK_CUR)

@@ -1,7 +1,9 @@
 """CHECK: a fast look at a focus bracket, before (or instead of) stacking it.
 
-The frames are read, scaled so the long side is about 1000 px, aligned the way the pipeline
-aligns them (`ChainAligner`, `warp_frame`) and measured with the fusers' focus measure
+The frames are read at the check size the cheap way (`frames.read_frame_small`: JPEG scaled in
+the DCT domain, RAW at half size without demosaicing): half their long side, 750..1000 px, or
+as they are up to 1250 px (`check_long_side`); aligned the way the pipeline aligns them
+(`ChainAligner`, one ECC pass at 320 px, `warp_frame`) and measured with the fusers' focus measure
 (`fuse.focus_measure`) in a grid of blocks (64 along the long side). Nothing is fused at full
 size. From the blocks' focus curves (the measure of one block along the frames) it finds:
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,10 +50,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .align import ChainAligner, warp_frame
+from .align import (
+    ChainAligner,
+    Transform,
+    _nearest_similarity,
+    _rescale,
+    _scale_matrix,
+    warp_frame,
+)
 from .atomic import atomic_output
 from .errors import Cancelled, InputError
-from .frames import frame_from_array, icc_colour_space, read_frame
+from .frames import frame_from_array, icc_colour_space, probe_frame, read_frame_small
 from .fuse import focus_measure, window_sigma_for
 from .options import DEFAULT_MAX_PIXELS, StackOptions
 from .pipeline import chain_order, check_before_pixels
@@ -58,9 +68,15 @@ from .write import write_image
 
 FrameSource = str | os.PathLike | np.ndarray
 
-CHECK_LONG_SIDE = 1000  # px: the check works on frames scaled to this long side
-_ALIGN_LONG_SIDE = 320  # the aligner's working size (the pipeline uses 800 on full frames)
+CHECK_LONG_SIDE = 1000  # px: by default the check works at half the frames' long side, at
+CHECK_MIN_LONG_SIDE = 750  # most this and at least this; frames up to 25 % larger than
+# CHECK_LONG_SIDE are checked as they are (their findings hold at their own size)
+_ALIGN_LONG_SIDE = 320  # the aligner's working size (the pipeline uses 800 on full frames;
+# smaller leaves misalignment that the motion check reads as motion)
+_READ_AHEAD = 2  # frames read at a time, ahead of the one being measured
+_FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM  # the faster ones miss moves of 5 px
 _BLOCKS_LONG_SIDE = 64  # focus blocks along the long side
+_LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as cv2.COLOR_RGB2GRAY (the focus measure's)
 _PEAKED = 4.0  # a block has a focus peak when its best measure is 4x its worst
 GAP_STEP_RATIO = 1.6  # a pair this many typical steps apart is a gap
 _WASTED_SHARE = 0.003  # an end frame sharpest in less than this share of blocks is wasted
@@ -188,39 +204,49 @@ class _Measures:
     gains: list[float]  # per frame: luminance gain onto the reference
     fallback: list[bool]  # per frame: its alignment step failed
     flows: dict  # pair i (frames i, i+1) -> block flow x, y and where it is reliable
-    composite: np.ndarray  # the quick max-focus composite at check size
+    composite: np.ndarray | None  # the quick max-focus composite at check size (for the map)
     block: int  # block size in check pixels
     scale: float  # check size / frame size
+    shape: tuple[int, int]  # (height, width) at check size
     unsharp: np.ndarray | None = None  # bh x bw bool: sharp in no frame (found by _gaps)
 
 
 def check_bracket(
     frames: Sequence[FrameSource],
     *,
-    distances: Sequence[float | None] | None = None,
+    distances: Sequence[float | None] | Callable[[], Sequence[float | None] | None] | None = None,
     coverage_map: str | os.PathLike | None = None,
     overwrite: bool = False,
-    long_side: int = CHECK_LONG_SIDE,
+    long_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     cancel: Callable[[], bool] | None = None,
 ) -> CheckResult:
     """Check a focus bracket (see the module docstring). `distances`: focus distance of each
-    frame in metres (None where unknown), for the step in mm and the direction.
+    frame in metres (None where unknown), for the step in mm and the direction; or a function
+    that returns them, called after the pixel pass (so a slow read can run alongside it).
     `coverage_map`: also write the quick composite with the areas sharp in no frame tinted
-    red (TIFF, PNG or JPEG, atomically)."""
+    red (TIFF, PNG or JPEG, atomically). `long_side`: the size (px) the frames are checked
+    at; None: check_long_side's choice for their size."""
     t0 = time.perf_counter()
     frames = list(frames)
     if len(frames) < 2:
         what = str(frames[0]) if frames and not isinstance(frames[0], np.ndarray) else "input"
         raise InputError(what, "a bracket check needs at least two frames")
-    if distances is not None and len(distances) != len(frames):
+    if distances is not None and not callable(distances) and len(distances) != len(frames):
         raise ValueError("distances must have one entry per frame")
     writes = [("coverage map", Path(coverage_map))] if coverage_map is not None else []
     opts = StackOptions(overwrite=overwrite, max_pixels=max_pixels)
     channels, ref = check_before_pixels(frames, writes, opts)
-    measures, size, icc = _measure(frames, channels, ref, long_side, max_pixels, cancel)
+    full = _frame_long_side(frames[0], max_pixels)
+    work = check_long_side(full, long_side)
+    colour = coverage_map is not None  # the composite is only wanted for the map
+    measures, size, icc = _measure(frames, channels, ref, work, max_pixels, cancel, colour)
+    if callable(distances):  # read alongside the pixel pass (exiftool)
+        distances = distances()
+        if distances is not None and len(distances) != len(frames):
+            raise ValueError("distances must have one entry per frame")
     n = len(frames)
-    h, w = measures.composite.shape[:2]
+    h, w = measures.shape
     result = CheckResult(count=n, size=size, check_size=(w, h))
     measure = _measure_for_steps(measures)
     logs = np.log(np.maximum(measure, 1e-12))
@@ -261,20 +287,41 @@ def check_bracket(
 # ---------------------------------------------------------------------- streaming pass
 
 
+def check_long_side(full: int, long_side: int | None = None) -> int:
+    """The long side (px) frames of `full` px are checked at. By default frames up to 1250 px
+    are checked as they are, larger ones at half their size (rounded up: what a JPEG decoder
+    gives), 750..1000 px: the check's work grows with its size, the stack's with the frames'.
+    A `long_side` is taken as it is, except that a frame at most 25 % larger is checked whole."""
+    if long_side is None:
+        if full <= 1.25 * CHECK_LONG_SIDE:
+            return full
+        return min(CHECK_LONG_SIDE, max(CHECK_MIN_LONG_SIDE, math.ceil(full / 2)))
+    return full if long_side >= 0.8 * full else long_side
+
+
+def _frame_long_side(src: FrameSource, max_pixels: int) -> int:
+    if isinstance(src, np.ndarray):
+        return max(src.shape[:2])
+    info = probe_frame(src, max_pixels=max_pixels)
+    return max(info.height, info.width)
+
+
 def _load_small(src: FrameSource, max_pixels: int, long_side: int, channels: int):
-    frame = (
-        frame_from_array(src)
-        if isinstance(src, np.ndarray)
-        else read_frame(src, max_pixels=max_pixels)
-    )
-    pixels = frame.pixels
-    h, w = pixels.shape[:2]
-    f = long_side / max(h, w)
-    if f < 0.8:  # a frame up to 25 % larger is checked as it is
-        size = (max(8, round(w * f)), max(8, round(h * f)))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).reshape(
-            size[1], size[0], -1
-        )
+    """One frame at the check size (the long side `long_side`), decoded the cheap way
+    (frames.read_frame_small); with the frame's full (width, height) and usable ICC profile."""
+    if isinstance(src, np.ndarray):
+        frame = frame_from_array(src)
+        h, w = frame.pixels.shape[:2]
+        pixels = frame.pixels
+        if long_side < max(h, w):
+            f = long_side / max(h, w)
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).reshape(
+                size[1], size[0], -1
+            )
+    else:
+        frame, (h, w) = read_frame_small(src, long_side, max_pixels=max_pixels)
+        pixels = frame.pixels
     if pixels.shape[2] != channels:
         pixels = (
             np.repeat(pixels[..., :1], 3, axis=2)
@@ -297,11 +344,14 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
 
 
-def _measure(frames, channels, ref, long_side, max_pixels, cancel):
-    """One pass in the pipeline's chain order: read (ahead, in a thread), scale, align, warp,
-    measure; keep only block measures, the composite and the neighbours for motion."""
+def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
+    """One pass in the pipeline's chain order: read (ahead, in threads), scale, align, warp,
+    measure; keep only block measures, the composite (`colour`: for the map) and the
+    neighbours for motion. Without the composite only the grey image is warped: the luma of
+    the frame with its gain applied, which is what the focus measure and the flow see of the
+    warped colour frame (resampling is linear)."""
     n = len(frames)
-    aligner = ChainAligner(model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE)
+    aligner = _QuickAligner(model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE)
     order = chain_order(n, ref)
     fine: list = [None] * n
     coarse: list = [None] * n
@@ -310,16 +360,19 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel):
     fallback = [False] * n
     flows: dict[int, tuple] = {}  # pair (i, i+1) -> block flow x, y and where it is reliable
     state: dict = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-read") as pool:
-        pending = pool.submit(_load_small, frames[order[0]], max_pixels, long_side, channels)
+
+    def load(step: int):
+        return pool.submit(_load_small, frames[order[step]], max_pixels, long_side, channels)
+
+    # reading (decoding) is most of the work on large frames: two frames are read at a time
+    with ThreadPoolExecutor(max_workers=_READ_AHEAD, thread_name_prefix="check-read") as pool:
+        pending = deque(load(step) for step in range(min(_READ_AHEAD, n)))
         for step, index in enumerate(order):
             if cancel is not None and cancel():
                 raise Cancelled()
-            pixels, size, icc = pending.result()
-            if step + 1 < n:
-                pending = pool.submit(
-                    _load_small, frames[order[step + 1]], max_pixels, long_side, channels
-                )
+            pixels, size, icc = pending.popleft().result()
+            if step + _READ_AHEAD < n:
+                pending.append(load(step + _READ_AHEAD))
             if not state:
                 shape = pixels.shape[:2]
                 block = 2 * max(2, round(max(shape) / (2 * _BLOCKS_LONG_SIDE)))
@@ -333,8 +386,8 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel):
                     icc=icc,
                     sigma=window_sigma_for(shape),
                     sigma_half=window_sigma_for((shape[0] // 2, shape[1] // 2)),
-                    best=np.full(shape, -1.0, np.float32),
-                    composite=pixels.copy(),
+                    best=np.full(shape, -1.0, np.float32) if colour else None,
+                    composite=pixels.copy() if colour else None,
                     scale=max(shape) / max(size),
                 )
             elif pixels.shape[:2] != state["shape"]:
@@ -344,7 +397,7 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel):
             t = aligner.set_reference(pixels) if index == ref else aligner.align(pixels)
             fallback[index] = t.fallback
             gains[index] = float(np.mean(t.gain))
-            warped, valid = warp_frame(pixels, t, state["shape"], interpolation=cv2.INTER_LINEAR)
+            warped, valid = _warp(pixels, t, state["shape"], colour)
             valid_blocks = _fold(state, index, warped, valid, fine, coarse)
             valid_blocks_all[index] = valid_blocks
             small = _motion_image(state, warped, valid)
@@ -369,14 +422,53 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel):
             composite=state["composite"],
             block=state["block"],
             scale=state["scale"],
+            shape=state["shape"],
         ),
         state["size"],
         state["icc"],
     )
 
 
+class _QuickAligner(ChainAligner):
+    """The pipeline's chain alignment with one ECC pass per neighbour step, at the working
+    size (320 px; the coarse pass at 256 px before it changes next to nothing this close,
+    from the previous step's motion); a step that pass cannot do plausibly gets the full
+    coarse-to-fine registration."""
+
+    def _register(self, prev, cur):
+        f = prev.f
+        try:
+            w, corr = self._ecc(
+                prev.grey,
+                cur.grey,
+                _rescale(self._last_step, f),
+                cv2.MOTION_AFFINE,
+                iterations=40,
+                eps=1e-4,
+                blur=5,
+                want_corr=True,
+            )
+        except cv2.error:
+            return super()._register(prev, cur)
+        full = _nearest_similarity(np.linalg.inv(_scale_matrix(f)) @ w @ _scale_matrix(f))
+        if corr < 0.2 or not self._plausible(full, prev.grey.shape, f):
+            return super()._register(prev, cur)
+        return full, float(corr), False
+
+
 def _name(src: FrameSource) -> str:
     return "<array>" if isinstance(src, np.ndarray) else str(src)
+
+
+def _warp(pixels: np.ndarray, t: Transform, shape, colour: bool):
+    """The frame on the reference grid with its gain (warp_frame, bilinear); without `colour`
+    only its luma (RGB -> grey weights times the gain, then warped: the same values)."""
+    if colour or pixels.shape[2] == 1:
+        return warp_frame(pixels, t, shape, interpolation=cv2.INTER_LINEAR)
+    weights = np.float32([_LUMA]) * t.gain.astype(np.float32)
+    grey = cv2.transform(pixels, weights)
+    plain = Transform(matrix=t.matrix, gain=np.ones(1, np.float32))
+    return warp_frame(grey, plain, shape, interpolation=cv2.INTER_LINEAR)
 
 
 def _fold(state, index, warped, valid, fine, coarse) -> np.ndarray:
@@ -395,9 +487,10 @@ def _fold(state, index, warped, valid, fine, coarse) -> np.ndarray:
         inner = cv2.erode(valid, np.ones((5, 5), np.uint8))
         inside = _block_mean(inner, block, bh, bw) == 255
         measure[inner == 0] = -1.0
-    wins = cv2.compare(measure, state["best"], cv2.CMP_GT)
-    cv2.copyTo(measure, wins, state["best"])
-    cv2.copyTo(warped, wins, state["composite"])
+    if state["composite"] is not None:
+        wins = cv2.compare(measure, state["best"], cv2.CMP_GT)
+        cv2.copyTo(measure, wins, state["best"])
+        cv2.copyTo(warped, wins, state["composite"])
     return inside
 
 
@@ -407,8 +500,12 @@ def _motion_image(state, warped, valid):
     grey = cv2.GaussianBlur(_grey(warped), (0, 0), _MOTION_SIGMA)
     h, w = grey.shape
     half = cv2.resize(grey, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    if "level" not in state:
-        state["level"] = max(float(np.percentile(half, 99)), 1e-6)
+    if "level" not in state:  # the 99th percentile (as np.percentile, without numpy.ma)
+        flat = half.ravel()
+        k = 0.99 * (flat.size - 1)
+        lo, hi = int(k), min(int(k) + 1, flat.size - 1)
+        top = np.partition(flat, [lo, hi])
+        state["level"] = max(float(top[lo] + (k - lo) * (top[hi] - top[lo])), 1e-6)
     half = np.clip(half / state["level"], 0.0, 1.0)
     # the smaller eigenvalue of the structure tensor: flow is only trusted at corners and
     # texture, never along a single edge or in blur (the aperture problem)
@@ -423,7 +520,7 @@ def _flow(state, a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (img_a, corners_a, valid_a), (img_b, corners_b, valid_b) = a, b
     block, bh, bw = state["block"], state["bh"], state["bw"]
     if "dis" not in state:
-        state["dis"] = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        state["dis"] = cv2.DISOpticalFlow_create(_FLOW_PRESET)
     flow = state["dis"].calc(img_a, img_b, None)
     fx = 2.0 * _block_mean(np.ascontiguousarray(flow[..., 0]), block // 2, bh, bw)
     fy = 2.0 * _block_mean(np.ascontiguousarray(flow[..., 1]), block // 2, bh, bw)
@@ -442,7 +539,7 @@ def _motion_events(flows: dict, steps, block: int, scale: float, size) -> list[d
     proportion to the focus travel: a neighbour pair's flow counts scaled by how much further
     (`steps`: focus distance between each pair's frames) this pair's frames are apart."""
     events = []
-    typical = float(np.median(steps)) if len(steps) else 0.0
+    typical = _median(steps) if len(steps) else 0.0
     for i in sorted(flows):
         if steps[i] > 1.5 * typical:
             continue  # a big focus step: defocus changes too much for flow to mean motion
@@ -485,6 +582,14 @@ def _area(mask: np.ndarray, block: int, scale: float, size, least=(4, 0.003)) ->
 # ---------------------------------------------------------------------- analysis
 
 
+def _median(values) -> float:
+    """np.median of the values (as it computes it), without the numpy.ma import that
+    np.median costs on its first use (start-up counts: the check is meant to be quick)."""
+    a = np.asarray(values).ravel()
+    lo, hi = (a.size - 1) // 2, a.size // 2
+    return float(np.partition(a, [lo, hi])[[lo, hi]].mean())
+
+
 def _peaked(measure: np.ndarray) -> np.ndarray:
     """Blocks with a focus peak: best measure well above the most defocused one."""
     return measure.max(axis=0) > _PEAKED * np.maximum(measure.min(axis=0), 1e-12)
@@ -495,7 +600,7 @@ def _measure_for_steps(measures: _Measures) -> np.ndarray:
     the half-size one where steps are so big (against the check size) that the finer measure
     falls to its floor within a step."""
     drops = _pair_drops(measures.fine, _peaked(measures.fine) & measures.covered)
-    if np.isfinite(drops).any() and np.nanmedian(drops) > 1.0:
+    if np.isfinite(drops).any() and _median(drops[np.isfinite(drops)]) > 1.0:
         return measures.coarse
     return measures.fine
 
@@ -518,7 +623,7 @@ def _pair_drops(measure: np.ndarray, textured: np.ndarray) -> np.ndarray:
             ]
         )
         if falls.size >= least:
-            out[i] = float(np.median(falls))
+            out[i] = _median(falls)
     return out
 
 
@@ -532,7 +637,7 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
     if n < 4 or judged.sum() < 3:
         result.notes.append("too few frames with detail in focus to judge gaps")
         return
-    typical = float(np.median(drops[judged]))
+    typical = _median(drops[judged])
     # a step e typical steps wide: median fall ~ e(e + 1)/2 typical falls
     ratio = np.maximum(np.where(judged, drops / typical, 1.0), 0.0)
     steps = np.maximum((-1 + np.sqrt(1 + 8 * ratio)) / 2, 1.0)
@@ -638,7 +743,7 @@ def _seriate(d: np.ndarray) -> list[int]:
     each shortened by local search; the shorter chain wins."""
     n = len(d)
     near = np.sort(d + np.eye(n) * 1e9, axis=1)[:, 0]
-    s = float(np.median(near)) or 1.0
+    s = _median(near) or 1.0
     w = np.exp(-d / s)
     lap = np.diag(w.sum(axis=1)) - w
     _, vectors = np.linalg.eigh(lap)
@@ -704,12 +809,12 @@ def _duplicates(result: CheckResult, logs, covered) -> None:
     than neighbours usually are."""
     n = len(logs)
     top = logs.max(axis=0)
-    detail = covered & (top > np.median(top[covered])) if covered.any() else covered
+    detail = covered & (top > _median(top[covered])) if covered.any() else covered
     if detail.sum() < 16:
         return
     flat = logs[:, detail]
     diffs = np.array([np.abs(flat[i] - flat[i + 1]).mean() for i in range(n - 1)])
-    alike = _DUPLICATE_SHARE * float(np.median(diffs)) if n >= 4 else 0.0
+    alike = _DUPLICATE_SHARE * _median(diffs) if n >= 4 else 0.0
     for i, d in enumerate(diffs):
         if d < max(_DUPLICATE_ABS, alike):
             result.duplicates.append([i, i + 1])

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, signals
+from . import signals
 from .errors import describe_failure, print_failure, print_warning
 from .options import StackOptions, StackOutputOptions
 
@@ -225,13 +225,26 @@ def cmd_run_job(args) -> int:
     return run_job(Path(args.manifest))
 
 
+class _Version(argparse.Action):
+    """argparse's version action, with the version looked up only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        parser._print_message(f"focusbridge {__version__}\n", sys.stdout)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focusbridge",
         description="Focus stacking for macro and microscope brackets: RAW/16-bit in, 16-bit "
         "out, metadata kept. Use `focusbridge COMMAND --help` for each command.",
     )
-    parser.add_argument("--version", action="version", version=f"focusbridge {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

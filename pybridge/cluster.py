@@ -1,13 +1,15 @@
 """Brackets on a Dask cluster: `focusbridge batch --scheduler tcp://HOST:PORT`.
 
 Optional: Dask comes with the `dask` extra (`pip install 'focusbridge[dask]'`) and is imported
-only here, only when --scheduler is given. One task per bracket (`client.submit(run_bracket,
-task, pure=False, retries=2)`), collected with `as_completed`. The workers run the same
-`batch.run_bracket` as a local batch, so the results are the same; they read the frames and
-write the results through paths that every one of them sees (a shared file system), and the
-client alone writes the journal. A worker that dies mid-bracket leaves only its private staging
-folder; the scheduler gives the task to another worker, whose outputs replace nothing but
-what the dead one may have put in place, whole. docs/batch.md says how to start a cluster.
+only here, only when --scheduler is given (in a thread, while the brackets are found: see
+batch._Connecting). One task per bracket (`client.submit(run_on_worker, task, pure=False,
+retries=2)`), collected with `as_completed`. The workers run the same `batch.run_bracket` as a
+local batch, in a pool process's conditions (run_on_worker), so the results are the same, and
+so is the time a bracket takes (bench/bench_batch.py); they read the frames and write the
+results through paths that every one of them sees (a shared file system), and the client alone
+writes the journal. A worker that dies mid-bracket leaves only its private staging folder; the
+scheduler gives the task to another worker, whose outputs replace nothing but what the dead one
+may have put in place, whole. docs/batch.md says how to start a cluster.
 """
 
 from __future__ import annotations
@@ -23,21 +25,52 @@ DASK_HINT = (
 
 
 def run_on_worker(task):
-    """batch.run_bracket on a Dask worker, with OpenCV held to the worker's own threads: a
-    worker started with N threads is given N cores, and OpenCV's default (every core of the
-    machine, in each task) oversubscribes them, as the local pool avoids too. (Not the main
-    cost: bench/bench_batch.py still measures Dask ~1.9x the local pool on 2 cores.)"""
+    """batch.run_bracket on a Dask worker, in the conditions of a local pool process: OpenCV
+    held to the worker's own threads (a worker started with N threads is given N cores;
+    OpenCV's default, every core of the machine in each task, oversubscribes them, as the local
+    pool avoids too), and glibc's malloc reusing freed arrays (batch.reuse_freed_memory: the
+    nanny turns that off, which made a Dask batch ~1.9x the local pool's time). The memory a
+    bracket freed goes back to the system (batch.release_freed_memory) once the worker has no
+    other task waiting, so an idle worker is small again and brackets in a row do not
+    page-fault their memory in afresh."""
     import cv2
     from distributed import get_worker
 
-    from .batch import run_bracket
+    from .batch import release_freed_memory, reuse_freed_memory, run_bracket
 
-    cv2.setNumThreads(max(1, get_worker().state.nthreads))
-    return run_bracket(task)
+    worker = get_worker()
+    reuse_freed_memory()
+    cv2.setNumThreads(max(1, worker.state.nthreads))
+    try:
+        return run_bracket(task)
+    finally:
+        if not _more_waiting(worker):
+            release_freed_memory()
 
 
-def require_dask():
-    """The `distributed` module, or a one-line error saying how to install it."""
+def _more_waiting(worker) -> bool:
+    """Has the worker another task running beside this one, or ready to start (the scheduler
+    hands each worker a little more than it runs at once: distributed.scheduler.
+    worker-saturation)?"""
+    try:
+        return len(worker.state.ready) > 0 or worker.state.executing_count > 1
+    except (AttributeError, TypeError):  # another version of Dask's worker state
+        return False
+
+
+def require_dask(load: bool = True):
+    """The `distributed` module, or a one-line error saying how to install it. `load=False`:
+    only whether it is installed (importing it takes a second or two)."""
+    if not load:
+        from importlib.util import find_spec
+
+        try:
+            found = find_spec("distributed") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise FocusbridgeError(DASK_HINT)
+        return None
     try:
         import distributed
     except ImportError:
@@ -60,9 +93,15 @@ class DaskRunner:
                 f"cannot reach the Dask scheduler at {address} ({one_line(exc)})"
             ) from None
         self.finished = distributed.as_completed(loop=self.client.loop)
+        self._threads: int | None = None
+        self._asked = 0.0
 
     def threads(self) -> int:
-        return sum(self.client.nthreads().values())
+        # asked of the scheduler at most once a second (the batch loop asks on every turn)
+        now = time.monotonic()
+        if self._threads is None or now - self._asked > 1.0:
+            self._threads, self._asked = sum(self.client.nthreads().values()), now
+        return self._threads
 
     def slots(self) -> int:
         # brackets handed to the scheduler at once: enough to keep every worker thread busy
@@ -75,10 +114,13 @@ class DaskRunner:
         return future
 
     def wait(self, futures, timeout: float) -> list:
-        if self.finished.has_ready():
-            return self.finished.next_batch(block=False)
-        time.sleep(timeout)
-        return self.finished.next_batch(block=False) if self.finished.has_ready() else []
+        """The futures finished so far, waiting up to `timeout` for one: woken by
+        as_completed's own notification, not by polling."""
+        ready = self.finished.thread_condition
+        with ready:  # checked under the lock: a notification cannot slip in between
+            if not self.finished.has_ready():
+                ready.wait(timeout)
+        return self.finished.next_batch(block=False)
 
     def outcome(self, future) -> dict:
         return future.result()

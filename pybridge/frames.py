@@ -17,6 +17,11 @@ Decisions worth knowing:
   an 875 kB PNG can declare 30000 x 30000 pixels.
 - An ICC profile that does not describe the pixels as read (a CMYK JPEG decodes to RGB) is
   dropped, with a line in Frame.warnings.
+- read_frame_small (a quick look, `focusbridge check`) decodes only what a downscaled copy
+  needs where the format allows it: JPEG in the DCT domain (1/2, 1/4, 1/8), RAW at half size
+  without demosaicing; TIFF and PNG are decoded whole and averaged down in their integer type
+  before the float conversion. Every check of read_frame holds (regular files, the pixel limit
+  from the header, one-line errors, orientation, ICC).
 """
 
 from __future__ import annotations
@@ -135,6 +140,23 @@ def read_frame(path: str | os.PathLike, *, max_pixels: int | None = None) -> Fra
     return _decode(path, max_pixels, probe=False)
 
 
+def read_frame_small(
+    path: str | os.PathLike, long_side: int, *, max_pixels: int | None = None
+) -> tuple[Frame, tuple[int, int]]:
+    """Decode one input file scaled down (area average) so its long side is `long_side` px, the
+    cheap way where the format has one (see the module docstring); a frame whose long side is
+    no longer than that comes back whole, as read_frame gives it. Returns the frame and the
+    full frame's (height, width) after orientation. Failures as read_frame's.
+    """
+    if long_side < 1:
+        raise ValueError(f'long_side must be at least 1, not {long_side}')
+    frame, full = _decode(path, max_pixels, probe=False, small=long_side)
+    target = _small_size(*full, long_side)
+    if target is not None and frame.pixels.shape[:2] != target:  # a route that could not
+        frame.pixels = _area(frame.pixels, target)  # reduce on the way (e.g. via OpenCV)
+    return frame, full
+
+
 def probe_frame(path: str | os.PathLike, *, max_pixels: int | None = None) -> FrameInfo:
     """Size, channels and bit depth after orientation, without decoding pixels where possible;
     refuses what read_frame would refuse for its size.
@@ -154,14 +176,17 @@ def icc_colour_space(icc: bytes | None) -> str | None:
     return space if space.isascii() and space.isalnum() else None
 
 
-def _decode(path: str | os.PathLike, max_pixels: int | None, probe: bool):
+def _decode(path: str | os.PathLike, max_pixels: int | None, probe: bool, small: int = 0):
     """Run the handler for the file's kind, turning any library failure into one InputError
-    line that names the file."""
+    line that names the file. `small`: read_frame_small's long side; the handler then
+    returns (Frame, (full height, full width))."""
     path = Path(os.fsdecode(path))  # bytes names too (undecodable bytes: surrogates)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     with _open_regular(path) as fh:
         kind = _kind_of(path, fh)
         try:
+            if small:
+                return _HANDLERS[kind](path, fh, limit, probe, small=small)
             return _HANDLERS[kind](path, fh, limit, probe)
         except InputError:
             raise
@@ -310,6 +335,46 @@ def _oriented(height: int, width: int, orientation: int) -> tuple[int, int]:
     return (width, height) if _swaps_axes(orientation) else (height, width)
 
 
+def _small_size(height: int, width: int, long_side: int) -> tuple[int, int] | None:
+    """(height, width) scaled so the long side is `long_side`; None when that is no smaller."""
+    f = long_side / max(height, width)
+    if f >= 1.0:
+        return None
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def _stored_target(info: FrameInfo, small: int, orientation: int) -> tuple[int, int] | None:
+    """read_frame_small's size in the file's stored orientation (None: whole)."""
+    target = _small_size(info.height, info.width, small)
+    if target is not None and _swaps_axes(orientation):
+        target = target[::-1]
+    return target
+
+
+def _area(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`img` averaged down to (height, width); keeps a channel axis of 1. (Shrinking by less
+    than a quarter, where an area average is a linear interpolation in all but name, OpenCV's
+    linear resize does it in half the time.)"""
+    if img.shape[:2] == size:
+        return img
+    near = img.shape[0] < 1.25 * size[0] and img.shape[1] < 1.25 * size[1]
+    how = cv2.INTER_LINEAR if near else cv2.INTER_AREA
+    out = cv2.resize(np.ascontiguousarray(img), size[::-1], interpolation=how)
+    return out.reshape(*size, img.shape[2]) if img.ndim == 3 else out
+
+
+def _area_int(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Integer samples (H x W or H x W x C) averaged down before the float conversion, alpha
+    and extra samples dropped first (as _to_rgb_or_gray drops them later)."""
+    if size is None or img.dtype not in (np.uint8, np.uint16):
+        return img
+    if img.ndim == 3 and img.shape[2] == 2:
+        img = img[:, :, :1]
+    elif img.ndim == 3 and img.shape[2] > 4:
+        img = img[:, :, :3]
+    return _area(img, size)
+
+
 def _frame_with_icc(
     path: Path, pixels: np.ndarray, depth: int, icc: bytes | None, kind: str
 ) -> Frame:
@@ -400,7 +465,7 @@ def _rawpy():
     return rawpy
 
 
-def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
+def _raw(path: Path, fh, limit: int, probe: bool, small: int = 0):
     # The open file, not the name: LibRaw decodes what was checked, and it cannot open names
     # that are not UTF-8. But rawpy reads a file object whole, so a probe of a UTF-8 name
     # lets LibRaw open it by name and read the header only (a 100-frame bracket of 60 MB
@@ -416,6 +481,8 @@ def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
         if probe:
             return info
         flip = raw.sizes.flip
+        orientation = _LIBRAW_FLIP_TO_EXIF.get(flip, 1)
+        target = _stored_target(info, small, orientation) if small else None
         rgb = raw.postprocess(
             output_bps=16,
             gamma=(1, 1),
@@ -426,11 +493,16 @@ def _raw(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
             # brightest pixel when that exceeds 75 % of the white level,
             # so frames of one bracket could differ in brightness.
             adjust_maximum_thr=0.0,
+            # a small copy at most half the size: one pixel per 2 x 2 block of the
+            # colour filter array, no demosaicing
+            half_size=target is not None and 2 * max(target) <= max(info.height, info.width),
         )
+    rgb = _area_int(rgb, target) if small else rgb
     pixels = _scale_int(rgb, 65535)
     del rgb
-    pixels = apply_orientation(pixels, _LIBRAW_FLIP_TO_EXIF.get(flip, 1))
-    return Frame(_to_rgb_or_gray(pixels), path, 16, None, 'raw')
+    pixels = apply_orientation(pixels, orientation)
+    frame = Frame(_to_rgb_or_gray(pixels), path, 16, None, 'raw')
+    return (frame, (info.height, info.width)) if small else frame
 
 
 def _raw_info(raw) -> FrameInfo:
@@ -484,7 +556,7 @@ def _tiff_bits(page) -> int:
     return bps if isinstance(bps, int) else int(max(bps))
 
 
-def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
+def _tiff(path: Path, fh, limit: int, probe: bool, small: int = 0):
     with tifffile.TiffFile(fh) as tif:
         page = _tiff_page(tif)
         _tiff_check(path, page)
@@ -517,23 +589,29 @@ def _tiff(path: Path, fh, limit: int, probe: bool) -> Frame | FrameInfo:
         separate = int(page.planarconfig) == 2 and page.samplesperpixel > 1
         stored = (page.imagelength, page.imagewidth)
 
+    target = _stored_target(info, small, orientation) if small else None
     if data is None:
         pixels, depth = _tiff_via_cv2(path, _read(path, fh), *stored)
     else:
-        pixels, depth = _tiff_pixels(path, data, photometric, bits, colormap, separate)
+        pixels, depth = _tiff_pixels(path, data, photometric, bits, colormap, separate, target)
         del data
     pixels = _to_rgb_or_gray(pixels)
     pixels = apply_orientation(pixels, orientation)
-    return _frame_with_icc(path, pixels, depth, icc, 'tiff')
+    frame = _frame_with_icc(path, pixels, depth, icc, 'tiff')
+    return (frame, (info.height, info.width)) if small else frame
 
 
-def _tiff_pixels(path, data, photometric, bits, colormap, separate):
+def _tiff_pixels(path, data, photometric, bits, colormap, separate, target=None):
+    """`target`: (height, width) to average integer samples down to (read_frame_small); the
+    other sample types are left to read_frame_small's float pass."""
     if separate and data.ndim == 3:  # planes first -> samples last
         data = np.moveaxis(data, 0, -1)
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim not in (2, 3):
         raise InputError(path, f'unsupported TIFF layout, shape {data.shape}')
+    if photometric != 3:  # palette indexes are no samples to average
+        data = _area_int(data, target)
 
     if photometric == 3:  # palette: look colours up (16-bit table)
         if colormap is None:
@@ -575,9 +653,22 @@ _CV2_LIMITS = (
 )
 
 
-def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> np.ndarray:
+_JPEG_REDUCED = {
+    (2, 3): cv2.IMREAD_REDUCED_COLOR_2,
+    (4, 3): cv2.IMREAD_REDUCED_COLOR_4,
+    (8, 3): cv2.IMREAD_REDUCED_COLOR_8,
+    (2, 1): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    (4, 1): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (8, 1): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def _decode_cv2(
+    path: Path, data: bytes, kind: str, height: int, width: int, reduced: tuple | None = None
+) -> np.ndarray:
     """Decode with OpenCV (`height` x `width` as stored), whose own size limits are said
-    plainly rather than as an assertion failure."""
+    plainly rather than as an assertion failure. `reduced`: a key of _JPEG_REDUCED's flags
+    (JPEG only): decoded at 1/2, 1/4 or 1/8 of the size in the DCT domain."""
     for (name, default), value in zip(_CV2_LIMITS, (width, height, width * height), strict=True):
         try:
             cv2_limit = int(os.environ.get(name, default))
@@ -590,14 +681,27 @@ def _decode_cv2(path: Path, data: bytes, kind: str, height: int, width: int) -> 
                 'OpenCV, which decodes it (raise it in the environment)',
             )
     # np.frombuffer + imdecode instead of imread: works for any file name (non-ASCII too).
-    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    flags = _JPEG_REDUCED[reduced] if reduced else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise InputError(path, f'not a readable {kind.upper()} file (corrupt or truncated)')
     return img
 
 
-def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | FrameInfo:
+def _jpeg_reduction(header, target: tuple[int, int] | None) -> int:
+    """The largest DCT-domain reduction (1, 2, 4, 8) that still decodes at least `target`."""
+    k = 1
+    while (
+        target is not None
+        and k < 8
+        and -(-header.height // (2 * k)) >= target[0]
+        and -(-header.width // (2 * k)) >= target[1]
+    ):
+        k *= 2
+    return k
+
+
+def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str, small: int = 0):
     data = _read(path, fh)
     header = jpeg_png_header(path, data, kind)
     info = _check_size(
@@ -612,8 +716,15 @@ def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | Fra
     )
     if probe:
         return info
-    img = _decode_cv2(path, data, kind, header.height, header.width)
+    target = _stored_target(info, small, header.orientation) if small else None
+    k = _jpeg_reduction(header, target) if kind == 'jpeg' else 1
+    reduced = (k, 1 if header.channels == 1 else 3) if k > 1 else None
+    img = _decode_cv2(path, data, kind, header.height, header.width, reduced)
     del data
+    if small:  # averaged down and in RGB order while the samples are still integers
+        img = _area_int(img, target)
+        if img.ndim == 3 and img.shape[2] >= 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     if img.dtype == np.uint8:
         pixels, depth = _scale_int(img, 255), 8
     elif img.dtype == np.uint16:
@@ -623,9 +734,10 @@ def _jpeg_png(path: Path, fh, limit: int, probe: bool, kind: str) -> Frame | Fra
     del img
     if header.channels == 1 and pixels.ndim == 3 and pixels.shape[2] >= 3:
         pixels = pixels[:, :, :1]  # gray+alpha PNG decodes as BGRA: keep gray
-    pixels = _to_rgb_or_gray(_bgr_to_rgb(pixels))
+    pixels = _to_rgb_or_gray(pixels if small else _bgr_to_rgb(pixels))
     pixels = apply_orientation(pixels, header.orientation)
-    return _frame_with_icc(path, pixels, depth, header.icc, kind)
+    frame = _frame_with_icc(path, pixels, depth, header.icc, kind)
+    return (frame, (info.height, info.width)) if small else frame
 
 
 _HANDLERS = {

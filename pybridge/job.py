@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -561,9 +562,10 @@ class CheckJob(Options):
         "also write a quick stacked preview with the areas sharp in no frame tinted red "
         "(.png, .tif or .jpg)",
     )
-    long_side: int = option(
-        1000,
-        "size the frames are checked at, in px (64..20000; larger sees smaller gaps, slower)",
+    long_side: int | None = option(
+        None,
+        "size the frames are checked at, in px (64..20000; larger sees smaller gaps, slower); "
+        "null: frames up to 1250 px as they are, larger ones at half size, 750..1000",
         minimum=CHECK_LONG_SIDE[0],
     )
     overwrite: bool = option(False, "replace an existing coverage map")
@@ -587,20 +589,23 @@ def _run_check(manifest: dict, path: Path, progress, cancel) -> dict:
         raise ManifestError(path, str(exc)) from None
     if job.coverage_map == "":
         raise ManifestError(path, "'coverage_map' must be a file path or null")
-    if job.long_side > CHECK_LONG_SIDE[1]:
+    if job.long_side is not None and job.long_side > CHECK_LONG_SIDE[1]:
         raise ManifestError(path, f"'long_side' must be 64..20000 px, not {job.long_side}")
     if cancel is not None and cancel():
         raise Cancelled()
     progress("check", count=len(frames), fraction=0.05)
-    distances, note = focus_distances(sources or frames)
-    result = check_bracket(
-        frames,
-        distances=distances,
-        coverage_map=job.coverage_map,
-        overwrite=job.overwrite,
-        long_side=job.long_side,
-        cancel=cancel,
-    )
+    # exiftool reads the focus distances while the pixels are checked
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-exif") as pool:
+        reading = pool.submit(focus_distances, sources or frames)
+        result = check_bracket(
+            frames,
+            distances=lambda: reading.result()[0],
+            coverage_map=job.coverage_map,
+            overwrite=job.overwrite,
+            long_side=job.long_side,
+            cancel=cancel,
+        )
+        note = reading.result()[1]
     if note:
         result.notes.append(note)
     return {

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .align import INTERPOLATIONS, ChainAligner, Transform, warp_frame
 from .atomic import (
     atomic_output,
@@ -77,6 +76,8 @@ class StackResult:
 
     def report(self, sources: Sequence[str] | None = None) -> dict:
         """The JSON report: per-frame transforms and what was written."""
+        from . import __version__
+
         return {
             "software": f"focusbridge {__version__}",
             "reference": self.reference,

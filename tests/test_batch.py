@@ -20,6 +20,7 @@ from synthetic import make_bracket, save_bracket
 
 from pybridge import batch
 from pybridge.batch import JOURNAL_NAME, Journal, Summary, Task, default_jobs
+from pybridge.brackets import Detection
 
 FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
@@ -258,6 +259,48 @@ def test_brackets_start_only_when_they_fit_in_memory(tmp_path):
     assert ["b0", "b1"] in runner.together and ["huge"] in runner.together  # alone
 
 
+def test_the_largest_brackets_start_first(tmp_path, monkeypatch):
+    """Largest first (frames x pixels), detection order among equals: the batch does not end
+    waiting on one big bracket started last."""
+    sizes = {"a": (3, 2), "b": (9, 2), "c": (3, 2), "d": (3, 8), "e": (5, 2)}
+    tasks = [
+        Task(
+            k,
+            [f"/in/{k}{i}.tif" for i in range(n)],
+            f"/out/{k}.tif",
+            None,
+            None,
+            {},
+            None,
+            int(mp * 1e6),
+        )
+        for k, (n, mp) in sizes.items()
+    ]
+    monkeypatch.setattr(batch, "plan_tasks", lambda *a: tasks)
+    monkeypatch.setattr(batch, "preflight", lambda *a: "run")
+    monkeypatch.setattr("pybridge.brackets.detect", lambda *a, **k: Detection())
+    submitted = []
+    monkeypatch.setattr(batch, "LocalRunner", lambda *a: _Recorder(submitted))
+    batch.run_batch([tmp_path], tmp_path / "out")
+    assert submitted == ["d", "b", "e", "a", "c"]
+
+
+class _Recorder(FakeRunner):
+    def __init__(self, submitted):
+        super().__init__(None)
+        self.submitted = submitted
+
+    def submit(self, task):
+        self.submitted.append(task.key)
+        return super().submit(task)
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return "recorder"
+
+
 def test_default_jobs_from_cores_and_memory(monkeypatch):
     monkeypatch.setattr(batch, "cpu_count", lambda: 8)
     tasks = [_task(f"t{i}", 24) for i in range(10)]  # 24 MP: ~2 GB each at its peak
@@ -306,3 +349,51 @@ def test_scheduler_without_dask_is_one_line_and_dask_loads_only_for_it(tmp_path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+# Is a 24 MiB array, allocated after another was freed, an mmap of its own (glibc's
+# mallinfo2: bytes in mmapped chunks) or served from the heap? Before and after
+# reuse_freed_memory; then malloc_trim hands the heap back.
+_MAPPED = """
+import ctypes
+import numpy as np
+from pybridge.batch import release_freed_memory, reuse_freed_memory
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def mapped():
+    a = np.ones(3 * 2**20)
+    del a
+    b = np.ones(3 * 2**20)
+    return libc.mallinfo2().hblkhd >= b.nbytes
+before = mapped()
+reuse_freed_memory()
+after = mapped()
+kept = libc.mallinfo2().arena
+release_freed_memory()
+print(before, after, libc.mallinfo2().arena < kept)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_arrays_are_reused_where_the_environment_turned_that_off():
+    """MALLOC_TRIM_THRESHOLD_ (Dask's nanny sets it) makes every array an mmap of its own,
+    page-faulted in afresh each time; reuse_freed_memory (pool processes, Dask workers) brings
+    back glibc's heap reuse, so a freed frame's memory serves the next, and
+    release_freed_memory gives the heap back after a bracket."""
+    runs = {}
+    for name, extra in [("nanny", {"MALLOC_TRIM_THRESHOLD_": "65536"}), ("plain", {})]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        done = subprocess.run(
+            [sys.executable, "-c", _MAPPED],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        runs[name] = done.stdout.split()
+    assert runs["nanny"] == ["True", "False", "True"]
+    assert runs["plain"] == ["False", "False", "True"]  # glibc's own rule, left alone

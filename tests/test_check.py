@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from synthetic import make_bracket, save_image
 
-from pybridge.check import check_bracket
+from pybridge import check
+from pybridge.check import check_bracket, check_long_side
 from pybridge.frames import read_frame
 
 FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
@@ -189,6 +190,64 @@ def test_real_bracket_with_frames_taken_out(test_data):
     assert [1, 2] in result.to_json()["gaps"]
 
 
+# -- the check size and the reduced read ---------------------------------------------------
+
+
+def test_the_check_size_follows_the_frame_size():
+    # up to 1250 px as they are (their findings hold at their own size); larger: half their
+    # size, rounded up (a JPEG's 1/2 decode), 750..1000 px
+    assert [check_long_side(n) for n in (300, 640, 1024, 1250)] == [300, 640, 1024, 1250]
+    assert [check_long_side(n) for n in (1251, 1521, 1999, 2048, 6000)] == [
+        750,
+        761,
+        1000,
+        1000,
+        1000,
+    ]
+    # a size asked for is taken, unless the frame is at most 25 % larger
+    assert [check_long_side(640, s) for s in (400, 512, 600, 2000)] == [400, 640, 640, 640]
+    assert check_long_side(6000, 2000) == 2000
+
+
+@pytest.fixture(scope="module")
+def large_gap_jpegs(bracket, tmp_path_factory):
+    """The test bracket with frames 5, 6 taken out, 2.5x larger, as JPEG files: checked at
+    half size (800 px) through the reduced (DCT-domain) decode."""
+    folder = tmp_path_factory.mktemp("large")
+    return [
+        save_image(
+            folder / f"f{i:02d}.jpg", cv2.resize(f, (1600, 1200), interpolation=cv2.INTER_CUBIC)
+        )
+        for i, f in enumerate(without(bracket.frames, (5, 6)))
+    ]
+
+
+def test_large_jpegs_are_checked_at_half_size_from_a_reduced_decode(large_gap_jpegs, monkeypatch):
+    reads = []
+    small = check.read_frame_small
+    monkeypatch.setattr(
+        check, "read_frame_small", lambda *a, **k: reads.append(a[1]) or small(*a, **k)
+    )
+    result = check_bracket(large_gap_jpegs)
+    assert reads == [800] * len(large_gap_jpegs)
+    assert result.size == (1600, 1200) and result.check_size == (800, 600)
+    assert result.to_json()["gaps"] == [[4, 5]]
+    assert not result.duplicates and not result.motion and result.order == "in focus order"
+    x, y, w, h = result.gaps[0]["bbox"]  # in the frames' pixels
+    assert x + w <= 1600 and y + h <= 1200 and w * h > 0.02 * 1600 * 1200
+
+
+def test_distances_can_come_later(bracket):
+    # a function for the distances is called after the pixel pass (exiftool reads meanwhile)
+    near_to_far = [0.100 + 0.0005 * k for k in range(N)]
+    calls = []
+    result = check_bracket(bracket.frames, distances=lambda: calls.append(1) or near_to_far)
+    assert calls == [1] and result.order == "near to far"
+    assert result.step_mm == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one entry per frame"):
+        check_bracket(bracket.frames, distances=lambda: near_to_far[:3])
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
@@ -269,6 +328,37 @@ def test_check_reads_focus_distances_for_direction_and_step(bracket, exiftool, t
     data = json.loads(done.stdout)
     assert data["order"] == "far to near" and data["step_mm"] == pytest.approx(0.5, abs=0.01)
     assert data["gaps"] == []
+
+
+def test_no_exiftool_for_frames_without_metadata(gap_files, monkeypatch):
+    # generated PNGs carry no EXIF or XMP: no focus distance to read, no exiftool started
+    import exif.tool
+    from pybridge.capture import _has_metadata, focus_distances
+
+    def refuse(*a, **k):
+        raise AssertionError("exiftool started")
+
+    monkeypatch.setattr(exif.tool, "open_exiftool", refuse)
+    assert not any(map(_has_metadata, gap_files))
+    assert focus_distances([str(f) for f in gap_files]) == (None, None)
+
+
+def test_frames_with_metadata_are_read_with_exiftool(test_data, tmp_path, exiftool):
+    from pybridge.capture import _has_metadata
+
+    meta = test_data / "camera-metadata"
+    for name in ("Canon.jpg", "Nikon.jpg", "CanonRaw.cr3", "DNG.dng"):
+        assert _has_metadata(meta / name), name
+    # Make and Model in IFD0, but no EXIF IFD, maker notes or XMP: no focus distance there
+    assert not _has_metadata(meta / "ExifTool.tif")
+    png = save_image(tmp_path / "f.png", np.zeros((8, 8, 3), np.float32), 8)
+    assert not _has_metadata(png)
+    exiftool("-overwrite_original", "-SubjectDistance=0.25", png)
+    assert _has_metadata(png)
+    tif = save_image(tmp_path / "f.tif", np.zeros((8, 8, 3), np.float32), 16)
+    assert not _has_metadata(tif)
+    exiftool("-overwrite_original", "-SubjectDistance=0.25", tif)
+    assert _has_metadata(tif)
 
 
 def test_focus_distances_from_real_maker_notes(test_data):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import tifffile
 from shoots import stack_shoot
 
 from pybridge.batch import JOURNAL_NAME, run_batch
+from pybridge.options import OutputOptions, StackOptions
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,14 @@ def distributed():
 
 @pytest.fixture(scope="module")
 def cluster(distributed):
+    environ = dict(os.environ)
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
     ) as cluster:
+        # the nanny leaves its workers' settings (MALLOC_TRIM_THRESHOLD_...) in this
+        # process's environment: the other tests' subprocesses must not inherit them
+        os.environ.clear()
+        os.environ.update(environ)
         yield cluster
 
 
@@ -99,3 +106,46 @@ def test_a_worker_killed_mid_bracket_loses_and_duplicates_nothing(cluster, distr
         assert img.shape == (320, 480, 3) and img.max() > 0
     events = [(r["event"], Path(r["output"]).name) for r in journal(out)]
     assert sorted(events) == sorted([("start", n) for n in names] + [("done", n) for n in names])
+
+
+def _second_array_mapped() -> bool:
+    """On a worker: is a 24 MiB array allocated after another was freed an mmap of its own
+    (glibc's mallinfo2), rather than the freed one's memory from the heap?"""
+    import ctypes
+
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    a = np.ones(3 * 2**20)
+    del a
+    b = np.ones(3 * 2**20)
+    return libc.mallinfo2().hblkhd >= b.nbytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_workers_reuse_freed_arrays_as_a_local_process_does(cluster, distributed, tmp_path):
+    """The nanny starts workers with MALLOC_TRIM_THRESHOLD_, which makes every array an mmap
+    page-faulted in afresh (Dask ~1.9x the local pool in bench/bench_batch.py); a bracket on a
+    worker brings back glibc's heap reuse there (batch.reuse_freed_memory)."""
+    from pybridge.batch import plan_tasks
+    from pybridge.brackets import detect
+    from pybridge.cluster import run_on_worker
+
+    shoot = tmp_path / "shoot"
+    stack_shoot(shoot, counts=(3, 3))
+    tasks = plan_tasks(detect([shoot]).brackets, tmp_path / "out", StackOptions(), OutputOptions())
+    (tmp_path / "out").mkdir()
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        client.restart()  # workers that have run no bracket yet
+        workers = sorted(client.nthreads())
+        env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(env.values()) == {"65536"}  # the premise
+        assert all(client.run(_second_array_mapped).values())
+        for worker, task in zip(workers, tasks, strict=True):
+            done = client.submit(run_on_worker, task, pure=False, workers=[worker]).result()
+            assert done["ok"], done
+        assert not any(client.run(_second_array_mapped).values())

@@ -14,6 +14,7 @@ import tifffile
 from conftest import RING6, TEST_DATA
 from dng import smooth_scene, write_dng
 
+from pybridge import frames
 from pybridge.errors import InputError
 from pybridge.frames import (
     RAW_EXTENSIONS,
@@ -22,6 +23,7 @@ from pybridge.frames import (
     frame_from_array,
     probe_frame,
     read_frame,
+    read_frame_small,
 )
 from pybridge.write import write_image
 
@@ -497,3 +499,178 @@ def test_frame_from_array():
         frame_from_array(np.zeros((4, 4, 5), np.uint8))
     with pytest.raises(InputError, match='sample type'):
         frame_from_array(np.zeros((4, 4), np.int32))
+
+
+# ------------------------------------------------------------------ reduced reads
+
+
+def area_reference(path: Path, long_side: int) -> tuple[Frame, np.ndarray]:
+    """read_frame, and its pixels averaged (INTER_AREA) to the size read_frame_small gives."""
+    full = read_frame(path)
+    h, w = full.pixels.shape[:2]
+    f = long_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = cv2.resize(full.pixels, size, interpolation=cv2.INTER_AREA)
+    return full, small.reshape(size[1], size[0], -1)
+
+
+def textured(h: int, w: int, seed: int = 0, blur: float = 1.5) -> np.ndarray:
+    """float RGB 0..1 with detail at several scales (what a focus check looks at)."""
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((h, w, 3), dtype=np.float32), (0, 0), blur)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = np.stack([x / w, y / h, (x + y) / (w + h)], -1)
+    return np.clip(0.5 * ramp + (noise - 0.5) * 3 + 0.25, 0, 1).astype(np.float32)
+
+
+def small_cases(tmp_path: Path) -> dict[str, Path]:
+    """One file of every layout the reduced read handles its own way."""
+    img = textured(120, 160)
+    out = {}
+    out['jpeg'] = RING6 / 'step0.jpg'
+    soft = np.uint8(textured(120, 160, blur=3.0) * 255)
+    out['jpeg colour'] = tmp_path / 'colour.jpg'
+    out['jpeg colour'].write_bytes(cv2.imencode('.jpg', soft[..., ::-1])[1].tobytes())
+    out['jpeg grey'] = tmp_path / 'grey.jpg'
+    out['jpeg grey'].write_bytes(cv2.imencode('.jpg', soft[..., 1])[1].tobytes())
+    out['tiff 16'] = tmp_path / 'deep.tif'
+    tifffile.imwrite(out['tiff 16'], np.uint16(img * 65535), photometric='rgb')
+    out['tiff grey 8'] = tmp_path / 'grey.tif'
+    tifffile.imwrite(out['tiff grey 8'], np.uint8(img[..., 0] * 255), photometric='minisblack')
+    out['tiff planar'] = tmp_path / 'planar.tif'
+    tifffile.imwrite(
+        out['tiff planar'],
+        np.moveaxis(np.uint8(img * 255), -1, 0),
+        photometric='rgb',
+        planarconfig='separate',
+    )
+    out['tiff float nan'] = tmp_path / 'float.tif'
+    data = img * 1.5
+    data[0, 0, 0] = np.nan
+    tifffile.imwrite(out['tiff float nan'], data, photometric='rgb')
+    out['tiff palette'] = tmp_path / 'palette.tif'
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = [[0, 65535, 0, 13107], [0, 0, 65535, 26214], [0, 0, 0, 39321]]
+    index = (np.arange(120 * 160).reshape(120, 160) // 7 % 4).astype(np.uint8)
+    tifffile.imwrite(out['tiff palette'], index, photometric='palette', colormap=colormap)
+    out['tiff rgba'] = tmp_path / 'rgba.tif'
+    rgba = np.dstack([np.uint8(img * 255), np.full((120, 160), 9, np.uint8)])
+    tifffile.imwrite(out['tiff rgba'], rgba, photometric='rgb', extrasamples=['unassalpha'])
+    out['png 16'] = tmp_path / 'deep.png'
+    out['png 16'].write_bytes(cv2.imencode('.png', np.uint16(img[..., ::-1] * 65535))[1].tobytes())
+    out['png rgba'] = tmp_path / 'rgba.png'
+    bgra = np.dstack([np.uint8(img[..., ::-1] * 255), np.full((120, 160), 9, np.uint8)])
+    out['png rgba'].write_bytes(cv2.imencode('.png', bgra)[1].tobytes())
+    out['png grey alpha'] = tmp_path / 'ga.png'
+    grey = np.uint8(img[..., 1] * 255)
+    out['png grey alpha'].write_bytes(
+        png_bytes(np.dstack([grey, np.full_like(grey, 200)]), color_type=4)
+    )
+    out['dng'] = write_dng(tmp_path / 'scene.dng', smooth_scene(120, 160))
+    return out
+
+
+# mean and 99th percentile of |small read - area-averaged read_frame|: exact but for rounding
+# where the samples are averaged as integers. JPEG's DCT-domain scaling filters differently
+# (most at sharp edges), RAW's half-size decode takes one pixel per colour filter block
+# without demosaicing.
+_CLOSE = {'jpeg': (0.015, 0.15), 'dng': (0.004, 0.01)}
+
+
+@pytest.mark.parametrize('long_side', [100, 57, 13])
+def test_small_read_is_the_frame_averaged_down(tmp_path, long_side):
+    for name, path in small_cases(tmp_path).items():
+        side = long_side if name != 'jpeg' else long_side * 9  # ring6 is 1521 px wide
+        full, expected = area_reference(path, side)
+        frame, size = read_frame_small(path, side)
+        assert size == full.pixels.shape[:2], name
+        assert frame.pixels.shape == expected.shape, name
+        assert frame.pixels.dtype == np.float32 and frame.pixels.flags.c_contiguous, name
+        assert (frame.kind, frame.bit_depth, frame.icc, frame.path, frame.warnings) == (
+            full.kind,
+            full.bit_depth,
+            full.icc,
+            full.path,
+            full.warnings,
+        ), name
+        assert np.isfinite(frame.pixels).all(), name
+        error = np.abs(frame.pixels - expected)
+        mean, p99 = _CLOSE.get(name.split()[0], (2e-3, 5e-3))
+        assert error.mean() < mean and np.percentile(error, 99) < p99, (name, error.mean())
+
+
+def test_small_read_of_a_frame_no_larger_is_read_frame(tmp_path):
+    for name, path in small_cases(tmp_path).items():
+        full = read_frame(path)
+        h, w = full.pixels.shape[:2]
+        for side in (max(h, w), 5000):
+            frame, size = read_frame_small(path, side)
+            assert size == (h, w), name
+            np.testing.assert_array_equal(frame.pixels, full.pixels, err_msg=name)
+            assert (frame.bit_depth, frame.icc, frame.kind) == (full.bit_depth, full.icc, full.kind)
+
+
+def test_jpeg_is_decoded_at_a_reduced_size(monkeypatch):
+    seen = []
+    decode = frames._decode_cv2
+    monkeypatch.setattr(
+        frames, '_decode_cv2', lambda *a: seen.append(a[5] if len(a) > 5 else None) or decode(*a)
+    )
+    path = RING6 / 'step0.jpg'  # 1521 x 1141
+    for side, reduced, shape in (
+        (761, (2, 3), (571, 761)),  # half: exactly the decoder's 1/2 (rounded up)
+        (400, (2, 3), (300, 400)),
+        (380, (4, 3), (285, 380)),
+        (100, (8, 3), (75, 100)),
+        (1000, None, (750, 1000)),  # more than half: decoded whole, then averaged down
+    ):
+        seen.clear()
+        frame, size = read_frame_small(path, side)
+        assert seen == [reduced] and frame.pixels.shape == (*shape, 3), side
+        assert size == (1141, 1521)
+
+
+def test_small_read_turns_the_frame_upright(tmp_path, exiftool):
+    img = np.uint8(textured(96, 128) * 255)
+    jpeg = tmp_path / 'turned.jpg'
+    jpeg.write_bytes(cv2.imencode('.jpg', img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])[1])
+    exiftool('-Orientation#=6', '-overwrite_original', jpeg)
+    tiff = tmp_path / 'turned.tif'
+    tifffile.imwrite(tiff, img, photometric='rgb', extratags=[(274, 'H', 1, 8, True)])
+    dng = write_dng(tmp_path / 'turned.dng', smooth_scene(96, 128), orientation=6)
+    for path, close in ((jpeg, 0.02), (tiff, 2e-3), (dng, 0.004)):
+        full, expected = area_reference(path, 40)
+        assert full.pixels.shape[:2] == (128, 96)  # upright: the frame is turned
+        frame, size = read_frame_small(path, 40)
+        assert size == (128, 96) and frame.pixels.shape == expected.shape == (40, 30, 3), path
+        assert np.abs(frame.pixels - expected).mean() < close, path
+
+
+def test_small_read_keeps_the_icc_profile(tmp_path, test_data, icc_profile):
+    path = tmp_path / 'icc.tif'
+    tifffile.imwrite(
+        path,
+        np.uint8(textured(120, 160) * 255),
+        photometric='rgb',
+        extratags=[(34675, 'B', len(icc_profile), icc_profile, True)],
+    )
+    assert read_frame_small(path, 40)[0].icc == icc_profile
+    jpeg = test_data / 'brackets' / 'depthmap10' / 'reference' / '3d.jpg'
+    assert read_frame_small(jpeg, 64)[0].icc == icc_profile
+
+
+def test_small_read_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError) as err:
+        read_frame_small(tmp_path / 'nope.jpg', 100)
+    assert str(err.value) == f'{tmp_path / "nope.jpg"}: no such file'
+    with pytest.raises(InputError, match='is not a regular file \\(a folder\\)'):
+        read_frame_small(tmp_path, 100)
+    jpeg = (RING6 / 'step0.jpg').read_bytes()
+    (tmp_path / 'cut.jpg').write_bytes(jpeg[: len(jpeg) // 2])
+    with pytest.raises(InputError, match='cut.jpg: .*(truncated|corrupt)') as err:
+        read_frame_small(tmp_path / 'cut.jpg', 200)
+    assert '\n' not in str(err.value)
+    with pytest.raises(InputError, match='more than the limit of 1 megapixels'):
+        read_frame_small(RING6 / 'step0.jpg', 200, max_pixels=1_000_000)
+    with pytest.raises(ValueError):
+        read_frame_small(RING6 / 'step0.jpg', 0)

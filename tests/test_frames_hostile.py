@@ -25,7 +25,13 @@ from test_frames import asymmetric_rgb, png_bytes
 
 from pybridge import frames
 from pybridge.errors import InputError
-from pybridge.frames import DEFAULT_MAX_PIXELS, FrameInfo, probe_frame, read_frame
+from pybridge.frames import (
+    DEFAULT_MAX_PIXELS,
+    FrameInfo,
+    probe_frame,
+    read_frame,
+    read_frame_small,
+)
 
 
 def jpeg_bytes(h: int = 48, w: int = 64) -> bytes:
@@ -104,7 +110,7 @@ import json, os, resource, signal, sys
 hard = resource.getrlimit(resource.RLIMIT_AS)[1]
 cap = 3 << 30 if hard == resource.RLIM_INFINITY else min(3 << 30, hard)
 resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-from pybridge.frames import probe_frame, read_frame
+from pybridge.frames import probe_frame, read_frame, read_frame_small
 
 def on_alarm(*_):
     raise TimeoutError('still running after 10 s')
@@ -124,6 +130,7 @@ for name, expr in json.loads(sys.argv[1]):
     signal.alarm(10)
     try:
         got = eval(expr)
+        got = got[0] if isinstance(got, tuple) else got  # read_frame_small: (frame, size)
         result = 'ok ' + repr(getattr(got, 'pixels', got).shape if hasattr(got, 'pixels') else got)
     except BaseException as exc:
         result = f'{type(exc).__name__}: {exc}'
@@ -146,14 +153,17 @@ def hostile(tmp_path_factory):
     cases = {
         'fifo read': f'read_frame({str(d / "fifo.jpg")!r})',
         'fifo probe': f'probe_frame({str(d / "fifo.jpg")!r})',
+        'fifo small': f'read_frame_small({str(d / "fifo.jpg")!r}, 64)',
         'fifo after stat': f'read_swapped({str(d / "fifo.jpg")!r}, {str(d / "small.jpg")!r})',
         'dev zero read': f'read_frame({str(d / "zero.jpg")!r})',
         'dev zero probe': f'probe_frame({str(d / "zero.jpg")!r})',
         'bomb read': f'read_frame({str(d / "bomb.png")!r})',
         'bomb probe': f'probe_frame({str(d / "bomb.png")!r})',
+        'bomb small': f'read_frame_small({str(d / "bomb.png")!r}, 100)',
         'bomb without our limit': f'read_frame({str(d / "bomb.png")!r}, max_pixels=0)',
         'huge tiff read': f'read_frame({str(d / "huge.tif")!r})',
         'huge tiff probe': f'probe_frame({str(d / "huge.tif")!r})',
+        'huge tiff small': f'read_frame_small({str(d / "huge.tif")!r}, 100)',
         'over opencv limit': f'read_frame({str(d / "small.jpg")!r})',
     }
     env = {
@@ -177,7 +187,7 @@ def hostile(tmp_path_factory):
     return {name: results.get(name, died) for name in cases}, d
 
 
-@pytest.mark.parametrize('case', ['fifo read', 'fifo probe', 'fifo after stat'])
+@pytest.mark.parametrize('case', ['fifo read', 'fifo probe', 'fifo small', 'fifo after stat'])
 def test_fifo_is_refused_without_blocking(hostile, case):
     results, d = hostile
     assert (
@@ -207,8 +217,10 @@ def over_limit(path, size: str, megapixels: str, limit: str = '250') -> str:
     [
         ('bomb read', 'bomb.png', '30000x30000', '900'),
         ('bomb probe', 'bomb.png', '30000x30000', '900'),
+        ('bomb small', 'bomb.png', '30000x30000', '900'),
         ('huge tiff read', 'huge.tif', '100000x100000', '10000'),
         ('huge tiff probe', 'huge.tif', '100000x100000', '10000'),
+        ('huge tiff small', 'huge.tif', '100000x100000', '10000'),
     ],
 )
 def test_too_many_pixels_refused_from_the_header(hostile, case, name, size, megapixels):
@@ -247,7 +259,7 @@ def test_folder_device_and_socket_are_refused(tmp_path):
     try:
         for name, what in (('.', 'a folder'), ('null.jpg', 'a device'), ('s.png', 'a socket')):
             path = tmp_path / name
-            for fn in (read_frame, probe_frame):
+            for fn in (read_frame, probe_frame, small_read):
                 with pytest.raises(InputError) as err:
                     fn(path)
                 assert (
@@ -276,9 +288,16 @@ def small_files(tmp_path):
     return [tmp_path / name for name in ('f.jpg', 'f.png', 'f.tif', 'f.dng')]
 
 
+def small_read(path, max_pixels=None):
+    """read_frame_small at a third of a 64 px frame, as a Frame-like (height, width) answer."""
+    frame, (height, width) = read_frame_small(path, 20, max_pixels=max_pixels)
+    assert frame.pixels.shape[:2] == (15, 20)
+    return FrameInfo(height, width, frame.pixels.shape[2], frame.bit_depth, frame.kind)
+
+
 def test_max_pixels_is_checked_for_every_kind(tmp_path):
     for path in small_files(tmp_path):
-        for fn in (read_frame, probe_frame):
+        for fn in (read_frame, probe_frame, small_read):
             with pytest.raises(InputError) as err:
                 fn(path, max_pixels=3071)
             assert str(err.value) == over_limit(path, '64x48', '0.003072', '0.003071')
@@ -299,7 +318,7 @@ def test_none_means_the_module_default(tmp_path, monkeypatch):
 def test_jpeg_claiming_a_huge_size(tmp_path):
     path = tmp_path / 'huge.jpg'
     path.write_bytes(with_jpeg_size(jpeg_bytes(), 65000, 65000))
-    for fn in (read_frame, probe_frame):
+    for fn in (read_frame, probe_frame, small_read):
         with pytest.raises(
             InputError,
             match='huge.jpg: is 65000x65000 = 4225 megapixels, more '
@@ -321,7 +340,7 @@ def test_header_with_no_pixels(tmp_path):
             struct.pack('>II', 1, 1), struct.pack('>II', 0, 1), 1
         )
     )
-    for fn in (read_frame, probe_frame):
+    for fn in (read_frame, probe_frame, small_read):
         with pytest.raises(InputError, match=r'empty.png: has no pixels \(0x1\)'):
             fn(path)
 
