@@ -1,6 +1,6 @@
 """Benchmark: `focusbridge batch` against a shell loop of `focusbridge stack`, and through Dask.
 
-    .venv/bin/python bench/bench_batch.py [--brackets 12 --frames 8 --size 1200x1700]
+    .venv/bin/python bench/bench_batch.py [--brackets 12 --frames 8 --size 1200x1700 --repeat 3]
 
 Generates (once, cached under bench/work/batch-sets/) BRACKETS synthetic brackets of FRAMES
 16-bit TIFF frames each (tests/synthetic.py make_bracket, seed = bracket number), one folder
@@ -21,7 +21,8 @@ time from getrusage before and after, added to the command's.  The loop's peak i
 of its `stack` runs, i.e. a single stack's peak.  The nanny leaves its workers' environment
 (MALLOC_TRIM_THRESHOLD_...) in this process, so it is put back before the batch command
 starts, as from a user's shell.  On a machine that other work shares, compare the rows of
-one run, and repeat.
+one run: the runs of each round come one after the other, and the table shows the
+median of --repeat rounds (with each round's ratios beside it).
 
 Prints a markdown table and writes it to bench/work/batch-results.md.
 """
@@ -34,6 +35,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -190,6 +192,20 @@ def run_dask(folders: list[Path], out: Path, workers: int) -> dict:
     }
 
 
+def combine(runs: list[dict]) -> dict:
+    """One row from several rounds: median wall and CPU, the largest peaks."""
+    out = dict(runs[0])
+    for key in ("wall", "cpu", "single"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in runs)
+    for key in ("peak", "client", "idle"):
+        if key in out:
+            out[key] = max(r[key] for r in runs)
+    if "workers" in out:
+        out["workers"] = max((r["workers"] for r in runs), key=max)
+    return out
+
+
 def check_outputs(out: Path, n: int) -> None:
     got = len(list(out.glob("*_stacked*.tif")))
     if got != n:
@@ -202,6 +218,12 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", default="1200x1700", help="HEIGHTxWIDTH (default 1200x1700)")
     ap.add_argument("--jobs", type=int, default=2, help="batch --jobs and Dask workers")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of the three runs, interleaved; the table shows medians (default 3)",
+    )
     ap.add_argument("--report", default=str(WORK / "batch-results.md"))
     args = ap.parse_args()
     size = parse_size(args.size)
@@ -216,19 +238,22 @@ def main() -> int:
     folders = generate(sets, args.brackets, args.frames, size)
     print(f"inputs ready in {time.monotonic() - t0:.1f} s", flush=True)
 
-    res = {}
-    print("loop ...", flush=True)
-    res["loop"] = run_loop(folders, runs / "loop")
-    check_outputs(runs / "loop", len(folders))
-    print(f"  {res['loop']['wall']:.1f} s", flush=True)
-    print(f"batch --jobs {args.jobs} ...", flush=True)
-    res["batch"] = run_batch(folders, runs / "batch", args.jobs)
-    check_outputs(runs / "batch", len(folders))
-    print(f"  {res['batch']['wall']:.1f} s", flush=True)
-    print(f"batch --scheduler (LocalCluster, {args.jobs} workers) ...", flush=True)
-    res["dask"] = run_dask(folders, runs / "dask", args.jobs)
-    check_outputs(runs / "dask", len(folders))
-    print(f"  {res['dask']['wall']:.1f} s", flush=True)
+    runners = {
+        "loop": lambda: run_loop(folders, runs / "loop"),
+        "batch": lambda: run_batch(folders, runs / "batch", args.jobs),
+        "dask": lambda: run_dask(folders, runs / "dask", args.jobs),
+    }
+    # rounds interleave the three runs, so a slow spell of a shared machine hits all of them
+    rounds: list[dict] = []
+    for k in range(args.repeat):
+        got = {}
+        for key, run in runners.items():
+            print(f"round {k + 1}/{args.repeat}: {key} ...", flush=True)
+            got[key] = run()
+            check_outputs(runs / key, len(folders))
+            print(f"  {got[key]['wall']:.1f} s", flush=True)
+        rounds.append(got)
+    res = {key: combine([r[key] for r in rounds]) for key in runners}
 
     single = res["loop"]["peak"]
     mp = size[0] * size[1] / 1e6
@@ -265,6 +290,13 @@ def main() -> int:
         f"Dask workers' peaks {res['dask']['workers']} MiB (VmHWM in each worker; "
         f"{res['dask']['idle']} MiB idle before the run), `batch --scheduler` client process "
         f"{res['dask']['client']} MiB.",
+        "",
+        f"Wall and CPU: medians of {len(rounds)} interleaved rounds; peaks: the largest of any "
+        "round.  Per round, batch / loop: "
+        + ", ".join(f"{r['batch']['wall'] / r['loop']['wall']:.2f}" for r in rounds)
+        + "; dask / batch: "
+        + ", ".join(f"{r['dask']['wall'] / r['batch']['wall']:.2f}" for r in rounds)
+        + ".",
     ]
     text = "\n".join(lines) + "\n"
     print()

@@ -156,67 +156,6 @@ def _arm_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# glibc's mallopt parameters (malloc.h) and the largest mmap threshold its sliding rule reaches
-# (DEFAULT_MMAP_THRESHOLD_MAX: 32 MiB on 64-bit systems)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-_MALLOC_SWITCHES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-_malloc_ready = False
-
-
-def reuse_freed_memory() -> None:
-    """Give this process (a pool process, a Dask worker) glibc's usual malloc behaviour for
-    arrays, once.
-
-    Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 (its config
-    `distributed.nanny.pre-spawn-environ`), and leaves it in the environment of the process
-    that started the nanny too. Setting any such variable switches off glibc's sliding mmap
-    threshold: every array over 128 KiB (each frame, each pyramid level) then becomes an mmap
-    of its own, page-faulted in zeroed and unmapped again when freed, where a process started
-    without it (`focusbridge stack`, the local pool) soon serves them from its heap. For 12
-    brackets of 8 frames of 2 MP (bench/bench_batch.py) that was 4.1 million page faults
-    instead of 0.4 million and 34 s instead of 7 s of system time: Dask ~1.9x the local pool.
-    This sets the thresholds the sliding rule ends at (mmap: 32 MiB on 64-bit systems, trim:
-    twice that), so what a process keeps between brackets stays within one bracket's peak,
-    as in a pool process. A threshold the user set (MALLOC_MMAP_THRESHOLD_) is left alone, and
-    so is a process without those variables (`dask worker --no-nanny`, a plain shell), where
-    glibc's own rule is in force."""
-    global _malloc_ready
-    if _malloc_ready:
-        return
-    _malloc_ready = True
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    if not any(name in os.environ for name in _MALLOC_SWITCHES):
-        return
-    mallopt = _glibc("mallopt")
-    if mallopt is not None:
-        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        top = 4 * 2**20 * ctypes.sizeof(ctypes.c_long)
-        if mallopt(M_MMAP_THRESHOLD, top):
-            mallopt(M_TRIM_THRESHOLD, 2 * top)
-
-
-def release_freed_memory() -> None:
-    """Hand the memory freed by a finished bracket back to the system (glibc's malloc_trim),
-    as a Dask worker that may run other work between brackets is expected to: what it keeps
-    drops to about its idle size (in bench/bench_batch.py from ~350 MiB to ~200 MiB)."""
-    trim = _glibc("malloc_trim")
-    if trim is not None:
-        trim.argtypes = (ctypes.c_size_t,)
-        trim(0)
-
-
-def _glibc(name: str):
-    """A function of the C library when it is glibc's (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):  # musl has no malloc_trim
-        return None
-
-
 def _worker_init(parent: int, threads: int) -> None:
     global _IN_POOL
     _IN_POOL = True
@@ -228,6 +167,8 @@ def _worker_init(parent: int, threads: int) -> None:
         if os.getppid() != parent:
             os._exit(1)
     import cv2
+
+    from .memory import reuse_freed_memory
 
     reuse_freed_memory()
     cv2.setNumThreads(threads)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import signals
+from . import memory, signals
 from .errors import describe_failure, print_failure, print_warning
 from .options import StackOptions, StackOutputOptions
 
@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if argv is None:  # the program itself: malloc tuned for frame-sized arrays
+        memory.reuse_freed_memory()
     try:
         args = build_parser().parse_args(argv)
         code = args.func(args)

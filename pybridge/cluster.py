@@ -28,15 +28,16 @@ def run_on_worker(task):
     """batch.run_bracket on a Dask worker, in the conditions of a local pool process: OpenCV
     held to the worker's own threads (a worker started with N threads is given N cores;
     OpenCV's default, every core of the machine in each task, oversubscribes them, as the local
-    pool avoids too), and glibc's malloc reusing freed arrays (batch.reuse_freed_memory: the
+    pool avoids too), and glibc's malloc reusing freed arrays (memory.reuse_freed_memory: the
     nanny turns that off, which made a Dask batch ~1.9x the local pool's time). The memory a
-    bracket freed goes back to the system (batch.release_freed_memory) once the worker has no
+    bracket freed goes back to the system (memory.release_freed_memory) once the worker has no
     other task waiting, so an idle worker is small again and brackets in a row do not
     page-fault their memory in afresh."""
     import cv2
     from distributed import get_worker
 
-    from .batch import release_freed_memory, reuse_freed_memory, run_bracket
+    from .batch import run_bracket
+    from .memory import release_freed_memory, reuse_freed_memory
 
     worker = get_worker()
     reuse_freed_memory()

@@ -130,7 +130,7 @@ def _second_array_mapped() -> bool:
 def test_workers_reuse_freed_arrays_as_a_local_process_does(cluster, distributed, tmp_path):
     """The nanny starts workers with MALLOC_TRIM_THRESHOLD_, which makes every array an mmap
     page-faulted in afresh (Dask ~1.9x the local pool in bench/bench_batch.py); a bracket on a
-    worker brings back glibc's heap reuse there (batch.reuse_freed_memory)."""
+    worker brings back glibc's heap reuse there (memory.reuse_freed_memory)."""
     from pybridge.batch import plan_tasks
     from pybridge.brackets import detect
     from pybridge.cluster import run_on_worker
