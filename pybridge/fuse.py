@@ -100,11 +100,14 @@ class SoftSelect:
         # frame weighs exp((u - M) / T). Weights stay relative to the maximum, so a spread
         # that is still being estimated in the first frames only changes the newer weights.
         new_top = cv2.max(self.top, u)
-        shrink = cv2.exp(cv2.addWeighted(self.top, 1.0 / spread, new_top, -1.0 / spread, 0.0))
-        weight = cv2.exp(cv2.addWeighted(u, 1.0 / spread, new_top, -1.0 / spread, 0.0))
+        # in place, in the kept planes (full-size planes: memory is the budget)
+        shrink = cv2.addWeighted(self.top, 1.0 / spread, new_top, -1.0 / spread, 0.0, dst=self.top)
+        cv2.exp(shrink, dst=shrink)
         cv2.multiply(self.total, shrink, dst=self.total)
+        np.copyto(self.top, new_top)
+        weight = cv2.addWeighted(u, 1.0 / spread, new_top, -1.0 / spread, 0.0, dst=new_top)
+        cv2.exp(weight, dst=weight)
         cv2.add(self.total, weight, dst=self.total)
-        self.top = new_top
         return cv2.divide(weight, self.total, dst=weight)
 
 
@@ -153,17 +156,22 @@ class TieSpread:
 def _quiet_blocks(a: np.ndarray, b: np.ndarray, block: int = 8) -> tuple[float, float] | None:
     h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
     a, b = a[:h, :w], b[:h, :w]
-    low = cv2.min(a, b)
-    covered = cv2.compare(low, float(_NONE / 2), cv2.CMP_GT)
-    d = cv2.subtract(a, b)
-    d[covered == 0] = 0.0
-    low[covered == 0] = 0.0
 
     def block_mean(x):  # INTER_AREA by an integer factor: the mean of each block
         return cv2.resize(x, (w // block, h // block), interpolation=cv2.INTER_AREA)
 
-    energy = block_mean(cv2.multiply(d, d))
+    # one full-size float plane at a time (these run on full-size statistics)
+    low = cv2.min(a, b)
+    covered = cv2.compare(low, float(_NONE / 2), cv2.CMP_GT)
+    outside = covered == 0
+    low[outside] = 0.0
     level = block_mean(low)
+    del low
+    d = cv2.subtract(a, b)
+    d[outside] = 0.0
+    del outside
+    energy = block_mean(cv2.multiply(d, d, dst=d))
+    del d
     # whole blocks inside both frames; exact zeros are clipped (saturated or black) areas
     keep = (block_mean(covered) == 255) & (energy > 0)
     if keep.sum() < 16:
@@ -227,7 +235,8 @@ class _FocusTracker:
         self.depth[wins > 0] = index
         if self.ties is None:
             return np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
-        u = cv2.sqrt(cv2.max(f, 0.0))
+        u = cv2.max(f, 0.0)
+        cv2.sqrt(u, dst=u)
         outside = None
         if valid is not None:
             outside = cv2.compare(f, 0.0, cv2.CMP_LT)
@@ -235,9 +244,13 @@ class _FocusTracker:
         return self.soft.update(*_noise_aware(u, outside, self.ties, FOCUS_SPREAD))
 
     def confidence(self) -> np.ndarray:
+        # (best - second) / (best + second + 1e-12), clipped to 0..1, in two planes
         best = np.maximum(self.best, 0)
-        conf = (best - self.second) / (best + self.second + 1e-12)
-        return np.clip(conf, 0, 1).astype(np.float32)
+        conf = best - self.second
+        np.add(best, self.second, out=best)
+        np.add(best, 1e-12, out=best)
+        np.divide(conf, best, out=conf)
+        return np.clip(conf, 0, 1, out=conf)
 
 
 def _levels_for(shape: tuple[int, int], limit: int = 7) -> int:
@@ -246,17 +259,39 @@ def _levels_for(shape: tuple[int, int], limit: int = 7) -> int:
     return max(1, min(limit, n))
 
 
-def _laplacian_levels(img: np.ndarray, levels: int):
+def _laplacian_levels(img: np.ndarray, levels: int, reuse: bool = False):
     """Yield the Laplacian pyramid of `img` one level at a time, finest first, then the
-    coarsest Gaussian level (levels + 1 arrays in all)."""
+    coarsest Gaussian level (levels + 1 arrays in all). `reuse`: `img` may be overwritten."""
     cur = img
-    for _ in range(levels):
+    for i in range(levels):
         down = cv2.pyrDown(cur)
-        up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
-        lap = cv2.subtract(cur, up, dst=up).reshape(cur.shape)  # in place: saves a frame
+        if i or reuse:
+            # in place, into the Gaussian level (done with once `down` exists; the caller's
+            # image only when it allows): no level-sized temporary at all
+            _subtract_up(cur, down)
+            lap = cur
+        else:
+            up = cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0]))
+            lap = cv2.subtract(cur, up, dst=up).reshape(cur.shape)
         cur = down.reshape(down.shape[0], down.shape[1], -1) if img.ndim == 3 else down
         yield lap
     yield cur
+
+
+def _subtract_up(img: np.ndarray, down: np.ndarray, rows: int = 128) -> None:
+    """img -= pyrUp(down) (to img's size), in place, `rows` rows at a time: the same values
+    as the whole pyrUp (each strip has the source rows its filter reaches, and a strip at an
+    edge of the image keeps pyrUp's own border rule), without a full-size temporary."""
+    height, width = img.shape[:2]
+    h = down.shape[0]
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        # output rows 2y and 2y+1 come from source rows y-1..y+1
+        s0, s1 = max(0, top // 2 - 1), min(h, (bottom + 1) // 2 + 1)
+        size = height - 2 * s0 if s1 == h else 2 * (s1 - s0)
+        up = cv2.pyrUp(down[s0:s1], dstsize=(width, size)).reshape((size, *img.shape[1:]))
+        strip = img[top:bottom]
+        cv2.subtract(strip, up[top - 2 * s0 : bottom - 2 * s0], dst=strip)
 
 
 def _gaussian_levels(mask: np.ndarray, levels: int):
@@ -272,8 +307,9 @@ def _collapse(pyr: list[np.ndarray]) -> np.ndarray:
     cur = pyr[-1]
     for lap in reversed(pyr[:-1]):
         up = cv2.pyrUp(cur, dstsize=(lap.shape[1], lap.shape[0])).reshape(lap.shape)
-        cur = cv2.add(up, lap)
-    return cur
+        cur = cv2.add(up, lap, dst=up)  # in place: one full-size temporary, not two
+    # as cv2 returns a new single-channel result: H x W
+    return cur.reshape(cur.shape[:2]) if cur.ndim == 3 and cur.shape[2] == 1 else cur
 
 
 def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
@@ -281,7 +317,10 @@ def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
     if dst.ndim == 3 and dst.shape[2] == 1:
         dst[..., 0] = cv2.blendLinear(src[..., 0], dst[..., 0], alpha, 1.0 - alpha)
     else:
-        dst[...] = cv2.blendLinear(src, dst, alpha, 1.0 - alpha).reshape(dst.shape)
+        # in place: a full-size level's blend would otherwise need a frame-sized temporary
+        out = cv2.blendLinear(src, dst, alpha, 1.0 - alpha, dst=dst)
+        if not np.shares_memory(out, dst):  # (cv2 copied a non-contiguous dst)
+            dst[...] = out.reshape(dst.shape)
 
 
 class _Fuser:
@@ -306,18 +345,32 @@ class _Fuser:
         pixels: np.ndarray,
         valid: np.ndarray | None = None,
         focus: np.ndarray | None = None,
+        *,
+        reuse: bool = False,
     ) -> None:
         """Fold in one aligned frame. `valid`: uint8 mask of pixels the frame covers (None: all);
-        `focus`: its aligned_focus_measure() if already computed."""
+        `focus`: its aligned_focus_measure() if already computed. `reuse`: the caller is done
+        with `pixels`, which may then be overwritten (one frame-sized temporary less)."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         if focus is None:
             focus = aligned_focus_measure(pixels, valid, self.window_sigma)
-        alpha = self.focus.update(index, focus, valid)
-        self._fold(pixels, valid, alpha)
+        self.fold(pixels, valid, self.weigh(index, focus, valid), reuse=reuse)
+
+    # add() in two steps, for a caller that frees the focus measure in between (memory)
+    def weigh(self, index: int, focus: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Fold in one frame's focus measure; returns the frame's weights for fold()."""
+        return self.focus.update(index, focus, valid)
+
+    def fold(
+        self, pixels: np.ndarray, valid: np.ndarray | None, alpha: np.ndarray, *, reuse=False
+    ) -> None:
+        """Fold in the frame whose weigh() returned `alpha` (which this may overwrite)."""
+        pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
+        self._fold(pixels, valid, alpha, reuse)
         self.frames += 1
 
     def finish(self) -> FusionResult:
-        image = np.clip(self._image(), 0.0, None).astype(np.float32, copy=False)
+        image = self._image().astype(np.float32, copy=False)
         return FusionResult(
             image=image,
             depth=self.focus.depth,
@@ -337,7 +390,7 @@ class DepthMapFuser(_Fuser):
         self.feather = feather
         self.result = np.zeros((shape[0], shape[1], channels), np.float32)
 
-    def _fold(self, pixels, valid, alpha):
+    def _fold(self, pixels, valid, alpha, reuse):
         if self.frames == 0:
             self.result[...] = pixels
             return
@@ -347,7 +400,7 @@ class DepthMapFuser(_Fuser):
         _blend_into(self.result, pixels, alpha)
 
     def _image(self):
-        return self.result
+        return np.clip(self.result, 0.0, None)
 
 
 class PyramidFuser(_Fuser):
@@ -383,12 +436,10 @@ class PyramidFuser(_Fuser):
         this is the Laplacian of the luminance) over a small window, and the spread of it that
         noise explains."""
         if lap.ndim == 3 and lap.shape[2] > 1:
-            lum = cv2.transform(lap, _LUMA[:, : lap.shape[2]])
-        else:
-            lum = lap
+            lum = cv2.transform(lap, _LUMA[:, : lap.shape[2]])  # a new plane
+        else:  # a copy: squared in place below, and a grey level is itself a view
+            lum = lap.copy()
         lum = lum.reshape(lap.shape[0], lap.shape[1])
-        if lum is lap or lum.base is lap:
-            lum = lum.copy()
         cv2.multiply(lum, lum, dst=lum)
         if self.consistency_sigma > 0:
             cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
@@ -401,9 +452,9 @@ class PyramidFuser(_Fuser):
             return u, 0.0
         return _noise_aware(u, outside, self.ties[i], DETAIL_SPREAD)
 
-    def _fold(self, pixels, valid, alpha):
+    def _fold(self, pixels, valid, alpha, reuse):
         # Level by level, so only one level of this frame's pyramid exists at a time.
-        levels = _laplacian_levels(pixels, self.levels)
+        levels = _laplacian_levels(pixels, self.levels, reuse)
         # uint8 masks: pyrDown keeps 255 exactly where a level is wholly inside the frame
         valid_levels = _gaussian_levels(valid, self.levels) if valid is not None else None
         if self.pyr is None:
@@ -413,15 +464,22 @@ class PyramidFuser(_Fuser):
                 select.update(*self._contrast(i, self.pyr[i], None))
             self.top_sum = None if self.halo_suppression else self.pyr[-1].copy()
             return
-        alpha_levels = _gaussian_levels(alpha, self.levels) if self.halo_suppression else None
+        alpha_levels = None
+        if self.halo_suppression:
+            # only the coarse levels follow the focus weights: shrink them to the first of those
+            # now, so that the full-size plane is gone before the fine levels' temporaries come
+            for _ in range(self.contrast_levels):
+                alpha = cv2.pyrDown(alpha)
+            alpha_levels = _gaussian_levels(alpha, self.levels - self.contrast_levels)
+        del alpha
         for i, lap in enumerate(levels):
             v = next(valid_levels) if valid_levels is not None else None
-            a = next(alpha_levels) if alpha_levels is not None else None
             if i < self.contrast_levels:
                 take = self.select[i].update(*self._contrast(i, lap, v))
                 _blend_into(self.pyr[i], lap, take)
+                del take
             elif self.halo_suppression:
-                _blend_into(self.pyr[i], lap, a)
+                _blend_into(self.pyr[i], lap, next(alpha_levels))
             elif i == self.levels:
                 # classic PMax: the base level is the mean of all frames
                 cv2.add(self.top_sum, lap, self.top_sum)
@@ -431,7 +489,8 @@ class PyramidFuser(_Fuser):
             raise RuntimeError("no frames were added")
         if not self.halo_suppression:
             self.pyr[-1] = self.top_sum * (1.0 / self.frames)
-        return _collapse(self.pyr)
+        image = _collapse(self.pyr)
+        return np.clip(image, 0.0, None, out=image)  # in place: a new array
 
 
 def make_fuser(

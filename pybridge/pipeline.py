@@ -422,13 +422,17 @@ def _align_and_fuse(
             progress(
                 "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
             )
-            for f in fusers:  # neither changes the frame, its mask or its focus measure
-                f.add(index, warped, valid, measure)
-            del warped, measure
+            # add() in two steps: the focus measure is freed before the fold's temporaries come;
+            # only the last fuser may overwrite the frame (none changes its mask)
+            weights = [f.weigh(index, measure, valid) for f in fusers]
+            del measure
+            for f in fusers:
+                f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
+            del warped
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
     fused = fuser.finish()
     other = fusers[1].finish().image if len(fusers) > 1 else None
-    del fusers
+    del fuser, fusers  # their state: only the maps in `fused` are still needed
 
     box = common_area(fused.coverage, count) if opts.crop else None
     image, depth, conf = fused.image, fused.depth, fused.confidence

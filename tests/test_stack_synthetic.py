@@ -208,3 +208,19 @@ def test_lanczos_resampling_keeps_more_texture_than_cubic(bracket):
     lanczos = psnr(stack(bracket.frames, interpolation="lanczos").image, bracket.truth, m)
     linear = psnr(stack(bracket.frames, interpolation="linear").image, bracket.truth, m)
     assert lanczos > cubic + 0.3 > linear + 1.0, (linear, cubic, lanczos)
+
+
+@pytest.mark.parametrize("method", ["pyramid", "depthmap"])
+def test_grey_frames_fuse_like_the_luminance_of_colour_frames(bracket, method):
+    """Monochrome frames (microscope cameras) take the same path as colour ones: the result is
+    the luminance of the colour result, and as close to the grey truth (the pyramid's contrast
+    once squared a grey level in place, which made grey results wrong)."""
+    luma = np.float32([0.299, 0.587, 0.114])
+    grey = [np.ascontiguousarray(f @ luma) for f in bracket.frames]
+    truth = bracket.truth @ luma
+    m = _interior(bracket.truth.shape)
+    colour = stack(bracket.frames, method=method).image
+    mono = stack(grey, method=method).image
+    mono = mono.reshape(mono.shape[:2])
+    assert psnr(mono, colour @ luma, m) > 40.0
+    assert psnr(mono, truth, m) > psnr(colour @ luma, truth, m) - 0.5
