@@ -224,3 +224,12 @@ def test_grey_frames_fuse_like_the_luminance_of_colour_frames(bracket, method):
     mono = mono.reshape(mono.shape[:2])
     assert psnr(mono, colour @ luma, m) > 40.0
     assert psnr(mono, truth, m) > psnr(colour @ luma, truth, m) - 0.5
+
+
+@pytest.mark.parametrize("method", ["pyramid", "depthmap"])
+def test_the_callers_arrays_are_left_as_they_were(bracket, method):
+    """The fusion overwrites frames it is done with (memory); never the caller's own arrays,
+    not even the reference frame, which needs no resampling."""
+    before = [f.copy() for f in bracket.frames]
+    stack(bracket.frames, method=method, match_gain=False)
+    assert all(np.array_equal(a, b) for a, b in zip(before, bracket.frames, strict=True))
