@@ -156,11 +156,6 @@ def _arm_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _warm_up() -> None:
-    """A pool process's first task: load the engine while the client is still detecting."""
-    from . import app, pipeline  # noqa: F401
-
-
 def _worker_init(parent: int, threads: int) -> None:
     global _IN_POOL
     _IN_POOL = True
@@ -419,28 +414,19 @@ class LocalRunner:
     """A pool of processes (spawn: a fresh interpreter each, nothing inherited but the
     signal mask), one bracket per task."""
 
-    def __init__(self, jobs: int):
-        """`jobs` processes are started now and load the engine (a second or so), while the
-        caller finds the brackets; `plan` then sets how many run at once (at most `jobs`)."""
-        self.processes = self.jobs = jobs
-        self.budget: int | None = None  # bytes the running brackets may use together
-        self.largest = 0
+    def __init__(self, jobs: int, budget: int | None = None, largest: int = 0):
+        self.jobs = jobs
+        self.budget = budget  # bytes the running brackets may use together (None: no limit)
+        self.largest = largest
         self.threads = max(1, cpu_count() // jobs)
         self._start()
-        with _blocked(signal.SIGINT, signal.SIGTERM):  # as in submit
-            for _ in range(jobs):  # a spawn pool starts a process per task it cannot place
-                self.pool.submit(_warm_up)
-
-    def plan(self, jobs: int, budget: int | None, largest: int) -> None:
-        self.jobs = max(1, min(jobs, self.processes))
-        self.budget, self.largest = budget, largest
 
     def _start(self) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(
-            self.processes,
+            self.jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
             initargs=(os.getpid(), self.threads),
@@ -576,20 +562,11 @@ def run_batch(
         connecting = _Connecting(scheduler) if scheduler else None
         if connecting is not None:
             cleanup.callback(connecting.close)
-        # likewise a local pool starts its processes (loading the engine) meanwhile; its
-        # shutdown moves in front of the journal's once the journal stands
-        warm = ExitStack()
-        cleanup.callback(warm.close)
-        pool = None
-        if connecting is None:
-            pool = LocalRunner(jobs or cpu_count())
-            warm.callback(pool.close)
         seen = Journal.peek_outputs(folder)
         found = detect(paths, gap=gap, by_folder=by_folder, exclude=seen)
         runner = connecting.result() if connecting else None  # fail fast: nothing written yet
         journal = Journal(folder)
         cleanup.callback(journal.close)  # the lock goes once every local worker is done
-        cleanup.push(warm.pop_all())
         cleanup.callback(_remove_staging, staging, summary, remote=bool(scheduler))
         shutil.rmtree(staging, ignore_errors=True)  # what killed attempts left
         if journal.outputs() != seen:  # a batch into DIR ended meanwhile: its results too
@@ -609,16 +586,16 @@ def run_batch(
                 summary.skipped.append(task.output)
             else:
                 todo.append(task)
-        if todo and pool is not None:
+        if todo and runner is None:
             for task in todo:
                 _fill_pixels(task)
             memory = available_memory()
-            pool.plan(
+            runner = LocalRunner(
                 min(jobs or default_jobs(todo, memory), len(todo)),
                 int(memory * MEMORY_SHARE) if memory else None,
                 max(t.memory() for t in todo),
             )
-            runner = pool
+            cleanup.callback(runner.close)
         if todo:
             # the largest first (stable: detection order among equals), so the last to run
             # are small ones and the workers finish together rather than wait on one big one

@@ -294,9 +294,6 @@ class _Recorder(FakeRunner):
         self.submitted.append(task.key)
         return super().submit(task)
 
-    def plan(self, jobs, budget, largest):
-        pass
-
     def close(self):
         pass
 
