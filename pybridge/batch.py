@@ -624,13 +624,21 @@ class _Connecting:
     (raising what its making raised), `close()` closes it whenever it is made."""
 
     def __init__(self, address: str):
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future
 
         from .cluster import DaskRunner
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="dask-connect")
-        self.future = pool.submit(DaskRunner, address)
-        pool.shutdown(wait=False)
+        self.future: Future = Future()
+
+        def connect() -> None:
+            try:
+                self.future.set_result(DaskRunner(address))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                self.future.set_exception(exc)
+
+        # a daemon thread: a Ctrl-C while a scheduler does not answer ends the program now
+        # (an executor's thread is joined at exit, which waited on the connection)
+        threading.Thread(target=connect, name="dask-connect", daemon=True).start()
 
     def result(self):
         return self.future.result()

@@ -317,10 +317,9 @@ def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
     if dst.ndim == 3 and dst.shape[2] == 1:
         dst[..., 0] = cv2.blendLinear(src[..., 0], dst[..., 0], alpha, 1.0 - alpha)
     else:
-        # in place: a full-size level's blend would otherwise need a frame-sized temporary
-        out = cv2.blendLinear(src, dst, alpha, 1.0 - alpha, dst=dst)
-        if not np.shares_memory(out, dst):  # (cv2 copied a non-contiguous dst)
-            dst[...] = out.reshape(dst.shape)
+        # in place (the fused levels are contiguous arrays of our own): a full-size level's
+        # blend would otherwise need a frame-sized temporary
+        cv2.blendLinear(src, dst, alpha, 1.0 - alpha, dst=dst)
 
 
 class _Fuser:
@@ -366,7 +365,8 @@ class _Fuser:
     ) -> None:
         """Fold in the frame whose weigh() returned `alpha` (which this may overwrite)."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
-        self._fold(pixels, valid, alpha, reuse)
+        # OpenCV writes in place only into contiguous arrays (a caller's view is not)
+        self._fold(pixels, valid, alpha, reuse and pixels.flags.c_contiguous)
         self.frames += 1
 
     def finish(self) -> FusionResult:

@@ -28,13 +28,16 @@ _ready = False
 
 def reuse_freed_memory() -> None:
     """Set the mmap threshold to 32 MiB and the trim threshold to 64 MiB for this process,
-    once. A threshold the user set (MALLOC_MMAP_THRESHOLD_) is left alone; elsewhere than on
-    glibc this does nothing."""
+    once. An mmap threshold the user set (MALLOC_MMAP_THRESHOLD_, or glibc.malloc.mmap_threshold
+    in GLIBC_TUNABLES) leaves both alone; a trim threshold alone (MALLOC_TRIM_THRESHOLD_, which
+    Dask's nanny sets) does not. Elsewhere than on glibc this does nothing."""
     global _ready
     if _ready:
         return
     _ready = True
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
         return
     mallopt = _glibc("mallopt")
     if mallopt is not None:

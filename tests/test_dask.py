@@ -149,3 +149,49 @@ def test_workers_reuse_freed_arrays_as_a_local_process_does(cluster, distributed
             done = client.submit(run_on_worker, task, pure=False, workers=[worker]).result()
             assert done["ok"], done
         assert not any(client.run(_second_array_mapped).values())
+
+
+def test_ctrl_c_while_a_scheduler_does_not_answer_ends_the_batch_at_once(distributed, tmp_path):
+    """The connection to the scheduler is made beside the detection; a scheduler that accepts
+    and never answers must not keep the program alive after Ctrl-C."""
+    import socket
+    import subprocess
+
+    shoot = tmp_path / "shoot"
+    stack_shoot(shoot, counts=(3, 3))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pybridge",
+            "batch",
+            str(shoot),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+        + ["--scheduler", f"tcp://127.0.0.1:{server.getsockname()[1]}", "--progress", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(3.0)  # Dask loaded, detection done: waiting on the connection
+        assert proc.poll() is None, proc.communicate()
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - started < 5.0
+        assert proc.returncode == 130, err
+        assert not any((tmp_path / "out").glob("*.tif"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()

@@ -62,12 +62,15 @@ def test_freed_arrays_are_reused_where_the_environment_turned_that_off():
     assert mapped("reuse_freed_memory()") == ["False", "False", "True"]
 
 
-def test_a_threshold_the_user_set_is_left_alone():
-    assert mapped("reuse_freed_memory()", MALLOC_MMAP_THRESHOLD_="131072") == [
-        "True",
-        "True",
-        "True",
-    ]
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
+    ],
+)
+def test_a_threshold_the_user_set_is_left_alone(setting):
+    assert mapped("reuse_freed_memory()", **setting) == ["True", "True", "True"]
 
 
 def test_the_command_line_program_tunes_malloc_and_a_caller_in_process_does_not():
