@@ -91,10 +91,14 @@ def jpeg_png_header(path, data: bytes, kind: str) -> Header:
         bit_depth = 8  # Pillow opens 8-bit JPEGs only
     else:
         bit_depth = 16 if ';16' in im.tile[0][3] else 8  # 16-bit RGB opens as mode RGB
+    channels = 1 if Image.getmodebase(im.mode) == 'L' else 3
+    if kind == 'png' and data[12:16] == b'IHDR' and len(data) > 25:
+        # the file's colour type decides: Pillow opens 16-bit grey + alpha as RGBA
+        channels = 1 if data[25] in (0, 4) else 3
     header = Header(
         im.height,
         im.width,
-        1 if Image.getmodebase(im.mode) == 'L' else 3,
+        channels,
         bit_depth,
         _orientation(im.info),
         im.info.get('icc_profile') or None,

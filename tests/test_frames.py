@@ -121,6 +121,18 @@ def test_real_gray_alpha_png(test_data):
     assert probe_frame(path) == FrameInfo(*ref.shape, 1, 8, 'png')
 
 
+def test_16_bit_gray_alpha_png_reads_as_gray(tmp_path):
+    """Pillow opens a 16-bit grey + alpha PNG as RGBA; the file's own colour type decides."""
+    grey = (np.arange(12 * 9, dtype=np.uint32).reshape(9, 12) * 601 % 65536).astype(np.uint16)
+    alpha = np.full_like(grey, 65535)
+    path = tmp_path / 'la16.png'
+    path.write_bytes(png_bytes(np.stack([grey, alpha], -1), 4, 16))
+    frame = read_frame(path)
+    assert frame.pixels.shape == (9, 12, 1) and frame.bit_depth == 16
+    np.testing.assert_array_equal(as_uint(frame, 65535)[:, :, 0], grey)
+    assert probe_frame(path) == FrameInfo(9, 12, 1, 16, 'png')
+
+
 # ------------------------------------------------------------------ RAW
 
 
