@@ -177,6 +177,25 @@ def _worker_init(parent: int, threads: int) -> None:
 # ------------------------------------------------------------------------------ the journal
 
 
+def _lock(fd: int) -> bool:
+    """An exclusive lock on the open file `fd`, without waiting: False when another holds it."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - Windows: no lock
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _locked(folder: Path) -> OutputError:
+    return OutputError(
+        folder, f"another focusbridge batch is writing here ({JOURNAL_NAME} is locked)"
+    )
+
+
 class Journal:
     """DIR/focusbridge-batch.jsonl: append-only JSON lines, fsynced, locked while in use."""
 
@@ -187,17 +206,9 @@ class Journal:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise OutputError(self.path, f"cannot open the journal ({exc.strerror})") from None
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - Windows: no lock
-            pass
-        except OSError:
+        if not _lock(self.fd):
             os.close(self.fd)
-            raise OutputError(
-                folder, f"another focusbridge batch is writing here ({JOURNAL_NAME} is locked)"
-            ) from None
+            raise _locked(folder)
         if new:
             fsync_folder(folder)
         with open(self.path, "rb") as f:
@@ -205,6 +216,20 @@ class Journal:
         self.records = _parse_records(data)
         if data and not data.endswith(b"\n"):
             os.write(self.fd, b"\n")
+
+    @staticmethod
+    def check_free(folder: Path) -> None:
+        """Fail now, before the brackets are found, when another batch holds the journal in
+        `folder` (the lock itself is taken once the run starts writing)."""
+        try:
+            fd = os.open(folder / JOURNAL_NAME, os.O_RDONLY)
+        except OSError:
+            return  # none yet: nobody is writing here
+        try:
+            if not _lock(fd):
+                raise _locked(folder)
+        finally:
+            os.close(fd)  # (and with it the probe's own lock)
 
     @staticmethod
     def peek_outputs(folder: Path) -> set[str]:
@@ -562,6 +587,7 @@ def run_batch(
         connecting = _Connecting(scheduler) if scheduler else None
         if connecting is not None:
             cleanup.callback(connecting.close)
+        Journal.check_free(folder)
         seen = Journal.peek_outputs(folder)
         found = detect(paths, gap=gap, by_folder=by_folder, exclude=seen)
         runner = connecting.result() if connecting else None  # fail fast: nothing written yet

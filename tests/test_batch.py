@@ -349,3 +349,17 @@ def test_scheduler_without_dask_is_one_line_and_dask_loads_only_for_it(tmp_path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_second_batch_into_a_folder_in_use_fails_before_detecting(tmp_path, monkeypatch):
+    """The journal's lock is probed first: no exiftool pass over every file just to be told
+    that another batch is writing into the same folder."""
+    holder = Journal(tmp_path)
+    detected = []
+    monkeypatch.setattr("pybridge.brackets.detect", lambda *a, **k: detected.append(a))
+    with pytest.raises(Exception, match="another focusbridge batch is writing here"):
+        batch.run_batch([tmp_path], tmp_path)
+    assert detected == []
+    holder.close()
+    Journal.check_free(tmp_path)  # free again; the probe took no lock of its own
+    Journal(tmp_path).close()
