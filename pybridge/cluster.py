@@ -79,6 +79,21 @@ def require_dask(load: bool = True):
     return distributed
 
 
+def _close_unfinished(tb, kind) -> None:
+    """Close the half-made Client that a failed constructor left in `tb`, at once: else its
+    __del__ at exit waits 20 s on a connection that will not answer, then prints a traceback."""
+    while tb is not None:
+        made = tb.tb_frame.f_locals.get("self")
+        if isinstance(made, kind):
+            try:
+                made.close(timeout=1)
+            except Exception:  # noqa: BLE001 - it is broken already; only the wait matters
+                pass
+            made.status = "closed"  # what Client.__del__ looks at before closing again
+            return
+        tb = tb.tb_next
+
+
 class DaskRunner:
     """The batch loop's runner (see batch.LocalRunner) for a Dask scheduler."""
 
@@ -92,6 +107,12 @@ class DaskRunner:
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise FocusbridgeError(
                 f"cannot reach the Dask scheduler at {address} ({one_line(exc)})"
+            ) from None
+        except MemoryError as exc:  # Dask read another service's answer as a message length
+            _close_unfinished(exc.__traceback__, distributed.Client)
+            raise FocusbridgeError(
+                f"cannot reach the Dask scheduler at {address} (what answers there is not a "
+                "Dask scheduler: check the address and port)"
             ) from None
         self.finished = distributed.as_completed(loop=self.client.loop)
         self._threads: int | None = None

@@ -195,3 +195,47 @@ def test_ctrl_c_while_a_scheduler_does_not_answer_ends_the_batch_at_once(distrib
         if proc.poll() is None:
             proc.kill()
         server.close()
+
+
+def test_another_service_at_the_scheduler_address_is_named_plainly(distributed, tmp_path):
+    """Dask reads another service's answer (here an HTTP server's) as a message length and
+    fails for memory; the user is told the address is wrong, at once and in one line."""
+    import socket
+    import subprocess
+
+    shoot = tmp_path / "shoot"
+    stack_shoot(shoot, counts=(3, 3))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+            except OSError:
+                return
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pybridge", "batch", str(shoot)]
+            + ["--output-dir", str(tmp_path / "out"), "--scheduler", address],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"focusbridge: error: cannot reach the Dask scheduler at {address} (what answers there"
+        " is not a Dask scheduler: check the address and port)"
+    ]
+    assert time.monotonic() - started < 15
