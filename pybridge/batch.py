@@ -29,7 +29,6 @@ way `focusbridge stack` cancels (temp files removed; one already committing fini
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
@@ -162,6 +161,8 @@ def _worker_init(parent: int, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):  # die with the client (SIGKILL), not finish alone
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
@@ -218,28 +219,18 @@ class Journal:
             os.write(self.fd, b"\n")
 
     @staticmethod
-    def check_free(folder: Path) -> None:
-        """Fail now, before the brackets are found, when another batch holds the journal in
-        `folder` (the lock itself is taken once the run starts writing)."""
-        try:
-            fd = os.open(folder / JOURNAL_NAME, os.O_RDONLY)
-        except OSError:
-            return  # none yet: nobody is writing here
-        try:
-            if not _lock(fd):
-                raise _locked(folder)
-        finally:
-            os.close(fd)  # (and with it the probe's own lock)
-
-    @staticmethod
     def peek_outputs(folder: Path) -> set[str]:
-        """outputs() of the journal in `folder` as it is now, read without creating or
-        locking it (empty when there is none)."""
+        """outputs() of the journal in `folder` as it is now, read without creating it or
+        keeping a lock (empty when there is none); fails at once, before the brackets are
+        found, when another batch holds it (the lock is taken once the run starts writing)."""
         try:
-            with open(folder / JOURNAL_NAME, "rb") as f:
-                return _outputs(_parse_records(f.read()))
+            f = open(folder / JOURNAL_NAME, "rb")
         except OSError:
-            return set()
+            return set()  # none yet: nobody is writing here
+        with f:  # closing it drops the probe's own lock
+            if not _lock(f.fileno()):
+                raise _locked(folder)
+            return _outputs(_parse_records(f.read()))
 
     def last(self) -> dict[str, dict]:
         return {r["key"]: r for r in self.records}
@@ -587,7 +578,6 @@ def run_batch(
         connecting = _Connecting(scheduler) if scheduler else None
         if connecting is not None:
             cleanup.callback(connecting.close)
-        Journal.check_free(folder)
         seen = Journal.peek_outputs(folder)
         found = detect(paths, gap=gap, by_folder=by_folder, exclude=seen)
         runner = connecting.result() if connecting else None  # fail fast: nothing written yet

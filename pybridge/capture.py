@@ -124,31 +124,36 @@ def cmd_plan(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     if args.long_side is not None and not 64 <= args.long_side <= 20000:
         raise OptionError("long-side", f"must be 64..20000 px, not {args.long_side}")
-    # exiftool reads the focus distances while the engine loads and the pixels are checked
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-exif") as pool:
-        reading = pool.submit(focus_distances, args.frames)
-        from .check import check_bracket
-
-        result = check_bracket(
-            args.frames,
-            distances=lambda: reading.result()[0],
-            coverage_map=args.map,
-            overwrite=args.overwrite,
-            long_side=args.long_side,
-        )
-        note = reading.result()[1]
-    if note:
-        result.notes.append(note)
+    result = check_with_distances(
+        args.frames,
+        coverage_map=args.map,
+        overwrite=args.overwrite,
+        long_side=args.long_side,
+    )
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
         for line in result.summary_lines():
             print(line)
     return 0
+
+
+def check_with_distances(frames, sources=None, **options):
+    """check.check_bracket(frames, **options) with the focus distances of `sources` (default:
+    the frames) read by exiftool alongside the pixel pass, and its note when they cannot be."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-exif") as pool:
+        reading = pool.submit(focus_distances, list(sources or frames))
+        from .check import check_bracket  # the engine loads while exiftool starts
+
+        result = check_bracket(frames, distances=lambda: reading.result()[0], **options)
+        note = reading.result()[1]
+    if note:
+        result.notes.append(note)
+    return result
 
 
 def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str | None]:

@@ -344,16 +344,13 @@ class _Fuser:
         pixels: np.ndarray,
         valid: np.ndarray | None = None,
         focus: np.ndarray | None = None,
-        *,
-        reuse: bool = False,
     ) -> None:
         """Fold in one aligned frame. `valid`: uint8 mask of pixels the frame covers (None: all);
-        `focus`: its aligned_focus_measure() if already computed. `reuse`: the caller is done
-        with `pixels`, which may then be overwritten (one frame-sized temporary less)."""
+        `focus`: its aligned_focus_measure() if already computed."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         if focus is None:
             focus = aligned_focus_measure(pixels, valid, self.window_sigma)
-        self.fold(pixels, valid, self.weigh(index, focus, valid), reuse=reuse)
+        self.fold(pixels, valid, self.weigh(index, focus, valid))
 
     # add() in two steps, for a caller that frees the focus measure in between (memory)
     def weigh(self, index: int, focus: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -363,7 +360,9 @@ class _Fuser:
     def fold(
         self, pixels: np.ndarray, valid: np.ndarray | None, alpha: np.ndarray, *, reuse=False
     ) -> None:
-        """Fold in the frame whose weigh() returned `alpha` (which this may overwrite)."""
+        """Fold in the frame whose weigh() returned `alpha` (which this may overwrite).
+        `reuse`: the caller is done with `pixels`, which may then be overwritten too (one
+        frame-sized temporary less)."""
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         # OpenCV writes in place only into contiguous arrays (a caller's view is not)
         self._fold(pixels, valid, alpha, reuse and pixels.flags.c_contiguous)

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -574,8 +573,7 @@ class CheckJob(Options):
 def _run_check(manifest: dict, path: Path, progress, cancel) -> dict:
     """`focusbridge check` on `frames` (in focus order); focus distances from `sources`
     (the original files, when the frames are exports) or the frames."""
-    from .capture import focus_distances
-    from .check import check_bracket
+    from .capture import check_with_distances
 
     frames = _string_list(manifest, "frames", path)
     if len(frames) < 2:
@@ -594,20 +592,14 @@ def _run_check(manifest: dict, path: Path, progress, cancel) -> dict:
     if cancel is not None and cancel():
         raise Cancelled()
     progress("check", count=len(frames), fraction=0.05)
-    # exiftool reads the focus distances while the pixels are checked
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-exif") as pool:
-        reading = pool.submit(focus_distances, sources or frames)
-        result = check_bracket(
-            frames,
-            distances=lambda: reading.result()[0],
-            coverage_map=job.coverage_map,
-            overwrite=job.overwrite,
-            long_side=job.long_side,
-            cancel=cancel,
-        )
-        note = reading.result()[1]
-    if note:
-        result.notes.append(note)
+    result = check_with_distances(
+        frames,
+        sources,
+        coverage_map=job.coverage_map,
+        overwrite=job.overwrite,
+        long_side=job.long_side,
+        cancel=cancel,
+    )
     return {
         "check": result.to_json(),
         "problems": not result.ok,

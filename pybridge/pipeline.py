@@ -427,6 +427,7 @@ def _align_and_fuse(
             weights = [f.weigh(index, measure, valid) for f in fusers]
             del measure
             for f in fusers:
+                # popped, not iterated: the fold frees each weights plane as soon as it can
                 f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
             del warped
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
