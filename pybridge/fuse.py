@@ -17,7 +17,8 @@ Noise-aware (default): where several frames are equally sharp within what sensor
 explains (flat areas, backgrounds, overlapping depths of field), both fusers average them
 instead of picking one, so noise there falls below a single frame's; where one frame is clearly
 sharper it is taken alone, as before (`SoftSelect`, with the noise measured from the frames
-themselves by `TieSpread`).
+themselves: `FrameDifferences` on the first four frames, `TieSpread` for shorter brackets and
+until then).
 
 Both track the depth map (index of the sharpest frame) and a confidence map.
 """
@@ -43,11 +44,15 @@ class FusionResult:
     coverage: np.ndarray  # uint16 H x W: how many frames covered each pixel
 
 
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    """Luminance (H x W); a view of a one-channel frame, a new plane otherwise."""
+    return pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+
+
 def focus_measure(pixels: np.ndarray, window_sigma: float) -> np.ndarray:
     """Local sharpness: squared Laplacian of the (slightly smoothed) grey image, averaged over a
     Gaussian window. The pre-smoothing keeps sensor noise from reading as detail."""
-    grey = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-    grey = cv2.GaussianBlur(grey, (0, 0), 1.0)
+    grey = cv2.GaussianBlur(_grey(pixels), (0, 0), 1.0)
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
     del grey
     # in place: this runs on full-size frames, and memory is the budget that matters
@@ -110,6 +115,12 @@ class SoftSelect:
         cv2.add(self.total, weight, dst=self.total)
         return cv2.divide(weight, self.total, dst=weight)
 
+    def retie(self, old: float, new: float) -> None:
+        """The tie threshold moved from `old` to `new`: kept maxima at or below the tie level
+        (or below the new one) are ties at the new level; their weights stay."""
+        covered = self.top > _NONE / 2
+        self.top[covered & (self.top <= max(old, new))] = new
+
 
 _NONE = np.float32(-1e30)  # the statistic of a pixel a frame does not cover
 
@@ -135,6 +146,22 @@ class TieSpread:
         self.margin = NOISE_MARGIN * math.sqrt(math.log(n) / math.log(9))
         self.spread = 0.0
         self.floor = 0.0
+        self.measured = False  # True once fix() set the estimate from frame differences
+
+    @property
+    def threshold(self) -> float:
+        """Statistics up to here show no detail: they tie."""
+        return self.floor + self.margin * self.spread
+
+    @property
+    def temperature(self) -> float:
+        """SoftSelect's spread (times FOCUS_SPREAD / DETAIL_SPREAD)."""
+        return self.spread * (DIFFERENCE_SPREAD if self.measured else 1.0)
+
+    def fix(self, spread: float, floor: float) -> None:
+        """The estimate from frame differences (FrameDifferences): final, nothing more to do."""
+        self.spread, self.floor, self.measured = spread, floor, True
+        self.previous, self.estimates = None, []
 
     @staticmethod
     def _sampled(step: int) -> bool:
@@ -144,6 +171,8 @@ class TieSpread:
         return any(round(8 * 1.5**k) == step for k in range(1, 40))
 
     def update(self, u: np.ndarray) -> None:
+        if self.measured:
+            return
         if self.previous is not None and self._sampled(self.step):
             estimate = _quiet_blocks(u, self.previous)
             if estimate is not None:
@@ -181,6 +210,59 @@ def _quiet_blocks(a: np.ndarray, b: np.ndarray, block: int = 8) -> tuple[float, 
     return float(np.sqrt(np.mean(energy[quiet]))), float(np.median(level[quiet]))
 
 
+class FrameDifferences:
+    """The noise of every sharpness statistic, measured on differences of frames.
+
+    A statistic's noise level is what it reads on a picture of pure noise. The difference of
+    two neighbouring frames, scaled by 1/sqrt 2, is such a picture wherever neither frame has
+    detail in focus, which is most of the picture for most pairs; where one has, the
+    difference has detail and its statistic is high. So each statistic is computed on two
+    independent differences (the first four frames folded: 1st - 2nd, 3rd - 4th), and
+    TieSpread's quiet-block estimate on those two maps is the statistic's spread and floor.
+    Measured on the frames themselves (what TieSpread does for shorter brackets), the blurred
+    texture that out-of-focus frames still share reads as noise: at the coarse levels the
+    floor came out up to 60 times too high on the benchmark's clean scenes, and averaging
+    there blurred detail."""
+
+    PAIRS = 2
+
+    def __init__(self, statistics):
+        self.statistics = statistics  # grey difference -> list of (u, level mask index)
+        self.kept: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.first: list[np.ndarray] | None = None
+        self.count = 0
+
+    def observe(
+        self, pixels: np.ndarray, valid: np.ndarray | None
+    ) -> list[tuple[float, float] | None] | None:
+        """Feed frames in fusion order; returns each statistic's (spread, floor), once, at
+        the fourth frame (None for a statistic with too few quiet blocks)."""
+        if self.count >= 2 * self.PAIRS:
+            return None
+        self.count += 1
+        if self.kept is None:  # the first frame of a pair
+            grey = _grey(pixels)
+            self.kept = (
+                grey.copy() if grey.base is not None else grey,
+                None if valid is None else valid.copy(),
+            )
+            return None
+        first, first_valid = self.kept
+        self.kept = None
+        d = cv2.subtract(first, _grey(pixels), dst=first)
+        cv2.multiply(d, math.sqrt(0.5), dst=d)
+        both = first_valid if valid is None else valid
+        if first_valid is not None and valid is not None:
+            both = cv2.bitwise_and(first_valid, valid)
+        maps = self.statistics(d, both)
+        if self.first is None:
+            self.first = maps
+            return None
+        estimates = [_quiet_blocks(a, b) for a, b in zip(self.first, maps, strict=True)]
+        self.first = None
+        return estimates
+
+
 def _noise_aware(
     u: np.ndarray, outside: np.ndarray | None, ties: TieSpread, spread: float
 ) -> tuple[np.ndarray, float]:
@@ -188,12 +270,12 @@ def _noise_aware(
     no frame shows detail, so all such frames tie exactly and are averaged. `outside`: uint8
     mask of pixels the frame does not cover (None: it covers all), kept out of every tie."""
     ties.update(u)
-    floor = ties.floor + ties.margin * ties.spread
+    floor = ties.threshold
     if floor > 0:
         u = cv2.max(u, float(floor))
         if outside is not None:
             u[outside > 0] = _NONE
-    return u, spread * ties.spread
+    return u, spread * ties.temperature
 
 
 # Measured with bench/run_bench.py on synthetic brackets (noise sd 0 to 0.04) and the real
@@ -204,6 +286,12 @@ def _noise_aware(
 FOCUS_SPREAD = 1.0
 DETAIL_SPREAD = 1.0
 NOISE_MARGIN = 2.0
+# With the estimate from frame differences (FrameDifferences), which has no blurred texture
+# in it, frames within two noise spreads share a pixel: 1.5 lost 0.1-0.16 dB on the noise
+# sets, 2.5 lost 0.16 dB on the clean synthetic set (replayed fusion, 600x900 synthetic
+# brackets); the margin stays 2 (1.5: +0.01..+0.06 dB there, but depthmap10's flat ratio 0.85
+# -> 0.89 and ring6's 0.56 -> 0.61; 3: -0.04..-0.20 dB).
+DIFFERENCE_SPREAD = 2.0
 
 
 class _FocusTracker:
@@ -337,6 +425,9 @@ class _Fuser:
         self.noise_aware = noise_aware
         self.focus = _FocusTracker(shape, noise_aware, frame_count)
         self.frames = 0
+        self.differences = None
+        if noise_aware and (frame_count or 0) >= 2 * FrameDifferences.PAIRS:
+            self.differences = FrameDifferences(self._statistics)
 
     def add(
         self,
@@ -350,12 +441,36 @@ class _Fuser:
         pixels = pixels.reshape(self.shape[0], self.shape[1], self.channels)
         if focus is None:
             focus = aligned_focus_measure(pixels, valid, self.window_sigma)
-        self.fold(pixels, valid, self.weigh(index, focus, valid))
+        self.fold(pixels, valid, self.weigh(index, focus, valid, pixels))
 
     # add() in two steps, for a caller that frees the focus measure in between (memory)
-    def weigh(self, index: int, focus: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        """Fold in one frame's focus measure; returns the frame's weights for fold()."""
+    def weigh(
+        self, index: int, focus: np.ndarray, valid: np.ndarray | None, pixels: np.ndarray
+    ) -> np.ndarray:
+        """Fold in one frame's focus measure; returns the frame's weights for fold().
+        `pixels`: the frame (the first four measure the noise, FrameDifferences)."""
+        if self.differences is not None:
+            estimates = self.differences.observe(pixels, valid)
+            if estimates is not None:
+                for (ties, select), estimate in zip(self._noise_states(), estimates, strict=True):
+                    if estimate is not None:
+                        old = ties.threshold
+                        ties.fix(*estimate)
+                        select.retie(old, ties.threshold)
         return self.focus.update(index, focus, valid)
+
+    def _statistics(self, grey: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
+        """Every noise-aware statistic of a grey picture (focus measure first), as the
+        fusion computes them on a frame; `_NONE` where `valid` is not wholly inside."""
+        f = aligned_focus_measure(grey.reshape(*grey.shape, 1), valid, self.window_sigma)
+        outside = f < 0  # pushed down where the frames have no data
+        u = cv2.sqrt(cv2.max(f, 0.0, dst=f), dst=f)
+        u[outside] = _NONE
+        return [u]
+
+    def _noise_states(self) -> list[tuple[TieSpread, SoftSelect]]:
+        """The (TieSpread, SoftSelect) of each statistic, in _statistics' order."""
+        return [(self.focus.ties, self.focus.soft)]
 
     def fold(
         self, pixels: np.ndarray, valid: np.ndarray | None, alpha: np.ndarray, *, reuse=False
@@ -430,10 +545,34 @@ class PyramidFuser(_Fuser):
         self.select: list[SoftSelect] = []
         self.ties = [TieSpread(frame_count) for _ in range(self.contrast_levels)]
 
+    def _statistics(self, grey, valid):
+        maps = super()._statistics(grey, valid)
+        levels = _laplacian_levels(grey, self.contrast_levels, reuse=True)
+        masks = _gaussian_levels(valid, self.contrast_levels) if valid is not None else None
+        for _ in range(self.contrast_levels):
+            u = self._local_contrast(next(levels))
+            if masks is not None:
+                u[next(masks) < 255] = _NONE
+            maps.append(u)
+        return maps
+
+    def _noise_states(self):
+        return super()._noise_states() + list(zip(self.ties, self.select, strict=True))
+
     def _contrast(self, i: int, lap: np.ndarray, valid: np.ndarray | None):
-        """Local contrast of pyramid level i: RMS of its luminance (the Laplacian is linear, so
-        this is the Laplacian of the luminance) over a small window, and the spread of it that
-        noise explains."""
+        """Local contrast of pyramid level i, and the spread of it that noise explains."""
+        u = self._local_contrast(lap)
+        outside = None
+        if valid is not None:
+            outside = cv2.compare(valid, 255, cv2.CMP_LT)
+            u[outside > 0] = _NONE
+        if not self.noise_aware:
+            return u, 0.0
+        return _noise_aware(u, outside, self.ties[i], DETAIL_SPREAD)
+
+    def _local_contrast(self, lap: np.ndarray) -> np.ndarray:
+        """RMS of a level's luminance (the Laplacian is linear, so this is the Laplacian of
+        the luminance) over a small window."""
         if lap.ndim == 3 and lap.shape[2] > 1:
             lum = cv2.transform(lap, _LUMA[:, : lap.shape[2]])  # a new plane
         else:  # a copy: squared in place below, and a grey level is itself a view
@@ -442,14 +581,7 @@ class PyramidFuser(_Fuser):
         cv2.multiply(lum, lum, dst=lum)
         if self.consistency_sigma > 0:
             cv2.GaussianBlur(lum, (0, 0), self.consistency_sigma, dst=lum)
-        u = cv2.sqrt(lum, dst=lum)
-        outside = None
-        if valid is not None:
-            outside = cv2.compare(valid, 255, cv2.CMP_LT)
-            u[outside > 0] = _NONE
-        if not self.noise_aware:
-            return u, 0.0
-        return _noise_aware(u, outside, self.ties[i], DETAIL_SPREAD)
+        return cv2.sqrt(lum, dst=lum)
 
     def _fold(self, pixels, valid, alpha, reuse):
         # Level by level, so only one level of this frame's pyramid exists at a time.

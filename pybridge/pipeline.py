@@ -424,7 +424,7 @@ def _align_and_fuse(
             )
             # add() in two steps: the focus measure is freed before the fold's temporaries come;
             # only the last fuser may overwrite the frame (none changes its mask)
-            weights = [f.weigh(index, measure, valid) for f in fusers]
+            weights = [f.weigh(index, measure, valid, warped) for f in fusers]
             del measure
             for f in fusers:
                 # popped, not iterated: the fold frees each weights plane as soon as it can

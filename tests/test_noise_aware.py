@@ -7,8 +7,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from synthetic import make_bracket
 
 from pybridge import stack
+from pybridge.fuse import SoftSelect, _quiet_blocks, make_fuser
+from pybridge.pipeline import chain_order
 
 H, W, N = 240, 360, 6
 SHARP = 2  # the frame in which the textured patch is in focus
@@ -67,3 +70,43 @@ def test_detail_sharp_in_one_frame_stays_as_sharp(bracket, method):
     neighbour = float(np.sqrt(np.mean((clean[SHARP + 1][inner] - truth) ** 2)))
     assert err_on < 0.5 * neighbour, (err_on, neighbour)
     assert err_on <= 1.05 * err_off, (err_on, err_off)
+
+
+@pytest.mark.parametrize("method", ["pyramid", "depthmap"])
+def test_noise_is_measured_on_frame_differences_not_on_blurred_texture(method):
+    """On a scene textured everywhere, each sharpness statistic's noise estimate (spread and
+    floor) matches what the statistic reads on pure noise of the bracket's sigma. Measured
+    on the frames themselves, the blurred texture they share read as noise (the coarse
+    levels' floor up to 60x too high), and averaging blurred detail."""
+    sigma = 0.01
+    b = make_bracket(
+        n_frames=9, size=(300, 450), noise=sigma, seed=3, breathing=0, shift=0, rotation=0
+    )
+    h, w = b.frames[0].shape[:2]
+    fuser = make_fuser(method, (h, w), 3, frame_count=len(b.frames))
+    for index in chain_order(len(b.frames), len(b.frames) // 2):
+        fuser.add(index, b.frames[index])
+    states = fuser._noise_states()
+    assert len(states) == (4 if method == "pyramid" else 1)
+    rng = np.random.default_rng(11)
+
+    def pure_noise_statistics():
+        noise = rng.normal(0.5, sigma, (h, w, 3)).astype(np.float32)
+        return fuser._statistics(cv2.cvtColor(noise, cv2.COLOR_RGB2GRAY), None)
+
+    first, second = pure_noise_statistics(), pure_noise_statistics()
+    truth = [_quiet_blocks(a, b) for a, b in zip(first, second, strict=True)]
+    for (ties, _), (spread, floor) in zip(states, truth, strict=True):
+        assert ties.measured
+        assert 0.5 < ties.floor / floor < 2.0, (ties.floor, floor)
+        assert 0.5 < ties.spread / spread < 3.0, (ties.spread, spread)
+
+
+def test_retie_moves_kept_ties_to_the_new_threshold():
+    select = SoftSelect((1, 5))
+    select.top[:] = [0.5, 1.0, 1.5, 3.0, -1e30]  # the last pixel: not covered
+    select.total[:] = [2.0, 3.0, 1.0, 1.0, 0.0]
+    select.retie(old=1.0, new=2.0)
+    assert select.top[0, :4].tolist() == [2.0, 2.0, 2.0, 3.0]
+    assert select.top[0, 4] < -1e29
+    assert select.total[0].tolist() == [2.0, 3.0, 1.0, 1.0, 0.0]  # the weights stay
