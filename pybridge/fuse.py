@@ -217,7 +217,8 @@ class FrameDifferences:
     two neighbouring frames, scaled by 1/sqrt 2, is such a picture wherever neither frame has
     detail in focus, which is most of the picture for most pairs; where one has, the
     difference has detail and its statistic is high. So each statistic is computed on two
-    independent differences (the first four frames folded: 1st - 2nd, 3rd - 4th), and
+    independent differences of neighbouring frames (the first frames folded: in chain order,
+    1st - 2nd and 3rd - 4th, unless the chain turns back to the reference between them), and
     TieSpread's quiet-block estimate on those two maps is the statistic's spread and floor.
     Measured on the frames themselves (what TieSpread does for shorter brackets), the blurred
     texture that out-of-focus frames still share reads as noise: at the coarse levels the
@@ -225,29 +226,32 @@ class FrameDifferences:
     there blurred detail."""
 
     PAIRS = 2
+    LOOK = 6  # frames to find the pairs in: then TieSpread's estimate stays
 
     def __init__(self, statistics):
-        self.statistics = statistics  # grey difference -> list of (u, level mask index)
-        self.kept: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.statistics = statistics  # (grey difference, its valid mask) -> statistic maps
+        self.kept: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.first: list[np.ndarray] | None = None
-        self.count = 0
+        self.seen = 0
 
     def observe(
-        self, pixels: np.ndarray, valid: np.ndarray | None
+        self, index: int, pixels: np.ndarray, valid: np.ndarray | None
     ) -> list[tuple[float, float] | None] | None:
-        """Feed frames in fusion order; returns each statistic's (spread, floor), once, at
-        the fourth frame (None for a statistic with too few quiet blocks)."""
-        if self.count >= 2 * self.PAIRS:
+        """Feed frames in fusion order (`index`: the frame's place in the bracket); returns
+        each statistic's (spread, floor) once, when the second pair is complete (None for a
+        statistic with too few quiet blocks)."""
+        if self.seen >= self.LOOK:
             return None
-        self.count += 1
-        if self.kept is None:  # the first frame of a pair
+        self.seen += 1
+        if self.kept is None or abs(self.kept[0] - index) != 1:  # the first frame of a pair
             grey = _grey(pixels)
             self.kept = (
+                index,
                 grey.copy() if grey.base is not None else grey,
                 None if valid is None else valid.copy(),
             )
             return None
-        first, first_valid = self.kept
+        _, first, first_valid = self.kept
         self.kept = None
         d = cv2.subtract(first, _grey(pixels), dst=first)
         cv2.multiply(d, math.sqrt(0.5), dst=d)
@@ -260,6 +264,7 @@ class FrameDifferences:
             return None
         estimates = [_quiet_blocks(a, b) for a, b in zip(self.first, maps, strict=True)]
         self.first = None
+        self.seen = self.LOOK  # done
         return estimates
 
 
@@ -448,9 +453,9 @@ class _Fuser:
         self, index: int, focus: np.ndarray, valid: np.ndarray | None, pixels: np.ndarray
     ) -> np.ndarray:
         """Fold in one frame's focus measure; returns the frame's weights for fold().
-        `pixels`: the frame (the first four measure the noise, FrameDifferences)."""
+        `pixels`: the frame (the first ones measure the noise, FrameDifferences)."""
         if self.differences is not None:
-            estimates = self.differences.observe(pixels, valid)
+            estimates = self.differences.observe(index, pixels, valid)
             if estimates is not None:
                 for (ties, select), estimate in zip(self._noise_states(), estimates, strict=True):
                     if estimate is not None:

@@ -110,3 +110,17 @@ def test_retie_moves_kept_ties_to_the_new_threshold():
     assert select.top[0, :4].tolist() == [2.0, 2.0, 2.0, 3.0]
     assert select.top[0, 4] < -1e29
     assert select.total[0].tolist() == [2.0, 3.0, 1.0, 1.0, 0.0]  # the weights stay
+
+
+def test_noise_pairs_are_neighbours_in_the_bracket():
+    """Chain order turns back to the reference after the last frame: a pair that would span
+    that turn (frames 4 and 1 of [2, 3, 4, 1, 0]) is not a pair of neighbours, so the second
+    pair is 1 - 0 and the estimate comes at the fifth frame."""
+    rng = np.random.default_rng(3)
+    fuser = make_fuser("depthmap", (96, 128), 3, frame_count=5)
+    calls = []
+    for index in chain_order(5, 2):
+        frame = rng.normal(0.5, 0.02, (96, 128, 3)).astype(np.float32)
+        calls.append(fuser.differences.observe(index, frame, None))
+    assert calls[:4] == [None] * 4
+    assert calls[4] is not None and all(e is not None for e in calls[4])
