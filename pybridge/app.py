@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import FocusbridgeError, InputError, StackError
 from .options import StackOptions
-from .pipeline import FrameSource, StackResult, resolve_reference
+from .pipeline import FrameSource, StackResult, frame_list, resolve_reference
 from .pipeline import stack as run_engine
 from .progress import silent
 
@@ -28,8 +28,8 @@ def stack(
     output: str | os.PathLike | None = None,
     options: StackOptions | None = None,
     *,
-    depth_map: str | os.PathLike | None = None,
-    confidence_map: str | os.PathLike | None = None,
+    depth_map: str | os.PathLike | bool | None = None,
+    confidence_map: str | os.PathLike | bool | None = None,
     aligned_frames: str | os.PathLike | None = None,
     layers: str | os.PathLike | None = None,
     metadata: bool | None = None,
@@ -53,7 +53,7 @@ def stack(
     caller will write after the stack (a report), checked up front with the outputs.
     """
     opts = StackOptions.merged(options, option_values)
-    frames = list(frames)
+    frames = frame_list(frames)
     explicit = sources is not None
     meta_sources = (
         [Path(s) for s in sources]

@@ -184,6 +184,8 @@ class TieSpread:
 
 def _quiet_blocks(a: np.ndarray, b: np.ndarray, block: int = 8) -> tuple[float, float] | None:
     h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return None
     a, b = a[:h, :w], b[:h, :w]
 
     def block_mean(x):  # INTER_AREA by an integer factor: the mean of each block
@@ -405,14 +407,23 @@ def _collapse(pyr: list[np.ndarray]) -> np.ndarray:
     return cur.reshape(cur.shape[:2]) if cur.ndim == 3 and cur.shape[2] == 1 else cur
 
 
+# cv2.blendLinear divides by (w1 + w2 + 1e-5): weights summing to 1 would take 1e-5 off every
+# value in every blend (a 16-bit frame stacked with itself came out one level darker); summing
+# to 1e4, the loss is far below float precision
+_BLEND_SCALE = np.float32(1e4)
+
+
 def _blend_into(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
-    """dst = alpha*src + (1-alpha)*dst, in place, per-pixel alpha (H x W float32)."""
+    """dst = alpha*src + (1-alpha)*dst, in place, per-pixel alpha (H x W float32, which this
+    overwrites)."""
+    w1 = cv2.multiply(alpha, float(_BLEND_SCALE), dst=alpha)
+    w2 = np.subtract(_BLEND_SCALE, w1)
     if dst.ndim == 3 and dst.shape[2] == 1:
-        dst[..., 0] = cv2.blendLinear(src[..., 0], dst[..., 0], alpha, 1.0 - alpha)
+        dst[..., 0] = cv2.blendLinear(src[..., 0], dst[..., 0], w1, w2)
     else:
         # in place (the fused levels are contiguous arrays of our own): a full-size level's
         # blend would otherwise need a frame-sized temporary
-        cv2.blendLinear(src, dst, alpha, 1.0 - alpha, dst=dst)
+        cv2.blendLinear(src, dst, w1, w2, dst=dst)
 
 
 class _Fuser:
@@ -519,7 +530,7 @@ class DepthMapFuser(_Fuser):
         _blend_into(self.result, pixels, alpha)
 
     def _image(self):
-        return np.clip(self.result, 0.0, None)
+        return np.clip(self.result, 0.0, 1.0)  # 0..1, as documented (gains can overshoot)
 
 
 class PyramidFuser(_Fuser):
@@ -615,7 +626,8 @@ class PyramidFuser(_Fuser):
                 _blend_into(self.pyr[i], lap, take)
                 del take
             elif self.halo_suppression:
-                _blend_into(self.pyr[i], lap, next(alpha_levels))
+                # a copy: the next Gaussian level is made from this one
+                _blend_into(self.pyr[i], lap, next(alpha_levels).copy())
             elif i == self.levels:
                 # classic PMax: the base level is the mean of all frames
                 cv2.add(self.top_sum, lap, self.top_sum)
@@ -626,7 +638,7 @@ class PyramidFuser(_Fuser):
         if not self.halo_suppression:
             self.pyr[-1] = self.top_sum * (1.0 / self.frames)
         image = _collapse(self.pyr)
-        return np.clip(image, 0.0, None, out=image)  # in place: a new array
+        return np.clip(image, 0.0, 1.0, out=image)  # in place (a new array): 0..1, as documented
 
 
 def make_fuser(

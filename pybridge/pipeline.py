@@ -137,13 +137,24 @@ def _check_inputs(sources: Sequence[FrameSource], max_pixels: int) -> int:
         raise InputError(what, "a stack needs at least two frames")
     first = None
     channels = 1
+    seen: dict[tuple[int, int], FrameSource] = {}
     for src in sources:
         if isinstance(src, np.ndarray):
             shape = _array_shape(src)
         else:
             info = probe_frame(src, max_pixels=max_pixels)
             shape = (info.height, info.width, info.channels)
+            # one file twice is one frame less than it seems (a 2-frame "stack" of one frame)
+            st = os.stat(src)
+            twin = seen.setdefault((st.st_dev, st.st_ino), src)
+            if twin is not src:
+                raise InputError(_name(src), f"is given twice (also as {_name(twin)})")
         channels = max(channels, 3 if shape[2] >= 3 else 1)
+        if min(shape[:2]) < MIN_SIDE:
+            raise InputError(
+                _name(src),
+                f"is {shape[1]}x{shape[0]}: too small to stack ({MIN_SIDE} pixels a side at least)",
+            )
         if first is None:
             first = (src, shape)
         elif shape[:2] != first[1][:2]:
@@ -155,7 +166,12 @@ def _check_inputs(sources: Sequence[FrameSource], max_pixels: int) -> int:
     return channels
 
 
+MIN_SIDE = 8  # smaller frames have no block for the noise estimate; nothing to stack either
+
+
 def _array_shape(a: np.ndarray) -> tuple[int, int, int]:
+    if a.ndim not in (2, 3):
+        raise InputError("<array>", f"expected an H x W or H x W x C image, got shape {a.shape}")
     return (a.shape[0], a.shape[1], a.shape[2] if a.ndim == 3 else 1)
 
 
@@ -208,8 +224,8 @@ def stack(
     output: str | os.PathLike | None = None,
     options: StackOptions | None = None,
     *,
-    depth_map: str | os.PathLike | None = None,
-    confidence_map: str | os.PathLike | None = None,
+    depth_map: str | os.PathLike | bool | None = None,
+    confidence_map: str | os.PathLike | bool | None = None,
     aligned_frames: str | os.PathLike | None = None,
     aligned_names: Sequence[str | os.PathLike] | None = None,
     layers: str | os.PathLike | None = None,
@@ -224,7 +240,8 @@ def stack(
     """Stack a focus bracket: the engine, which knows nothing of metadata.
 
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
-    write the result (format by extension; None: only return it). `options` (or the same
+    write the result (format by extension; None: only return it). `depth_map`,
+    `confidence_map`: paths, or True for OUT_depth.tif / OUT_confidence.tif beside the result. `options` (or the same
     names as keywords, see options.StackOptions): method, alignment, interpolation, ...
     `aligned_frames`: a folder (made if missing) for every frame registered onto the result,
     `<stem>_aligned.tif`, the stem from `aligned_names` (one per frame) or the frame's file
@@ -238,8 +255,16 @@ def stack(
     frames; returning True stops the run, and nothing is written.
     """
     opts = StackOptions.merged(options, option_values)
-    frames = list(frames)
+    frames = frame_list(frames)
     t0 = time.perf_counter()
+    # True for a map: beside the result, as on the command line (OUT_depth.tif)
+    for name, value in (("depth_map", depth_map), ("confidence_map", confidence_map)):
+        if value is True and output is None:
+            raise StackError(f"{name}=True names the map after the result: give an output")
+    if depth_map is True:
+        depth_map = side_path(output, "depth")
+    if confidence_map is True:
+        confidence_map = side_path(output, "confidence")
     writes = [
         (role, Path(p))
         for role, p in (
@@ -310,6 +335,13 @@ def stack(
     res.other_image = None  # only the layers needed it
     res.timings["total"] = time.perf_counter() - t0
     return res
+
+
+def frame_list(frames: Sequence[FrameSource]) -> list[FrameSource]:
+    """The frames as a list; one path given alone is a mistake (its letters would be frames)."""
+    if isinstance(frames, str | bytes | os.PathLike):
+        raise InputError(os.fsdecode(frames), "frames: a list of files or arrays, not one file")
+    return list(frames)
 
 
 def check_before_pixels(

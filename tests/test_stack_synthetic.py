@@ -233,3 +233,71 @@ def test_the_callers_arrays_are_left_as_they_were(bracket, method):
     before = [f.copy() for f in bracket.frames]
     stack(bracket.frames, method=method, match_gain=False)
     assert all(np.array_equal(a, b) for a, b in zip(before, bracket.frames, strict=True))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"method": "depthmap"}, {"noise_averaging": False}, {"halo_suppression": False}],
+)
+def test_identical_16bit_frames_come_out_unchanged(tmp_path, options):
+    """Stacking a frame with copies of itself gives it back, to the 16-bit level: no blend may
+    lose a little of every value (OpenCV's blendLinear divides by the weights' sum + 1e-5,
+    which made such a stack one level darker everywhere, white 65534)."""
+    import tifffile
+
+    b = make_bracket(3, (96, 128), seed=5)
+    frame = np.round(b.frames[1] * 65535).astype(np.uint16)
+    frame[:8] = 65535  # white
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"k{i}.tif")
+        tifffile.imwrite(paths[-1], frame, photometric="rgb")
+    out = tmp_path / "out.tif"
+    stack(paths, out, align=False, match_gain=False, metadata=False, **options)
+    assert np.array_equal(tifffile.imread(out), frame)
+
+
+def test_frames_too_small_or_of_no_image_shape_are_refused_in_one_line():
+    from pybridge.errors import InputError, StackError
+
+    tiny = [np.zeros((7, 30, 3), np.float32)] * 3
+    with pytest.raises(InputError, match=r"30x7: too small to stack"):
+        stack(tiny)
+    with pytest.raises(InputError, match=r"got shape \(10,\)"):
+        stack([np.zeros(10, np.float32)] * 2)
+    with pytest.raises(InputError, match="a list of files or arrays, not one file"):
+        stack("f0.tif")  # its letters are no frames
+    with pytest.raises(StackError, match="give an output"):
+        stack([np.zeros((20, 20, 3), np.float32)] * 2, depth_map=True)
+    assert stack([np.zeros((8, 8, 3), np.float32)] * 3).image.shape == (8, 8, 3)
+
+
+def test_depth_map_true_is_the_map_beside_the_result(tmp_path, bracket):
+    out = tmp_path / "out.tif"
+    stack(bracket.frames[:3], out, depth_map=True, confidence_map=True, metadata=False)
+    assert (tmp_path / "out_depth.tif").is_file() and (tmp_path / "out_confidence.tif").is_file()
+
+
+def test_the_result_stays_within_0_and_1_when_gains_overshoot():
+    """Frame 0 has its red channel at half the others' level but for a saturated corner:
+    matching its gain lifts that corner to about 2, and the fused values must still be 0..1 as
+    documented (a file is clipped; the array was not: 2.17)."""
+    rng = np.random.default_rng(2)
+    base = (rng.random((64, 80, 3)) > 0.5).astype(np.float32)
+    first = base.copy()
+    first[..., 0] *= 0.5
+    first[:16, :16, 0] = 1.0
+    result = stack([first, base, base], align=False)
+    assert result.image.max() <= 1.0 and result.image.min() >= 0.0
+
+
+def test_one_file_given_twice_is_refused(tmp_path, bracket):
+    from pybridge.errors import InputError
+
+    save_bracket(bracket, tmp_path, bit_depth=16)
+    first, second = sorted(tmp_path.glob("*.tif"))[:2]
+    (tmp_path / "link.tif").hardlink_to(first)
+    for frames in ([first, second, tmp_path / "." / first.name], [first, tmp_path / "link.tif"]):
+        with pytest.raises(InputError, match=r"is given twice \(also as "):
+            stack(frames, tmp_path / "out.tif", metadata=False)
+    assert not (tmp_path / "out.tif").exists()
