@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -117,6 +118,30 @@ def _alive(et) -> bool:
         return bool(et.running)
 
 
+def _own_session(signum: int):
+    """exiftool's preexec_fn (Linux): a session of its own, so that a terminal's Ctrl-C, which
+    reaches the whole foreground process group, is the bridge's to handle. exiftool sets its own
+    SIGINT handler (an inherited SIG_IGN does not survive it) and exits 1 on SIGINT, which failed
+    the metadata merge that a first Ctrl-C lets finish. The bridge stops it itself when it must
+    (:func:`interrupt`, ``terminate``), and PR_SET_PDEATHSIG (what pyexiftool's own preexec_fn
+    sets) ends it when the bridge dies, SIGKILL included: at the end of its input exiftool
+    ``-stay_open`` waits for ever. Elsewhere it stays in the bridge's group (no death signal)."""
+    if not sys.platform.startswith('linux'):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        os.setsid()
+        prctl(1, signum)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the bridge died before the line above
+            os._exit(1)
+
+    return preexec
+
+
 @contextmanager
 def open_exiftool(executable: str | None = None) -> Iterator[ExifToolHelper]:  # noqa: F821
     """One long-lived exiftool process (pyexiftool ``ExifToolHelper``) for the whole run.
@@ -132,6 +157,7 @@ def open_exiftool(executable: str | None = None) -> Iterator[ExifToolHelper]:  #
     except ImportError as e:  # pragma: no cover - pyexiftool is a dependency
         raise ExifError(f'pyexiftool is not installed ({e})') from e
     pyexiftool._read_fd_endswith = _read_until  # pyexiftool 0.5 reads through this function
+    pyexiftool._set_pdeathsig = _own_session  # and makes its Popen's preexec_fn with this one
     et = ExifToolHelper(
         executable=exe,
         common_args=list(COMMON_ARGS),

@@ -6,8 +6,9 @@ pool or on Dask workers (pybridge/cluster.py). docs/batch.md is the user's side 
 
 Files in the output folder DIR:
 
-* `DIR/<first frame's stem>_stacked.tif` (or the format chosen; `-2`, `-3`... when two
-  brackets start with frames of one name), with `_depth` / `_confidence` maps when asked for.
+* `DIR/<first frame's stem>_stacked.tif` (or the format chosen), with `_depth` /
+  `_confidence` maps when asked for. A bracket the journal knows keeps its name; a new one
+  takes `-2`, `-3`... past the names of the journal's other brackets and files in the way.
 * `DIR/focusbridge-batch.jsonl`, the journal: one JSON object per line, appended and fsynced
   by the client only (never by a worker): `start` before a bracket is handed out, `done` (with
   the result's size) or `failed` after. A bracket is finished when its last record is `done`
@@ -47,7 +48,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .atomic import check_no_clash, check_target, fsync_folder
-from .errors import EXIT_CANCELLED, EXIT_ERROR, FocusbridgeError, OutputError, describe_failure
+from .errors import (
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    FocusbridgeError,
+    InputError,
+    OutputError,
+    describe_failure,
+)
 from .options import DEFAULT_MAX_PIXELS, FORMATS, OutputOptions, StackOptions
 from .progress import silent
 
@@ -312,27 +320,38 @@ class Summary:
         return f"batch: {n} bracket{'s' * (n != 1)}: " + ", ".join(parts)
 
 
-def plan_tasks(brackets, output_dir: Path, opts: StackOptions, out: OutputOptions) -> list[Task]:
-    """One task per bracket, its outputs named after its first frame."""
+def plan_tasks(
+    brackets, output_dir: Path, opts: StackOptions, out: OutputOptions, records: Sequence[dict] = ()
+) -> list[Task]:
+    """One task per bracket. A bracket that the journal's `records` name (by its frames) keeps
+    its name on every rerun, whatever else is in the run; a new one is named after its first
+    frame, with `-2`, `-3`... past every name the journal gives a bracket and every file in the
+    way. Frames and outputs are identified by their real paths (symlinks resolved), so another
+    spelling of the same files is the same bracket; the work uses the paths as given (a Dask
+    worker may know the files only by those)."""
     ext = FORMATS[out.format][0] if out.format else ".tif"
     engine = {k: v for k, v in dataclasses.asdict(opts).items() if k != "overwrite"}
-    taken: set[str] = set()
+    folder = Path(os.path.abspath(output_dir))
+    real_folder = os.path.realpath(folder)
+    owners, names = _journal_names(records)
+    taken = set(owners)  # the journal's names belong to their brackets
     tasks = []
     for b in brackets:
-        stem = Path(b.frames[0]).stem
-        name, n = f"{stem}_stacked{ext}", 1
-        while name.lower() in taken:
-            n += 1
-            name = f"{stem}_stacked-{n}{ext}"
-        taken.add(name.lower())
-        output = Path(os.path.abspath(output_dir / name))
         frames = [os.path.abspath(f) for f in b.frames]
-        maps = {
-            "depth_map": str(side(output, "depth")) if out.depth_map else None,
-            "confidence_map": str(side(output, "confidence")) if out.confidence_map else None,
+        real = [os.path.realpath(f) for f in frames]
+        stem = names.get(tuple(real)) or _new_name(Path(frames[0]).stem, folder, ext, out, taken)
+        taken.add(stem.lower())
+        output = folder / (stem + ext)
+        maps = _maps(output, out)
+        ident = {
+            "frames": real,
+            **{
+                k: p and os.path.join(real_folder, Path(p).name)
+                for k, p in {"output": output, **maps}.items()
+            },
+            "options": engine,
+            "metadata": out.metadata,
         }
-        ident = {"frames": frames, "output": str(output), **maps, "options": engine}
-        ident["metadata"] = out.metadata
         key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
         tasks.append(
             Task(
@@ -346,6 +365,44 @@ def plan_tasks(brackets, output_dir: Path, opts: StackOptions, out: OutputOption
             )
         )
     return tasks
+
+
+def _journal_names(records: Sequence[dict]) -> tuple[dict[str, tuple], dict[tuple, str]]:
+    """From the journal's `start` records: the bracket (its frames' real paths) that owns each
+    name (a lower-case stem, of a result or a map; the last record naming it wins), and each
+    bracket's own name (its last record's, unless another bracket has owned it since, as older
+    versions allowed)."""
+    owners: dict[str, tuple] = {}
+    last: dict[tuple, str] = {}
+    for r in records:
+        frames, output = r.get("frames"), r.get("output")
+        if r.get("event") != "start" or not isinstance(output, str) or not isinstance(frames, list):
+            continue
+        bracket = tuple(os.path.realpath(str(f)) for f in frames)
+        last[bracket] = Path(output).stem
+        for path in [output, *(r.get("outputs") or [])]:
+            owners[Path(str(path)).stem.lower()] = bracket
+    return owners, {b: stem for b, stem in last.items() if owners.get(stem.lower()) == b}
+
+
+def _new_name(stem: str, folder: Path, ext: str, out: OutputOptions, taken: set[str]) -> str:
+    """`<stem>_stacked`, else `-2`, `-3`...: a name no bracket has and no file is in the way of
+    (so --overwrite is never the way past another bracket's result)."""
+    name, n = f"{stem}_stacked", 1
+    while name.lower() in taken or any(
+        p and os.path.lexists(p)
+        for p in [folder / (name + ext), *_maps(folder / (name + ext), out).values()]
+    ):
+        n += 1
+        name = f"{stem}_stacked-{n}"
+    return name
+
+
+def _maps(output: Path, out: OutputOptions) -> dict[str, str | None]:
+    return {
+        "depth_map": str(side(output, "depth")) if out.depth_map else None,
+        "confidence_map": str(side(output, "confidence")) if out.confidence_map else None,
+    }
 
 
 def side(output: Path, suffix: str) -> Path:
@@ -377,7 +434,15 @@ def preflight(task: Task, journal: Journal, overwrite: bool) -> str | None:
                 "to stack it again",
             )
         if task.key not in journal.started():
-            raise OutputError(exists[0], "exists; pass --overwrite to replace it")
+            # a name the journal holds is planned for its own bracket only (plan_tasks)
+            held = {Path(p).name.lower() for p in journal.outputs()}
+            raise OutputError(
+                exists[0],
+                "exists: an earlier batch stacked this bracket with other options; pass "
+                "--overwrite to stack it again"
+                if exists[0].name.lower() in held
+                else "exists; pass --overwrite to replace it",
+            )
     return None
 
 
@@ -515,27 +580,45 @@ def _blocked(*signums) -> Iterator[None]:
 
 
 class _Stop:
-    """The client's Ctrl-C / SIGTERM: 1 = start nothing new, 2 = cancel the running ones."""
+    """The client's Ctrl-C / SIGTERM: 1 = start nothing new, 2 = cancel the running ones.
+    Until it is `armed` (the first bracket is handed out) a signal does what it did before:
+    the command line cancels at once, as nothing is written yet."""
 
     def __init__(self):
         self.level = 0
+        self.armed = False
+        self.previous: dict = {}
 
     def __call__(self, signum, frame) -> None:
-        self.level = min(self.level + 1, 2)
+        if self.armed:
+            self.level = min(self.level + 1, 2)
+        elif callable(self.previous.get(signum)):
+            self.previous[signum](signum, frame)
+        elif self.previous.get(signum) != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
-    @contextmanager
-    def installed(self) -> Iterator[_Stop]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in previous:
-            signal.signal(s, self)
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+
+@contextmanager
+def _stopping() -> Iterator[_Stop]:
+    """The batch's _Stop, installed by the outermost caller and shared with the inner ones: the
+    command line keeps it until the summary is printed, so a late Ctrl-C (the pool shutting
+    down) cannot cut the run short of its summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield _Stop()  # signals reach the main thread only
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if isinstance(current, _Stop):
+        yield current
+        return
+    stop = _Stop()
+    stop.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in stop.previous:
+        signal.signal(s, stop)
+    try:
+        yield stop
+    finally:
+        for s, handler in stop.previous.items():
+            signal.signal(s, handler)
 
 
 def run_batch(
@@ -559,20 +642,22 @@ def run_batch(
     out = outputs or OutputOptions()
     if jobs is not None and jobs < 1:
         raise FocusbridgeError(f"--jobs must be 1 or more, not {jobs}")
+    paths = list(paths)
+    for p in paths:  # a mistyped PATH stops the batch: it is not a file in no bracket
+        if not (os.path.isdir(p) or os.path.isfile(p)):
+            problem = "not a file or folder" if os.path.lexists(p) else "no such file or folder"
+            raise InputError(p, problem)
     folder = Path(output_dir)
     if scheduler:
         from .cluster import require_dask
 
         require_dask(load=False)  # before anything is written (loaded while detecting)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(folder, f"cannot create the folder ({exc.strerror})") from None
-    if not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise OutputError(folder, "is not a folder")
     summary = Summary()
     staging = folder / STAGING_NAME
-    with ExitStack() as cleanup:  # undone in reverse: local pool, staging, journal, client
+    # undone in reverse: local pool, staging, journal, client; Ctrl-C counted until the end
+    with _stopping(), ExitStack() as cleanup:
         # Dask loads (1-2 s) and connects in a thread while the brackets are found (exiftool's
         # read of every file); the journal is only read until the connection stands
         connecting = _Connecting(scheduler) if scheduler else None
@@ -581,22 +666,29 @@ def run_batch(
         seen = Journal.peek_outputs(folder)
         found = detect(paths, gap=gap, by_folder=by_folder, exclude=seen)
         runner = connecting.result() if connecting else None  # fail fast: nothing written yet
+        _check_reference(found.brackets, opts.reference)
+        summary.unassigned = found.unassigned
+        if not found.brackets:
+            return summary  # nothing to do: no folder, no journal
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(folder, f"cannot create the folder ({exc.strerror})") from None
         journal = Journal(folder)
         cleanup.callback(journal.close)  # the lock goes once every local worker is done
         cleanup.callback(_remove_staging, staging, summary, remote=bool(scheduler))
         shutil.rmtree(staging, ignore_errors=True)  # what killed attempts left
         if journal.outputs() != seen:  # a batch into DIR ended meanwhile: its results too
             found = detect(paths, gap=gap, by_folder=by_folder, exclude=journal.outputs())
-        summary.unassigned = found.unassigned
-        tasks = plan_tasks(found.brackets, folder, opts, out)
+            summary.unassigned = found.unassigned
+        tasks = plan_tasks(found.brackets, folder, opts, out, journal.records)
         summary.total = len(tasks)
         todo = []
         for task in tasks:
             try:
                 verdict = preflight(task, journal, opts.overwrite)
             except FocusbridgeError as exc:
-                summary.failed.append((task.output, str(exc)))
-                log("error", str(exc))
+                _failed(task, str(exc), summary, progress, log)
                 continue
             if verdict == "skip":
                 summary.skipped.append(task.output)
@@ -606,6 +698,7 @@ def run_batch(
             for task in todo:
                 _fill_pixels(task)
             memory = available_memory()
+            _quiet_resource_tracker()
             runner = LocalRunner(
                 min(jobs or default_jobs(todo, memory), len(todo)),
                 int(memory * MEMORY_SHARE) if memory else None,
@@ -620,6 +713,54 @@ def run_batch(
             log("info", f"{len(todo)} to stack, {runner.describe()}")
             _run(todo, runner, journal, summary, progress, log)
     return summary
+
+
+def _check_reference(brackets, reference) -> None:
+    """A --reference frame number that a bracket lacks fails the batch before any work."""
+    from .pipeline import resolve_reference
+
+    bad = []
+    for b in brackets:
+        try:
+            resolve_reference(reference, len(b.frames))
+        except FocusbridgeError as exc:
+            bad.append((b.frames[0], str(exc)))
+    if bad:
+        more = f"; {len(bad) - 1} other bracket(s) lack it too" if len(bad) > 1 else ""
+        raise InputError(bad[0][0], f"{bad[0][1]}{more}")
+
+
+def _quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker outlives a batch that was SIGKILLed, removes the
+    pool's semaphores and warns on the terminal that they had leaked: nothing is lost, so it
+    says nothing (it takes its warning filters from ours when it starts)."""
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if quiet not in sys.warnoptions:
+        sys.warnoptions.append(quiet)
+
+
+def _failed(task: Task, message: str, summary: Summary, progress, log) -> str:
+    """A bracket that failed, in one line that starts with its result's path."""
+    if not message.startswith(f"{task.output}: "):
+        message = f"{task.output}: {message}"
+    summary.failed.append((task.output, message))
+    log("error", message)
+    _report(progress, summary, task, "failed", error=message)
+    return message
+
+
+def _report(progress, summary: Summary, task: Task, outcome: str, **extra) -> None:
+    """The batch line of a bracket that ended (`summary` already counts it)."""
+    finished = len(summary.stacked) + len(summary.skipped) + len(summary.failed)
+    progress(
+        "batch",
+        frame=finished - 1,
+        count=summary.total,
+        fraction=finished / summary.total,
+        output=task.output,
+        outcome=outcome,
+        **extra,
+    )
 
 
 def _remove_staging(staging: Path, summary: Summary, remote: bool) -> None:
@@ -668,27 +809,13 @@ class _Connecting:
 
 
 def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress, log) -> None:
-    total = summary.total
-    finished = len(summary.skipped) + len(summary.failed)
     queue = list(todo)
     running: dict = {}  # future -> task
     attempts: dict[str, int] = {}
     budget = getattr(runner, "budget", None)
 
-    def report(task: Task, outcome: str, **extra) -> None:
-        nonlocal finished
-        finished += 1
-        progress(
-            "batch",
-            frame=finished - 1,
-            count=total,
-            fraction=finished / total if total else 1.0,
-            output=task.output,
-            outcome=outcome,
-            **extra,
-        )
-
-    with _Stop().installed() as stop:
+    with _stopping() as stop:
+        stop.armed = True  # from now on a Ctrl-C lets the running brackets finish
         cancelling = announced = False
         while queue or running:
             if stop.level >= 2 and not cancelling:
@@ -707,11 +834,12 @@ def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress,
             if stop.level and not announced:
                 announced = True
                 summary.cancelled += [t.output for t in queue]
-                log(
-                    "warning",
-                    f"stopping: {len(queue)} bracket(s) not started; waiting for the "
-                    f"{len(running)} running (Ctrl-C again cancels them)",
+                waiting = (
+                    f"; waiting for the {len(running)} running (Ctrl-C again cancels them)"
+                    if running
+                    else ""
                 )
+                log("warning", f"stopping: {len(queue)} bracket(s) not started{waiting}")
                 queue.clear()
             for future in runner.wait(list(running), 0.2):
                 task = running.pop(future)
@@ -731,8 +859,8 @@ def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress,
                             continue
                         result = {
                             "ok": False,
-                            "error": f"{task.output}: the process stacking it died "
-                            "(killed by the system, perhaps out of memory)",
+                            "error": "the process stacking it died (killed by the system, "
+                            "perhaps out of memory)",
                         }
                     else:
                         _, message = describe_failure(exc)
@@ -742,12 +870,10 @@ def _run(todo: list[Task], runner, journal: Journal, summary: Summary, progress,
                     summary.stacked.append(task.output)
                     for warning in result.get("warnings", []):
                         log("warning", warning)
-                    report(task, "done")
+                    _report(progress, summary, task, "done")
                 else:
-                    journal.append("failed", task, error=result["error"])
-                    summary.failed.append((task.output, result["error"]))
-                    log("error", result["error"])
-                    report(task, "failed", error=result["error"])
+                    message = _failed(task, result["error"], summary, progress, log)
+                    journal.append("failed", task, error=message)
         summary.interrupted = stop.level > 0
 
 
@@ -873,6 +999,7 @@ def cmd_brackets(args) -> int:
     return 0
 
 
+@_stopping()  # Ctrl-C once the brackets are handed out: counted, the summary still printed
 def cmd_batch(args) -> int:
     from .errors import print_failure, print_warning
     from .progress import Bar, choose

@@ -22,9 +22,12 @@ groups the files; it reads no pixels. Signals, strongest first:
 `by_folder`: every folder is one bracket, its files in name order (microscopes, focus rails
 that write a folder per stack, files without metadata).
 
-A single frame is never a bracket. Files that cannot be in one (exiftool cannot read them, no
-capture time, an in-camera composite, a focusbridge result) are listed as unassigned with a
-reason; nothing here raises for a bad file.
+Files that are one shot (RAW + JPEG: same folder, same name but the extension, same capture
+time to the second) enter a bracket once, as the RAW (else TIFF, PNG, JPEG in that order); the
+others are unassigned. A single frame is never a bracket. Files that cannot be in one
+(exiftool cannot read them, no capture time, an in-camera composite, an image focusbridge
+wrote: write.py's Software mark, read from the file's header without exiftool) are listed as
+unassigned with a reason; nothing here raises for a bad file.
 """
 
 from __future__ import annotations
@@ -38,9 +41,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .errors import OptionError
 from .frames import JPEG_EXTENSIONS, PNG_EXTENSIONS, RAW_EXTENSIONS, TIFF_EXTENSIONS
 
 IMAGE_EXTENSIONS = RAW_EXTENSIONS | TIFF_EXTENSIONS | JPEG_EXTENSIONS | PNG_EXTENSIONS
+# which file of one shot saved several ways enters the bracket: the first of these
+PREFERENCE = (RAW_EXTENSIONS, TIFF_EXTENSIONS, PNG_EXTENSIONS, JPEG_EXTENSIONS)
+# what focusbridge wrote, by the role in its Software ('focusbridge 0.1.0 (depth map)'; a
+# result has none, and so do aligned frames until their writers name them: write.py)
+OURS = {
+    None: "a stacked result",
+    "aligned frame": "an aligned frame of a stack",
+    "depth map": "a depth map of a stack",
+    "confidence map": "a confidence map of a stack",
+    "coverage map": "a coverage map of a bracket check",
+}
 MIN_GAP_S = 2.0  # an interval this short never splits a bracket (unless --gap says so)
 GAP_FACTOR = 3.0  # ... nor one up to this many times the run's median interval
 MAX_INTERVAL_S = 30.0  # untagged frames further apart than this are never one bracket
@@ -179,11 +194,18 @@ def list_files(
 
 
 def read_shots(shots: list[Shot], *, required: bool = True) -> None:
-    """Fill in each shot's facts from one exiftool call for all files. `required`: False lets
-    a machine without exiftool go on with no facts (--by-folder needs none)."""
+    """Leave out what focusbridge wrote (from the files' headers, exiftool or not), then fill
+    in each shot's facts from one exiftool call for all files. `required`: False lets a
+    machine without exiftool go on with no facts (--by-folder needs none)."""
     from exif.focus import FOCUS_TAGS
     from exif.tool import ExifError, find_exiftool, fname, open_exiftool, read_json
 
+    from .headers import software_tags
+
+    for s in shots:  # focusbridge writes TIFF, PNG and JPEG only: no RAW is opened here
+        if s.path.suffix.lower() not in RAW_EXTENSIONS:
+            s.problem = next(filter(None, map(ours, software_tags(s.path))), None)
+    shots = [s for s in shots if not s.problem]
     if not shots or (not required and find_exiftool() is None):
         return
     readable = []
@@ -222,13 +244,25 @@ def fill_shot(s: Shot, meta: dict) -> None:
     s.orientation = orientation if isinstance(orientation, int) else None
     s.focus = focus_reading(meta).distance
     s.in_camera = in_camera(meta)
-    software = str(tag(meta, 'IFD0:Software', '*:Software', default=''))
+    made_here = ours(str(tag(meta, 'IFD0:Software', '*:Software', default='')))
     stacked = str(tag(meta, '*:StackedImage', default='')).split()
-    if software.lower().startswith('focusbridge'):
-        s.problem = f"a stacked result ({software}), not a frame"
+    if made_here:
+        s.problem = made_here
     elif stacked[:1] == ['9']:
         count = f" of {stacked[1]} frames" if len(stacked) > 1 else ""
         s.problem = f"an in-camera focus-stacked image{count} (Olympus StackedImage), not a frame"
+
+
+_OURS_RE = re.compile(r'(focusbridge\b[^(]*?)(?: \((.+)\))?$', re.IGNORECASE)
+
+
+def ours(software: str) -> str | None:
+    """Why a file whose Software is `software` is no frame, when focusbridge wrote it."""
+    m = _OURS_RE.match(software)
+    if not m:
+        return None
+    what = OURS.get(m.group(2), "an image focusbridge wrote")
+    return f"{what} ({m.group(1)}), not a frame"
 
 
 _TIME_RE = re.compile(r'^\s*(\d{4}):(\d\d):(\d\d)[ T](\d\d):(\d\d):(\d\d)(\.\d+)?')
@@ -331,6 +365,8 @@ def group(
     by_folder: bool = False,
     unassigned: Sequence[Unassigned] = (),
 ) -> Detection:
+    if gap is not None and not 0 < gap < math.inf:
+        raise OptionError("gap", f"must be a finite number of seconds > 0, not {gap!r}")
     found = Detection(unassigned=list(unassigned))
     good = []
     for s in shots:
@@ -340,6 +376,7 @@ def group(
             found.unassigned.append(Unassigned(s.path, NO_TIME))
         else:
             good.append(s)
+    good = _one_per_shot(good, found.unassigned)
     if by_folder:
         runs: dict[Path, list[Shot]] = {}
         for s in good:
@@ -364,6 +401,33 @@ def group(
         key=lambda u: (str(u.path) not in when, when.get(str(u.path), 0.0), str(u.path))
     )
     return found
+
+
+def _one_per_shot(shots: list[Shot], unassigned: list[Unassigned]) -> list[Shot]:
+    """One file of each shot saved several ways (RAW + JPEG: one folder, one name but the
+    extension, one capture time to the second; by folder, no time counts as one): the first
+    by PREFERENCE, then name. The others go to `unassigned`. A photographer stacks the RAWs,
+    and a shot counted twice would make its pace 0 s (and the median interval with it).
+    A file named twice (darktable's duplicates of one image, run-job) stays twice."""
+    same: dict[tuple, list[Shot]] = {}
+    for s in shots:
+        when = math.floor(s.time) if s.time is not None else None
+        same.setdefault((s.folder, s.path.stem, when), []).append(s)
+    kept: set[int] = set()
+    for twins in same.values():
+        best = min(twins, key=lambda s: (_preference(s.path), s.path.name)).path
+        kept.update(id(t) for t in twins if t.path == best)
+        unassigned += [
+            Unassigned(t.path, f"the same shot as {best.name} (same name and capture time)")
+            for t in twins
+            if t.path != best
+        ]
+    return [s for s in shots if id(s) in kept]
+
+
+def _preference(path: Path) -> int:
+    ext = path.suffix.lower()
+    return next((i for i, exts in enumerate(PREFERENCE) if ext in exts), len(PREFERENCE))
 
 
 def _same_setup(a: Shot, b: Shot) -> bool:
@@ -478,6 +542,15 @@ def format_table(found: Detection) -> str:
         lines += [f"  {f}" for f in b.frames]
     if found.unassigned:
         lines += ["", "in no bracket:"]
-        width = min(max(len(str(u.path)) for u in found.unassigned), 60)
-        lines += [f"  {str(u.path):<{width}}  {u.reason}" for u in found.unassigned]
-    return "\n".join(lines)
+        width = min(max(len(printable(u.path)) for u in found.unassigned), 60)
+        lines += [f"  {printable(u.path):<{width}}  {u.reason}" for u in found.unassigned]
+    return "\n".join(map(printable, lines))
+
+
+_CONTROL = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
+
+
+def printable(text) -> str:
+    """`text` (a file name) with control characters escaped as Python writes them (`\\n`),
+    so a name with a line break stays on its line of the report."""
+    return str(text).translate(_CONTROL)

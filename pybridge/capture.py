@@ -110,8 +110,8 @@ def cmd_plan(args) -> int:
     from .plan import make_plan, rail_csv
 
     plan = make_plan(PlanOptions.from_args(args))
-    if args.json:
-        print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
+    if args.json:  # allow_nan=False: JSON, never Infinity (the ranges keep numbers finite)
+        print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False, allow_nan=False))
         return 0
     if args.csv:
         sys.stdout.write(rail_csv(plan))
@@ -125,7 +125,7 @@ def cmd_plan(args) -> int:
 
 def cmd_check(args) -> int:
     if args.long_side is not None and not 64 <= args.long_side <= 20000:
-        raise OptionError("long-side", f"must be 64..20000 px, not {args.long_side}")
+        raise OptionError("--long-side", f"must be 64..20000 px, not {args.long_side}")
     result = check_with_distances(
         args.frames,
         coverage_map=args.map,

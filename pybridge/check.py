@@ -258,7 +258,10 @@ def check_bracket(
     elif result.order == "out of order":
         result.notes.append("gaps and wasted frames are not judged until the order is right")
     else:
-        result.wasted = _wasted(measure, measures.valid)
+        wasted = _wasted(measure, measures.valid)
+        if wasted is None:
+            result.notes.append("too few frames to judge wasted frames (it takes three)")
+        result.wasted = wasted or []
         useful = [i for i in range(n) if i not in result.wasted]
         _gaps(result, measure[useful[0] : useful[-1] + 1], useful[0], measures)
     _duplicates(result, logs, measures.covered)
@@ -668,9 +671,10 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
     measures.unsharp = unsharp
 
 
-def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int]:
+def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int] | None:
     """Frames at the ends of the bracket that are the sharpest in (almost) no block, counting
-    every block a frame covers (the ends of a breathing bracket lose the borders)."""
+    every block a frame covers (the ends of a breathing bracket lose the borders). None: not
+    judged, when no block with a focus peak is seen by three frames (two frames never are)."""
     n = len(measure)
     inside = np.where(valid, measure, np.nan)
     seen = valid.sum(axis=0) >= max(3, n // 2)
@@ -678,6 +682,8 @@ def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int]:
     low = np.nanmin(np.where(seen, inside, 1.0), axis=0)
     peaked = seen & (top > _PEAKED * np.maximum(low, 1e-12))
     best = np.where(valid, measure, -1.0).argmax(axis=0)[peaked]
+    if not best.size:  # every frame would be the sharpest nowhere
+        return None
     share = np.bincount(best, minlength=n) / max(1, best.size)
     wasted = []
     for k in range(n - 1):
@@ -853,4 +859,11 @@ def _write_map(path: Path, measures: _Measures, result: CheckResult, icc, overwr
         image = image * (1.0 - full) + red * full
     bits = 16 if path.suffix.lower() in (".tif", ".tiff") else 8
     with atomic_output(path, overwrite=overwrite) as temp:
-        write_image(temp, image, bit_depth=bits, icc=icc, description="focusbridge check")
+        write_image(
+            temp,
+            image,
+            bit_depth=bits,
+            icc=icc,
+            description="focusbridge check",
+            role="coverage map",
+        )

@@ -225,6 +225,20 @@ def cmd_run_job(args) -> int:
     return run_job(Path(args.manifest))
 
 
+def _gap_seconds(text: str) -> float:
+    """--gap of brackets and batch: seconds, finite and over 0 (at 0 every frame is alone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds > 0 (a pause longer than this splits a "
+            f"bracket), not {text!r}"
+        )
+    return value
+
+
 class _Version(argparse.Action):
     """argparse's version action, with the version looked up only when asked for."""
 
@@ -283,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch import register as register_batch
 
     register_batch(sub)  # brackets, batch
+    for command in ("brackets", "batch"):
+        for action in sub.choices[command]._actions:
+            if action.dest == "gap":
+                action.type = _gap_seconds
 
     from .capture import register as register_capture
 

@@ -3,29 +3,40 @@ metadata merge (exif.merge).
 
 The libraries answer: Pillow reads a JPEG or PNG header lazily (size, mode, ICC profile, EXIF,
 XMP, PNG text; no pixels are decoded) and parses EXIF blocks; tifffile reads TIFF tags (callers
-use it directly). Pillow's plugin classes are used rather than Image.open, whose decompression
-bomb limit is process-wide: our callers apply their own limit, with their own message, and a
-program that imports focusbridge keeps Pillow's limit for its own images.
+use it directly; software_tags here). Pillow's plugin classes are used rather than Image.open,
+whose decompression bomb limit is process-wide: our callers apply their own limit, with their
+own message, and a program that imports focusbridge keeps Pillow's limit for its own images.
 
 Byte-level code is kept only where no library does the job:
 - sniff: the kind of a file from its first bytes, camera RAW containers included;
 - the JPEG end-of-image check: Pillow stops reading at the first scan;
 - the size a PNG declares when Pillow refuses it for a zero width or height;
 - iCCP and tEXt chunks added to a PNG that OpenCV encoded (Pillow cannot write 16-bit RGB PNGs).
+
+tifffile logs what it cannot parse in a damaged file (a truncated DNG: one line per bad tag)
+through `logging`, which prints to stderr when the program configured no logging, before our
+own one-line error. A NullHandler on its logger stops that fallback; a program that configures
+logging still receives the records. Set here, where every header reader (frames, write,
+exif.merge, capture) imports from.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
 from dataclasses import dataclass
 
+import tifffile
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from .errors import InputError, one_line
 
+logging.getLogger('tifffile').addHandler(logging.NullHandler())
+
 ORIENTATION_TAG = 274
+SOFTWARE_TAG = 305
 _OPENERS = {'jpeg': JpegImagePlugin.JpegImageFile, 'png': PngImagePlugin.PngImageFile}
 
 
@@ -132,14 +143,38 @@ def _png_declared_size(data: bytes) -> tuple[int, int] | None:
     return height, width
 
 
-def png_with_chunks(png: bytes, icc: bytes | None, description: str | None) -> bytes:
-    """`png` with an iCCP chunk holding `icc` and a tEXt Description, right after IHDR (before
-    PLTE and IDAT, as iCCP needs)."""
+def software_tags(path) -> list[str]:
+    """The Software values a TIFF, PNG or JPEG declares: TIFF tag 305 of the first page, a PNG's
+    tEXt/iTXt Software and EXIF Software, a JPEG's EXIF Software. Empty for other files and for
+    what cannot be read."""
+    try:
+        with open(path, 'rb') as fh:
+            kind = sniff(fh.read(16))
+            if kind == 'tiff':
+                fh.seek(0)
+                with tifffile.TiffFile(fh) as tif:
+                    values = [tif.pages.first.tags.valueof(SOFTWARE_TAG)]
+            elif kind in ('jpeg', 'png'):
+                info = open_header(fh, kind).info
+                values = [info.get('Software'), exif(info).get(SOFTWARE_TAG)]
+            else:
+                return []
+    except Exception:  # damaged: the readers say what is wrong when the file is used
+        return []
+    return [v.strip('\x00 ') for v in values if isinstance(v, str)]
+
+
+def png_with_chunks(
+    png: bytes, icc: bytes | None, description: str | None, software: str | None = None
+) -> bytes:
+    """`png` with an iCCP chunk holding `icc` and tEXt Description and Software, right after
+    IHDR (before PLTE and IDAT, as iCCP needs)."""
     bodies = []
     if icc:
         bodies.append((b'iCCP', b'ICC profile\x00\x00' + zlib.compress(icc)))
-    if description:
-        bodies.append((b'tEXt', b'Description\x00' + description.encode('latin-1', 'replace')))
+    for key, text in ((b'Description', description), (b'Software', software)):
+        if text:
+            bodies.append((b'tEXt', key + b'\x00' + text.encode('latin-1', 'replace')))
     chunks = b''.join(
         struct.pack('>I', len(body)) + ctype + body + struct.pack('>I', zlib.crc32(ctype + body))
         for ctype, body in bodies

@@ -36,6 +36,19 @@ SENSORS = {
 # an Airy disk wider than this many pixels costs resolution (diffraction-limited beyond)
 AIRY_PIXELS = 2.0
 IN_CAMERA_NOTE = "in-camera step widths are not documented in µm; use the rail positions"
+# What each number may be (docs/capture.md): past these ends the optics mean nothing, and the
+# arithmetic would overflow or divide by zero.
+RANGES = {
+    "magnification": (0.01, 1000),
+    "aperture": (0.5, 1000),
+    "pupil_ratio": (0.1, 10),
+    "coc": (0.001, 1),
+    "wavelength": (200, 2000),
+    "na": (0.01, 1.6),
+    "depth_mm": (0, 10000),
+}
+PITCH_RANGE = (0.5, 100)  # µm, --sensor
+MAX_FRAMES = 100_000  # a plan of more frames is a mistake in the options, not a bracket
 
 
 @dataclass
@@ -83,22 +96,22 @@ class PlanOptions(Options):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("magnification", "aperture", "pupil_ratio", "coc", "wavelength"):
+        for name, (low, high) in RANGES.items():
             value = getattr(self, name)
-            if value is not None and not (0 < value < math.inf):
-                raise OptionError(name, f"must be a number > 0, not {value!r}")
-        if self.na is not None and not 0 < self.na <= 1.6:
-            raise OptionError("na", f"must be a numerical aperture in (0, 1.6], not {self.na!r}")
-        if self.depth_mm is not None and not 0 <= self.depth_mm < math.inf:
-            raise OptionError("depth_mm", f"must be a number >= 0, not {self.depth_mm!r}")
+            if value is not None and not low <= value <= high:
+                raise OptionError(
+                    flag(name), f"must be a number from {low:g} to {high:g}, not {float(value)!r}"
+                )
         if not 0 <= self.overlap < 1:
-            raise OptionError("overlap", f"must be at least 0 and below 1, not {self.overlap!r}")
+            raise OptionError(
+                "--overlap", f"must be at least 0 and below 1, not {float(self.overlap)!r}"
+            )
         if self.aperture is None and self.na is None:
-            raise OptionError("aperture", "is needed (or 'na' for a microscope objective)")
+            raise OptionError("--aperture", "is needed (or '--na' for a microscope objective)")
         if self.aperture is not None and self.na is not None:
-            raise OptionError("aperture", "and 'na' exclude each other: give one of them")
+            raise OptionError("--aperture", "and '--na' exclude each other: give one of them")
         if self.na is None and self.magnification is None:
-            raise OptionError("magnification", "is needed with an aperture")
+            raise OptionError("--magnification", "is needed with an aperture")
         sensor_geometry(self.sensor)  # refuse a bad --sensor before anything is computed
 
     @classmethod
@@ -112,8 +125,16 @@ class PlanOptions(Options):
                 action.type = float
             if action.dest in metavars:
                 action.metavar = metavars[action.dest]
+            if action.dest in RANGES:
+                low, high = RANGES[action.dest]
+                action.help += f" [{low:g} to {high:g}]"
             if action.dest == "sensor":
                 action.metavar = "FORMAT"
+
+
+def flag(name: str) -> str:
+    """An option as the command line spells it: depth_mm -> --depth-mm."""
+    return "--" + name.replace("_", "-")
 
 
 def sensor_geometry(sensor: str) -> tuple[float, float, str]:
@@ -128,10 +149,12 @@ def sensor_geometry(sensor: str) -> tuple[float, float, str]:
         pitch = float(pitch_text)
     except ValueError:
         pitch = math.nan
-    if name not in SENSORS or not 0 < pitch < 100:
+    low, high = PITCH_RANGE
+    if name not in SENSORS or not low <= pitch <= high:
         raise OptionError(
-            "sensor",
-            f"must be full-frame, aps-c, m43, a pixel pitch in µm or FORMAT:PITCH, not {sensor!r}",
+            "--sensor",
+            f"must be full-frame, aps-c, m43, a pixel pitch in µm ({low:g} to {high:g}) or "
+            f"FORMAT:PITCH, not {sensor!r}",
         )
     width = SENSORS[name][0]
     return width, pitch, f"{name}, {pitch:g} µm pixels"
@@ -156,8 +179,7 @@ class Plan:
     overlap: float
     step_um: float
     depth_mm: float | None
-    frames: int | None
-    positions_um: list[float] | None
+    frames: int | None  # the rail positions are 0, step, 2 step, ... (rail_csv)
     airy_um: float | None
     airy_pixels: float | None
     diffraction_limit_aperture: float | None  # effective f-number where the Airy disk is 2 px
@@ -210,6 +232,8 @@ def length(um: float) -> str:
     """A length for people: 2.253 mm, 483 µm, 24.8 µm, 7.02 µm."""
     if um >= 1000:
         return f"{um / 1000:.4g} mm"
+    if um < 1:  # a step on a fast objective at high magnification
+        return f"{um:.3g} µm"
     return f"{um:.0f} µm" if um >= 100 else f"{um:.1f} µm" if um >= 10 else f"{um:.2f} µm"
 
 
@@ -230,10 +254,7 @@ def make_plan(opts: PlanOptions) -> Plan:
     coc_mm = opts.coc if opts.coc is not None else width_mm / 1200.0
     classic = 2.0 * coc_mm * 1000.0 * n_eff / m**2 if n_eff is not None else None
     step = (1.0 - opts.overlap) * dof_wave
-    frames = positions = None
-    if opts.depth_mm is not None:
-        frames = math.ceil(opts.depth_mm * 1000.0 / step - 1e-9) + 1
-        positions = [round(i * step, 2) for i in range(frames)]
+    frames = _frames(opts.depth_mm, step) if opts.depth_mm is not None else None
     airy = airy_px = None
     if n_eff is not None:
         airy = 2.44 * lam_um * n_eff
@@ -258,7 +279,6 @@ def make_plan(opts: PlanOptions) -> Plan:
         step_um=step,
         depth_mm=opts.depth_mm,
         frames=frames,
-        positions_um=positions,
         airy_um=airy,
         airy_pixels=airy_px,
         diffraction_limit_aperture=limit,
@@ -266,22 +286,46 @@ def make_plan(opts: PlanOptions) -> Plan:
     )
     if airy_px is not None and airy_px > AIRY_PIXELS:
         disk = f"the Airy disk ({airy:.1f} µm) spans {airy_px:.1f} pixels of {pitch_um:g} µm"
-        if opts.na is None:
-            plan.warnings.append(
-                f"diffraction costs resolution: {disk}; it starts past effective "
-                f"f/{limit:.3g} (f/{limit_lens:.3g} on the lens at {m:g}x)"
-            )
-        else:
-            plan.warnings.append(
-                f"the objective, not the sensor, limits resolution: {disk} (it would take "
-                f"NA {m / (2.0 * limit):.3g} at {m:g}x to bring it down to "
-                f"{AIRY_PIXELS:g} pixels)"
-            )
+        plan.warnings.append(_diffraction_advice(opts, disk, limit, limit_lens, lam_um, pitch_um))
     return plan
 
 
+def _frames(depth_mm: float, step_um: float) -> int:
+    """ceil(depth / step) + 1, refused past MAX_FRAMES before it is worked out in full."""
+    steps = depth_mm * 1000.0 / step_um
+    if steps >= MAX_FRAMES:
+        raise OptionError(
+            "--depth-mm",
+            f"gives {math.ceil(steps - 1e-9) + 1:,} frames ({depth_mm:g} mm in steps of "
+            f"{length(step_um)}), more than the {MAX_FRAMES:,} a plan allows: plan a smaller "
+            "depth, a larger step (less magnification, a higher f-number) or several stacks",
+        )
+    return math.ceil(steps - 1e-9) + 1
+
+
+def _diffraction_advice(opts, disk, limit, limit_lens, lam_um, pitch_um) -> str:
+    """Where diffraction starts to cost resolution, said in what the options can reach."""
+    m = opts.magnification
+    if opts.na is None:
+        low = RANGES["aperture"][0]
+        if limit_lens >= low:
+            where = f"f/{limit_lens:.3g} on the lens at {m:g}x"
+        else:  # faster than any lens: say what the fastest one gives
+            where = f"beyond reach at {m:g}x: even f/{low:g} on the lens is effective "
+            where += f"f/{limit / limit_lens * low:.3g}"
+        return f"diffraction costs resolution: {disk}; it starts past effective f/{limit:.3g} ({where})"
+    needed, high = m / (2.0 * limit), RANGES["na"][1]
+    if needed <= high:
+        fix = f"it would take NA {needed:.3g} at {m:g}x to bring it down to {AIRY_PIXELS:g} pixels"
+    else:  # no objective is that wide: say what the widest one leaves
+        best = 2.44 * lam_um * m / (2.0 * high) / pitch_um
+        fix = f"even NA {high:g} leaves {best:.1f} pixels at {m:g}x"
+    return f"the objective, not the sensor, limits resolution: {disk} ({fix})"
+
+
 def rail_csv(plan: Plan) -> str:
-    """Rail positions in µm, one a line, from 0: what a rail controller reads."""
-    if plan.positions_um is None:
-        raise OptionError("depth_mm", "is needed for rail positions (--csv)")
-    return "".join(f"{pos:.2f}\n" for pos in plan.positions_um)
+    """Rail positions in µm, one a line, from 0: what a rail controller reads. Worked out
+    only here: a plan holds the step and the count."""
+    if plan.frames is None:
+        raise OptionError("--depth-mm", "is needed for rail positions (--csv)")
+    return "".join(f"{i * plan.step_um:.2f}\n" for i in range(plan.frames))

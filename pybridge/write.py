@@ -12,6 +12,10 @@ Decisions worth knowing:
 - Every encoder writes through a Python file object or bytes, never cv2.imwrite, so any
   file name works. JPEG is Pillow's (it embeds the ICC profile); PNG is OpenCV's, which
   writes 16-bit RGB, with the ICC profile and description chunks added after (headers.py).
+- Every image says focusbridge wrote it: Software = `focusbridge VERSION`, with what it is
+  when it is not a result (`focusbridge 0.1.0 (depth map)`), in TIFF tag 305, a PNG tEXt
+  chunk or a JPEG's EXIF, so that finding brackets (brackets.py) never takes it for a frame,
+  with or without the metadata merge (which writes the same Software: exif/merge.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import tifffile
 from PIL import Image
 
 from .errors import OutputError, one_line
-from .headers import png_with_chunks
+from .headers import SOFTWARE_TAG, png_with_chunks
 
 TIFF_EXTENSIONS = frozenset({'.tif', '.tiff'})
 JPEG_EXTENSIONS = frozenset({'.jpg', '.jpeg'})
@@ -72,23 +76,41 @@ def _write_bytes(path: Path, data: bytes) -> None:
         raise OutputError(path, f'cannot write ({one_line(exc.strerror or exc)})') from None
 
 
-def _encode_png(path: Path, img: np.ndarray, icc: bytes | None, description: str | None) -> bytes:
+def software(role: str | None = None) -> str:
+    """The Software every image written here carries: 'focusbridge 0.1.0' for a result (what
+    the metadata merge writes too), 'focusbridge 0.1.0 (depth map)' for other images."""
+    from . import __version__
+
+    return f'focusbridge {__version__}' + (f' ({role})' if role else '')
+
+
+def _encode_png(
+    path: Path, img: np.ndarray, icc: bytes | None, description: str | None, role: str | None
+) -> bytes:
     ok, buf = cv2.imencode('.png', _to_bgr(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise OutputError(path, 'the PNG encoder failed')
-    return png_with_chunks(buf.tobytes(), icc, description)
+    return png_with_chunks(buf.tobytes(), icc, description, software(role))
 
 
-def _encode_jpeg(path: Path, img: np.ndarray, quality: int, icc: bytes | None) -> bytes:
+def _encode_jpeg(
+    path: Path, img: np.ndarray, quality: int, icc: bytes | None, role: str | None
+) -> bytes:
+    marker = Image.Exif()
+    marker[SOFTWARE_TAG] = software(role)
     out = io.BytesIO()
     try:  # subsampling=0: 4:4:4
-        Image.fromarray(img).save(out, 'JPEG', quality=quality, subsampling=0, icc_profile=icc)
+        Image.fromarray(img).save(
+            out, 'JPEG', quality=quality, subsampling=0, icc_profile=icc, exif=marker.tobytes()
+        )
     except (OSError, ValueError) as exc:  # over 65500 pixels wide, ICC profile too large
         raise OutputError(path, f'the JPEG encoder failed ({one_line(exc)})') from None
     return out.getvalue()
 
 
-def _write_tiff(path: Path, img: np.ndarray, icc: bytes | None, description: str | None):
+def _write_tiff(
+    path: Path, img: np.ndarray, icc: bytes | None, description: str | None, role: str | None
+):
     extratags = [(_ICC_TAG, 'B', len(icc), icc, True)] if icc else []
     try:
         with open(path, 'wb') as fh:
@@ -100,6 +122,7 @@ def _write_tiff(path: Path, img: np.ndarray, icc: bytes | None, description: str
                 compression=None,
                 rowsperstrip=64,
                 description=description,
+                software=software(role),
                 metadata=None,
                 extratags=extratags,
             )
@@ -115,11 +138,13 @@ def write_image(
     jpeg_quality: int = 95,
     *,
     description: str | None = None,
+    role: str | None = None,
 ) -> None:
     """Write float RGB/gray 0..1 pixels; the format comes from the extension.
 
     TIFF: 8 or 16 bit (32 writes float32 as is); PNG: 8 or 16 bit; JPEG: always 8 bit.
     `icc` is embedded in all three. `description` goes to TIFF ImageDescription / PNG tEXt.
+    `role`: what the image is when it is not a result, in its Software ('depth map').
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -136,13 +161,13 @@ def write_image(
             data = _quantize(img, 255, np.uint8)
         else:
             data = _quantize(img, 65535, np.uint16)
-        _write_tiff(path, data, icc, description)
+        _write_tiff(path, data, icc, description, role)
         return
     if ext in JPEG_EXTENSIONS:
-        out = _encode_jpeg(path, _quantize(img, 255, np.uint8), int(jpeg_quality), icc)
+        out = _encode_jpeg(path, _quantize(img, 255, np.uint8), int(jpeg_quality), icc, role)
     else:
         data = _quantize(img, 255, np.uint8) if bit_depth <= 8 else _quantize(img, 65535, np.uint16)
-        out = _encode_png(path, data, icc, description)
+        out = _encode_png(path, data, icc, description, role)
     _write_bytes(path, out)
 
 
@@ -178,7 +203,9 @@ def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
         f'sharpest frame (0..{count - 1}, in the order given) * 65535 / {max(count - 1, 1)}'
     )
     if ext in JPEG_EXTENSIONS:  # 8-bit lossy cannot hold indices exactly: a preview
-        write_image(path, index.astype(np.float32) / max(count - 1, 1), bit_depth=8)
+        write_image(
+            path, index.astype(np.float32) / max(count - 1, 1), bit_depth=8, role='depth map'
+        )
         return
     if ext not in TIFF_EXTENSIONS | PNG_EXTENSIONS:
         raise OutputError(
@@ -186,9 +213,9 @@ def write_depth_map(path: str | Path, index: np.ndarray, count: int) -> None:
         )
     data = np.ascontiguousarray(depth_map_levels(index, count))
     if ext in TIFF_EXTENSIONS:
-        _write_tiff(path, data, None, description)
+        _write_tiff(path, data, None, description, 'depth map')
     else:
-        _write_bytes(path, _encode_png(path, data, None, description))
+        _write_bytes(path, _encode_png(path, data, None, description, 'depth map'))
 
 
 def write_confidence_map(path: str | Path, conf: np.ndarray) -> None:
@@ -198,4 +225,10 @@ def write_confidence_map(path: str | Path, conf: np.ndarray) -> None:
         conf = conf[:, :, 0]
     if conf.ndim != 2:
         raise OutputError(path, f'confidence map must be 2-D, got shape {conf.shape}')
-    write_image(path, conf, bit_depth=16, description='focusbridge confidence map: 0..1')
+    write_image(
+        path,
+        conf,
+        bit_depth=16,
+        description='focusbridge confidence map: 0..1',
+        role='confidence map',
+    )

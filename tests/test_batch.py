@@ -20,7 +20,8 @@ from synthetic import make_bracket, save_bracket
 
 from pybridge import batch
 from pybridge.batch import JOURNAL_NAME, Journal, Summary, Task, default_jobs
-from pybridge.brackets import Detection
+from pybridge.brackets import Bracket, Detection
+from pybridge.progress import silent
 
 FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
@@ -103,7 +104,8 @@ def test_a_rerun_after_sigkill_skips_finished_brackets(shoot, tmp_path):
     wait_for(out, "done", proc)
     pool = children(proc.pid)
     proc.kill()  # SIGKILL, to the client alone
-    proc.communicate()
+    _, err = proc.communicate()  # until the resource tracker, which outlives it, is gone too
+    assert "leaked semaphore" not in err and "Warning" not in err, err
     # its pool process dies with it (PR_SET_PDEATHSIG), so nothing is written after the kill
     deadline = time.monotonic() + 10
     while not all(gone(p) for p in pool):
@@ -150,14 +152,21 @@ def test_a_failing_bracket_is_reported_and_the_others_go_on(tmp_path, test_data)
     done = run("batch", good, bad, taken, "--by-folder", "--output-dir", out, "--jobs", "2")
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("focusbridge: error: ")]
-    assert len(errors) == 2, done.stderr
-    assert errors[0] == (
-        f"focusbridge: error: {out / 't_000_stacked.tif'}: exists; pass --overwrite to replace it"
-    )
-    assert "mde_issue247-" in errors[1] and ".nef: " in errors[1]
-    assert "batch: 3 brackets: 1 stacked, 2 failed" in done.stdout
-    assert listing(out) == [JOURNAL_NAME, "frame_000_stacked.tif", "t_000_stacked.tif"]
+    assert len(errors) == 1, done.stderr
+    # the line starts with the bracket's result, then names the frame and its problem
+    result = out / "mde_issue247-1_stacked.tif"
+    assert errors[0].startswith(f"focusbridge: error: {result}: {bad}/mde_issue247-"), errors
+    assert "batch: 3 brackets: 2 stacked, 1 failed" in done.stdout
+    assert f"  failed: {result}: " in done.stderr
+    # a file in the way is no bracket's: the new result takes the next name
+    assert listing(out) == [
+        JOURNAL_NAME,
+        "frame_000_stacked.tif",
+        "t_000_stacked-2.tif",
+        "t_000_stacked.tif",
+    ]
     assert_valid_result(out / "frame_000_stacked.tif")
+    assert_valid_result(out / "t_000_stacked-2.tif")
     assert (out / "t_000_stacked.tif").read_bytes() == b"someone else's file"
     assert [
         r["event"] for r in records(out) if r["output"].endswith("mde_issue247-1_stacked.tif")
@@ -168,7 +177,7 @@ def test_a_failing_bracket_is_reported_and_the_others_go_on(tmp_path, test_data)
 
     again = run("batch", good, bad, taken, "--by-folder", "--output-dir", out, "--jobs", "1")
     assert again.returncode == 1
-    assert "batch: 3 brackets: 0 stacked, 1 already done, 2 failed" in again.stdout
+    assert "batch: 3 brackets: 0 stacked, 2 already done, 1 failed" in again.stdout
 
 
 def test_results_in_the_input_folder_are_no_frames_next_time(tmp_path):
@@ -211,6 +220,235 @@ def test_ctrl_c(shoot, tmp_path, count):
     done = run("batch", shoot, "--output-dir", out, "--jobs", "2")
     assert done.returncode == 0, done.stderr
     assert listing(out) == [*RESULTS, JOURNAL_NAME]
+
+
+def two_folders_of_one_name(tmp_path) -> tuple[Path, Path]:
+    """Two brackets, a folder each, whose frames have the same names (IMG_000...): two days
+    of one camera's numbering."""
+    a, b = tmp_path / "dayA", tmp_path / "dayB"
+    save_bracket(make_bracket(3, (120, 160), seed=21), a, prefix="IMG_")
+    save_bracket(make_bracket(3, (120, 160), seed=22), b, prefix="IMG_")
+    return a, b
+
+
+def test_a_bracket_keeps_its_name_whatever_else_is_in_the_run(tmp_path):
+    """A's result is IMG_000_stacked.tif and B's -2 after a run of both; B alone, with or
+    without --overwrite, is already done and A's result is never touched. The other way round
+    (B first) B keeps the first name and A takes -2. A file in the way is passed by; a bracket
+    stacked with other options is refused, in a batch line too, and --overwrite restacks it."""
+    a, b = two_folders_of_one_name(tmp_path)
+    out = tmp_path / "out"
+    both = run("batch", a, b, "--by-folder", "--output-dir", out, "--jobs", "1")
+    assert both.returncode == 0, both.stderr
+    first, second = out / "IMG_000_stacked.tif", out / "IMG_000_stacked-2.tif"
+    mine = {p: p.read_bytes() for p in (first, second)}
+    for extra in ([], ["--overwrite"]):
+        alone = run("batch", b, "--by-folder", "--output-dir", out, *extra)
+        assert alone.returncode == 0, alone.stderr
+        assert "batch: 1 bracket: 0 stacked, 1 already done" in alone.stdout
+    assert {p: p.read_bytes() for p in (first, second)} == mine
+    assert listing(out) == sorted([first.name, second.name, JOURNAL_NAME])
+
+    out = tmp_path / "mirror"
+    assert run("batch", b, "--by-folder", "--output-dir", out).returncode == 0
+    b_result = (out / first.name).read_bytes()
+    both = run("batch", a, b, "--by-folder", "--output-dir", out, "--jobs", "1")
+    assert both.returncode == 0, both.stderr
+    assert "batch: 2 brackets: 1 stacked, 1 already done" in both.stdout
+    assert (out / first.name).read_bytes() == b_result
+    assert [Path(r["output"]).name for r in records(out) if r["event"] == "done"] == [
+        first.name,
+        second.name,
+    ]
+
+    out = tmp_path / "in the way"
+    out.mkdir()
+    (out / first.name).write_bytes(b"someone else's file")
+    done = run("batch", a, "--by-folder", "--output-dir", out)
+    assert done.returncode == 0, done.stderr
+    assert (out / first.name).read_bytes() == b"someone else's file"
+    assert_valid_result(out / second.name, (120, 160, 3))
+    again = run(
+        *["batch", a, "--by-folder", "--output-dir", out, "--method", "depthmap"],
+        "--progress",
+        "json",
+    )
+    assert again.returncode == 1
+    problem = (
+        f"{out / second.name}: exists: an earlier batch stacked this bracket with other "
+        "options; pass --overwrite to stack it again"
+    )
+    assert again.stderr.splitlines()[0] == f"focusbridge: error: {problem}"
+    lines = [json.loads(line) for line in again.stdout.splitlines()]
+    assert lines == [
+        {
+            "phase": "batch",
+            "frame": 0,
+            "count": 1,
+            "fraction": 1.0,
+            "output": str(out / second.name),
+            "outcome": "failed",
+            "error": problem,
+        },
+        {
+            "phase": "done",
+            "frame": None,
+            "count": None,
+            "fraction": 1.0,
+            "stacked": 0,
+            "skipped": 0,
+            "failed": 1,
+            "cancelled": 0,
+        },
+    ]
+    again = run(
+        "batch", a, "--by-folder", "--output-dir", out, "--method", "depthmap", "--overwrite"
+    )
+    assert again.returncode == 0, again.stderr
+    assert (out / first.name).read_bytes() == b"someone else's file"
+
+
+def test_other_spellings_of_the_same_files_are_the_same_brackets(tmp_path):
+    """Frames and the output folder are known by their real paths: through a symlink to the
+    shoot or to the output folder, the brackets are already done."""
+    a, b = two_folders_of_one_name(tmp_path)
+    out = tmp_path / "out"
+    assert run("batch", a, b, "--by-folder", "--output-dir", out).returncode == 0
+    (tmp_path / "alink").symlink_to(a)
+    (tmp_path / "outlink").symlink_to(out)
+    for paths, folder in [([tmp_path / "alink", b], out), ([a, b], tmp_path / "outlink")]:
+        done = run("batch", *paths, "--by-folder", "--output-dir", folder)
+        assert done.returncode == 0, done.stderr
+        assert "batch: 2 brackets: 0 stacked, 2 already done" in done.stdout
+    assert listing(out) == ["IMG_000_stacked-2.tif", "IMG_000_stacked.tif", JOURNAL_NAME]
+
+
+def test_bad_input_is_one_line_before_anything_is_written(shoot, tmp_path):
+    """A PATH that is not there, a --reference frame that a bracket lacks, a scheduler that
+    does not answer: one line, exit 1, no output folder."""
+    out = tmp_path / "out"
+    cases = [
+        (["batch", tmp_path / "nosuchdir"], f"{tmp_path / 'nosuchdir'}: no such file or folder"),
+        (
+            ["batch", shoot, "--reference", "10"],
+            f"{shoot / 'b0_000.tif'}: reference frame 10 is outside the bracket (0..3); 2 other "
+            "bracket(s) lack it too",
+        ),
+        (
+            ["batch", shoot, "--scheduler", "tcp://127.0.0.1:1"],
+            "cannot reach the Dask scheduler at tcp://127.0.0.1:1 (",
+        ),
+    ]
+    for args, problem in cases:
+        done = run(*args, "--output-dir", out, "--progress", "none")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(f"focusbridge: error: {problem}"), done.stderr
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        assert not out.exists()
+
+
+def merging_exiftool(batch_pid: int, timeout=120) -> tuple[int, int]:
+    """(pool process, exiftool): the exiftool that a pool process runs for a bracket's metadata
+    merge, once it has set its own SIGINT handler (which exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pool in children(batch_pid):
+            for pid in children(pool):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                caught = int(status.split("SigCgt:")[1].split()[0], 16)
+                if b"exiftool" in cmdline and caught & (1 << (signal.SIGINT - 1)):
+                    return pool, pid
+        time.sleep(0.005)
+    raise AssertionError("no exiftool merging metadata")
+
+
+def test_one_ctrl_c_while_exiftool_merges_lets_the_bracket_finish(shoot, tmp_path):
+    """The terminal's Ctrl-C reaches the whole process group; exiftool, in a session of its
+    own, does not get it, so the metadata merge of the running bracket finishes."""
+    out = tmp_path / "out"
+    proc = start("batch", shoot, "--output-dir", out, "--jobs", "1", "--progress", "none")
+    _, exiftool = merging_exiftool(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err  # 0: it was the last bracket
+    events = [r["event"] for r in records(out)]
+    assert "failed" not in events and events.count("start") == events.count("done"), err
+    assert "error" not in err, err
+    for r in records(out):
+        assert_valid_result(Path(r["output"]))
+    assert gone(exiftool)
+
+
+def test_exiftool_has_a_session_of_its_own_and_dies_with_its_process():
+    """open_exiftool: exiftool (which exits on SIGINT) is out of reach of the terminal's
+    Ctrl-C, and an idle one, which would wait for ever at the end of its input, still dies
+    with the process that started it (SIGKILL: no clean-up of ours runs)."""
+    script = (
+        "import time; from exif.tool import open_exiftool\n"
+        "with open_exiftool() as et:\n"
+        "    print(et._process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        exiftool = int(proc.stdout.readline())
+        assert os.getsid(exiftool) == exiftool != os.getsid(proc.pid)
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 10
+    while not gone(exiftool):
+        assert time.monotonic() < deadline, "exiftool outlived the process that started it"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("victim", ["batch", "pool process"])
+def test_no_exiftool_outlives_a_killed_process(shoot, tmp_path, victim):
+    """exiftool is in a session of its own, and still dies with the pool process that runs
+    it (PR_SET_PDEATHSIG), which dies with the batch: SIGKILL leaves no exiftool behind. A
+    killed pool process's bracket is tried again."""
+    out = tmp_path / "out"
+    proc = start("batch", shoot, "--output-dir", out, "--jobs", "1", "--progress", "none")
+    pool, exiftool = merging_exiftool(proc.pid)
+    os.kill(proc.pid if victim == "batch" else pool, signal.SIGKILL)
+    said, err = proc.communicate(timeout=120)
+    deadline = time.monotonic() + 10
+    while not gone(exiftool):
+        assert time.monotonic() < deadline, f"exiftool {exiftool} outlived the {victim}"
+        time.sleep(0.05)
+    if victim == "pool process":
+        assert proc.returncode == 0, err
+        assert "batch: 3 brackets: 3 stacked" in said
+
+
+def test_a_late_ctrl_c_still_gets_the_summary(tmp_path):
+    """A Ctrl-C that comes as the pool shuts down, once the brackets have ended (the second of
+    two, say), does not cut the run short of its summary and exit status."""
+    folder = tmp_path / "scope"
+    save_bracket(make_bracket(3, (120, 160), seed=6), folder)
+    late = (
+        "import os, signal, sys; from pybridge import batch; from pybridge.cli import main; "
+        "close = batch.LocalRunner.close; "
+        "batch.LocalRunner.close = lambda self: (os.kill(os.getpid(), signal.SIGINT), "
+        "close(self)); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    args = [folder, "--by-folder", "--output-dir", tmp_path / "out", "--progress", "none"]
+    done = subprocess.run(
+        [sys.executable, "-c", late, "batch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "batch: 1 bracket: 1 stacked\n"
+    assert "cancelled" not in done.stderr
 
 
 # -- the plan ----------------------------------------------------------------------------
@@ -259,6 +497,35 @@ def test_brackets_start_only_when_they_fit_in_memory(tmp_path):
     assert ["b0", "b1"] in runner.together and ["huge"] in runner.together  # alone
 
 
+class _CtrlCAtTheEnd(FakeRunner):
+    """One bracket at a time; a real SIGINT comes as the first one ends."""
+
+    sent = False
+
+    def slots(self):
+        return 1
+
+    def wait(self, futures, timeout):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().wait(futures, timeout)
+
+
+def test_a_ctrl_c_as_the_running_bracket_ends_waits_for_nothing(tmp_path):
+    journal = Journal(tmp_path)
+    summary = Summary(total=3)
+    logged = []
+    todo = [_task(f"b{i}", 1) for i in range(3)]
+    batch._run(
+        todo, _CtrlCAtTheEnd(None), journal, summary, silent, lambda kind, m: logged.append(m)
+    )
+    journal.close()
+    assert logged == ["stopping: 2 bracket(s) not started"]
+    assert summary.stacked == ["/out/b0.tif"]
+    assert summary.cancelled == ["/out/b1.tif", "/out/b2.tif"]
+
+
 def test_the_largest_brackets_start_first(tmp_path, monkeypatch):
     """Largest first (frames x pixels), detection order among equals: the batch does not end
     waiting on one big bracket started last."""
@@ -278,7 +545,8 @@ def test_the_largest_brackets_start_first(tmp_path, monkeypatch):
     ]
     monkeypatch.setattr(batch, "plan_tasks", lambda *a: tasks)
     monkeypatch.setattr(batch, "preflight", lambda *a: "run")
-    monkeypatch.setattr("pybridge.brackets.detect", lambda *a, **k: Detection())
+    found = Detection([Bracket(t.frames, "") for t in tasks])
+    monkeypatch.setattr("pybridge.brackets.detect", lambda *a, **k: found)
     submitted = []
     monkeypatch.setattr(batch, "LocalRunner", lambda *a: _Recorder(submitted))
     batch.run_batch([tmp_path], tmp_path / "out")

@@ -370,3 +370,18 @@ def test_focus_distances_from_real_maker_notes(test_data):
     # Canon: the middle of FocusDistanceLower/Upper 0.22/0.24 m; Nikon: its FocusDistance
     assert distances[0] == pytest.approx(0.23) and distances[1] == pytest.approx(2.371, abs=0.001)
     assert distances[2] is None
+
+
+def test_two_frames_are_too_few_to_call_one_wasted(tmp_path):
+    """Wasted frames are judged on blocks that at least three frames cover: with two frames
+    nothing is judged (frame 0 was reported wasted whatever it showed)."""
+    small = make_bracket(4, (300, 400), seed=3)
+    files = [save_image(tmp_path / f"small_{i}.png", small.frames[i]) for i in (0, 3)]
+    result = check_bracket(files)
+    assert result.wasted == []
+    assert "too few frames to judge wasted frames" in " ".join(result.notes)
+    done = run(*files)
+    assert done.returncode == 0, done.stderr
+    assert "wasted:" not in done.stdout and "too few frames to judge wasted" in done.stdout
+    three = check_bracket([small.frames[i] for i in (0, 1, 3)])
+    assert not any("wasted" in n for n in three.notes)  # three frames are judged

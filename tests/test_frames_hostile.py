@@ -374,3 +374,25 @@ def test_names_that_are_not_utf8(tmp_path):
         read_frame(bad)
     assert str(err.value).startswith(f'{bad}: not a readable RAW file (LibRaw: ')
     assert 'codec' not in str(err.value) and '\n' not in str(err.value)
+
+
+def test_a_broken_dng_gives_our_line_only(tmp_path):
+    """tifffile logs what it cannot parse in a damaged TIFF-based RAW (through `logging`,
+    which prints to stderr when nothing is configured); the command says only its own line."""
+    data = REPO_ROOT / 'tests' / 'data' / 'raw' / 'broken' / 'filetype_fixture-Leica-M10.dng'
+    frames = [tmp_path / 'a.dng', tmp_path / 'b.dng']
+    for f in frames:
+        f.write_bytes(data.read_bytes())
+    for args in (['stack', *frames, '-o', tmp_path / 'out.tif'], ['check', *frames]):
+        done = subprocess.run(
+            [sys.executable, '-m', 'pybridge', *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert done.stderr == (
+            f'focusbridge: error: {frames[0]}: not a readable RAW file (LibRaw: Input/output '
+            'error; the file is probably truncated)\n'
+        ), args[0]
+    assert sorted(os.listdir(tmp_path)) == ['a.dng', 'b.dng']

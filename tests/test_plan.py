@@ -20,7 +20,14 @@ import sys
 import pytest
 
 from pybridge.errors import OptionError
-from pybridge.plan import IN_CAMERA_NOTE, PlanOptions, make_plan, rail_csv
+from pybridge.plan import (
+    IN_CAMERA_NOTE,
+    PITCH_RANGE,
+    RANGES,
+    PlanOptions,
+    make_plan,
+    rail_csv,
+)
 
 FOCUSBRIDGE = [sys.executable, "-m", "pybridge"]
 
@@ -102,9 +109,8 @@ def test_step_frames_and_rail_positions():
     p = plan(magnification=1, aperture=16, depth_mm=10)
     assert p.step_um == pytest.approx(0.7 * 2252.8)
     assert p.frames == math.ceil(10_000 / p.step_um) + 1 == 8
-    assert p.positions_um[0] == 0 and len(p.positions_um) == p.frames
-    assert p.positions_um[1] == pytest.approx(p.step_um, abs=0.01)
     lines = rail_csv(p).splitlines()
+    assert float(lines[0]) == 0 and float(lines[1]) == pytest.approx(p.step_um, abs=0.01)
     assert len(lines) == 8 and float(lines[-1]) == pytest.approx(7 * p.step_um, abs=0.01)
     # a depth of exactly three steps takes four frames, not five
     exact = plan(magnification=1, aperture=16, overlap=0.5, depth_mm=3 * 0.5 * 2.2528)
@@ -143,14 +149,14 @@ def test_sensor_presets_and_default_coc():
 @pytest.mark.parametrize(
     "kw, name",
     [
-        ({"magnification": 1}, "aperture"),
-        ({"magnification": 1, "aperture": 8, "na": 0.2}, "aperture"),
-        ({"aperture": 8}, "magnification"),
-        ({"magnification": 0, "aperture": 8}, "magnification"),
-        ({"magnification": 1, "aperture": 8, "overlap": 1.0}, "overlap"),
-        ({"magnification": 1, "aperture": 8, "sensor": "huge"}, "sensor"),
-        ({"magnification": 1, "na": 2.0}, "na"),
-        ({"magnification": 1, "aperture": 8, "depth_mm": -1}, "depth_mm"),
+        ({"magnification": 1}, "--aperture"),
+        ({"magnification": 1, "aperture": 8, "na": 0.2}, "--aperture"),
+        ({"aperture": 8}, "--magnification"),
+        ({"magnification": 0, "aperture": 8}, "--magnification"),
+        ({"magnification": 1, "aperture": 8, "overlap": 1.0}, "--overlap"),
+        ({"magnification": 1, "aperture": 8, "sensor": "huge"}, "--sensor"),
+        ({"magnification": 1, "na": 2.0}, "--na"),
+        ({"magnification": 1, "aperture": 8, "depth_mm": -1}, "--depth-mm"),
     ],
 )
 def test_bad_options_are_refused(kw, name):
@@ -205,7 +211,7 @@ def test_plan_text_and_csv():
 @pytest.mark.parametrize(
     "args, code, text",
     [
-        (["--magnification", 1, "--aperture", 16, "--csv"], 1, "depth_mm"),
+        (["--magnification", 1, "--aperture", 16, "--csv"], 1, "--depth-mm"),
         (["--magnification", 1], 1, "aperture"),
         (["--magnification", 1, "--aperture", 16, "--sensor", "6x7"], 1, "sensor"),
         (["--magnification", "one", "--aperture", 16], 2, "--magnification"),
@@ -218,3 +224,86 @@ def test_plan_errors_are_one_line(args, code, text):
     assert text in done.stderr and done.stdout == ""
     if code == 1:
         assert done.stderr.startswith("focusbridge: error: ") and done.stderr.count("\n") == 1
+
+
+# -- values outside what the optics allow --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--magnification", "1e308", "--aperture", 8], "--magnification"),
+        (["--magnification", "1e-300", "--aperture", 8], "--magnification"),
+        (["--magnification", 1, "--aperture", "1e300"], "--aperture"),
+        (["--magnification", 10, "--na", "1e-300"], "--na"),
+        (["--magnification", 1, "--aperture", 8, "--wavelength", "1e-320"], "--wavelength"),
+        (
+            ["--magnification", 1, "--aperture", 8, "--pupil-ratio", "1e-320", "--json"],
+            "--pupil-ratio",
+        ),
+        (["--magnification", 1, "--aperture", 8, "--coc", "1e9"], "--coc"),
+        (["--magnification", 1, "--aperture", 8, "--sensor", "1e-320"], "--sensor"),
+        (["--magnification", 100, "--aperture", 1, "--depth-mm", "1e6"], "--depth-mm"),
+        (["--magnification", 1, "--aperture", 8, "--overlap", "nan"], "--overlap"),
+    ],
+)
+def test_values_out_of_range_name_the_option_and_its_range(args, flag):
+    done = run(*args)
+    assert done.returncode == 1 and done.stdout == "", done.stdout[:200]
+    assert done.stderr.startswith(f"focusbridge: error: option '{flag}' must be ")
+    assert done.stderr.count("\n") == 1 and "internal error" not in done.stderr
+
+
+def test_too_many_frames_are_refused_at_once_and_none_listed_unasked():
+    # 636 557 frames of 1.57 um: refused before a rail position is worked out
+    done = run("--magnification", 100, "--aperture", 1, "--depth-mm", 1000, "--csv")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        "focusbridge: error: option '--depth-mm' gives 636,557 frames (1000 mm in steps of "
+        "1.57 µm), more than the 100,000 a plan allows: plan a smaller depth, a larger step "
+        "(less magnification, a higher f-number) or several stacks\n"
+    )
+    # just under the limit: the JSON holds the count, not 99 999 positions; --csv lists them
+    depth = 99_999 * 0.7 * 4 * 0.55 * 101**2 / 100**2 / 1000
+    done = run("--magnification", 100, "--aperture", 1, "--depth-mm", depth, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["frames"] == 100_000 and len(done.stdout) < 3000
+    done = run("--magnification", 100, "--aperture", 1, "--depth-mm", depth, "--csv")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 100_000
+
+
+# the ends of every range that a lens plan takes (the objective's NA: below)
+CORNERS = {k: v for k, v in RANGES.items() if k not in ("na", "depth_mm")}
+CORNERS["sensor"] = tuple(map(str, PITCH_RANGE))
+
+
+@pytest.mark.parametrize("end", [0, 1])
+@pytest.mark.parametrize("effective", [False, True])
+def test_any_plan_within_the_ranges_is_valid_json(end, effective):
+    """Every option at the end of its range, and each in turn at the other end: finite
+    numbers, so the JSON is JSON (no Infinity), and a frame count or a clear refusal."""
+    for other in [None, *CORNERS]:
+        kw = {k: v[end if k != other else 1 - end] for k, v in CORNERS.items()}
+        for extra in ({}, {"depth_mm": 10}, {"depth_mm": 0}):
+            try:
+                p = plan(**kw, **extra, effective_aperture=effective)
+            except OptionError as exc:
+                assert "more than the 100,000 a plan allows" in str(exc)
+                continue
+            json.dumps(p.to_json(), allow_nan=False)
+            assert all(math.isfinite(v) for v in p.to_json().values() if isinstance(v, float))
+    for na in (0.01, 1.6):
+        for m in (None, 0.01, 1000):
+            json.dumps(plan(na=na, magnification=m).to_json(), allow_nan=False)
+
+
+def test_advice_stays_within_what_the_options_allow():
+    # at 40x no objective (NA up to 1.6) brings the Airy disk down to 2 pixels: not "NA 2.27"
+    p = plan(magnification=40, na=1.2)
+    assert len(p.warnings) == 1 and "2.27" not in p.warnings[0]
+    assert "even NA 1.6" in p.warnings[0]
+    assert "NA 0.569" in plan(magnification=10, na=0.28).warnings[0]  # reachable: named
+    # at 100x effective f/8.79 would be f/0.087 on the lens: no lens is that fast
+    p = plan(magnification=100, aperture=8)
+    assert "f/0.087" not in p.warnings[0] and "f/0.5" in p.warnings[0]
+    assert "f/4.4 on the lens at 1x" in plan(magnification=1, aperture=16).warnings[0]

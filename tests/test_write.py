@@ -320,3 +320,34 @@ def test_confidence_map_is_16bit(tmp_path):
     # float32 arithmetic may round a value sitting on .5 the other way: at most 1 code off
     assert np.abs(data.astype(np.int64) - codes(conf, 65535)).max() <= 1
     assert (np.diff(data.ravel().astype(np.int64)) > 0).all()  # 3500 distinct levels
+
+
+# ------------------------------------------------------------------ the focusbridge marker
+
+
+def _software(exiftool, path) -> list[str]:
+    """Every Software tag exiftool finds in the file (TIFF IFD0, PNG text, JPEG EXIF)."""
+    out = exiftool('-a', '-G1', '-s', '-Software', path)
+    return [line.split(': ', 1)[1] for line in out.splitlines()]
+
+
+@pytest.mark.parametrize('ext', ['.tif', '.png', '.jpg'])
+def test_every_image_written_says_focusbridge_wrote_it(tmp_path, ext, exiftool):
+    """Results, depth and confidence maps carry Software = focusbridge VERSION (with what
+    they are, for the maps), written here, not by the metadata merge: detection leaves them
+    out of brackets (pybridge/brackets.py)."""
+    from pybridge import __version__, headers
+
+    ours = f'focusbridge {__version__}'
+    index = np.arange(20 * 30).reshape(20, 30) % 3
+    write_image(tmp_path / f'result{ext}', gradient(20, 30))
+    write_depth_map(tmp_path / f'depth{ext}', index, 3)
+    write_confidence_map(tmp_path / f'confidence{ext}', index / 2.0)
+    for name, expected in [
+        ('result', ours),
+        ('depth', f'{ours} (depth map)'),
+        ('confidence', f'{ours} (confidence map)'),
+    ]:
+        path = tmp_path / f'{name}{ext}'
+        assert _software(exiftool, path) == [expected], name
+        assert headers.software_tags(path) == [expected], name
