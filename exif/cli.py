@@ -8,14 +8,20 @@ batch that goes on are printed the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from pybridge.errors import EXIT_ERROR, EXIT_USAGE, print_failure, print_warning
 
 from . import focus as _focus
+from .tool import ExiftoolMissing
+
+#: the exit status of a program that SIGPIPE ended, as a shell shows it (128 + 13)
+EXIT_PIPE_CLOSED = 141
 
 PROG = 'focusbridge'
 
@@ -23,6 +29,32 @@ PROG = 'focusbridge'
 def _err(msg: str, kind: str = 'error') -> None:
     """A per-file problem in a batch that goes on (the run's own failure is raised instead)."""
     (print_warning if kind == 'warning' else lambda m: print_failure(EXIT_ERROR, m))(msg)
+
+
+def _command(func):
+    """What every meta and lens command shares: a reader of its output that went away
+    (``... | head -1``) ends it quietly, as it ends other programs; the exiftool install hint
+    without the `stack` option ``--no-metadata``, which these commands do not have."""
+
+    @functools.wraps(func)
+    def command(args) -> int:
+        try:
+            code = func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the final flush
+            return EXIT_PIPE_CLOSED
+        except ExiftoolMissing as e:
+            raise ExiftoolMissing(e.problem.replace(' or pass --no-metadata', '')) from None
+
+    return command
+
+
+def _file_errors(rows: list[dict]) -> None:
+    for r in rows:
+        if 'error' in r:
+            _err(f'{r["file"]}: {r["error"]}')
 
 
 def _json_default(v):
@@ -82,6 +114,7 @@ def cmd_meta_show(args) -> int:
     from .lens import format_table, show_lens
 
     rows = show_lens([Path(f) for f in args.files])
+    _file_errors(rows)
     dists = [r.get('_distance') for r in rows]
     breaks = _focus.monotonic_breaks(dists)
     known = [d for d in dists if d is not None]
@@ -98,7 +131,7 @@ def cmd_meta_show(args) -> int:
                 }
             )
         )
-    else:
+    elif not all('error' in r for r in rows):
         for r in rows:
             if 'error' not in r:
                 r['lens'] = r['lens model']
@@ -131,6 +164,7 @@ def _spec_from_args(args):
 
     return lens_spec(
         args.preset,
+        cli=True,
         make=args.make,
         model=args.model,
         focal_length=args.focal_length,
@@ -192,9 +226,10 @@ def cmd_lens_show(args) -> int:
     from .lens import SHOW_COLUMNS, format_table, show_lens
 
     rows = show_lens([Path(f) for f in args.files])
+    _file_errors(rows)
     if args.json:
         print(json.dumps(_clean(rows)))
-    else:
+    elif not all('error' in r for r in rows):
         print(format_table(rows, SHOW_COLUMNS))
     return 1 if any('error' in r for r in rows) else 0
 
@@ -265,12 +300,12 @@ def register(subparsers) -> None:
         help='stacking method to record (pyramid, depthmap; default unknown)',
     )
     p.add_argument('--json', action='store_true', help='print the report as JSON')
-    p.set_defaults(func=cmd_meta_merge)
+    p.set_defaults(func=_command(cmd_meta_merge))
 
     p = msub.add_parser('show', help="print each frame's focus distance and lens")
     p.add_argument('files', nargs='+', metavar='FILE')
     p.add_argument('--json', action='store_true')
-    p.set_defaults(func=cmd_meta_show)
+    p.set_defaults(func=_command(cmd_meta_show))
 
     lens = subparsers.add_parser(
         'lens',
@@ -285,8 +320,8 @@ def register(subparsers) -> None:
     p.add_argument('--preset', metavar='NAME', help='lens from the catalogue (--list-presets)')
     p.add_argument('--make', help='lens make, e.g. "Venus Optics"')
     p.add_argument('--model', help='lens model, e.g. "Laowa 100mm f/2.8 2X Ultra Macro APO"')
-    p.add_argument('--focal-length', type=float, metavar='MM')
-    p.add_argument('--aperture', type=float, metavar='F', help='f-number used (FNumber)')
+    p.add_argument('--focal-length', metavar='MM')
+    p.add_argument('--aperture', metavar='F', help='f-number used (FNumber)')
     p.add_argument(
         '--lens-info',
         metavar='SPEC',
@@ -295,7 +330,6 @@ def register(subparsers) -> None:
     p.add_argument('--serial', help='lens serial number')
     p.add_argument(
         '--canon-lens-type',
-        type=int,
         metavar='ID',
         help='Canon LensType id (only where the file has Canon maker notes)',
     )
@@ -306,19 +340,19 @@ def register(subparsers) -> None:
         help="write files exiftool reports minor errors for (exiftool -m)",
     )
     p.add_argument('--list-presets', action='store_true', help='list the lens catalogue')
-    p.set_defaults(func=cmd_lens_set)
+    p.set_defaults(func=_command(cmd_lens_set))
 
     p = lsub.add_parser('show', help='table of lens and focus tags')
     p.add_argument('files', nargs='+', metavar='FILE')
     p.add_argument('--json', action='store_true')
-    p.set_defaults(func=cmd_lens_show)
+    p.set_defaults(func=_command(cmd_lens_show))
 
     p = lsub.add_parser('undo', help='restore the exact bytes from before `lens set`')
     p.add_argument('files', nargs='+', metavar='FILE')
     p.add_argument(
         '--all', action='store_true', help='undo every recorded rewrite, not just the last'
     )
-    p.set_defaults(func=cmd_lens_undo)
+    p.set_defaults(func=_command(cmd_lens_undo))
 
 
 def main(argv=None) -> int:

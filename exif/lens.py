@@ -1,11 +1,11 @@
 """Batch lens rewriting with dry-run and undo (``focusbridge lens set|show|undo``).
 
 One exiftool process for the batch: a read call for every file, write calls of up to
-:data:`BATCH` files that get the same arguments, a read-back call to verify.  Files are written
-with ``-overwrite_original_in_place`` (exiftool writes a temporary file and copies it over the
-original: no ``FILE_original`` litter, and symlinks and hard links keep pointing at the photo);
-the original bytes are journaled in the undo store (:mod:`exif.undo`) before each write call, so
-an interrupted run never loses an original.  Only metadata is written: pixel data is never touched.
+:data:`BATCH` files that get the same arguments, a read-back call to verify.  exiftool edits
+copies of the files in the undo store (:mod:`exif.undo`), which then writes the edited bytes
+into each photo in place (no ``FILE_original`` or temporary file beside it; symlinks and hard
+links keep pointing at it), journalled first, so an interrupted run never loses an original.
+Only metadata is written: pixel data is never touched.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,13 @@ CATALOGUE = Path(__file__).with_name('lenses.json')
 #: files per exiftool write call: a cancel waits for at most one batch, and at most one batch of
 #: originals is copied into the undo store at a time
 BATCH = 16
+
+#: what `lens set` takes, smallest and largest: focal lengths in mm (a 200x microscope objective
+#: on a 200 mm tube lens is 1 mm; telescopes reach metres), f-numbers (0.5 is the limit of a lens
+#: in air; pinholes reach the thousands)
+FOCAL_RANGE = (0.1, 100000.0)
+APERTURE_RANGE = (0.5, 10000.0)
+CANON_LENS_TYPE_RANGE = (0, 65535)  # an int16u in the maker notes
 
 
 @dataclass
@@ -83,42 +92,71 @@ def preset(name: str) -> LensSpec:
     )
 
 
-def lens_spec(preset_name: str | None = None, **fields) -> LensSpec:
+def lens_spec(preset_name: str | None = None, *, cli: bool = False, **fields) -> LensSpec:
     """What `lens set` writes, from a catalogue preset and/or single fields (the command line
     and run-job both come here, so one input writes the same tags). `lens_info` may be text
-    or a list; without it a focal length gives LensInfo 'f f undef undef' (a prime)."""
+    or a list; without it a focal length gives LensInfo 'f f undef undef' (a prime).  Numbers
+    may be given as text.  Every value is checked here, before anything is written: an
+    ExifError names the field (as its command-line option with ``cli``)."""
     spec = preset(preset_name) if preset_name else LensSpec()
-    if fields.get('lens_info') not in (None, ''):
-        fields['lens_info'] = format_lens_info(fields['lens_info'])
-    spec = spec.merged(LensSpec(**{k: v for k, v in fields.items() if v not in (None, '')}))
+    given = {k: v for k, v in fields.items() if v not in (None, '')}
+
+    def name(key: str) -> str:
+        return '--' + key.replace('_', '-') if cli else key
+
+    if 'focal_length' in given:
+        given['focal_length'] = _number(
+            name('focal_length'), given['focal_length'], FOCAL_RANGE, 'a focal length in mm'
+        )
+    if 'aperture' in given:
+        given['aperture'] = _number(
+            name('aperture'), given['aperture'], APERTURE_RANGE, 'an f-number'
+        )
+    if 'canon_lens_type' in given:
+        what = 'a Canon LensType id (a whole number)'
+        lens_type = _number(
+            name('canon_lens_type'), given['canon_lens_type'], CANON_LENS_TYPE_RANGE, what
+        )
+        if lens_type != int(lens_type):
+            raise ExifError(
+                f'{name("canon_lens_type")} {given["canon_lens_type"]}: expected {what}'
+            )
+        given['canon_lens_type'] = int(lens_type)
+    if 'lens_info' in given:
+        given['lens_info'] = format_lens_info(given['lens_info'], name('lens_info'))
+    spec = spec.merged(LensSpec(**given))
     if spec.lens_info is None and spec.focal_length is not None:
         spec.lens_info = format_lens_info([spec.focal_length, spec.focal_length, 'undef', 'undef'])
     return spec
 
 
-def format_lens_info(values) -> str:
+def _number(name: str, value, limits: tuple[float, float], what: str) -> float:
+    """``value`` (a number or its text) as a float within ``limits``, else ExifError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    low, high = limits
+    if isinstance(value, bool) or not low <= v <= high:  # NaN fails too
+        raise ExifError(f'{name} {value}: expected {what} from {low:g} to {high:g}')
+    return v
+
+
+def format_lens_info(values, name: str = 'lens info') -> str:
     """[100, 100, 2.8, 2.8] / '100 2.8' / '18-55 3.5-5.6' -> EXIF LensInfo '100 100 2.8 2.8'.
 
     Two numbers: 'focal f-number' for a prime when the second is smaller ('100 2.8'), else a
-    zoom's focal range without apertures ('18 55')."""
-    if isinstance(values, str):
-        parts = (
-            values.replace(',', ' ').replace('f/', ' ').replace('mm', ' ').replace('-', ' ').split()
-        )
-    else:
-        parts = list(values)
-    nums: list[float | None] = []
-    for p in parts:
-        if str(p).lower() in ('undef', '?'):
-            nums.append(None)
-            continue
-        try:
-            v = float(p)
-        except (TypeError, ValueError):
-            raise ExifError(
-                f'lens info {values!r}: expected numbers like "100 100 2.8 2.8"'
-            ) from None
-        nums.append(v if v > 0 and math.isfinite(v) else None)
+    zoom's focal range without apertures ('18 55').  An f-number may be 'undef' ('?', or 0, as
+    cameras write it).  ExifError naming ``name`` for anything else."""
+    text = values if isinstance(values, str) else ' '.join(map(str, values))
+    parts = []
+    for word in text.lower().replace(',', ' ').replace('mm', ' ').replace('f/', ' ').split():
+        lo, dash, hi = word.partition('-')
+        parts += [lo, hi] if dash and lo and hi else [word]  # '18-55' is a range, '-5' is not
+    try:
+        nums = [None if p in ('undef', '?') else float(p) for p in parts]
+    except ValueError:
+        raise ExifError(f'{name} {text}: expected numbers like "100 100 2.8 2.8"') from None
     if len(nums) == 1:
         nums = [nums[0], nums[0], None, None]
     elif len(nums) == 2:
@@ -127,8 +165,56 @@ def format_lens_info(values) -> str:
     elif len(nums) == 3:
         nums = [nums[0], nums[1], nums[2], nums[2]]
     if len(nums) != 4 or nums[0] is None or nums[1] is None:
-        raise ExifError(f'lens info {values!r}: expected "minFocal maxFocal minF@min minF@max"')
-    return ' '.join('undef' if v is None else f'{v:g}' for v in nums)
+        raise ExifError(f'{name} {text}: expected "minFocal maxFocal minF@minFocal minF@maxFocal"')
+    focal, fnum = nums[:2], [None if v == 0 else v for v in nums[2:]]
+    if not (
+        all(FOCAL_RANGE[0] <= v <= FOCAL_RANGE[1] for v in focal)
+        and all(v is None or APERTURE_RANGE[0] <= v <= APERTURE_RANGE[1] for v in fnum)
+    ):
+        raise ExifError(
+            f'{name} {text}: expected focal lengths from {FOCAL_RANGE[0]:g} to '
+            f'{FOCAL_RANGE[1]:g} mm and f-numbers from {APERTURE_RANGE[0]:g} to '
+            f'{APERTURE_RANGE[1]:g} (or undef)'
+        )
+    if focal[0] > focal[1]:
+        raise ExifError(f'{name} {text}: the shorter focal length comes first')
+    return ' '.join('undef' if v is None else f'{v:g}' for v in focal + fnum)
+
+
+# ------------------------------------------------------------------------------------------------
+# input files (merge.py checks its own with these too)
+
+_NOT_REGULAR = {
+    stat.S_IFIFO: 'a named pipe',
+    stat.S_IFSOCK: 'a socket',
+    stat.S_IFCHR: 'a device',
+    stat.S_IFBLK: 'a device',
+}
+
+
+def file_problem(path) -> str | None:
+    """Why ``path`` is no file whose metadata can be read or written, None if it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return 'no such file'
+    except OSError as e:
+        return one_line(e.strerror or e)
+    if stat.S_ISDIR(mode):
+        return 'is a directory'
+    if not stat.S_ISREG(mode):
+        return f'not a regular file ({_NOT_REGULAR.get(stat.S_IFMT(mode), "a special file")})'
+    return None
+
+
+def not_an_image(meta: dict | None, error: str | None) -> str | None:
+    """Why exiftool's reading of a file (``meta`` with File:FileType and File:MIMEType, or
+    None; ``error``: what it said about the file) shows no image, None if it is one."""
+    if meta is None or 'ExifTool:Error' in meta:
+        return (meta or {}).get('ExifTool:Error') or error or 'exiftool cannot read this file'
+    if not str(meta.get('File:MIMEType', '')).startswith('image/'):
+        return f'not an image (exiftool reads it as {meta.get("File:FileType", "unknown")})'
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +267,7 @@ def makernote_tags(spec: LensSpec) -> list[tuple[str, str]]:
 
 _READ_TAGS = [
     'FileType',
+    'MIMEType',
     'Make',
     'Model',
     'LensID',
@@ -205,9 +292,21 @@ _READ_TAGS = [
 ] + [t.rstrip('#') for t in _focus.FOCUS_TAGS]
 
 
-def _same(old, new) -> bool:
+#: tags compared as numbers when read back (LensInfo is four); the others hold text
+_NUMERIC = {'LensInfo', 'FocalLength', 'FNumber', 'LensType', 'MinFocalLength', 'MaxFocalLength'}
+
+
+def _same(tag_name: str, old, new: str) -> bool:
+    """Does the value exiftool read back (``-n``, JSON) say ``new``?"""
     if old is None:
         return False
+    if tag_name.split(':')[-1] not in _NUMERIC:
+        if isinstance(old, (int, float)):  # exiftool's JSON printed the text as a number
+            try:
+                return float(new) == old
+            except ValueError:
+                return False
+        return str(old).strip() == new.strip()
     try:
         a = [float(x) for x in str(old).split()]
         b = [float(x) if x != 'undef' else 0.0 for x in str(new).split()]
@@ -280,107 +379,108 @@ def set_lens(
     for _, v in std + mkn:
         check_arg(v)  # a value exiftool cannot take fails the run before anything is written
 
-    with maybe_exiftool(exiftool) as et:
+    # the undo store first: busy, or settling what an interrupted run left, before any reading
+    staging = nullcontext() if dry_run else store.session(order)
+    with maybe_exiftool(exiftool) as et, staging as session:
         readable = []
+        stats = {}  # before exiftool reads them: undo restores their access times too
         for key in order:
             r = results[key]
-            if not os.path.isfile(key):
-                r.ok, r.error = False, 'no such file'
-            elif not os.access(key, os.W_OK) or not os.access(os.path.dirname(key), os.W_OK):
-                r.ok, r.error = False, 'not writable (permission denied)'
-            else:
+            problem = file_problem(key)
+            if problem is None and not os.access(key, os.W_OK):
+                problem = 'not writable (permission denied)'
+            if problem is None:
                 try:
                     fname(key)
-                    readable.append(key)
                 except ExifError as e:  # a name exiftool cannot be given
-                    r.ok, r.error = False, e.problem
+                    problem = e.problem
+            if problem is None:
+                readable.append(key)
+                stats[key] = os.stat(key)
+            else:
+                r.ok, r.error = False, problem
         meta, res = read_json(et, readable, _READ_TAGS, extra=['-n'])
         errs = res.errors_by_file()
         groups: dict[tuple, list[str]] = {}
         for key in readable:
             r = results[key]
             m = meta.get(key)
-            if m is None or 'ExifTool:Error' in m:
-                r.ok = False
-                r.error = (
-                    (m or {}).get('ExifTool:Error')
-                    or errs.get(key)
-                    or 'exiftool cannot read this file'
-                )
+            problem = not_an_image(m, errs.get(key))
+            if problem is not None:
+                r.ok, r.error = False, problem
                 continue
             args = []
             for t, v in std:
                 args.append(f'-{t}={v}')
-                if not _same(m.get(t), v):
+                if not _same(t, m.get(t), v):
                     r.changes.append((t, m.get(t), v))
+            canon = any(k.startswith('Canon:') for k in m)  # other makers' fields do not apply
             for t, v in mkn:
                 if t in m:
                     args.append(f'-{t}={v}')
-                    if not _same(m.get(t), v):
+                    if not _same(t, m.get(t), v):
                         r.changes.append((t, m.get(t), v))
-                else:
+                elif canon:
                     r.not_writable.append(t)
             groups.setdefault(tuple(args), []).append(key)
 
         if dry_run:
             return LensReport([results[k] for k in order], dry_run=True)
 
-        with store.session() as session:
-            for args, keys in groups.items():
-                for i in range(0, len(keys), BATCH):
-                    if should_stop is not None and should_stop():
-                        raise ExifCancelled()
-                    batch = {k: results[k] for k in keys[i : i + BATCH]}
-                    _write_batch(et, session, [*(['-m'] if ignore_minor else []), *args], batch)
+        for args, keys in groups.items():
+            for i in range(0, len(keys), BATCH):
+                if should_stop is not None and should_stop():
+                    raise ExifCancelled()
+                batch = {k: results[k] for k in keys[i : i + BATCH]}
+                minor = ['-m'] if ignore_minor else []
+                _write_batch(et, session, [*minor, *args], batch, stats)
 
         # read back: what the files now say
         written = [k for k in order if results[k].ok]
         back, _ = read_json(et, written, [t for t, _ in std + mkn], extra=['-n'])
         for key in written:
             r, m = results[key], back.get(key, {})
-            for t, v in std + mkn:
-                if t in r.not_writable:
-                    continue
-                if not _same(m.get(t), v):
+            for t, v in std + [(t, v) for t, v in mkn if t in meta[key]]:
+                if not _same(t, m.get(t), v):
                     r.ok = False
                     r.error = f'{t} did not take the value {v!r} (reads {m.get(t)!r})'
                     break
     return LensReport([results[k] for k in order])
 
 
-def _write_batch(et, session: Run, args: list[str], batch: dict[str, FileResult]) -> None:
-    """One exiftool write call.  The originals are journaled first; whatever stops the call (a
-    signal, a dead exiftool), exiftool is stopped and the files settled before it propagates."""
+def _write_batch(
+    et, session: Run, args: list[str], batch: dict[str, FileResult], stats: dict
+) -> None:
+    """One exiftool call edits copies of the batch's files in the undo store; the store then
+    writes the edited bytes into the photos, journalled first and settled whatever stops it."""
     items = []
     for key, r in batch.items():
         try:
-            items.append(session.keep(key, {t: v for t, _, v in r.changes}))
+            items.append(session.keep(key, {t: v for t, _, v in r.changes}, st=stats[key]))
         except ExifError as e:  # e.g. a damaged undo record: fail before writing
             r.ok, r.error = False, f'{e.problem}; not written'
         except OSError as e:
             r.ok = False
-            r.error = f'cannot copy the original for undo ({e.strerror or e}); not written'
+            r.error = (
+                f'cannot copy it into the undo store {session.dir} ({e.strerror or e}); not written'
+            )
     if not items:
         return
-    journal = session.journal(items)
+    copies = {fname(session.dir / item['written']): item['path'] for item in items}
     try:
-        res = run(
-            et,
-            ['-n', '-overwrite_original_in_place', *args, *[fname(item['path']) for item in items]],
-        )
+        res = run(et, ['-n', '-overwrite_original', *args, *copies])
     except BaseException:
-        interrupt(et)  # nothing may write once we look at the files
-        session.settle(journal, clean_tmp=True)
+        interrupt(et)  # it edits copies only, but is stopped before they are removed
         raise
-    errs = res.errors_by_file()
-    for key, outcome in session.settle(journal).items():
+    errs = {copies.get(f, f): msg for f, msg in res.errors_by_file().items()}
+    for key, outcome in session.write(items).items():
         r = batch[key]
         if isinstance(outcome, ExifError):
             r.ok = False
             r.error = f'written, but {outcome.problem} (kept for the next lens command)'
             continue
         r.undo_recorded = outcome
-        # in place, an unwritten file keeps its bytes: only its content says whether it changed
+        # only its content says whether exiftool changed it
         if key in errs or (r.changes and not outcome):
             r.ok = False
             r.error = errs.get(key) or one_line(res.stderr) or 'exiftool did not write it'
@@ -411,26 +511,24 @@ def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
         errs: dict[str, str] = {}
         existing = []
         for f in files:
-            if not f.is_file():
-                continue
             try:
-                existing.append(fname(f))
+                problem = file_problem(f)
+                if problem is None:
+                    existing.append(fname(f))
             except ExifError as e:  # a name exiftool cannot be given
-                errs[os.path.abspath(f)] = e.problem
+                problem = e.problem
+            if problem is not None:
+                errs[os.path.abspath(f)] = problem
         num, res = read_json(
             et, existing, _READ_TAGS + [t for t in _focus.FOCUS_TAGS], extra=['-n']
         )
         prt, _ = read_json(et, existing, ['Canon:LensType', 'LensInfo', 'LensID'])
-        errs.update(res.errors_by_file())
+        errs = {**res.errors_by_file(), **errs}
         for f in files:
             key = os.path.abspath(f)
             m = num.get(key)
-            if m is None or 'ExifTool:Error' in m:
-                err = (
-                    'no such file'
-                    if not f.is_file()
-                    else (m or {}).get('ExifTool:Error') or errs.get(key) or 'unreadable'
-                )
+            err = errs.get(key) if key not in existing else not_an_image(m, errs.get(key))
+            if err is not None:
                 rows.append({'file': str(f), 'error': err})
                 continue
             p = prt.get(key, {})
@@ -478,6 +576,10 @@ def show_lens(files: list[Path], *, exiftool=None) -> list[dict]:
     return rows
 
 
+def _printable(text: str) -> str:
+    return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode() for c in text)
+
+
 def _num(v) -> str:
     try:
         return f'{float(v):g}'
@@ -494,12 +596,12 @@ def _focus_text(fr: _focus.FocusReading) -> str:
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
+    """The rows without an error (those are for stderr), one line each: characters that are
+    not printable (a line break or a terminal escape in a name or a tag) shown escaped."""
     cells = [[str(c) for c in columns]]
     for r in rows:
-        if 'error' in r:
-            cells.append([r['file'], f'error: {r["error"]}'] + [''] * (len(columns) - 2))
-        else:
-            cells.append([str(r.get(c, '-')) for c in columns])
+        if 'error' not in r:
+            cells.append([_printable(str(r.get(c, '-'))) for c in columns])
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(cells):
@@ -527,9 +629,12 @@ def undo_lens(
     """Restore each file; a file with no recorded change is ok with ``undone == 0``."""
     store = store or UndoStore()
     out = []
-    with store.session() as session:
+    with store.session(files) as session:
         for f in files:
             try:
+                problem = file_problem(f)
+                if problem is not None:
+                    raise ExifError(problem, f)
                 out.append(UndoResult(Path(f), True, session.undo(Path(f), all_levels=all_levels)))
             except ExifError as e:
                 out.append(UndoResult(Path(f), False, 0, e.problem))

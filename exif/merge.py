@@ -34,6 +34,7 @@ from pybridge.atomic import replaced
 from pybridge.headers import exif, open_header, sniff
 
 from . import focus as _focus
+from .lens import file_problem, not_an_image
 from .tool import ExifError, fname, maybe_exiftool, read_json, run, tag
 
 __all__ = [
@@ -83,7 +84,8 @@ class MergeReport:
         )
         mn = self.makernotes or 'none'
         return (
-            f'{self.target}: metadata from {self.base.name}, {self.frame_count} frames, '
+            f'{self.target}: metadata from {self.base.name}, {self.frame_count} '
+            f'frame{"" if self.frame_count == 1 else "s"}, '
             f'focus {rng}, maker notes {mn}, validate {self.validation or "-"}'
         )
 
@@ -145,6 +147,28 @@ _EXCLUDE = [
     '--XMP-xmp:ModifyDate',
     '--XMP-xmp:MetadataDate',
 ]
+# what IFD0 of a TIFF may hold besides the image's structure: cleared before a merge, as the
+# metadata of other formats is cleared whole (exiftool cannot delete IFD0 from a TIFF)
+_IFD0_DESCRIPTIVE = [
+    'ImageDescription',
+    'Make',
+    'Model',
+    'Artist',
+    'Copyright',
+    'HostComputer',
+    'DocumentName',
+    'PageName',
+    'Rating',
+    'RatingPercent',
+    'XPTitle',
+    'XPComment',
+    'XPAuthor',
+    'XPKeywords',
+    'XPSubject',
+]
+# a base's metadata is damaged when exiftool reads it with such a warning (a truncated raw)
+_DAMAGED = re.compile(r'truncated|bad .*director|invalid offset|error reading|corrupt', re.I)
+
 # YCbCr layout tags only mean something in a JPEG
 _EXCLUDE_NON_JPEG = [
     '--IFD0:YCbCrSubSampling',
@@ -279,8 +303,8 @@ def _lens_args(facts: dict[str, str]) -> list[str]:
     }
     args = []
     for key, tags in spec.items():
-        if key in facts:
-            args += [f'-{t}={facts[key]}' for t in tags]
+        if key in facts:  # not also copied: XMP-exifEX:LensInfo is a list, it would get both
+            args += [f'--{t}' for t in tags] + [f'-{t}={facts[key]}' for t in tags]
     return args
 
 
@@ -349,7 +373,7 @@ def merge_metadata(
         with replaced(job.target, 'fbmeta') as tmp:
             # a copy edited in place, not exiftool's -o: that name would be a format string too
             shutil.copyfile(job.target, tmp)
-            _write_tags(et, base_arg, args, tmp, report)
+            _write_tags(et, base_arg, args, tmp, tags.ftype, report)
             out = _copy_maker_notes(et, base_arg, tmp, tags.base_groups, report)
             _write_canon_focus(et, tmp, out, report)
             _validate(et, tmp, report)
@@ -392,7 +416,7 @@ def copy_metadata(
         ]
         with replaced(job.target, 'fbmeta') as tmp:
             shutil.copyfile(job.target, tmp)
-            _write_tags(et, base_arg, args, tmp, report)
+            _write_tags(et, base_arg, args, tmp, tags.ftype, report)
             _copy_maker_notes(et, base_arg, tmp, tags.base_groups, report)
     return report
 
@@ -452,17 +476,17 @@ class _Inputs:
 
 def _inputs(target: Path, sources: list[Path], base: Path | None, info: StackInfo) -> _Inputs:
     """The files checked (all there, the output none of the sources) and the base chosen."""
-    if not target.is_file():
-        raise ExifError('no such file', target)
+    problem = file_problem(target)
+    if problem:
+        raise ExifError(problem, target)
     if not sources:
         raise ExifError('no source files given for the metadata', target)
-    for s in sources:
-        if not s.is_file():
-            raise ExifError('no such file (metadata source)', s)
     ref = info.reference_index if 0 <= info.reference_index < len(sources) else None
     base = Path(base) if base is not None else sources[len(sources) // 2 if ref is None else ref]
-    if not base.is_file():
-        raise ExifError('no such file (metadata base)', base)
+    for role, path in [('metadata source', s) for s in sources] + [('metadata base', base)]:
+        problem = file_problem(path)
+        if problem:
+            raise ExifError(f'{problem} ({role})', path)
     for src in [*sources, base]:  # never rewrite a camera original
         if _same_file(target, src):
             raise ExifError(f'the output is also a metadata source ({src}); not writing it', target)
@@ -480,7 +504,7 @@ class _Tags:
     base_print: dict  # those of the base
     base: dict  # the base's tags in full, numeric, 'Group1:Tag' keys
     base_groups: set[str]  # the base's family-0 groups: MakerNotes, ICC_Profile, ...
-    target: dict  # the target's FileType, ImageSize, ProfileDescription, ImageDescription
+    target: dict  # the target's FileType, ImageSize, ProfileDescription
     ftype: str  # the target's type: TIFF, JPEG or PNG
 
 
@@ -496,14 +520,23 @@ def _readable(meta: dict | None, res, path: Path, fallback: str) -> dict:
 def _read_tags(et, job: _Inputs) -> _Tags:
     """Every frame's focus distance, the base in full, the target's structure."""
     frame_files = job.sources + ([job.base] if job.base not in job.sources else [])
-    frames, res = read_json(et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make'])
+    frames, res = read_json(
+        et, frame_files, _focus.FOCUS_TAGS + ['LensID', 'Make', 'FileType', 'MIMEType', 'Warning']
+    )
+    errs = res.errors_by_file()
+    for f in frame_files:  # every source an image exiftool reads, the base whole
+        meta = frames.get(os.path.abspath(f))
+        problem = not_an_image(meta, errs.get(os.path.abspath(f)))
+        if problem is not None:
+            raise ExifError(f'{problem} (metadata source)', f)
+        warning = str(meta.get('ExifTool:Warning', ''))
+        if f == job.base and _DAMAGED.search(warning):
+            raise ExifError(f'metadata damaged: {warning} (metadata base; choose another)', f)
     base_key = os.path.abspath(job.base)
-    base_print = _readable(frames.get(base_key), res, job.base, 'exiftool cannot read its metadata')
+    base_print = frames[base_key]
     base_raw, _ = read_json(et, [job.base], extra=['-n'], groups='-G0:1')
     base_flat, base_groups = _split_groups(base_raw.get(base_key, {}))
-    tmeta, res = read_json(
-        et, [job.target], ['FileType', 'ImageSize', 'ProfileDescription', 'IFD0:ImageDescription']
-    )
+    tmeta, res = read_json(et, [job.target], ['FileType', 'ImageSize', 'ProfileDescription'])
     t = tmeta.get(os.path.abspath(job.target)) or None
     t = _readable(t, res, job.target, 'exiftool cannot read this file')
     ftype = str(tag(t, 'File:FileType', default='')).upper()
@@ -520,14 +553,7 @@ def _focus_range(
     frames: dict, sources: list[Path], report: MergeReport
 ) -> list[_focus.FocusReading]:
     """Every frame's focus distance and the bracket's range, into the report."""
-    readings = []
-    for s in sources:
-        m = frames.get(os.path.abspath(s))
-        if m is None or 'ExifTool:Error' in m:
-            report.warnings.append(f'{s}: no readable metadata, focus distance unknown')
-            readings.append(_focus.FocusReading())
-        else:
-            readings.append(_focus.focus_reading(m))
+    readings = [_focus.focus_reading(frames[os.path.abspath(s)]) for s in sources]
     report.focus_near, report.focus_far, report.focus_source = _focus.bracket_range(readings)
     report.frames_with_focus = sum(r.known for r in readings)
     report.frame_distances = [r.distance for r in readings]
@@ -539,6 +565,15 @@ def _now() -> tuple[str, str]:
     now = _dt.datetime.now().astimezone().replace(microsecond=0)
     off = now.strftime('%z')
     return now.strftime('%Y:%m:%d %H:%M:%S'), f'{off[:3]}:{off[3:]}' if off else '+00:00'
+
+
+def _clear_args(ftype: str) -> list[str]:
+    """The target's own metadata, deleted before pass 1 copies (exiftool does this first), so
+    that nothing of an earlier merge stays: all of it but its ICC profile; in a TIFF, whose IFD0
+    holds the image's structure too, only the descriptive tags there (tifffile's shape note)."""
+    if ftype != 'TIFF':
+        return ['-all=', '--ICC_Profile:all']
+    return ['-all=', '--ICC_Profile:all', '--IFD0:all', *(f'-IFD0:{t}=' for t in _IFD0_DESCRIPTIVE)]
 
 
 def _copy_args(tags: _Tags) -> list[str]:
@@ -577,13 +612,6 @@ def _structure_args(tags: _Tags, sw: str, stamp: tuple[str, str]) -> list[str]:
         args += ['-ExifIFD:ExifImageWidth=', '-ExifIFD:ExifImageHeight=']
     elif width and height:
         args += [f'-ExifIFD:ExifImageWidth={width}', f'-ExifIFD:ExifImageHeight={height}']
-    desc = tag(tags.target, 'IFD0:ImageDescription')
-    if (
-        isinstance(desc, str)
-        and desc.startswith('{"shape"')
-        and not tags.base.get('IFD0:ImageDescription')
-    ):
-        args.append('-IFD0:ImageDescription=')  # tifffile's private shape note
     prof = tag(tags.target, 'ICC_Profile:ProfileDescription')
     if prof and 'srgb' not in str(prof).lower():
         args.append('-ExifIFD:ColorSpace=65535')  # uncalibrated: the ICC profile rules
@@ -593,7 +621,7 @@ def _structure_args(tags: _Tags, sw: str, stamp: tuple[str, str]) -> list[str]:
 def _focus_args(report: MergeReport, readings: list[_focus.FocusReading]) -> list[str]:
     """The bracket's focus range and every frame's distance, in XMP-fbstack."""
     if report.focus_near is None:
-        return ['-XMP-fbstack:FrameFocusDistances=']
+        return []
     return [
         f'-XMP-fbstack:FocusDistanceNear={_focus.xmp_distance(report.focus_near)}',
         f'-XMP-fbstack:FocusDistanceFar={_focus.xmp_distance(report.focus_far)}',
@@ -651,9 +679,11 @@ def _edit(et, tmp: Path, args: list[str]):
     return res, res.status == 0 and res.counts.get('updated', 0) == 1
 
 
-def _write_tags(et, base_arg: str, args: list[str], tmp: Path, report: MergeReport) -> None:
-    """Pass 1: the base's tags and ``args`` onto the copy ``tmp``."""
-    res, ok = _edit(et, tmp, ['-n', '-TagsFromFile', base_arg, *args])
+def _write_tags(
+    et, base_arg: str, args: list[str], tmp: Path, ftype: str, report: MergeReport
+) -> None:
+    """Pass 1: the copy ``tmp`` cleared of its metadata, then the base's tags and ``args``."""
+    res, ok = _edit(et, tmp, ['-n', *_clear_args(ftype), '-TagsFromFile', base_arg, *args])
     if not ok:
         err = res.errors_by_file()
         msg = (

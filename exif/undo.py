@@ -1,22 +1,22 @@
 """Undo store for lens rewrites: exact original bytes, kept outside the photo folders.
 
 Layout (``$FOCUSBRIDGE_UNDO_DIR``, else ``$XDG_DATA_HOME/focusbridge/lens-undo``, else
-``~/.local/share/focusbridge/lens-undo``)::
+``~/.local/share/focusbridge/lens-undo``), locked (``flock``) by the one lens command using it::
 
     records/<sha256(resolved path)[:32]>.json  {"path": ..., "entries": [entry, ...]}  newest last
     blobs/<id>.fbdelta                         what it takes to rebuild the original bytes
-    staging/<run>.lock                         locked while that lens command runs
-    staging/<run>/batch-<n>.json               journal of the files of one exiftool batch
-    staging/<run>/<id>                         a full copy of each of their original bytes
+    staging/<run>/batch-<n>.json               journal of the files of one batch
+    staging/<run>/<id>, <id>.new<ext>          each file's bytes before, and the bytes written
 
-Files are rewritten in place (symlinks and hard links keep seeing them), so while exiftool works
-the photo folder holds nothing of the original.  Hence before a batch goes to exiftool a full copy
-of each file and a journal naming them are on disk (fsync).  Afterwards each file is *settled*:
-if its bytes differ from the copy, an undo entry (a compact delta) is pushed onto its record; then
-the journal and copies go.  A run that dies (any signal, a crash) leaves its journal behind and
-the next ``lens set`` or ``lens undo`` settles it the same way: every file that changed can be
-undone.  ``lens undo`` journals the bytes it restores the same way, so a restore cut short is
-finished or undoable.
+exiftool edits copies here, never the photos: focusbridge itself writes the edited bytes into
+each photo, in place (symlinks and hard links keep seeing it), once a journal naming both copies
+is on disk (fsync).  Afterwards each file is *settled*: if its bytes differ from the copy from
+before, an undo entry (a compact delta) is pushed onto its record; then the journal and copies
+go.  A run that dies (any signal, a crash) leaves its journal behind and the next ``lens set`` or
+``lens undo`` settles it the same way: every file that changed can be undone.  Settling records
+only bytes focusbridge wrote (whole, or cut short): a file changed by another program meanwhile,
+or gone, keeps its copies in staging and is named in a warning.  ``lens undo`` journals the
+bytes it restores the same way, so a restore cut short is finished or undoable.
 
 A record is keyed by the file's resolved path (symlinks followed): two links to one file are one
 file.  A ``.fbdelta`` holds the original file as ``new[:prefix] + middle + new[-suffix:]``: the
@@ -27,12 +27,14 @@ rebuilt from the delta and the rewritten file and its SHA-256 compared) and agai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import struct
 import time
 import uuid
@@ -135,6 +137,20 @@ def _exact_delta(original: bytes, new: bytes) -> bytes:
     return delta
 
 
+def _partly(now: bytes, a: bytes, b: bytes) -> bool:
+    """Could ``now`` be ``a`` overwritten in place by ``b`` and stopped anywhere (a crash), or
+    the reverse?  Then each of its bytes is one of theirs at its offset and its size lies
+    between theirs; anything else was changed by another program."""
+    if not min(len(a), len(b)) <= len(now) <= max(len(a), len(b)):
+        return False
+    x = np.frombuffer(now, np.uint8)
+    ours = np.zeros(len(now), bool)
+    for v in (a, b):
+        y = np.frombuffer(v, np.uint8)[: len(now)]
+        ours[: len(y)] |= x[: len(y)] == y
+    return bool(ours.all())
+
+
 # ------------------------------------------------------------------------------------------------
 # durability helpers
 
@@ -165,10 +181,50 @@ def _write_durably(path: Path, data: bytes, sync_dir: bool = True) -> None:
         fsync_folder(path.parent)
 
 
-def _lock(path: Path) -> int | None:
-    """An exclusive lock on ``path`` (an fd: close it to release), or None when another live
-    process holds it (the OS drops the lock of a process that died, however it died)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _copy(src: str, dsts: list[Path]) -> str:
+    """New files ``dsts`` holding ``src``'s bytes, on disk; the SHA-256 of those bytes."""
+    h = hashlib.sha256()
+    outs = [open(d, 'wb') for d in dsts]
+    try:
+        with open(src, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+                for out in outs:
+                    out.write(chunk)
+        for out in outs:
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        for out in outs:
+            out.close()
+    return h.hexdigest()
+
+
+def _synced_sha(path: Path) -> str:
+    """The SHA-256 of a file exiftool wrote (it does not fsync), now on disk."""
+    with open(path, 'r+b') as f:
+        os.fsync(f.fileno())
+    return sha256_file(path)
+
+
+def _copy_into(src: Path, dst: str) -> None:
+    """``src``'s bytes into the existing file ``dst``, in place: it keeps its inode, so
+    symlinks and hard links see them."""
+    with open(src, 'rb') as f, open(dst, 'r+b') as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+        out.truncate()
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive lock on ``folder`` (an fd: close it to release), None while another process
+    holds it (the OS drops the lock of a process that died, however it died).  The folder
+    itself is locked, so nothing is left behind; Windows cannot lock a folder: a file in it."""
+    if fcntl is None:
+        fd = os.open(folder / 'lock', os.O_RDWR | os.O_CREAT, 0o600)
+    else:
+        fd = os.open(folder, os.O_RDONLY)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,6 +234,20 @@ def _lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _drop_if_settled(run_dir: Path) -> None:
+    """A run's staging folder goes once nothing in it awaits settling."""
+    if not any(run_dir.glob('batch-*.json')):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _another_holds(path: str, real: str, digest: str) -> bool:
+    """Is ``path`` another file than ``real`` (not a link to it) holding the bytes ``digest``?"""
+    try:
+        return not os.path.samefile(path, real) and sha256_file(path) == digest
+    except OSError:  # gone
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,10 +300,6 @@ class UndoStore:
     def _record_path(self, key: str) -> Path:
         return self.root / 'records' / f'{key}.json'
 
-    def _ensure(self):
-        for sub in ('records', 'blobs', 'staging'):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
     # -- records ----------------------------------------------------------------------------
     def _load_key(self, key: str, path) -> dict | None:
         p = self._record_path(key)
@@ -258,60 +324,98 @@ class UndoStore:
         # ensure_ascii: a name that is not UTF-8 (surrogate escapes) still round-trips
         _write_durably(p, json.dumps(record, indent=1).encode('ascii'), sync_dir)
 
-    def find_by_content(self, path) -> tuple[str, dict] | None:
-        """(key, record) whose newest entry wrote exactly this file's bytes (file moved/renamed);
-        damaged records are skipped here (they are reported for their own file)."""
-        digest = None
+    def _move_record(self, old: str, new: str, real: str) -> dict | None:
+        """The record under key ``old``, now the record of ``real`` (key ``new``): the file
+        was moved or renamed."""
+        rec = self._load_key(old, real)
+        if rec is None:
+            return None
+        if (self._load_key(new, real) or {}).get('entries'):
+            raise ExifError(
+                'has undo records under an old name and its own; not joining them', real
+            )
+        rec['path'] = real
+        with signals_held():
+            self._save(new, rec)
+            self._record_path(old).unlink(missing_ok=True)
+        return rec
+
+    def find(self, real: str) -> tuple[str, dict | None]:
+        """(key, record) of the file ``real``: by its path; else, if it was moved or renamed,
+        the record whose newest entry wrote exactly its bytes and whose own path no longer
+        holds them (a copy of a rewritten file is not that file).  The record follows the file
+        to its new name.  Damaged records of other files are skipped here (they are reported
+        for their own file)."""
+        key = self.key(real)
+        rec = self._load_key(key, real)
+        if rec and rec['entries']:
+            return key, rec
+        digest = sha256_file(real)
         for p in sorted((self.root / 'records').glob('*.json')):
             try:
-                rec = _check_record(json.loads(p.read_text('utf-8')))
+                other = _check_record(json.loads(p.read_text('utf-8')))
             except (OSError, ValueError):
                 continue
-            if not rec['entries']:
-                continue
-            if digest is None:
-                digest = sha256_file(path)
-            if rec['entries'][-1]['written_sha256'] == digest:
-                return p.stem, rec
-        return None
+            entries = other['entries']
+            if (
+                entries
+                and entries[-1]['written_sha256'] == digest
+                and not _another_holds(other['path'], real, digest)
+            ):
+                return key, self._move_record(p.stem, key, real)
+        return key, None
 
     # -- runs -------------------------------------------------------------------------------
     @contextmanager
-    def session(self) -> Iterator[Run]:
-        """One lens command: first settles what interrupted commands left, then stages into a
-        folder of its own that is removed when everything in it is settled."""
-        self._ensure()
-        self.recover()
-        run = Run(self)
+    def session(self, files=()) -> Iterator[Run]:
+        """One lens command, alone on the store (another is refused while it runs): first
+        settles what interrupted commands left, looking for their files that were moved among
+        ``files``, then stages into a folder of its own, removed when all in it is settled."""
         try:
-            yield run
-        finally:
-            run.close()
-
-    def recover(self) -> None:
-        """Settle the journals of lens commands that died (their lock is free)."""
-        for run_dir in sorted((self.root / 'staging').iterdir()):
-            if not run_dir.is_dir():
-                continue
-            lock = _lock(run_dir.with_suffix('.lock'))
-            if lock is None:
-                continue  # still running
+            for sub in ('records', 'blobs', 'staging'):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                if not os.access(self.root / sub, os.W_OK | os.X_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            lock = _lock(self.root)
+        except OSError as e:
+            raise ExifError(
+                f'undo store not usable ({one_line(e.strerror or e)}); set '
+                'FOCUSBRIDGE_UNDO_DIR to a writable folder',
+                self.root,
+            ) from e
+        if lock is None:
+            raise ExifError(
+                'undo store in use by another lens command; run this one when it has finished',
+                self.root,
+            )
+        try:
+            self.recover(files)
+            run = Run(self)
             try:
-                for journal in sorted(run_dir.glob('batch-*.json')):
-                    for outcome in self._settle_journal(journal, clean_tmp=True).values():
-                        if isinstance(outcome, ExifError):
-                            self.problems.append(
-                                f'{outcome} (interrupted lens command; its '
-                                f'original bytes stay in {run_dir})'
-                            )
+                yield run
             finally:
-                _release(run_dir, lock)
+                _drop_if_settled(run.dir)
+        finally:
+            os.close(lock)
+
+    def recover(self, files=()) -> None:
+        """Settle the journals of lens commands that died (the store's lock says none runs).
+        Files still at their journalled place go first, so that those moved are only looked
+        for among ``files`` that are nobody else's."""
+        for found in (None, _Found(self, files)):
+            for run_dir in sorted((self.root / 'staging').iterdir()):
+                for journal in sorted(run_dir.glob('batch-*.json')):
+                    for outcome in self._settle_journal(journal, found).values():
+                        if found is not None and isinstance(outcome, ExifError):
+                            self.problems.append(f'{outcome} (left by an interrupted lens command)')
+                if run_dir.is_dir():
+                    _drop_if_settled(run_dir)
 
     def _settle_journal(
-        self, journal: Path, clean_tmp: bool = False
+        self, journal: Path, found: _Found | None = None
     ) -> dict[str, bool | ExifError]:
         """Settle every file of a journal: {path: True if it got an undo entry, False if it did
-        not change, or the ExifError that kept it from being settled (it stays journaled)}."""
+        not change, or the ExifError that kept it from being settled (it stays journalled)}."""
         try:
             items = json.loads(journal.read_text('utf-8'))['items']
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -319,13 +423,14 @@ class UndoStore:
         out: dict[str, bool | ExifError] = {}
         left = []
         for item in items:
+            path = item['path']
             try:
                 with signals_held():
-                    out[item['path']] = self._settle(journal.parent, item, clean_tmp)
-            except (ExifError, OSError, ValueError) as e:
+                    out[path] = self._settle(journal.parent, item, found)
+            except (ExifError, OSError, ValueError, KeyError) as e:
                 if not isinstance(e, ExifError):
-                    e = ExifError(f'undo entry could not be saved ({one_line(e)})', item['path'])
-                out[item['path']] = e
+                    e = ExifError(f'undo entry could not be saved ({one_line(e)})', path)
+                out[path] = e
                 left.append(item)
         for sub in ('records', 'blobs'):  # the new names, before the journal can go
             fsync_folder(self.root / sub)
@@ -335,54 +440,88 @@ class UndoStore:
             journal.unlink()
         for item in items:
             if item not in left:
-                (journal.parent / item['copy']).unlink(missing_ok=True)
+                for name in (item['before'], item['written']):
+                    (journal.parent / name).unlink(missing_ok=True)
         return out
 
-    def _settle(self, run_dir: Path, item: dict, clean_tmp: bool) -> bool:
-        """Make the record say what happened to one journaled file; True if it now has an undo
+    def _settle(self, run_dir: Path, item: dict, found: _Found | None) -> bool:
+        """Make the record say what happened to one journalled file; True if it now has an undo
         entry for it.  Running it twice changes nothing (a run may die while settling)."""
-        path, key, target = item['path'], item['record'], item['original_sha256']
-        rec = self._load_key(key, path) or {'path': path, 'entries': []}
+        restore = bool(item['pops'])  # an undo leads on to what it writes, a rewrite back
+        before, written = (self._kept(run_dir, item, k) for k in ('before', 'written'))
+        path, now = self._locate(
+            item, found, before, written, run_dir / item['written' if restore else 'before']
+        )
+        target = written if restore else before
+        rec = self._load_key(item['record'], path) or {'path': path, 'entries': []}
         entries, pops = rec['entries'], item['pops']
         changed = False
         if pops and [e['blob'] for e in entries[::-1][: len(pops)]] == pops:
             del entries[-len(pops) :]  # an undo: forget the entries it restored
             changed = True
-        try:
-            now = Path(path).read_bytes()
-            now_sha = _sha(now)
-        except FileNotFoundError:  # deleted meanwhile: nothing to undo onto
-            now, now_sha = b'', target
-        pushed = now_sha != target
+        now_sha, target_sha = _sha(now), _sha(target)
+        pushed = now_sha != target_sha
         top = entries[-1] if entries else None
         if pushed and not (
-            top and top['written_sha256'] == now_sha and top['original_sha256'] == target
+            top and top['written_sha256'] == now_sha and top['original_sha256'] == target_sha
         ):
-            entries.append(self._entry(run_dir / item['copy'], now, now_sha, item))
+            entries.append(self._entry(target, now, now_sha, item))
             changed = True
         if changed:
-            self._save(key, rec, sync_dir=False)  # _settle_journal syncs the folders
-        kept = {e['blob'] for e in entries}
+            self._save(item['record'], rec, sync_dir=False)  # _settle_journal syncs the folders
+        kept_blobs = {e['blob'] for e in entries}
         for blob in pops:
-            if blob not in kept:
+            if blob not in kept_blobs:
                 (self.root / 'blobs' / blob).unlink(missing_ok=True)
-        if clean_tmp:  # exiftool killed mid-write leaves its temporary file beside the photo
-            Path(path + '_exiftool_tmp').unlink(missing_ok=True)
         return pushed
 
-    def _entry(self, copy: Path, now: bytes, now_sha: str, item: dict) -> dict:
-        original = copy.read_bytes()
-        if _sha(original) != item['original_sha256']:
+    def _locate(
+        self, item: dict, found: _Found | None, before: bytes, written: bytes, kept: Path
+    ) -> tuple[str, bytes]:
+        """A journalled file and its bytes, which must be focusbridge's doing (``before`` being
+        overwritten by ``written``, whole or cut short): at its path, else (moved since) among
+        this command's files ``found``; the item and the file's record follow it there."""
+        path = item['path']
+        if os.path.exists(path):
+            now = Path(path).read_bytes()
+            if not _partly(now, before, written):
+                raise ExifError(
+                    'changed by another program since focusbridge wrote it, so it gets no undo '
+                    f'entry; the bytes to go back to are kept in {kept}',
+                    path,
+                )
+            return path, now
+        for real in found.candidates(item) if found is not None else ():
+            now = Path(real).read_bytes()
+            if _partly(now, before, written):  # not just a reused inode
+                found.claim(real)
+                key = self.key(real)
+                if key != item['record']:
+                    self._move_record(item['record'], key, real)
+                item['path'], item['record'] = real, key
+                return real, now
+        raise ExifError(
+            f'not there any more (moved or deleted?); the bytes to go back to are kept in {kept} '
+            'until a lens command names the file at its new place',
+            path,
+        )
+
+    @staticmethod
+    def _kept(run_dir: Path, item: dict, which: str) -> bytes:
+        data = (run_dir / item[which]).read_bytes()
+        if _sha(data) != item[f'{which}_sha256']:
             raise ExifError(
-                'the copy of the original in the undo store is damaged; no undo entry recorded',
-                item['path'],
+                'its copy in the undo store is damaged; no undo entry recorded', item['path']
             )
+        return data
+
+    def _entry(self, original: bytes, now: bytes, now_sha: str, item: dict) -> dict:
         delta = _exact_delta(original, now)
         blob = f'{uuid.uuid4().hex}.fbdelta'
         _write_durably(self.root / 'blobs' / blob, delta, sync_dir=False)
         return {
             'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-            'original_sha256': item['original_sha256'],
+            'original_sha256': _sha(original),
             'original_size': len(original),
             'written_sha256': now_sha,
             'written_size': len(now),
@@ -395,100 +534,120 @@ class UndoStore:
         }
 
 
-def _release(run_dir: Path, lock: int) -> None:
-    """End a run folder's lock; the folder and lock go once nothing in it awaits settling."""
-    if not any(run_dir.glob('batch-*.json')):
-        shutil.rmtree(run_dir, ignore_errors=True)
-    os.close(lock)
-    if not run_dir.exists():
-        run_dir.with_suffix('.lock').unlink(missing_ok=True)
+class _Found:
+    """The files a lens command names, where a journalled file that was moved is looked for:
+    the same inode (moved on its file system), else, among files with no undo record of their
+    own, one holding exactly the bytes focusbridge wrote into it (copied elsewhere).  A file is
+    claimed by one journalled file at most."""
+
+    def __init__(self, store: UndoStore, files):
+        self.store = store
+        self.files = [os.path.realpath(f) for f in files]
+        self.ids: dict[str, tuple[int, int]] | None = None
+        self.shas: dict[str, str] = {}
+
+    def candidates(self, item: dict) -> Iterator[str]:
+        if self.ids is None:
+            self.ids = {}
+            for f in self.files:
+                try:
+                    st = os.stat(f)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    self.ids[f] = (st.st_dev, st.st_ino)
+        ident = (item.get('dev'), item.get('ino'))
+        yield from [f for f, i in self.ids.items() if i == ident]
+        for f in list(self.ids):
+            if not self.store._record_path(self.store.key(f)).exists():
+                self.shas.setdefault(f, sha256_file(f))
+                if self.shas[f] == item['written_sha256']:
+                    yield f
+
+    def claim(self, f: str) -> None:
+        del self.ids[f]
 
 
 class Run:
-    """The staging folder of one lens command, locked while it runs (see the module doc)."""
+    """The staging folder of one lens command (see the module doc)."""
 
     def __init__(self, store: UndoStore):
         self.store = store
         self.dir = store.root / 'staging' / uuid.uuid4().hex
-        # locked before the folder exists: recover() never finds it unlocked
-        self._lock = _lock(self.dir.with_suffix('.lock'))
-        if self._lock is None:
-            raise ExifError(f'cannot lock {self.dir}.lock (does this file system support locks?)')
         self.dir.mkdir()
         fsync_folder(self.dir.parent)
         self._batches = 0
 
-    def close(self):
-        _release(self.dir, self._lock)
-
-    @staticmethod
-    def _item(
-        real: str, key: str, copy: Path, sha: str, meta: dict, changes: dict, pops: list[str]
-    ) -> dict:
-        """A journal entry: which file, its record, the copy of the bytes to get back to."""
-        return {
-            'path': real,
-            'record': key,
-            'copy': copy.name,
-            'original_sha256': sha,
-            'mode': meta['mode'],
-            'atime_ns': meta['atime_ns'],
-            'mtime_ns': meta['mtime_ns'],
-            'changes': changes,
-            'pops': pops,
-        }
-
-    def keep(self, path, changes: dict) -> dict:
-        """Copy a file's bytes before it is rewritten (journal() makes it count).  A damaged
-        record raises here, before the file is touched."""
+    def keep(self, path, changes: dict, new: bytes | None = None, st=None) -> dict:
+        """Copy a file's bytes before it is rewritten ("before"), and the bytes :meth:`write`
+        puts in their place ("written"): ``new``, else a second copy for exiftool to edit.
+        ``st``: its ``os.stat`` from before anything read it (reading sets its access time).
+        A damaged record raises here, before the file is touched."""
         real = os.path.realpath(path)
         key = self.store.key(real)
         self.store._load_key(key, path)
-        st = os.stat(real)
-        copy = self.dir / uuid.uuid4().hex
-        h = hashlib.sha256()
-        with open(real, 'rb') as src, open(copy, 'wb') as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b''):
-                h.update(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        meta = {'mode': st.st_mode & 0o7777, 'atime_ns': st.st_atime_ns, 'mtime_ns': st.st_mtime_ns}
-        return self._item(real, key, copy, h.hexdigest(), meta, changes, [])
+        st = st or os.stat(real)
+        name = uuid.uuid4().hex
+        ext = os.path.splitext(real)[1]  # exiftool goes by the type the name says too
+        written = name + '.new' + (ext if re.fullmatch(r'\.[A-Za-z0-9]{1,8}', ext) else '')
+        sha = _copy(real, [self.dir / name] + ([self.dir / written] if new is None else []))
+        if new is not None:
+            _write_durably(self.dir / written, new, sync_dir=False)
+        return {
+            'path': real,
+            'record': key,
+            'dev': st.st_dev,
+            'ino': st.st_ino,
+            'before': name,
+            'before_sha256': sha,
+            'written': written,
+            'mode': st.st_mode & 0o7777,
+            'atime_ns': st.st_atime_ns,
+            'mtime_ns': st.st_mtime_ns,
+            'changes': changes,
+            'pops': [],
+        }
 
-    def journal(self, items: list[dict]) -> Path:
-        """Put the batch on disk: from here on its files may change, whatever happens next."""
+    def write(self, items: list[dict]) -> dict[str, bool | ExifError]:
+        """Put each kept file's "written" bytes in place (links see them too) and settle:
+        {path: True if it got an undo entry, False if unchanged, or the ExifError that kept it
+        from being settled}.  The journal is on disk first and settled whatever stops this
+        (a signal waits while a file is written), or after SIGKILL by the next lens command."""
+        out: dict[str, bool | ExifError] = {}
+        todo = []
+        for item in items:
+            item['written_sha256'] = _synced_sha(self.dir / item['written'])
+            if item['written_sha256'] != item['before_sha256']:
+                todo.append(item)
+                continue
+            out[item['path']] = False  # nothing to write
+            for name in (item['before'], item['written']):
+                (self.dir / name).unlink()
+        if not todo:
+            return out
         self._batches += 1
         journal = self.dir / f'batch-{self._batches:06d}.json'
-        with signals_held():
-            _write_durably(journal, json.dumps({'items': items}).encode('ascii'))
-        return journal
-
-    def settle(self, journal: Path, clean_tmp: bool = False) -> dict[str, bool | ExifError]:
-        return self.store._settle_journal(journal, clean_tmp)
+        try:
+            with signals_held():
+                _write_durably(journal, json.dumps({'items': todo}).encode('ascii'))
+            for item in todo:
+                with signals_held():
+                    _copy_into(self.dir / item['written'], item['path'])
+        finally:
+            if journal.exists():
+                out.update(self.store._settle_journal(journal))
+        return out
 
     def undo(self, path, all_levels: bool = False) -> int:
         """Restore the bytes from before the newest lens rewrite (all rewrites with
         ``all_levels``), in place: links and hard links see them too.  Returns how many
         rewrites were undone, 0 if none is recorded.  Raises ExifError or OSError."""
-        store = self.store
         real = os.path.realpath(path)
-        if not os.path.isfile(real):
-            raise ExifError('no such file', path)
-        key = store.key(real)
-        rec = store._load_key(key, path)
-        if not rec or not rec['entries']:
-            found = store.find_by_content(real)
-            if found is None:
-                return 0
-            old_key, rec = found
-            rec['path'] = real
-            with signals_held():  # the file was moved or renamed: its record follows it
-                store._save(key, rec)
-                store._record_path(old_key).unlink(missing_ok=True)
+        _, rec = self.store.find(real)
+        if rec is None:
+            return 0
         data = Path(real).read_bytes()
         popped: list[str] = []
-        entry = None
         while rec['entries']:
             entry = rec['entries'][-1]
             if _sha(data) != entry['written_sha256']:
@@ -500,7 +659,8 @@ class Run:
                     path,
                 )
             try:
-                original = apply_delta((store.root / 'blobs' / entry['blob']).read_bytes(), data)
+                blob = (self.store.root / 'blobs' / entry['blob']).read_bytes()
+                original = apply_delta(blob, data)
             except (OSError, ValueError) as e:
                 raise ExifError(
                     f'undo data missing or damaged ({one_line(e)}); not restoring', path
@@ -509,23 +669,15 @@ class Run:
                 raise ExifError('undo data damaged (checksum mismatch); not restoring', path)
             data = original
             popped.append(rec['entries'].pop()['blob'])
+            last = entry
             if not all_levels:
                 break
-        # journal the bytes being restored first: a restore cut short is settled like a rewrite
-        copy = self.dir / uuid.uuid4().hex
-        _write_durably(copy, data)
-        journal = self.journal([self._item(real, key, copy, _sha(data), entry, {}, popped)])
-        try:
-            with open(real, 'r+b') as f:
-                f.write(data)
-                f.truncate()
-                f.flush()
-                os.fsync(f.fileno())
-            if os.stat(real).st_mode & 0o7777 != entry['mode']:
-                os.chmod(real, entry['mode'])
-            os.utime(real, ns=(entry['atime_ns'], entry['mtime_ns']))
-        finally:
-            outcome = self.settle(journal)[real]
+        item = self.keep(real, {}, data)
+        item.update(pops=popped, **{k: last[k] for k in ('mode', 'atime_ns', 'mtime_ns')})
+        outcome = self.write([item])[real]
         if isinstance(outcome, ExifError):
             raise outcome
+        if os.stat(real).st_mode & 0o7777 != last['mode']:
+            os.chmod(real, last['mode'])
+        os.utime(real, ns=(last['atime_ns'], last['mtime_ns']))  # last: settling read the file
         return len(popped)

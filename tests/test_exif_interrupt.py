@@ -20,7 +20,7 @@ import pytest
 from test_exif_lens import REPO, run_cli, store_files
 
 from exif.lens import BATCH, LensSpec, set_lens, undo_lens
-from exif.tool import ExifCancelled
+from exif.tool import ExifCancelled, ExifError
 from exif.undo import UndoStore
 from pybridge.errors import Cancelled
 
@@ -158,18 +158,41 @@ def test_signal_during_lens_set_loses_nothing(bracket, spawn_set, tmp_path, how)
     assert_all_restored(files, before, store)
 
 
-def test_exiftool_killed_mid_run(bracket, spawn_set, tmp_path):
-    """exiftool dies under a running `lens set`: one line, no hang, what it wrote is undoable."""
-    files, before = bracket
+def test_exiftool_killed_mid_run(test_data, spawn_set, tmp_path):
+    """exiftool dies under a running `lens set` while it edits the second batch (it edits copies
+    in the undo store): one line, no hang; the first batch is written and undoable, the second
+    untouched. Raws of 3.9 MB keep exiftool busy long enough to be caught at it."""
+    folder = tmp_path / 'Serie'
+    folder.mkdir()
+    files = []
+    for i in range(BATCH + 4):
+        files.append(folder / f'IMG_{i:03d}.dng')
+        shutil.copyfile(test_data / 'raw' / 'canon_550d_magiclantern_colorchart.dng', files[-1])
+    before = {p: p.read_bytes() for p in files}
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
     store = tmp_path / 'undo'
     proc = spawn_set(files, store)
-    wait_for_first_change(proc, before)
-    os.kill(exiftool_child(proc.pid), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    exiftool = None
+    while not (exiftool and any(p.stat().st_mtime_ns != mtimes[p] for p in files)):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        try:
+            exiftool = exiftool or exiftool_child(proc.pid)
+        except AssertionError:
+            pass
+        time.sleep(0.002)
+    fds = Path(f'/proc/{exiftool}/fd')
+    while not any(str(store / 'staging') in os.path.realpath(fd) for fd in fds.iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.001)  # the first batch is written: wait for exiftool to edit the second
+    os.kill(exiftool, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)  # used to spin at 100 % CPU for ever
     assert proc.returncode == 1, err
     assert err.strip() == (
         'focusbridge: error: exiftool stopped unexpectedly (killed by signal SIGKILL)'
     ), err
+    changed = [p for p in files if p.read_bytes() != before[p]]
+    assert changed == files[:BATCH]
     assert_all_restored(files, before, store)
 
 
@@ -196,20 +219,23 @@ def test_should_stop_between_batches(bracket, tmp_path):
     assert store_files(store.root) == []
 
 
-def test_live_run_is_left_alone(bracket, tmp_path):
-    """A second lens command never settles the journal of one still running (its lock is
-    held); once that one is gone, the next command does."""
+def test_a_dead_commands_journal_is_settled_by_the_next(bracket, tmp_path, monkeypatch):
+    """While a lens command runs, no other can use the undo store. One that died with a
+    journal and a half-written file behind: the next lens command settles it and restores."""
     files, before = bracket
     p = files[0]
     store = UndoStore(tmp_path / 'undo')
     with store.session() as run:
-        journal = run.journal([run.keep(p, {})])
-        p.write_bytes(b'half-written by an exiftool still at work')
-        other = UndoStore(store.root)
-        with other.session():
-            pass
-        assert journal.exists() and other.load(p) is None
-    # the first command "died" without settling: its journal is still there, unlocked
-    assert journal.exists()
+        item = run.keep(p, {})
+        written = b'rewritten ' + before[p]
+        (run.dir / item['written']).write_bytes(written)
+        with pytest.raises(ExifError, match='in use by another lens command'):
+            with UndoStore(store.root).session():
+                pass
+        monkeypatch.setattr(store, '_settle_journal', lambda journal: {})  # it dies here
+        run.write([item])
+        half = len(written) // 2
+        p.write_bytes(written[:half] + before[p][half:])  # cut short while writing
+    assert [f.name for f in store_files(store.root) if f.name.startswith('batch-')]
     assert undo_lens([p], store=UndoStore(store.root))[0].undone == 1
     assert p.read_bytes() == before[p] and store_files(store.root) == []

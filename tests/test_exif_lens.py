@@ -33,14 +33,6 @@ FILES = [
     'Panasonic.rw2',
     'DNG.dng',
 ]
-CANON_FIELDS = [
-    'Canon:LensType',
-    'Canon:LensModel',
-    'Canon:MinFocalLength',
-    'Canon:MaxFocalLength',
-    'Canon:FocalLength',
-]
-
 pytestmark = pytest.mark.skipif(shutil.which('exiftool') is None, reason='needs exiftool')
 
 
@@ -121,7 +113,7 @@ def test_set_show_undo_restores_bytes(photos, store):
     assert t['Canon:LensType'] == 124
     assert t['Canon:LensModel'] == 'Canon MP-E 65mm f/2.8 1-5x Macro Photo'
     assert by['CanonRaw.cr3'].not_writable == []
-    assert by['Nikon.jpg'].not_writable == CANON_FIELDS
+    assert by['Nikon.jpg'].not_writable == []  # Canon's fields do not apply to a Nikon file
     assert 'Canon:LensType' not in tags(photos / 'Nikon.jpg')
     # no FILE_original or temp litter next to the photos
     assert sorted(p.name for p in photos.iterdir()) == sorted(p.name for p in files)
@@ -185,7 +177,7 @@ def test_dry_run_changes_nothing(photos, store):
     assert 'ExifIFD:LensModel: - -> Canon MP-E 65mm f/2.8 1-5x Macro Photo' in out
     assert 'not writable' in out and 'Canon:LensModel' in out
     sony_part = out.split(f'{files[1]}:')[1]
-    assert 'Canon:LensType, Canon:LensModel' in sony_part
+    assert 'Canon:LensType: ' not in sony_part and 'not writable' not in sony_part
 
 
 def test_bad_files_reported_others_done(photos, test_data, store, tmp_path):

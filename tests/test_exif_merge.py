@@ -294,6 +294,77 @@ def test_merge_again_replaces_provenance(cr3_bracket, tmp_path):
     assert t['XMP-fbstack:FrameCount'] == 2 and t['XMP-fbstack:StackMethod'] == 'depthmap'
 
 
+@pytest.mark.parametrize('ext', ['.tif', '.jpg', '.png'])
+def test_merge_again_with_other_sources_replaces_everything(cr3_bracket, cam, tmp_path, ext):
+    """The merged tags of a Canon bracket, merged again from a Nikon file: nothing of the first
+    merge is left (focus range, XMP-fbstack, lens, maker notes, IFD0 tags the Nikon lacks)."""
+    done = exiftool('-q', '-overwrite_original', '-Artist=Canon Shooter', str(cr3_bracket[1]))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / f'out{ext}'
+    fresh_image(out)
+    merge_metadata(out, cr3_bracket, None, StackInfo(3, 'pyramid', 1, SW))
+    assert tags(out, 'IFD0:Artist')['IFD0:Artist'] == 'Canon Shooter'
+    report = merge_metadata(out, [cam / 'Nikon.jpg'], None, StackInfo(1, 'depthmap', 0, SW))
+    assert report.focus_near is None and report.warnings == []
+    t = tags(out)
+    stale = [k for k, v in t.items() if any(s in str(v) for s in ('Canon', 'EF-M', 'IMG '))]
+    assert stale == [] and 'IFD0:Artist' not in t, stale
+    assert not [k for k in t if k.startswith(('XMP-fbstack:FocusDistance', 'Canon:'))]
+    assert t['IFD0:Make'] == 'NIKON' and t['XMP-fbstack:SourceFiles'] in (
+        'Nikon.jpg',
+        ['Nikon.jpg'],
+    )
+    assert t['XMP-fbstack:StackMethod'] == 'depthmap' and t['XMP-fbstack:FrameCount'] == 1
+    assert validate(out)[1] == []
+
+
+def test_lens_info_of_the_base_is_not_doubled(cam, tmp_path):
+    """A base that already has XMP-exifEX:LensInfo (a list in XMP): the output has 4 values,
+    in a merge and in a copy (aligned frames)."""
+    from exif.lens import lens_spec, set_lens
+    from exif.merge import copy_metadata
+    from exif.undo import UndoStore
+
+    base = cam / 'CanonRaw.cr2'
+    spec = lens_spec(lens_info='65 65 2.8 2.8')
+    assert set_lens([base], spec, store=UndoStore(tmp_path / 'undo')).ok
+    assert tags(base, 'XMP-exifEX:LensInfo')['XMP-exifEX:LensInfo'] == '65 65 2.8 2.8'
+    for ext in ('.tif', '.jpg'):
+        out = tmp_path / f'out{ext}'
+        fresh_image(out)
+        merge_metadata(out, [base], None, StackInfo(1, 'pyramid', 0, SW))
+        copied = tmp_path / f'copied{ext}'
+        fresh_image(copied)
+        copy_metadata(copied, base, derivation='aligned')
+        for p in (out, copied):
+            t = tags(p, 'XMP-exifEX:LensInfo', 'ExifIFD:LensInfo')
+            assert t['XMP-exifEX:LensInfo'] == '65 65 2.8 2.8' == t['ExifIFD:LensInfo'], p
+
+
+def test_cli_meta_merge_bad_sources(cam, tmp_path):
+    """A source exiftool reads as text, or whose base is truncated: one line naming it, exit
+    status 1, the target untouched."""
+    out = tmp_path / 'out.jpg'
+    fresh_image(out)
+    before = out.read_bytes()
+    text = tmp_path / 'text.jpg'
+    text.write_text('not a photo')
+    truncated = tmp_path / 'truncated.cr2'
+    truncated.write_bytes((cam / 'CanonRaw.cr2').read_bytes()[:5000])
+    for sources in ([text], [truncated], [text, cam / 'Canon.jpg', cam / 'Sony.jpg']):
+        done = run_cli('meta', 'merge', str(out), '--sources', *map(str, sources))
+        assert done.returncode == 1, done.stdout
+        bad = text if text in sources else truncated
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f'focusbridge: error: {bad}: '), lines
+        assert out.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(
+            ['out.jpg', 'text.jpg', 'truncated.cr2']
+        )
+    done = run_cli('meta', 'merge', str(out), '--sources', str(cam / 'Canon.jpg'))
+    assert done.returncode == 0 and 'Canon.jpg, 1 frame, ' in done.stdout, done.stdout
+
+
 def test_source_names_override(cr3_bracket, tmp_path):
     out = tmp_path / 'out.tif'
     fresh_image(out)
