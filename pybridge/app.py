@@ -10,19 +10,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import FocusbridgeError, InputError, StackError
+from .atomic import shown
+from .errors import FocusbridgeError, InputError, PathError, StackError
+from .frames import check_regular
 from .options import StackOptions
 from .pipeline import FrameSource, StackResult, frame_list, resolve_reference
 from .pipeline import stack as run_engine
 from .progress import silent
+from .retouch import ALIGNED_ROLE
+from .write import software
 
 
+@contextmanager
+def _names_shown():
+    """A failure names its file as `shown` writes it: a line break in the name came out as a
+    space (every message is one line), a blank name as nothing at all."""
+    try:
+        yield
+    except PathError as exc:
+        if exc.path is not None and shown(exc.path) != str(exc.path):
+            exc.args = (f"{shown(exc.path)}: {exc.problem}",)  # what str(exc) says
+        raise
+
+
+@_names_shown()
 def stack(
     frames: Sequence[FrameSource],
     output: str | os.PathLike | None = None,
@@ -96,13 +113,17 @@ def stack(
 
 
 def _check_metadata_sources(sources: Sequence[Path], base, count: int, explicit: bool) -> None:
-    """The metadata inputs exist and can be named to exiftool, before the heavy work."""
+    """The metadata inputs exist and can be named to exiftool, before the heavy work. Without
+    `explicit` sources the frames are their own: a frame that is no file is said as the
+    reader says it (no role: it is a frame, as with --no-metadata)."""
     if explicit and len(sources) != count:
         raise StackError(f"--sources names {len(sources)} files for {count} frames")
-    for role, path in [("metadata source", s) for s in sources] + (
+    for role, path in [("metadata source" if explicit else "frame", s) for s in sources] + (
         [("metadata base", Path(base))] if base else []
     ):
-        if not path.is_file():
+        if role == "frame":
+            check_regular(path)
+        elif not path.is_file():
             raise InputError(
                 path,
                 f"no such file ({role})"
@@ -167,13 +188,14 @@ def _frame_metadata_hook(sources: list[Path], cleanup: ExitStack) -> Callable[[P
             temp_frame,
             sources[index],
             derivation="registered and resampled onto the reference frame of a focus stack",
-            software=f"focusbridge {__version__}",
+            software=software(ALIGNED_ROLE),
             exiftool=tool[0],
         )
 
     return merge
 
 
+@_names_shown()
 def retouch(
     result: str | os.PathLike,
     frame: str | os.PathLike,

@@ -20,11 +20,45 @@ from .errors import OutputError, one_line
 
 # Temp files are named `.<stem>.partial-<pid>-<random><ext>` beside their target: the pid lets
 # a later run into the same folder tell a SIGKILLed run's leftovers (pid gone) from a live
-# run's (pid alive), and everything exiftool derives from a temp (`...partial-...fbmeta-...`)
-# carries the same mark.
+# run's (pid alive), and everything derived from a temp (the metadata merge's
+# `..<stem>.partial-...partial-....fbmeta.tif`, exiftool's `..._exiftool_tmp`) carries its mark.
+# A long stem is cut (its start) so that all of these fit wherever the target's name does.
 
 _PARTIAL_RE = re.compile(r'^\..*\.partial-(\d+)-[0-9a-f]{8}')
+_MARK_RE = re.compile(r'\.partial-\d+-[0-9a-f]{8}(?=\.|$)')
 _STALE_AGE_S = 2.0  # younger leftovers may belong to a run that is just starting
+_EXIFTOOL_SUFFIX = '_exiftool_tmp'  # exiftool edits a file in place through <name> + this
+
+
+def shown(name) -> str:
+    """A file name as a one-line message shows it: control characters escaped (`a\\nb.tif`,
+    as `focusbridge brackets` prints them), quoted when empty or padded with spaces, which
+    the line would lose."""
+    from .brackets import printable
+
+    text = printable(os.fsdecode(name))
+    return f"'{text}'" if not text or text != text.strip() else text
+
+
+def names_a_folder(name: str) -> bool:
+    """'', '.', '/', 'out.tif/' name folders, whatever Path makes of them ('out.tif')."""
+    return os.path.basename(name) in ('', '.', '..')
+
+
+def file_path(name: str | os.PathLike) -> Path:
+    """An output named by the user, as a Path; refused when the name is a folder's."""
+    text = os.fsdecode(name)
+    if names_a_folder(text):
+        raise OutputError(shown(text), 'names a folder, not a file')
+    return Path(text)
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name `folder` takes, in bytes."""
+    try:
+        return os.pathconf(folder, 'PC_NAME_MAX')
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer
+        return 255
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -38,6 +72,8 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise OutputError(folder, 'is not a folder')
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(folder, 'not writable')
+    if len(os.fsencode(path.name)) > _name_max(folder):
+        raise OutputError(path, 'file name too long')
     if path.is_dir():
         raise OutputError(path, 'is a folder')
     if not overwrite and (path.exists() or path.is_symlink()):
@@ -49,7 +85,7 @@ def check_extension(path: Path, allowed: frozenset[str], what: str = 'output') -
     ext = path.suffix.lower()
     if ext not in allowed:
         raise OutputError(
-            path,
+            shown(path),
             f'unsupported {what} format {ext or "(no extension)"!r} '
             f'(use {", ".join(sorted(allowed))})',
         )
@@ -135,12 +171,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _temp_name(path: Path, mark: str) -> str:
+    """`.<stem><mark><ext>`, the start of the stem cut off (at a character) so that the name,
+    and exiftool's `<name>_exiftool_tmp`, fit in the folder. Its end stays: a temp made from
+    a temp (the metadata merge's) keeps the first one's mark, which cleaning looks for."""
+    room = _name_max(path.parent) - len(_EXIFTOOL_SUFFIX)
+    room -= len(os.fsencode(f'.{mark}{path.suffix}'))
+    stem = os.fsencode(path.stem)
+    if len(stem) > room:
+        stem = stem[len(stem) - max(room, 0) :]
+        while stem and 0x80 <= stem[0] < 0xC0:  # a UTF-8 continuation byte: half a character
+            stem = stem[1:]
+    return f'.{os.fsdecode(stem)}{mark}{path.suffix}'
+
+
 def _make_temp(path: Path, role: str = '') -> Path:
     """Create `.<stem>.partial-<pid>-<random>[.role]<ext>` beside `path` (same extension:
     writers and exiftool pick the format from it). Mode 0o666 minus umask, like any new file."""
     for _ in range(100):
         temp = path.with_name(
-            f'.{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{role}{path.suffix}'
+            _temp_name(path, f'.partial-{os.getpid()}-{secrets.token_hex(4)}{role}')
         )
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -172,13 +222,16 @@ def _remove(path: Path) -> None:
 
 
 def _remove_derived(temp: Path) -> None:
-    """Remove `temp` and files other tools derived from its name (exiftool's `.<temp>.fbmeta-*`
-    written beside it), which may appear after a cancel interrupted them."""
+    """Remove `temp` and the files made from its name beside it (the metadata merge's temp
+    of it, exiftool's `..._exiftool_tmp`), which may appear after a cancel interrupted them:
+    their names hold temp's mark `.partial-<pid>-<random>`."""
     _remove(temp)
-    prefix = f'.{temp.stem}.'
+    marks = _MARK_RE.findall(temp.name)  # its own is the last (a temp of a temp has two)
+    if not marks:
+        return
     try:
         for name in os.listdir(temp.parent):
-            if name.startswith(prefix):
+            if name.startswith('.') and marks[-1] in name:
                 _remove(temp.parent / name)
     except OSError:
         pass

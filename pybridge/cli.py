@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from . import memory, signals
-from .errors import describe_failure, print_failure, print_warning
+from .atomic import file_path, shown
+from .errors import OutputError, describe_failure, print_failure, print_warning
 from .options import StackOptions, StackOutputOptions
 
 _STACK_EPILOG = """\
@@ -100,7 +101,7 @@ def _side_path(output: Path, value: str | None, suffix: str) -> Path | None:
         return None
     if value == "auto":
         return side_path(output, suffix)
-    return Path(value)
+    return file_path(value)
 
 
 def cmd_stack(args) -> int:
@@ -108,9 +109,9 @@ def cmd_stack(args) -> int:
     from .pipeline import write_report
     from .progress import choose
 
-    output = Path(args.output)
+    output = file_path(args.output)
     progress = choose(args.progress)
-    report = [("--report", Path(args.report))] if args.report else []
+    report = [("--report", file_path(args.report))] if args.report else []
     outputs = StackOutputOptions.from_args(args)
     result = stack(
         args.frames,
@@ -119,7 +120,7 @@ def cmd_stack(args) -> int:
         depth_map=_side_path(output, args.depth_map, "depth"),
         confidence_map=_side_path(output, args.confidence_map, "confidence"),
         aligned_frames=outputs.aligned_frames,
-        layers=outputs.layers,
+        layers=file_path(outputs.layers) if outputs.layers else None,
         metadata=args.metadata,
         sources=args.sources,
         base=args.base,
@@ -153,7 +154,11 @@ def cmd_demo(args) -> int:
     from .progress import choose
 
     frames = sample_bracket()
+    if not args.output_dir:  # Path("") is the current folder
+        raise OutputError(shown(args.output_dir), "names no folder (--output-dir)")
     out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(out_dir, "is not a folder (--output-dir)")
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "ring6_stacked.tif"
     depth = out_dir / "ring6_depth.tif"

@@ -6,10 +6,12 @@ Decisions worth knowing:
 - Integer samples are scaled by 2**BitsPerSample - 1 as the file declares it, so 16-bit files
   holding 12-bit values (BitsPerSample=16) stay dark-ish, exactly as every other reader shows
   them, while packed 12-bit TIFFs (BitsPerSample=12) come out full range.
-- Float TIFFs keep their values (linear data may have headroom above 1); only NaN and
-  infinities are replaced (NaN, -inf -> 0, +inf -> 1) so the fusers never see them.
+- Float TIFFs keep their values (linear data may have headroom above 1; Frame.warnings says
+  so, as the result clips it). NaN and infinities refuse the frame: any number standing in
+  for them (a 0) is a patch of the same value in every frame, which wins the fusion.
 - RAW is decoded linear with the camera white balance in LibRaw's default output space
-  (sRGB primaries, gamma 1); bit_depth is 16.
+  (sRGB primaries, gamma 1); bit_depth is 16. What LibRaw prints itself (from C, on fd 2)
+  goes into our one-line error instead of beside it.
 - Only regular files are read (symlinks followed): a FIFO would block forever, /dev/zero
   never ends. Every file is opened once and the libraries read that open file, so what
   was checked is what is decoded, and any file name works (LibRaw wants UTF-8 names).
@@ -28,6 +30,10 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -217,11 +223,12 @@ def frame_from_array(arr: np.ndarray, bit_depth: int | None = None) -> Frame:
         pixels = _scale_int(arr, (1 << bits) - 1)
         depth = 8 if bits <= 8 else 16
     elif arr.dtype.kind == 'f':
-        pixels = _finite(np.array(arr, dtype=np.float32, copy=True))
+        pixels = _floats(label, np.array(arr, dtype=np.float32, copy=True), '')
         depth = bit_depth or 32
     else:
         raise InputError(label, f'unsupported sample type {arr.dtype} (use uint8, uint16 or float)')
-    return Frame(_to_rgb_or_gray(pixels), None, depth, None, 'array')
+    warnings = _headroom(label, pixels) if arr.dtype.kind == 'f' else []
+    return Frame(_to_rgb_or_gray(pixels), None, depth, None, 'array', warnings)
 
 
 # ------------------------------------------------------------------ file kind, errors
@@ -231,10 +238,11 @@ def _describe(exc: BaseException) -> str:
     return one_line(exc.args[0] if len(exc.args) == 1 else exc) or type(exc).__name__
 
 
-def _decode_error(path: Path, kind: str, exc: Exception) -> InputError:
+def _decode_error(path: Path, kind: str, exc: Exception, said: str = '') -> InputError:
+    """`said`: what LibRaw printed itself (data corrupted at ...)."""
     detail = _describe(exc)
     if kind == 'raw':
-        detail = f'LibRaw: {detail}'
+        detail = f'LibRaw: {detail}' + (f'; {said}' if said else '')
         if type(exc).__name__ == 'LibRawIOError':  # LibRaw's word for "ran out of data"
             detail += '; the file is probably truncated'
     return InputError(path, f'not a readable {kind.upper()} file ({detail})')
@@ -281,6 +289,16 @@ def _open_regular(path: Path):
         fh.close()
         raise
     return fh
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Raise the InputError read_frame would raise for a path that is no regular file
+    (missing, a folder, a FIFO, a device), without reading it."""
+    path = Path(os.fsdecode(path))
+    try:
+        _require_regular(path, os.stat(path).st_mode)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
 
 
 def _read(path: Path, fh, size: int = -1) -> bytes:
@@ -402,10 +420,27 @@ def _scale_int(arr: np.ndarray, maxval: int) -> np.ndarray:
     return out
 
 
-def _finite(arr: np.ndarray) -> np.ndarray:
-    if not np.isfinite(arr).all():
-        np.nan_to_num(arr, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+def _floats(path, arr: np.ndarray, advice: str = '; fix the export') -> np.ndarray:
+    """float32 samples, refused when any is NaN or infinite: no value can stand in for them."""
+    arr = arr.astype(np.float32, copy=False)
+    bad = arr.size - np.count_nonzero(np.isfinite(arr))
+    if bad:
+        raise InputError(path, f'{bad} samples are not numbers (NaN/Inf){advice}')
     return arr
+
+
+# above this a sample rounds to a 16-bit level the clip to 1 would not give
+_HEADROOM = 1 + 0.5 / 65535
+
+
+def _headroom(path, pixels: np.ndarray) -> list[str]:
+    """A warning when float samples go over 1 (scene-linear exports): the fusion keeps them,
+    the result (0..1, integer formats) clips them."""
+    over = np.count_nonzero(pixels > _HEADROOM)
+    if not over:
+        return []
+    top = float(pixels.max())
+    return [f'{path}: {over} samples are above 1.0 (up to {top:.3g}); the result clips them to 1']
 
 
 def _to_rgb_or_gray(pixels: np.ndarray) -> np.ndarray:
@@ -469,7 +504,70 @@ def _rawpy():
     return rawpy
 
 
+# LibRaw prints complaints from C straight to fd 2 ("unknown file: data corrupted at 1378"):
+# while any LibRaw call runs, fd 2 points at a temp file (one redirect for every thread).
+_fd2_lock = threading.Lock()
+_fd2 = {'users': 0, 'saved': -1, 'sink': None, 'taken': 0}
+
+
+@contextmanager
+def _stderr_caught(said: bytearray):
+    """What reaches fd 2 meanwhile: on failure into `said` (for our one line); on success back
+    to the real stderr, so another thread's output (the progress bar) is late, never lost.
+    (Not on Windows, where LibRaw's C runtime may not share our fd 2: it prints as it did.)"""
+    if os.name == 'nt':
+        yield
+        return
+    with _fd2_lock:
+        if not _fd2['users']:
+            sys.stderr.flush()
+            _fd2.update(sink=tempfile.TemporaryFile(), saved=os.dup(2), taken=0)
+            os.dup2(_fd2['sink'].fileno(), 2)
+        _fd2['users'] += 1
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        with _fd2_lock:
+            sink = _fd2['sink'].fileno()
+            end = os.lseek(sink, 0, os.SEEK_END)
+            text = os.pread(sink, end - _fd2['taken'], _fd2['taken'])
+            _fd2['taken'] = end
+            if failed:
+                said += text
+            elif text:
+                os.write(_fd2['saved'], text)
+            _fd2['users'] -= 1
+            if not _fd2['users']:
+                os.dup2(_fd2['saved'], 2)
+                os.close(_fd2['saved'])
+                _fd2['sink'].close()
+
+
 def _raw(path: Path, fh, limit: int, probe: bool, small: int = 0):
+    said = bytearray()
+    try:
+        with _stderr_caught(said):
+            return _raw_decode(path, fh, limit, probe, small)
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _decode_error(path, 'raw', exc, _libraw_said(path, said)) from exc
+
+
+def _libraw_said(path: Path, said: bytes) -> str:
+    """LibRaw's lines as one, without the name it puts first ('unknown file' for an open
+    file): our message names the file. (Two threads decoding at once share the catch, so a
+    line may be the other file's: said once.)"""
+    lines = said.decode(errors='replace').splitlines()
+    lines = [line.removeprefix('unknown file: ').removeprefix(f'{path}: ') for line in lines]
+    return '; '.join(dict.fromkeys(filter(None, map(one_line, lines))))
+
+
+def _raw_decode(path: Path, fh, limit: int, probe: bool, small: int = 0):
     # The open file, not the name: LibRaw decodes what was checked, and it cannot open names
     # that are not UTF-8. But rawpy reads a file object whole, so a probe of a UTF-8 name
     # lets LibRaw open it by name and read the header only (a 100-frame bracket of 60 MB
@@ -602,6 +700,8 @@ def _tiff(path: Path, fh, limit: int, probe: bool, small: int = 0):
     pixels = _to_rgb_or_gray(pixels)
     pixels = apply_orientation(pixels, orientation)
     frame = _frame_with_icc(path, pixels, depth, icc, 'tiff')
+    if depth == 32:
+        frame.warnings += _headroom(path, pixels)
     return (frame, (info.height, info.width)) if small else frame
 
 
@@ -623,7 +723,7 @@ def _tiff_pixels(path, data, photometric, bits, colormap, separate, target=None)
         pixels = _scale_int(np.moveaxis(colormap, 0, -1)[data], 65535)
         depth = 8 if bits <= 8 else 16
     elif data.dtype.kind == 'f':
-        pixels = _finite(data.astype(np.float32))
+        pixels = _floats(path, data)
         depth = 32
     else:
         data = data.astype(np.uint8) if data.dtype == np.bool_ else data
@@ -643,7 +743,7 @@ def _tiff_via_cv2(path: Path, data: bytes, height: int, width: int) -> tuple[np.
     if img.dtype == np.uint16:
         return _scale_int(img, 65535), 16
     if img.dtype.kind == 'f':
-        return _finite(img.astype(np.float32)), 32
+        return _floats(path, img), 32
     raise InputError(path, f'unsupported TIFF sample type {img.dtype}')
 
 

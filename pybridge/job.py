@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_output
+from .atomic import atomic_output, names_a_folder
 from .errors import (
     EXIT_CANCELLED,
     EXIT_ERROR,
@@ -161,15 +161,28 @@ def _allowed_keys(kind: str) -> set[str]:
     }[kind]
 
 
-def load_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict:
+    """The manifest's JSON object (check_manifest checks it, once run_job knows where the
+    status file goes)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(path, "no such file") from None
+    except RecursionError:
+        raise ManifestError(path, "not a readable JSON job manifest (nested too deeply)") from None
     except (OSError, ValueError) as exc:
         raise ManifestError(path, f"not a readable JSON job manifest ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ManifestError(path, "a job manifest must be a JSON object")
+    return data
+
+
+def check_manifest(data: dict, path: Path) -> None:
+    """What every kind of job needs: version, kind, known keys, the run files, no NUL in a
+    string (no file name holds one: each would be an internal error further on)."""
+    nul = _nul_key(data)
+    if nul:
+        raise ManifestError(path, f"'{nul}' holds a NUL character, which no file name can")
     if data.get("version", 1) != 1 or isinstance(data.get("version"), bool):
         raise ManifestError(path, f"unsupported manifest version {data.get('version')!r}")
     if data.get("kind", "stack") not in KINDS:
@@ -186,7 +199,33 @@ def load_manifest(path: Path) -> dict:
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             raise ManifestError(path, f"'{key}' must be a file path or null")
-    return data
+
+
+def _nul_key(value, key: str = "") -> str | None:
+    """Where the first string holding a NUL is ('frames[1]', 'options.layers'), or None."""
+    if isinstance(value, str):
+        return key if "\0" in value else None
+    if isinstance(value, dict):
+        items = ((f"{key}.{k}" if key else k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next(filter(None, (_nul_key(v, k) for k, v in items)), None)
+
+
+def _path(value) -> bool:
+    """A string that can name a file (the rest of a manifest is refused with its key)."""
+    return isinstance(value, str) and value != "" and "\0" not in value
+
+
+def _output(value, path: Path, where: str = "") -> str:
+    """`output`: a file's name; '.', '/' or 'out.tif/' name folders (Path drops the slash)."""
+    if not isinstance(value, str) or not value:
+        raise ManifestError(path, f"{where}'output' must be a file path")
+    if names_a_folder(value):
+        raise ManifestError(path, f"{where}'output' must name a file, not a folder ({value!r})")
+    return value
 
 
 def _string_list(manifest: dict, key: str, path: Path, required: bool = True) -> list[str] | None:
@@ -207,7 +246,7 @@ def _check_side_files(manifest: dict) -> None:
     side = [
         (key, Path(manifest[key]))
         for key in ("status_file", "progress_file", "pid_file")
-        if manifest.get(key)
+        if _path(manifest.get(key))
     ]
     opts = manifest.get("options")
     opts = opts if isinstance(opts, dict) else {}
@@ -215,7 +254,7 @@ def _check_side_files(manifest: dict) -> None:
     for entry in _batch_entries(manifest):  # a batch: every stack's inputs and outputs
         named += _named_files(entry, entry)
     coverage = manifest.get("coverage_map")
-    if isinstance(coverage, str) and coverage:
+    if _path(coverage):
         named.append(("coverage map", Path(coverage)))
     check_outputs(side, named, overwrite=True)
 
@@ -234,10 +273,10 @@ def _named_files(entry: dict, opts: dict) -> list[tuple[str, Path]]:
         ("input", Path(v))
         for key in ("frames", "sources", "files")
         for v in (entry.get(key) if isinstance(entry.get(key), list) else [])
-        if isinstance(v, str) and v
+        if _path(v)
     ]
     output = entry.get("output")
-    if isinstance(output, str) and output:
+    if _path(output) and not names_a_folder(output):
         for suffix in [Path(output).suffix] + [s for s, *_ in FORMATS.values()]:
             out = Path(output).with_suffix(suffix) if suffix else Path(output)
             named += [
@@ -256,12 +295,12 @@ def _retouch_outputs(entry: dict, opts: dict) -> list[tuple[str, Path]]:
 
     named = []
     layers = opts.get("layers")
-    if isinstance(layers, str) and layers:
+    if _path(layers):
         named.append(("layers", Path(layers)))
     folder = opts.get("aligned_frames")
     names = entry.get("sources") or entry.get("frames")
-    if isinstance(folder, str) and folder and isinstance(names, list):
-        names = [n for n in names if isinstance(n, str) and n]
+    if _path(folder) and isinstance(names, list):
+        names = [n for n in names if _path(n)]
         named += [("aligned frame", p) for p in aligned_frame_paths(folder, names)]
     return named
 
@@ -276,9 +315,7 @@ def _write_status(status_file: str | None, status) -> None:
 def _run_stack(manifest: dict, path: Path, progress, cancel) -> dict:
     frames = _string_list(manifest, "frames", path)
     sources = _string_list(manifest, "sources", path, required=False)
-    output = manifest.get("output")
-    if not isinstance(output, str) or not output:
-        raise ManifestError(path, "'output' must be a file path")
+    output = _output(manifest.get("output"), path)
     try:
         options, outputs = split_manifest_options(manifest.get("options"))
     except OptionError as exc:
@@ -520,9 +557,7 @@ def _batch_entry(entry, i: int, outputs, path: Path):
         raise ManifestError(path, f"{where}: {exc.problem}") from None
     if len(frames) < 2:
         raise ManifestError(path, f"{where}: 'frames' must name at least two files")
-    output = entry.get("output")
-    if not isinstance(output, str) or not output:
-        raise ManifestError(path, f"{where}: 'output' must be a file path")
+    output = _output(entry.get("output"), path, f"{where}: ")
     try:
         own = dataclasses.replace(outputs, **{k: entry.get(k) for k in _STACK_PATHS})
     except OptionError as exc:
@@ -719,11 +754,14 @@ def run_job(manifest_path: Path) -> int:
 
     status_file = None
     try:
-        manifest = load_manifest(manifest_path)
-        kind = manifest.get("kind", "stack")
-        runner = _RUNNERS[kind]  # load_manifest checked it
+        manifest = read_manifest(manifest_path)
+        # first the side files (so not even an error status lands on a photograph); from
+        # then on every failure ends in the status file, which a poller waits for
         _check_side_files(manifest)
-        status_file = manifest.get("status_file")
+        if _path(manifest.get("status_file")):
+            status_file = manifest["status_file"]
+        check_manifest(manifest, manifest_path)
+        runner = _RUNNERS[manifest.get("kind", "stack")]  # check_manifest checked it
         progress = JsonLines(sys.stdout, manifest.get("progress_file"))
         cancel_file = manifest.get("cancel_file")
         cancel = (lambda: os.path.exists(cancel_file)) if cancel_file else None

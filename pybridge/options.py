@@ -39,17 +39,21 @@ def option(
     minimum: int | None = None,
     cli: bool = True,
     metavar: str | None = None,
+    describe: str | None = None,
 ):
     """A dataclass field that knows how it is spelled everywhere.
 
     `choices` constrain values of their own type (reference: a name from the list, or any
     frame number); `flag`: the command-line spelling when it is not `--name-with-dashes`
     ("--no-x" turns a default-true switch off); `cli`: False for options the command line
-    spells differently or not at all; `metavar`: the placeholder in --help (DIR, FILE)."""
+    spells differently or not at all; `metavar`: the placeholder in --help (DIR, FILE);
+    `describe`: the schema's description when `help` says what a --no-x flag does (the
+    manifest says true or false, not the flag)."""
     return field(
         default=default,
         metadata={
             "help": help,
+            "describe": describe,
             "choices": tuple(choices),
             "flag": flag,
             "minimum": minimum,
@@ -191,7 +195,7 @@ class Options:
         for f in dataclasses.fields(cls):
             m, types = f.metadata, _types(f)
             prop: dict[str, Any] = {
-                "description": m["help"].replace("%%", "%"),
+                "description": (m["describe"] or m["help"]).replace("%%", "%"),
                 "default": f.default,
             }
             choices = m["choices"]
@@ -221,7 +225,14 @@ def nonnegative(text: str, what: str) -> float:
 
 
 def _megapixels(text: str) -> int:
-    return int(nonnegative(text, "a number of megapixels") * 10**6)
+    """--max-pixels MP in pixels. Checked here, not by argparse, whose refusal prints the
+    whole usage: one line naming the option instead."""
+    try:
+        return int(nonnegative(text, "megapixels") * 10**6)
+    except argparse.ArgumentTypeError:
+        raise OptionError(
+            "--max-pixels", f"must be a number of megapixels >= 0 (0: no limit), not {text!r}"
+        ) from None
 
 
 @dataclass
@@ -241,6 +252,8 @@ class StackOptions(Options):
         "skip alignment, for stacks that are already registered (microscope focus knob, "
         "previously aligned exports)",
         flag="--no-align",
+        describe="true (default): align the frames onto the reference frame; false: they are "
+        "registered already (microscope focus knob, previously aligned exports)",
     )
     align_model: str = option(
         "similarity",
@@ -266,12 +279,17 @@ class StackOptions(Options):
         "don't match brightness and colour between frames (on by default: it removes "
         "flicker from flash or LED light)",
         flag="--no-gain",
+        describe="true (default): match brightness and colour between frames, which removes "
+        "flicker from flash or LED light; false: take each frame's as it is",
     )
     halo_suppression: bool = option(
         True,
         "pyramid method only: let coarse pyramid levels choose by contrast too (classic "
         "PMax). Default is on, which avoids bright/dark halos around foreground edges",
         flag="--no-halo-suppression",
+        describe="true (default): pyramid method only: coarse pyramid levels follow the "
+        "full-resolution focus decision, which avoids bright/dark halos around foreground "
+        "edges; false: they choose by contrast too (classic PMax)",
     )
     noise_averaging: bool = option(
         True,
@@ -279,6 +297,9 @@ class StackOptions(Options):
         "sharp within the noise (on by default, those are averaged: flat areas come out "
         "less noisy than any single frame)",
         flag="--no-noise-averaging",
+        describe="true (default): where several frames are equally sharp within the noise, "
+        "average them (flat areas come out less noisy than any single frame); false: always "
+        "take the sharpest frame's detail",
     )
     crop: bool = option(
         False,
@@ -303,7 +324,6 @@ class StackOptions(Options):
         parser.add_argument(
             "--max-pixels",
             dest="max_pixels",
-            type=_megapixels,
             default=DEFAULT_MAX_PIXELS,
             metavar="MP",
             help="refuse frames larger than MP megapixels, checked from the file "
@@ -313,7 +333,10 @@ class StackOptions(Options):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StackOptions:
         opts = super().from_args(args)
-        return dataclasses.replace(opts, max_pixels=args.max_pixels)
+        pixels = args.max_pixels
+        return dataclasses.replace(
+            opts, max_pixels=_megapixels(pixels) if isinstance(pixels, str) else pixels
+        )
 
     @property
     def model(self) -> str:

@@ -33,6 +33,7 @@ from .layers import ORA_EXTENSIONS, OraWriter
 from .options import METHODS, StackOptions
 from .progress import silent
 from .retouch import (
+    ALIGNED_ROLE,
     AlignedFrames,
     aligned_frame_names,
     aligned_frame_paths,
@@ -609,10 +610,15 @@ def _write_aligned(
             else:
                 pixels = store.read(i, res.crop)
                 if aligned_temps:
-                    write_image(aligned_temps[i], pixels, bit_depth=16, icc=icc)
+                    write_image(aligned_temps[i], pixels, bit_depth=16, icc=icc, role=ALIGNED_ROLE)
                 if ora is not None:
+                    # two frames of one name (a/f.tif, b/f.tif): the layers say which is which
+                    which = f", frame {i}" if names.count(names[i]) > 1 else ""
                     ora.add_layer(
-                        f"{names[i]} (aligned)", pixels, visible=False, icc=icc if colour else None
+                        f"{names[i]} (aligned{which})",
+                        pixels,
+                        visible=False,
+                        icc=icc if colour else None,
                     )
                 del pixels
                 store.drop(i)

@@ -18,6 +18,7 @@ Engine code: no metadata here (the application layer copies tags through the hoo
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,12 +27,13 @@ import cv2
 import numpy as np
 import tifffile
 
-from .atomic import atomic_output, check_extension, check_outputs, scratch_file
+from .atomic import atomic_output, check_extension, check_outputs, file_path, scratch_file
 from .errors import FocusbridgeError, InputError, OutputError, StackError
-from .frames import Frame, read_frame
+from .frames import Frame, probe_frame, read_frame
 from .write import OUTPUT_EXTENSIONS, write_image
 
 ALIGNED_SUFFIX = "_aligned.tif"
+ALIGNED_ROLE = "aligned frame"  # in their Software: finding brackets leaves them out
 
 
 # ---------------------------------------------------------------------------- aligned frames
@@ -90,7 +92,7 @@ class AlignedFrames:
         self.temps[index] = temp = scratch_file(self.homes[index], "frame")
         self.icc[index] = icc
         try:
-            write_image(temp, pixels, bit_depth=16, icc=icc)
+            write_image(temp, pixels, bit_depth=16, icc=icc, role=ALIGNED_ROLE)
         except FocusbridgeError as exc:  # disk full: name the user's file, not the temp
             raise OutputError(
                 self.homes[index].parent, str(exc).replace(f"{temp}: ", "", 1)
@@ -158,9 +160,34 @@ def mask_weights(mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
         m = m.mean(axis=2, dtype=np.float32) if m.shape[2] > 1 else m[:, :, 0]
     m = np.clip(m, 0.0, 1.0)
     if feather > 0:
-        m = cv2.GaussianBlur(m, (0, 0), float(feather), borderType=cv2.BORDER_REPLICATE)
-        m = np.clip(m, 0.0, 1.0)
+        m = np.clip(_gaussian(m, float(feather)), 0.0, 1.0)
     return np.ascontiguousarray(m, dtype=np.float32)
+
+
+# A Gaussian of sigma s costs O(s) a pixel (its kernel is 8 s wide). Wider feathers blur a copy
+# reduced by s / 8 (area average), at sigma 8, and scale it back up (linear): the same smooth
+# curve, to within a few thousandths, at a fixed cost; it reaches about 4.25 s instead of 4 s.
+_DIRECT_SIGMA = 16.0
+_REDUCED_SIGMA = 8.0
+
+
+def _gaussian(m: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= _DIRECT_SIGMA:
+        return cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    h, w = m.shape
+    k = sigma / _REDUCED_SIGMA
+    small_w, small_h = max(1, round(w / k)), max(1, round(h / k))
+    small = cv2.resize(m, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    sigma_x, sigma_y = sigma * small_w / w, sigma * small_h / h  # each axis's own reduction
+    small = cv2.GaussianBlur(
+        small, (0, 0), sigma_x, sigmaY=sigma_y, borderType=cv2.BORDER_REPLICATE
+    )
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def feather_limit(height: int, width: int) -> int:
+    """The widest feather, in px: the image's diagonal (the mask is nearly flat by then)."""
+    return math.ceil(math.hypot(height, width))
 
 
 def paint(result: np.ndarray, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -203,7 +230,8 @@ def retouch(
     images are 8-bit; JPEG is always 8). The result's ICC profile is kept.
     `before_commit(temp)`: called with the written temp file before it takes its name (the
     application layer copies the result's metadata there)."""
-    result, frame, mask, output = (Path(os.fsdecode(p)) for p in (result, frame, mask, output))
+    output = file_path(output)
+    result, frame, mask = (Path(os.fsdecode(p)) for p in (result, frame, mask))
     if not feather >= 0 or feather == float("inf"):
         raise StackError(f"--feather must be a number of pixels >= 0, not {feather}")
     check_extension(output, OUTPUT_EXTENSIONS, "output")
@@ -212,6 +240,13 @@ def retouch(
         [("result", result), ("frame", frame), ("mask", mask)],
         overwrite,
     )
+    size = probe_frame(result, max_pixels=max_pixels)
+    limit = feather_limit(size.height, size.width)
+    if feather > limit:
+        raise StackError(
+            f"--feather {feather:g} is more than the result's diagonal, {limit} px, the most "
+            "a feather can soften"
+        )
     base = read_frame(result, max_pixels=max_pixels)
     src = read_frame(frame, max_pixels=max_pixels)
     drawn = read_frame(mask, max_pixels=max_pixels)

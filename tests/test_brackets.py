@@ -376,6 +376,9 @@ def stacked_shoot(tmp_path_factory):
         confidence_map=folder / "j_confidence.jpg",
         aligned_frames=folder / "aligned",
     )
+    # aligned frames written three ways: moved as kept, cropped (written again), no metadata
+    stack(frames, None, aligned_frames=folder / "aligned_cropped", crop=True, metadata=False)
+    stack(frames, None, aligned_frames=folder / "aligned_plain", metadata=False)
     for ext in ("tif", "png", "jpg"):
         check_bracket(frames, coverage_map=folder / f"coverage.{ext}")
     return folder, names(frames)
@@ -403,12 +406,13 @@ def test_what_focusbridge_wrote_is_left_out(stacked_shoot, how, monkeypatch):
     for name, reason in reasons.items():
         what = OURS_REASONS[name.split("_")[-1].split(".")[0]]
         assert reason == f"{what} (focusbridge {__version__}), not a frame", name
-    # aligned frames carry the mark of a result (pipeline.py and retouch.py write them
-    # without a role): left out all the same
-    aligned = detect([folder / "aligned"], by_folder=True)
-    assert aligned.brackets == [] and {u.reason for u in aligned.unassigned} == {
-        f"a stacked result (focusbridge {__version__}), not a frame"
-    }
+    # aligned frames say what they are, with the metadata merge's Software or without it
+    for name in ("aligned", "aligned_cropped", "aligned_plain"):
+        aligned = detect([folder / name], by_folder=True)
+        assert aligned.brackets == [] and len(aligned.unassigned) == 3, name
+        assert {u.reason for u in aligned.unassigned} == {
+            f"an aligned frame of a stack (focusbridge {__version__}), not a frame"
+        }, name
 
 
 # -- RAW + JPEG: one shot, two files ------------------------------------------------------

@@ -395,3 +395,146 @@ def test_without_exiftool_stack_says_how_to_install_and_no_metadata_still_works(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+# -- what a frame holds and what it is: said in one line, as a frame ------------------------
+
+
+@pytest.fixture(scope="module")
+def float_frames(tmp_path_factory):
+    """Three 32-bit float TIFFs of one bracket (scene-linear exports), 0..1."""
+    folder = tmp_path_factory.mktemp("float")
+    b = make_bracket(3, (120, 160), seed=1)
+    paths = [folder / f"f{i}.tif" for i in range(3)]
+    for path, frame in zip(paths, b.frames, strict=True):
+        tifffile.imwrite(path, frame.astype(np.float32), photometric="rgb")
+    return paths
+
+
+def test_a_frame_with_samples_that_are_not_numbers_is_refused(tmp_path, float_frames):
+    """A NaN patch became a black square that won the fusion (a 0 stood in for it)."""
+    frames = [Path(shutil.copy(f, tmp_path)) for f in float_frames]
+    data = tifffile.imread(frames[2])
+    data[50:60, 70:80] = np.nan
+    tifffile.imwrite(frames[2], data, photometric="rgb")
+    done = run("stack", *frames, "-o", tmp_path / "out.tif")
+    assert done.stderr == (
+        f"focusbridge: error: {frames[2]}: 300 samples are not numbers (NaN/Inf); fix the export\n"
+    )
+    assert done.returncode == 1 and _leftovers(tmp_path) == ["f0.tif", "f1.tif", "f2.tif"]
+
+
+def test_float_frames_over_1_are_said_once_per_file(tmp_path, float_frames):
+    frames = [Path(shutil.copy(f, tmp_path)) for f in float_frames]
+    for f in frames[1:]:
+        tifffile.imwrite(f, tifffile.imread(f) * 2, photometric="rgb")
+    done = run("stack", *frames, "-o", tmp_path / "out.tif", "--progress", "none")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, lines
+    for f, line in zip(frames[1:], lines, strict=True):
+        assert line.startswith(f"focusbridge: warning: {f}: ") and "above 1.0" in line, line
+        assert line.endswith("the result clips them to 1"), line
+
+
+def _not_a_file(kind: str, folder: Path) -> Path:
+    if kind == "missing":
+        return folder / "nope.tif"
+    if kind == "folder":
+        (folder / "dir.tif").mkdir()
+        return folder / "dir.tif"
+    if kind == "fifo":
+        os.mkfifo(folder / "pipe.tif")
+        return folder / "pipe.tif"
+    return Path("/dev/zero")
+
+
+_NOT_A_FILE = {
+    "missing": "no such file",
+    "folder": "is not a regular file (a folder); give image files only",
+    "fifo": "is not a regular file (a named pipe); give image files only",
+    "device": "is not a regular file (a device); give image files only",
+}
+
+
+@pytest.mark.parametrize("kind", list(_NOT_A_FILE))
+def test_a_frame_that_is_no_file_is_named_as_a_frame(tmp_path, test_data, kind):
+    """It was called a missing "metadata source" when metadata was wanted (the frames are
+    their own metadata sources); the same line with --no-metadata and in run-job's status."""
+    frames = [Path(shutil.copy(test_data / "camera-metadata" / "Canon.jpg", tmp_path / "a.jpg"))]
+    frames.append(_not_a_file(kind, tmp_path))
+    out = tmp_path / "out" / "o.tif"
+    out.parent.mkdir()
+    expected = f"focusbridge: error: {frames[1]}: {_NOT_A_FILE[kind]}\n"
+    for extra in ([], ["--no-metadata"]):
+        done = run("stack", *frames, "-o", out, *extra, timeout=60)
+        assert (done.returncode, done.stderr) == (1, expected), extra
+    manifest = tmp_path / "job.json"
+    st = tmp_path / "out" / "status.json"
+    manifest.write_text(
+        json.dumps({"frames": list(map(str, frames)), "output": str(out), "status_file": str(st)})
+    )
+    done = run("run-job", manifest, timeout=60)
+    assert (done.returncode, done.stderr) == (1, expected)
+    assert json.loads(st.read_text())["error"] == expected[len("focusbridge: error: ") : -1]
+    assert _leftovers(out.parent) == ["status.json"]
+
+
+@pytest.mark.parametrize(
+    "name, libraw_said",
+    [("Nikon.nef", "data corrupted at 1378"), ("FujiFilm.raf", "Unexpected end of file")],
+)
+def test_a_broken_raw_gives_our_line_only(tmp_path, test_data, name, libraw_said):
+    """LibRaw prints its own complaint from C (`unknown file: data corrupted at 1378`): the
+    command says one line, its own, with what LibRaw said in it. (Both files have intact
+    headers and no full image data.)"""
+    ext = Path(name).suffix
+    frames = [tmp_path / f"a{ext}", tmp_path / f"b{ext}"]
+    for f in frames:
+        shutil.copy(test_data / "camera-metadata" / name, f)
+    done = run("stack", *frames, "-o", tmp_path / "out.tif", "--no-metadata")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "unknown file" not in done.stderr, done.stderr
+    assert done.stderr.startswith("focusbridge: error: "), done.stderr
+    assert "not a readable RAW file (LibRaw: " in done.stderr and libraw_said in done.stderr
+    assert _leftovers(tmp_path) == sorted(f.name for f in frames)
+
+
+# -- names that name no file, and values argparse would answer with its usage --------------
+
+
+@pytest.mark.parametrize(
+    "output, problem",
+    [
+        (" ", "' ': unsupported result format"),
+        ("out.tif/", "out.tif/: names a folder, not a file"),
+        (".", ".: names a folder, not a file"),
+        ("", "'': names a folder, not a file"),
+    ],
+)
+def test_output_names_that_name_no_file(tmp_path, bracket_files, output, problem):
+    done = run("stack", *bracket_files[:2], "-o", output, "--no-metadata", cwd=tmp_path)
+    _assert_one_line_error(done, problem)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_line_break_in_a_name_is_shown_escaped(tmp_path, bracket_files):
+    missing = tmp_path / "two\nlines.tif"
+    done = run("stack", bracket_files[0], missing, "-o", tmp_path / "o.tif")
+    _assert_one_line_error(done, f"{tmp_path}/two\\nlines.tif: no such file")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "many"])
+def test_max_pixels_out_of_range_is_one_line(tmp_path, bracket_files, value):
+    done = run("stack", *bracket_files[:2], "-o", tmp_path / "o.tif", "--max-pixels", value)
+    _assert_one_line_error(done, "--max-pixels", repr(value))
+    assert "usage" not in done.stderr and _leftovers(tmp_path) == []
+
+
+def test_demo_output_dir_must_be_a_folder(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    done = run("demo", "--output-dir", "afile", cwd=tmp_path)
+    _assert_one_line_error(done, "afile: is not a folder")
+    done = run("demo", "--output-dir", "", cwd=tmp_path)
+    _assert_one_line_error(done, "--output-dir")
+    assert _leftovers(tmp_path) == ["afile"]

@@ -362,19 +362,40 @@ def test_palette_tiff(tmp_path):
 
 
 @pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
-def test_float_tiff_keeps_values_and_removes_nan(tmp_path, dtype):
+def test_float_tiff_keeps_values_and_says_when_they_go_over_1(tmp_path, dtype):
     data = np.linspace(0, 1.5, 48 * 64 * 3).reshape(48, 64, 3).astype(dtype)
-    data[0, 0, 0] = np.nan
-    data[0, 1, 0] = np.inf
     path = tmp_path / 'float.tif'
     tifffile.imwrite(path, data, photometric='rgb')
     frame = read_frame(path)
     assert frame.bit_depth == 32 and frame.pixels.dtype == np.float32
-    assert np.isfinite(frame.pixels).all()
-    assert frame.pixels[0, 0, 0] == 0.0 and frame.pixels[0, 1, 0] == 1.0
-    np.testing.assert_allclose(frame.pixels[1:], data[1:].astype(np.float32), rtol=1e-3)
-    assert frame.pixels.max() > 1.4  # headroom kept, not clipped
+    np.testing.assert_allclose(frame.pixels, data.astype(np.float32), rtol=1e-3)
+    assert frame.pixels.max() > 1.4  # headroom kept for the fusion, not clipped here
+    over = int((data.astype(np.float32) > 1 + 0.5 / 65535).sum())
+    assert frame.warnings == [
+        f'{path}: {over} samples are above 1.0 (up to 1.5); the result clips them to 1'
+    ]
     assert probe_frame(path) == FrameInfo(48, 64, 3, 32, 'tiff')
+    tifffile.imwrite(path, np.clip(data, 0, 1), photometric='rgb')
+    assert read_frame(path).warnings == []  # 0..1: nothing to say
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_float_samples_that_are_not_numbers_are_refused(tmp_path, bad):
+    """No number stands in for NaN or infinity: a 0 in every frame is a black patch that
+    wins the fusion (and captures the alignment). The frame is refused, naming the count."""
+    data = np.full((48, 64, 3), 0.5, np.float32)
+    data[10:20, 30:40] = bad
+    path = tmp_path / 'float.tif'
+    tifffile.imwrite(path, data, photometric='rgb')
+    with pytest.raises(InputError) as err:
+        read_frame(path)
+    assert str(err.value) == f'{path}: 300 samples are not numbers (NaN/Inf); fix the export'
+    with pytest.raises(InputError) as err:
+        read_frame_small(path, 16)
+    assert str(err.value) == f'{path}: 300 samples are not numbers (NaN/Inf); fix the export'
+    with pytest.raises(InputError) as err:
+        frame_from_array(data)
+    assert str(err.value) == '<array>: 300 samples are not numbers (NaN/Inf)'
 
 
 def test_tiff_icc_is_read(tmp_path, icc_profile):
@@ -556,10 +577,8 @@ def small_cases(tmp_path: Path) -> dict[str, Path]:
         photometric='rgb',
         planarconfig='separate',
     )
-    out['tiff float nan'] = tmp_path / 'float.tif'
-    data = img * 1.5
-    data[0, 0, 0] = np.nan
-    tifffile.imwrite(out['tiff float nan'], data, photometric='rgb')
+    out['tiff float'] = tmp_path / 'float.tif'
+    tifffile.imwrite(out['tiff float'], img * 1.5, photometric='rgb')
     out['tiff palette'] = tmp_path / 'palette.tif'
     colormap = np.zeros((3, 256), np.uint16)
     colormap[:, :4] = [[0, 65535, 0, 13107], [0, 0, 65535, 26214], [0, 0, 0, 39321]]

@@ -502,3 +502,41 @@ def test_write_errors_name_the_users_file_not_the_temp_file(tmp_path, frames, mo
     assert "stacked_depth.tif: No space left on device" in str(err.value)
     assert ".partial-" not in str(err.value)
     assert listing(tmp_path) == []
+
+
+# -- 11. long names: temp names fit wherever the name itself does ----------------------------
+
+
+def test_names_up_to_the_limit_work_with_metadata_and_overwrite(tmp_path, frames, test_data):
+    """A 255-byte name (the most a file system takes) was refused: its temp name
+    `.<stem>.partial-<pid>-<hex>.tif`, and exiftool's names made from that, are longer."""
+    cams = copy_camera_files(test_data, tmp_path / "cam", ["Canon.jpg"])
+    out = tmp_path / ("ä" * 125 + "x.tif")  # multi-byte characters: the limit is in bytes
+    assert len(os.fsencode(out.name)) == 255
+    for again in ([], ["--overwrite"]):
+        done = run("stack", *frames, "-o", out, "--sources", *[cams / "Canon.jpg"] * 4, *again)
+        assert done.returncode == 0, done.stderr
+    assert listing(tmp_path) == ["cam", out.name]
+    make = subprocess.run(["exiftool", "-s3", "-Make", str(out)], capture_output=True, text=True)
+    assert make.stdout.strip() == "Canon"
+    too_long = tmp_path / ("ä" * 126 + ".tif")
+    one_line_error(run("stack", *frames, "-o", too_long), f"{too_long}: file name too long")
+    assert listing(tmp_path) == ["cam", out.name]
+
+
+def test_temps_of_a_long_name_and_what_tools_make_of_them_are_removed(tmp_path):
+    from pybridge.atomic import atomic_outputs, replaced
+
+    out = tmp_path / ("b" * 251 + ".tif")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_outputs([out]) as (temp,):
+            temp.write_bytes(b"result")
+            with replaced(temp, "fbmeta") as derived:  # the metadata merge's copy
+                derived.write_bytes(b"tags")
+                # exiftool edits in place through `<name>_exiftool_tmp`
+                Path(f"{derived}_exiftool_tmp").write_bytes(b"edit")
+                assert listing(tmp_path) == sorted(
+                    [temp.name, derived.name, f"{derived.name}_exiftool_tmp"]
+                )
+                raise KeyboardInterrupt
+    assert listing(tmp_path) == []

@@ -190,13 +190,12 @@ def test_batch_stacks_each_reports_each_and_a_failure_stops_nothing(tmp_path, br
     done = run(manifest)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == (
-        f"focusbridge: error: {tmp_path / 'gone.tif'}: no such file (metadata source)"
+        f"focusbridge: error: {tmp_path / 'gone.tif'}: no such file"  # a frame, not a source
     )
     st = status(tmp_path / "job")
     assert st["ok"] is False and st["cancelled"] is False and st["stacked"] == 2
     assert st["error"] == (
-        f"1 of 3 stacks failed; first: stacks[1]: {tmp_path / 'gone.tif'}: "
-        "no such file (metadata source)"
+        f"1 of 3 stacks failed; first: stacks[1]: {tmp_path / 'gone.tif'}: no such file"
     )
     r0, r1, r2 = st["results"]
     assert r0["ok"] and r0["output"] == str(out / "b0_stacked.tif")
@@ -430,3 +429,81 @@ def test_unknown_kind_names_them_all(tmp_path):
     one_line_error(
         run(manifest), "unknown job kind 'retouch' (stack, lens, brackets, batch or check)"
     )
+
+
+# -- a manifest that cannot run: one line naming it and the key, and the status file ---------
+
+
+def _raw_job(work: Path, manifest: dict) -> Path:
+    """The manifest as given (no schema check: some of these are schema-valid JSON)."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "manifest.json"
+    path.write_text(json.dumps({"status_file": str(work / "status.json"), **manifest}))
+    return path
+
+
+_FRAMES = {"frames": ["a.tif", "b.tif"]}
+
+
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ({**_FRAMES, "output": "o.tif", "bogus": 1}, "unknown key(s) for a stack job: bogus"),
+        ({**_FRAMES, "output": "o.tif", "version": 2}, "unsupported manifest version 2"),
+        ({**_FRAMES, "output": "o.tif", "kind": "zz"}, "unknown job kind 'zz'"),
+        ({**_FRAMES, "output": "o.tif", "pid_file": 5}, "'pid_file' must be a file path or null"),
+        ({**_FRAMES, "output": "."}, "'output' must name a file, not a folder ('.')"),
+        ({**_FRAMES, "output": "/"}, "'output' must name a file, not a folder ('/')"),
+        ({**_FRAMES, "output": "o.tif/"}, "'output' must name a file, not a folder ('o.tif/')"),
+        ({**_FRAMES, "output": "o\0.tif"}, "'output' holds a NUL character"),
+        ({"frames": ["a.tif", "b\0.tif"], "output": "o.tif"}, "'frames[1]' holds a NUL"),
+        (
+            {**_FRAMES, "output": "o.tif", "options": {"layers": "l\0.ora"}},
+            "'options.layers' holds a NUL",
+        ),
+        (
+            {"kind": "batch", "stacks": [{**_FRAMES, "output": "."}]},
+            "stacks[0]: 'output' must name a file, not a folder ('.')",
+        ),
+    ],
+)
+def test_a_manifest_that_cannot_run_says_so_in_its_status(tmp_path, manifest, problem):
+    """Every failure once the status file is known to be usable ends in the status file: the
+    darktable plugin polls for it (unknown keys, a bad version or kind exited without one;
+    '.', '/', NUL were internal errors)."""
+    path = _raw_job(tmp_path, manifest)
+    done = run(path)
+    one_line_error(done, f"{path}: ", problem)
+    assert "internal error" not in done.stderr
+    assert status(tmp_path) == {
+        "ok": False,
+        "output": None,
+        "error": done.stderr.strip().removeprefix("focusbridge: error: "),
+        "cancelled": False,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "status.json"]
+
+
+def test_a_manifest_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text("[" * 100_000)
+    one_line_error(run(path), f"{path}: not a readable JSON job manifest (nested too deeply)")
+    path.write_text(json.dumps({**_FRAMES, "output": "o.tif", "status_file": "s\0.json"}))
+    one_line_error(run(path), f"{path}: 'status_file' holds a NUL character")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_the_schema_says_what_true_means_for_switches_that_are_on_by_default():
+    """The command line's help of --no-gain says what the flag does ("don't match ..."); as
+    the description of `"match_gain": true` it read backwards."""
+    from pybridge.options import StackOptions
+
+    for options in (
+        SCHEMA["oneOf"][0]["properties"]["options"],
+        SCHEMA["oneOf"][3]["properties"]["options"],
+    ):
+        props = options["properties"]
+        for name in ("align", "match_gain", "halo_suppression", "noise_averaging"):
+            assert props[name]["description"].startswith("true (default): "), name
+            assert "; false: " in props[name]["description"], name
+    assert StackOptions.schema()["properties"]["crop"]["description"].startswith("crop to")

@@ -201,3 +201,14 @@ def test_command_line_layers_only(tmp_path, bracket_files):
     assert names[:2] == ["stacked (depthmap)", "stacked (pyramid)"]
     fractions = [json.loads(line)["fraction"] for line in done.stdout.splitlines()]
     assert fractions == sorted(fractions)
+
+
+def test_frames_of_one_name_give_layers_of_distinct_names(tmp_path, bracket_files):
+    """a/f.tif and b/f.tif were two layers both named "f (aligned)"."""
+    frames = [tmp_path / "a" / "f.tif", tmp_path / "a" / "g.tif", tmp_path / "b" / "f.tif"]
+    for frame, source in zip(frames, bracket_files, strict=False):
+        frame.parent.mkdir(exist_ok=True)
+        frame.write_bytes(source.read_bytes())
+    stack(frames, layers=tmp_path / "out.ora")
+    names = [layer.name for layer in Project.load(str(tmp_path / "out.ora")).children]
+    assert names[3:] == ["f (aligned, frame 0)", "g (aligned)", "f (aligned, frame 2)"]

@@ -202,3 +202,48 @@ def test_eight_bit_jpeg_output(tmp_path, stacked):
     assert img.dtype == np.uint8 and img.shape[:2] == res.image.shape[:2]
     assert not math.isnan(float(img.mean()))
     assert Path(out).stat().st_size > 0
+
+
+def test_feather_beyond_the_diagonal_is_refused_in_one_line(tmp_path, stacked):
+    """--feather 1e9 was an OpenCV assertion, 5e7 std::bad_alloc, 1e6 16 GB and minutes deaf
+    to SIGTERM: a Gaussian of sigma s costs O(s) a pixel. The image's diagonal is the most a
+    feather can soften (the mask is nearly flat by then)."""
+    folder, res = stacked
+    h, w = res.image.shape[:2]
+    limit = math.ceil(math.hypot(h, w))
+    args = ["--from", res.aligned_frame_paths[0], "--mask", folder / "mask.png"]
+    for feather in ("1e9", "5e7", "1e6", str(limit + 1)):
+        out = tmp_path / "o.tif"
+        done = run(
+            "retouch", folder / "stacked.tif", *args, "--feather", feather, "-o", out, timeout=60
+        )
+        one_line_error(done, f"--feather {float(feather):g} is more than", f"{limit} px")
+    assert list(tmp_path.iterdir()) == []
+    done = run("retouch", folder / "stacked.tif", *args, "--feather", str(limit), "-o", out)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_wide_feather_is_a_gaussian_at_the_cost_of_a_narrow_one():
+    """Feathers over 16 px blur a reduced copy of the mask: close to the full Gaussian, zero
+    where it cannot reach (the result kept bit for bit there), and a sigma of the diagonal
+    costs what a narrow one does (in a child: the full-size blur would take minutes)."""
+    mask = np.zeros((500, 800), np.float32)
+    cv2.ellipse(mask, (400, 250), (60, 40), 0, 0, 360, 1.0, -1)
+    for sigma in (17.0, 40.0):
+        r = math.ceil(4.5 * sigma)  # a separable blur reaches a square
+        far = cv2.dilate(mask, np.ones((2 * r + 1, 2 * r + 1), np.uint8)) == 0
+        want = cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+        got = mask_weights(mask, sigma)
+        assert got.shape == mask.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() < 0.01, sigma
+        assert (got[far] == 0).all() and far.sum() > 0.2 * far.size, sigma
+    code = (
+        "import time, numpy as np; from pybridge.retouch import mask_weights; "
+        "m = np.zeros((3000, 4000), np.float32); m[1000:2000, 1500:2500] = 1; "
+        "t = time.perf_counter(); w = mask_weights(m, 5000.0); "
+        "assert w.shape == m.shape and 0 <= w.min() < w[1500, 2000] <= 1; "
+        "print(time.perf_counter() - t)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 5.0
