@@ -166,9 +166,14 @@ def open_exiftool(executable: str | None = None) -> Iterator[ExifToolHelper]:  #
         check_execute=False,
         check_tag_names=False,
     )
+    from exiftool.exceptions import ExifToolNotRunning
+
     try:
-        et.run()
-    except (_Eof, BrokenPipeError, RuntimeError) as e:  # started, then died
+        with warnings.catch_warnings():  # pyexiftool warns (multi-line) when it finds it dead
+            warnings.simplefilter('ignore')
+            et.run()
+    # started, then died: at the version request, or before it (then pyexiftool finds it dead)
+    except (_Eof, BrokenPipeError, RuntimeError, ExifToolNotRunning) as e:
         raise _stopped(et) from e
     except OSError as e:  # not there, not executable
         raise ExiftoolMissing(f'{INSTALL_HINT} ({exe}: {one_line(e)})') from e
