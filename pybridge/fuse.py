@@ -26,6 +26,7 @@ Both track the depth map (index of the sharpest frame) and a confidence map.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -233,7 +234,7 @@ class FrameDifferences:
     def __init__(self, statistics):
         self.statistics = statistics  # (grey difference, its valid mask) -> statistic maps
         self.kept: tuple[int, np.ndarray, np.ndarray | None] | None = None
-        self.first: list[np.ndarray] | None = None
+        self.first: list[tuple[np.ndarray, float]] | None = None  # the first pair's maps
         self.seen = 0
 
     def observe(
@@ -246,28 +247,38 @@ class FrameDifferences:
             return None
         self.seen += 1
         if self.kept is None or abs(self.kept[0] - index) != 1:  # the first frame of a pair
-            grey = _grey(pixels)
-            self.kept = (
-                index,
-                grey.copy() if grey.base is not None else grey,
-                None if valid is None else valid.copy(),
-            )
+            # half precision: its rounding (2.4e-4 at most) is far below any frame's noise
+            self.kept = (index, _grey(pixels).astype(np.float16), valid)
             return None
-        _, first, first_valid = self.kept
+        _, kept, first_valid = self.kept
         self.kept = None
-        d = cv2.subtract(first, _grey(pixels), dst=first)
+        d = cv2.subtract(kept.astype(np.float32), _grey(pixels))
+        del kept
         cv2.multiply(d, math.sqrt(0.5), dst=d)
         both = first_valid if valid is None else valid
         if first_valid is not None and valid is not None:
             both = cv2.bitwise_and(first_valid, valid)
-        maps = self.statistics(d, both)
+        maps = self.statistics(d, both)  # one at a time: memory is the budget
         if self.first is None:
-            self.first = maps
+            self.first = [_half(u) for u in maps]
             return None
-        estimates = [_quiet_blocks(a, b) for a, b in zip(self.first, maps, strict=True)]
-        self.first = None
+        first, self.first = self.first, None
         self.seen = self.LOOK  # done
-        return estimates
+        return [_quiet_blocks(_single(*h), u) for h, u in zip(first, maps, strict=True)]
+
+
+def _half(u: np.ndarray) -> tuple[np.ndarray, float]:
+    """A statistic map kept in half precision (a quarter of a frame's size instead of half),
+    scaled by a power of two (exact) so that its typical value sits where float16 is finest;
+    what it does not cover becomes -inf."""
+    typical = np.median(u[u > 0]) if np.any(u > 0) else 1.0
+    scale = 2.0 ** -round(math.log2(typical))
+    with np.errstate(over="ignore"):  # _NONE: -inf is as far out of every tie
+        return (u * np.float32(scale)).astype(np.float16), scale
+
+
+def _single(half: np.ndarray, scale: float) -> np.ndarray:
+    return half.astype(np.float32) * np.float32(1 / scale)
 
 
 def _noise_aware(
@@ -475,14 +486,16 @@ class _Fuser:
                         select.retie(old, ties.threshold)
         return self.focus.update(index, focus, valid)
 
-    def _statistics(self, grey: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
+    def _statistics(self, grey: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
         """Every noise-aware statistic of a grey picture (focus measure first), as the
-        fusion computes them on a frame; `_NONE` where `valid` is not wholly inside."""
+        fusion computes them on a frame; `_NONE` where `valid` is not wholly inside. One at a
+        time (memory); `grey` may be overwritten."""
         f = aligned_focus_measure(grey.reshape(*grey.shape, 1), valid, self.window_sigma)
         outside = f < 0  # pushed down where the frames have no data
         u = cv2.sqrt(cv2.max(f, 0.0, dst=f), dst=f)
         u[outside] = _NONE
-        return [u]
+        del outside
+        yield u
 
     def _noise_states(self) -> list[tuple[TieSpread, SoftSelect]]:
         """The (TieSpread, SoftSelect) of each statistic, in _statistics' order."""
@@ -562,15 +575,14 @@ class PyramidFuser(_Fuser):
         self.ties = [TieSpread(frame_count) for _ in range(self.contrast_levels)]
 
     def _statistics(self, grey, valid):
-        maps = super()._statistics(grey, valid)
+        yield from super()._statistics(grey, valid)
         levels = _laplacian_levels(grey, self.contrast_levels, reuse=True)
         masks = _gaussian_levels(valid, self.contrast_levels) if valid is not None else None
         for _ in range(self.contrast_levels):
             u = self._local_contrast(next(levels))
             if masks is not None:
                 u[next(masks) < 255] = _NONE
-            maps.append(u)
-        return maps
+            yield u
 
     def _noise_states(self):
         return super()._noise_states() + list(zip(self.ties, self.select, strict=True))

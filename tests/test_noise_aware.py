@@ -92,7 +92,7 @@ def test_noise_is_measured_on_frame_differences_not_on_blurred_texture(method):
 
     def pure_noise_statistics():
         noise = rng.normal(0.5, sigma, (h, w, 3)).astype(np.float32)
-        return fuser._statistics(cv2.cvtColor(noise, cv2.COLOR_RGB2GRAY), None)
+        return list(fuser._statistics(cv2.cvtColor(noise, cv2.COLOR_RGB2GRAY), None))
 
     first, second = pure_noise_statistics(), pure_noise_statistics()
     truth = [_quiet_blocks(a, b) for a, b in zip(first, second, strict=True)]
