@@ -231,18 +231,20 @@ class FrameDifferences:
     PAIRS = 2
     LOOK = 6  # frames to find the pairs in: then TieSpread's estimate stays
 
-    def __init__(self, statistics):
-        self.statistics = statistics  # (grey difference, its valid mask) -> statistic maps
+    def __init__(self):
         self.kept: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.first: list[tuple[np.ndarray, float]] | None = None  # the first pair's maps
         self.seen = 0
 
     def observe(
-        self, index: int, pixels: np.ndarray, valid: np.ndarray | None
+        self, index: int, pixels: np.ndarray, valid: np.ndarray | None, statistics
     ) -> list[tuple[float, float] | None] | None:
         """Feed frames in fusion order (`index`: the frame's place in the bracket); returns
         each statistic's (spread, floor) once, when the second pair is complete (None for a
-        statistic with too few quiet blocks)."""
+        statistic with too few quiet blocks). `statistics(grey difference, its valid mask)`
+        yields the maps (passed in, not kept: a fuser holding this, holding its method, would
+        be a reference cycle, and its frame-sized state would wait for the garbage
+        collector)."""
         if self.seen >= self.LOOK:
             return None
         self.seen += 1
@@ -258,7 +260,7 @@ class FrameDifferences:
         both = first_valid if valid is None else valid
         if first_valid is not None and valid is not None:
             both = cv2.bitwise_and(first_valid, valid)
-        maps = self.statistics(d, both)  # one at a time: memory is the budget
+        maps = statistics(d, both)  # one at a time: memory is the budget
         if self.first is None:
             self.first = [_half(u) for u in maps]
             return None
@@ -454,7 +456,7 @@ class _Fuser:
         self.frames = 0
         self.differences = None
         if noise_aware and (frame_count or 0) >= 2 * FrameDifferences.PAIRS:
-            self.differences = FrameDifferences(self._statistics)
+            self.differences = FrameDifferences()
 
     def add(
         self,
@@ -477,7 +479,7 @@ class _Fuser:
         """Fold in one frame's focus measure; returns the frame's weights for fold().
         `pixels`: the frame (the first ones measure the noise, FrameDifferences)."""
         if self.differences is not None:
-            estimates = self.differences.observe(index, pixels, valid)
+            estimates = self.differences.observe(index, pixels, valid, self._statistics)
             if estimates is not None:
                 for (ties, select), estimate in zip(self._noise_states(), estimates, strict=True):
                     if estimate is not None:

@@ -121,6 +121,27 @@ def test_noise_pairs_are_neighbours_in_the_bracket():
     calls = []
     for index in chain_order(5, 2):
         frame = rng.normal(0.5, 0.02, (96, 128, 3)).astype(np.float32)
-        calls.append(fuser.differences.observe(index, frame, None))
+        calls.append(fuser.differences.observe(index, frame, None, fuser._statistics))
     assert calls[:4] == [None] * 4
     assert calls[4] is not None and all(e is not None for e in calls[4])
+
+
+@pytest.mark.parametrize("method", ["pyramid", "depthmap"])
+def test_a_fuser_is_freed_as_soon_as_it_is_dropped(method):
+    """No reference cycle keeps a fuser's frame-sized state waiting for the garbage collector:
+    a batch worker stacking bracket after bracket grew by a fuser's state per bracket."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(4)
+    gc.disable()
+    try:
+        fuser = make_fuser(method, (64, 96), 3, frame_count=6)
+        for index in chain_order(6, 3):
+            fuser.add(index, rng.normal(0.5, 0.02, (64, 96, 3)).astype(np.float32))
+        fuser.finish()
+        alive = weakref.ref(fuser)
+        del fuser
+        assert alive() is None
+    finally:
+        gc.enable()
