@@ -343,12 +343,7 @@ class _FocusTracker:
         self.depth[wins > 0] = index
         if self.ties is None:
             return np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
-        u = cv2.max(f, 0.0)
-        cv2.sqrt(u, dst=u)
-        outside = None
-        if valid is not None:
-            outside = cv2.compare(f, 0.0, cv2.CMP_LT)
-            u[outside > 0] = _NONE
+        u, outside = _focus_statistic(f, valid is not None)
         return self.soft.update(*_noise_aware(u, outside, self.ties, FOCUS_SPREAD))
 
     def confidence(self) -> np.ndarray:
@@ -359,6 +354,22 @@ class _FocusTracker:
         np.add(best, 1e-12, out=best)
         np.divide(conf, best, out=conf)
         return np.clip(conf, 0, 1, out=conf)
+
+
+def _focus_statistic(
+    f: np.ndarray, partial: bool, in_place: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sharpness statistic of a focus measure (aligned_focus_measure): its square root,
+    which noise raises as it raises a level's RMS contrast. `partial`: the frame does not
+    cover every pixel; where it does not (the measure was pushed below 0) the statistic is
+    _NONE, and that uint8 mask is returned too (None otherwise). `in_place`: `f` may be
+    overwritten."""
+    outside = cv2.compare(f, 0.0, cv2.CMP_LT) if partial else None
+    u = cv2.max(f, 0.0, dst=f if in_place else None)
+    cv2.sqrt(u, dst=u)
+    if outside is not None:
+        u[outside > 0] = _NONE
+    return u, outside
 
 
 def _levels_for(shape: tuple[int, int], limit: int = 7) -> int:
@@ -493,11 +504,7 @@ class _Fuser:
         fusion computes them on a frame; `_NONE` where `valid` is not wholly inside. One at a
         time (memory); `grey` may be overwritten."""
         f = aligned_focus_measure(grey.reshape(*grey.shape, 1), valid, self.window_sigma)
-        outside = f < 0  # pushed down where the frames have no data
-        u = cv2.sqrt(cv2.max(f, 0.0, dst=f), dst=f)
-        u[outside] = _NONE
-        del outside
-        yield u
+        yield _focus_statistic(f, valid is not None, in_place=True)[0]
 
     def _noise_states(self) -> list[tuple[TieSpread, SoftSelect]]:
         """The (TieSpread, SoftSelect) of each statistic, in _statistics' order."""

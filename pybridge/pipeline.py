@@ -242,8 +242,9 @@ def stack(
 
     `frames`: file paths (RAW, TIFF, JPEG, PNG) or arrays, in focus order. `output`: where to
     write the result (format by extension; None: only return it). `depth_map`,
-    `confidence_map`: paths, or True for OUT_depth.tif / OUT_confidence.tif beside the result. `options` (or the same
-    names as keywords, see options.StackOptions): method, alignment, interpolation, ...
+    `confidence_map`: paths, or True for OUT_depth.tif / OUT_confidence.tif beside the result.
+    `options` (or the same names as keywords, see options.StackOptions): method, alignment,
+    interpolation, ...
     `aligned_frames`: a folder (made if missing) for every frame registered onto the result,
     `<stem>_aligned.tif`, the stem from `aligned_names` (one per frame) or the frame's file
     (`frame_000` for arrays). `layers`: an OpenRaster file with the result, the other method's
@@ -258,14 +259,8 @@ def stack(
     opts = StackOptions.merged(options, option_values)
     frames = frame_list(frames)
     t0 = time.perf_counter()
-    # True for a map: beside the result, as on the command line (OUT_depth.tif)
-    for name, value in (("depth_map", depth_map), ("confidence_map", confidence_map)):
-        if value is True and output is None:
-            raise StackError(f"{name}=True names the map after the result: give an output")
-    if depth_map is True:
-        depth_map = side_path(output, "depth")
-    if confidence_map is True:
-        confidence_map = side_path(output, "confidence")
+    depth_map = _beside(output, depth_map, "depth")
+    confidence_map = _beside(output, confidence_map, "confidence")
     writes = [
         (role, Path(p))
         for role, p in (
@@ -336,6 +331,15 @@ def stack(
     res.other_image = None  # only the layers needed it
     res.timings["total"] = time.perf_counter() - t0
     return res
+
+
+def _beside(output, value, suffix: str):
+    """A map given as True: OUT_<suffix>.tif beside the result, as on the command line."""
+    if value is not True:
+        return value
+    if output is None:
+        raise StackError(f"{suffix}_map=True names the map after the result: give an output")
+    return side_path(output, suffix)
 
 
 def frame_list(frames: Sequence[FrameSource]) -> list[FrameSource]:
