@@ -9,8 +9,9 @@ per bracket, then runs, one after the other on the same inputs:
 1. loop:  `focusbridge stack DIR/*.tif -o OUT/DIR_stacked.tif` for every bracket, sequentially;
 2. batch: `focusbridge batch DIR... --by-folder --output-dir OUT --jobs 2`;
 3. dask:  the same batch with `--scheduler ADDRESS` of a distributed.LocalCluster(n_workers=2,
-   threads_per_worker=1, processes=True) started here (started before the clock runs, as a
-   user starts `dask scheduler` and `dask worker` beforehand; everything `focusbridge batch
+   threads_per_worker=1, processes=True, preload=["pybridge.cluster"]) started here
+   (started before the clock runs, as a user starts `dask scheduler` and `dask worker
+   --preload pybridge.cluster` beforehand, docs/batch.md; everything `focusbridge batch
    --scheduler` does, loading Dask included, is timed).
 
 Wall time, CPU time (user + system) and peak RSS come from `/usr/bin/time -v` around each
@@ -167,6 +168,7 @@ def run_dask(folders: list[Path], out: Path, workers: int) -> dict:
             processes=True,
             dashboard_address=None,
             memory_limit=0,
+            preload=["pybridge.cluster"],  # as docs/batch.md starts workers
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -7,6 +7,7 @@ passed as absolute paths in pyexiftool's argument list (one argument per line, n
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -14,9 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,12 +209,56 @@ def interrupt(et) -> None:
 
 @contextmanager
 def maybe_exiftool(et=None):
-    """Use the caller's exiftool process when given, else start one for this block."""
+    """Use the caller's exiftool process when given; else this thread's kept one once
+    :func:`keep_exiftool` was called in this process; else start one for this block."""
     if et is not None:
         yield et
+    elif _kept.wanted:
+        yield from _kept_exiftool()
     else:
         with open_exiftool() as new:
             yield new
+
+
+class _Kept(threading.local):
+    wanted = False  # class attribute: set for every thread by keep_exiftool()
+    stack: ExitStack | None = None
+    et = None
+
+
+_kept = _Kept()
+
+
+def keep_exiftool() -> None:
+    """From now on, calls without an exiftool of their own share one per thread, kept between
+    calls, in this process: for batch and Dask workers, which merge bracket after bracket.
+    Starting exiftool and compiling its writers costs more CPU than a merge's own work (on
+    8 x 2 MP TIFFs, 0.68 s a merge with a fresh exiftool, 0.30 s with a kept one). A kept
+    exiftool ends with its thread or process (PR_SET_PDEATHSIG, :func:`_own_session`) and at
+    interpreter exit; one that died meanwhile is started again."""
+    if not _Kept.wanted:
+        _Kept.wanted = True
+        atexit.register(_drop_kept)
+
+
+def _kept_exiftool():
+    if _kept.et is not None and not _alive(_kept.et):
+        _drop_kept()
+    if _kept.et is None:
+        stack = ExitStack()
+        _kept.et = stack.enter_context(open_exiftool())
+        _kept.stack = stack
+    try:
+        yield _kept.et
+    except BaseException:
+        _drop_kept()  # a failed call may leave it mid-command: never reuse it
+        raise
+
+
+def _drop_kept() -> None:
+    stack, _kept.stack, _kept.et = _kept.stack, None, None
+    if stack is not None:
+        stack.close()
 
 
 # --------------------------------------------------------------------------------------------

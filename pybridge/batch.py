@@ -177,10 +177,13 @@ def _worker_init(parent: int, threads: int) -> None:
             os._exit(1)
     import cv2
 
+    from exif.tool import keep_exiftool
+
     from .memory import reuse_freed_memory
 
     reuse_freed_memory()
     cv2.setNumThreads(threads)
+    keep_exiftool()  # one exiftool for the worker's brackets, not one started for each
 
 
 # ------------------------------------------------------------------------------ the journal

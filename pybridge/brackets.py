@@ -200,12 +200,14 @@ def read_shots(shots: list[Shot], *, required: bool = True) -> None:
     from exif.focus import FOCUS_TAGS
     from exif.tool import ExifError, find_exiftool, fname, open_exiftool, read_json
 
-    from .headers import software_tags
+    from .headers import may_carry_metadata, software_tags
 
     for s in shots:  # focusbridge writes TIFF, PNG and JPEG only: no RAW is opened here
         if s.path.suffix.lower() not in RAW_EXTENSIONS:
             s.problem = next(filter(None, map(ours, software_tags(s.path))), None)
-    shots = [s for s in shots if not s.problem]
+    # files whose headers hold no EXIF and no XMP (a microscope's or a generator's TIFFs) have
+    # nothing for exiftool to read: no capture time, camera or lens (their size is read later)
+    shots = [s for s in shots if not s.problem and may_carry_metadata(s.path)]
     if not shots or (not required and find_exiftool() is None):
         return
     readable = []

@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 
 from .errors import OptionError, print_warning
@@ -160,7 +159,9 @@ def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str |
     """Each frame's focus distance in metres (None where the file has none) from its EXIF or
     maker notes, and a note when they could not be read at all. Frames without metadata
     (exported or generated TIFF, PNG or JPEG files) carry none: no exiftool for those."""
-    if not any(map(_has_metadata, frames)):
+    from .headers import may_carry_metadata
+
+    if not any(map(may_carry_metadata, frames)):
         return None, None
     try:
         from exif.focus import FOCUS_TAGS, focus_reading
@@ -177,52 +178,3 @@ def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str |
     readings = [focus_reading(data.get(os.path.abspath(f)) or {}) for f in frames]
     distances = [r.distance if r.known and math.isfinite(r.distance) else None for r in readings]
     return (distances if any(d is not None for d in distances) else None), None
-
-
-# Where exiftool finds focus distances: EXIF (maker notes included) or XMP. TIFF tags: XMP,
-# ExifIFD, SubjectDistance, MakerNote, DNGVersion; PNG chunks: EXIF, and the text chunks
-# that hold XMP and ImageMagick's raw EXIF profiles.
-_TIFF_METADATA_TAGS = (700, 34665, 37382, 37500, 50706)
-_PNG_METADATA_CHUNKS = {b"eXIf", b"iTXt", b"tEXt", b"zTXt"}
-
-
-def _has_metadata(path) -> bool:
-    """Might the file carry a focus distance? False only when its header says it has no
-    EXIF and no XMP (a camera RAW always has them; an unreadable file is exiftool's to judge)."""
-    from .frames import RAW_EXTENSIONS
-    from .headers import open_header, sniff
-
-    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            kind = sniff(fh.read(16))
-            if kind == "jpeg":
-                info = open_header(fh, kind).info
-                return bool(info.get("exif") or info.get("xmp"))
-            if kind == "png":
-                return bool(_png_chunks(fh) & _PNG_METADATA_CHUNKS)
-            if kind == "tiff":
-                import tifffile
-
-                fh.seek(0)
-                with tifffile.TiffFile(fh) as tif:
-                    return any(tag in tif.pages.first.tags for tag in _TIFF_METADATA_TAGS)
-    except Exception:  # damaged or unreadable: let exiftool say what it finds
-        return True
-    return True
-
-
-def _png_chunks(fh) -> set[bytes]:
-    """The chunk types of a PNG (lengths followed from chunk to chunk; data not read)."""
-    fh.seek(8)
-    found = set()
-    while True:
-        head = fh.read(8)
-        if len(head) < 8:
-            return found
-        length, kind = struct.unpack(">I4s", head)
-        found.add(kind)
-        if kind == b"IEND":
-            return found
-        fh.seek(length + 4, os.SEEK_CUR)

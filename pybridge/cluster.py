@@ -24,16 +24,36 @@ DASK_HINT = (
 )
 
 
+def dask_setup(worker) -> None:
+    """`dask worker --preload pybridge.cluster`: the engine (NumPy, OpenCV, the pipeline) is
+    loaded when the worker starts, as a local pool process loads it, instead of in its first
+    bracket; what run_on_worker sets for each bracket is set now too."""
+    from . import batch, pipeline  # noqa: F401 - loaded for what comes
+    from .memory import reuse_freed_memory
+
+    reuse_freed_memory()
+    _worker_settings(worker)
+
+
+def _worker_settings(worker) -> None:
+    import cv2
+
+    from exif.tool import keep_exiftool
+
+    cv2.setNumThreads(max(1, worker.state.nthreads))
+    keep_exiftool()  # one exiftool per worker thread, kept from bracket to bracket
+
+
 def run_on_worker(task):
     """batch.run_bracket on a Dask worker, in the conditions of a local pool process: OpenCV
     held to the worker's own threads (a worker started with N threads is given N cores;
     OpenCV's default, every core of the machine in each task, oversubscribes them, as the local
     pool avoids too), and glibc's malloc reusing freed arrays (memory.reuse_freed_memory: the
-    nanny turns that off, which made a Dask batch ~1.9x the local pool's time). The memory a
+    nanny turns that off, which made a Dask batch ~1.9x the local pool's time), and exiftool
+    kept from bracket to bracket as in a pool process (exif.tool.keep_exiftool). The memory a
     bracket freed goes back to the system (memory.release_freed_memory) once the worker has no
     other task waiting, so an idle worker is small again and brackets in a row do not
     page-fault their memory in afresh."""
-    import cv2
     from distributed import get_worker
 
     from .batch import run_bracket
@@ -41,7 +61,7 @@ def run_on_worker(task):
 
     worker = get_worker()
     reuse_freed_memory()
-    cv2.setNumThreads(max(1, worker.state.nthreads))
+    _worker_settings(worker)
     try:
         return run_bracket(task)
     finally:

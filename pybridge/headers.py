@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -181,3 +182,51 @@ def png_with_chunks(
     )
     ihdr_end = 8 + 12 + struct.unpack_from('>I', png, 8)[0]
     return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+# Where exiftool finds focus distances: EXIF (maker notes included) or XMP. TIFF tags: XMP,
+# ExifIFD, SubjectDistance, MakerNote, DNGVersion; PNG chunks: EXIF, and the text chunks
+# that hold XMP and ImageMagick's raw EXIF profiles.
+_TIFF_METADATA_TAGS = (700, 34665, 37382, 37500, 50706)
+_PNG_METADATA_CHUNKS = {b"eXIf", b"iTXt", b"tEXt", b"zTXt"}
+
+
+def may_carry_metadata(path) -> bool:
+    """Might exiftool find camera facts in the file (capture time, focus distance, maker
+    notes)? False only when its header says it has no EXIF and no XMP: then exiftool need not
+    be asked (check's focus distances, bracket detection). A camera RAW always has them; an
+    unreadable file is exiftool's to judge."""
+    from .frames import RAW_EXTENSIONS  # here: frames reads headers through this module
+
+    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            kind = sniff(fh.read(16))
+            if kind == "jpeg":
+                info = open_header(fh, kind).info
+                return bool(info.get("exif") or info.get("xmp"))
+            if kind == "png":
+                return bool(_png_chunks(fh) & _PNG_METADATA_CHUNKS)
+            if kind == "tiff":
+                fh.seek(0)
+                with tifffile.TiffFile(fh) as tif:
+                    return any(tag in tif.pages.first.tags for tag in _TIFF_METADATA_TAGS)
+    except Exception:  # damaged or unreadable: let exiftool say what it finds
+        return True
+    return True
+
+
+def _png_chunks(fh) -> set[bytes]:
+    """The chunk types of a PNG (lengths followed from chunk to chunk; data not read)."""
+    fh.seek(8)
+    found = set()
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            return found
+        length, kind = struct.unpack(">I4s", head)
+        found.add(kind)
+        if kind == b"IEND":
+            return found
+        fh.seek(length + 4, os.SEEK_CUR)

@@ -283,11 +283,14 @@ def shoot(tmp_path_factory, test_data):
     t += 60
     single = frames(1, "g", 1.0)
     blank(folder / "h_no_time.tif")
-    blank(folder / os.fsdecode(b"bad\xff.tif"))  # a name that is not UTF-8
+    # a name that is not UTF-8, on a file with a capture time (exiftool would have to read it;
+    # tagged under a good name first)
+    jobs[blank(folder / "bad_name.tif")] = when(t + 1000)
     shutil.copy(test_data / "raw" / "broken" / "filetype_fixture.raf", folder / "k_broken.raf")
     blank(folder / ".hidden.tif")
     (folder / "notes.txt").write_text("not an image")
     write_tags(jobs)
+    os.rename(folder / "bad_name.tif", folder / os.fsdecode(b"bad\xff.tif"))
     return folder, expected, single + [os.fsdecode(b"bad\xff.tif"), "h_no_time.tif", "k_broken.raf"]
 
 
@@ -486,3 +489,22 @@ def test_the_report_escapes_line_breaks_in_names(tmp_path):
     for name in ("new\\nline0.tif", "new\\nline1.tif", "lone/tab\\there.tif"):
         assert any(line.startswith(f"  {tmp_path}/{name}") for line in lines), name
     assert not any(line.startswith(("line", "here")) for line in lines)
+
+
+def test_files_without_metadata_are_not_given_to_exiftool(tmp_path, monkeypatch):
+    """A microscope's (or a generator's) TIFFs hold no EXIF or XMP: exiftool would find no
+    capture time, camera or lens there, so it is not started (a second on a big folder); with
+    --by-folder they are a bracket, by time they are unassigned as before."""
+    import exif.tool
+
+    def refuse(*a, **k):
+        raise AssertionError("exiftool started")
+
+    monkeypatch.setattr(exif.tool, "open_exiftool", refuse)
+    frames = [blank(tmp_path / f"f{k}.tif") for k in range(3)]
+    found = detect([tmp_path], by_folder=True)
+    assert [b.frames for b in found.brackets] == [frames]
+    by_time = detect([tmp_path])
+    assert by_time.brackets == []
+    assert {u.path for u in by_time.unassigned} == set(frames)
+    assert all(u.reason.startswith("no capture time") for u in by_time.unassigned)

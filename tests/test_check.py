@@ -333,32 +333,33 @@ def test_check_reads_focus_distances_for_direction_and_step(bracket, exiftool, t
 def test_no_exiftool_for_frames_without_metadata(gap_files, monkeypatch):
     # generated PNGs carry no EXIF or XMP: no focus distance to read, no exiftool started
     import exif.tool
-    from pybridge.capture import _has_metadata, focus_distances
+    from pybridge.capture import focus_distances
+    from pybridge.headers import may_carry_metadata
 
     def refuse(*a, **k):
         raise AssertionError("exiftool started")
 
     monkeypatch.setattr(exif.tool, "open_exiftool", refuse)
-    assert not any(map(_has_metadata, gap_files))
+    assert not any(map(may_carry_metadata, gap_files))
     assert focus_distances([str(f) for f in gap_files]) == (None, None)
 
 
 def test_frames_with_metadata_are_read_with_exiftool(test_data, tmp_path, exiftool):
-    from pybridge.capture import _has_metadata
+    from pybridge.headers import may_carry_metadata
 
     meta = test_data / "camera-metadata"
     for name in ("Canon.jpg", "Nikon.jpg", "CanonRaw.cr3", "DNG.dng"):
-        assert _has_metadata(meta / name), name
+        assert may_carry_metadata(meta / name), name
     # Make and Model in IFD0, but no EXIF IFD, maker notes or XMP: no focus distance there
-    assert not _has_metadata(meta / "ExifTool.tif")
+    assert not may_carry_metadata(meta / "ExifTool.tif")
     png = save_image(tmp_path / "f.png", np.zeros((8, 8, 3), np.float32), 8)
-    assert not _has_metadata(png)
+    assert not may_carry_metadata(png)
     exiftool("-overwrite_original", "-SubjectDistance=0.25", png)
-    assert _has_metadata(png)
+    assert may_carry_metadata(png)
     tif = save_image(tmp_path / "f.tif", np.zeros((8, 8, 3), np.float32), 16)
-    assert not _has_metadata(tif)
+    assert not may_carry_metadata(tif)
     exiftool("-overwrite_original", "-SubjectDistance=0.25", tif)
-    assert _has_metadata(tif)
+    assert may_carry_metadata(tif)
 
 
 def test_focus_distances_from_real_maker_notes(test_data):

@@ -239,3 +239,31 @@ def test_another_service_at_the_scheduler_address_is_named_plainly(distributed, 
         " is not a Dask scheduler: check the address and port)"
     ]
     assert time.monotonic() - started < 15
+
+
+def _engine_state() -> dict:
+    import exif.tool
+
+    return {
+        "loaded": all(m in sys.modules for m in ("cv2", "pybridge.pipeline", "pybridge.batch")),
+        "kept exiftool": exif.tool._Kept.wanted,
+        "reuses freed arrays": not _second_array_mapped(),
+    }
+
+
+def test_workers_preloaded_with_the_engine_start_ready(distributed):
+    """`dask worker --preload pybridge.cluster` (docs/batch.md): the engine loaded and the
+    worker set up as a local pool process is (malloc, one kept exiftool) before any bracket."""
+    environ = dict(os.environ)
+    with distributed.LocalCluster(
+        n_workers=1,
+        processes=True,
+        threads_per_worker=1,
+        dashboard_address=None,
+        preload=["pybridge.cluster"],
+    ) as preloaded:
+        os.environ.clear()
+        os.environ.update(environ)
+        with distributed.Client(preloaded.scheduler_address, set_as_default=False) as client:
+            (state,) = client.run(_engine_state).values()
+    assert state == {"loaded": True, "kept exiftool": True, "reuses freed arrays": True}

@@ -620,3 +620,57 @@ def test_stack_end_to_end_with_metadata(generated_bracket, cr3_bracket, tmp_path
     done = _stack(*map(str, frames), '-o', str(out3), '--no-metadata')
     assert done.returncode == 0, done.stderr
     assert 'IFD0:Make' not in tags(out3)
+
+
+KEPT_SCRIPT = '''
+import json, os, signal, sys
+from pathlib import Path
+from exif.merge import StackInfo, merge_metadata
+from exif.tool import ExifError, _kept, keep_exiftool
+sources, out = [Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1])
+info = StackInfo(3, 'pyramid', 1, 'focusbridge test')
+keep_exiftool()
+pids = []
+for _ in range(2):
+    merge_metadata(out, sources, None, info)
+    pids.append(_kept.et._process.pid)
+os.kill(pids[-1], signal.SIGKILL)  # dies between brackets: the next merge starts another
+os.waitpid(pids[-1], 0)
+merge_metadata(out, sources, None, info)
+pids.append(_kept.et._process.pid)
+broken = out.with_name('broken.CR3')
+broken.write_bytes(b'not a raw file' * 100)
+try:  # a failed merge drops its exiftool (it may be mid-command)
+    merge_metadata(out, sources, broken, info)
+except ExifError:
+    pids.append(None if _kept.et is None else _kept.et._process.pid)
+merge_metadata(out, sources, None, info)
+pids.append(_kept.et._process.pid)
+print(json.dumps(pids))
+'''
+
+
+def test_a_kept_exiftool_serves_merge_after_merge(cr3_bracket, tmp_path):
+    """keep_exiftool (batch and Dask workers): one exiftool for every merge of the process,
+    replaced when it died or a merge failed, and gone with the process."""
+    import json
+
+    out = tmp_path / 'o.tif'
+    fresh_image(out)
+    done = subprocess.run(
+        [sys.executable, '-c', KEPT_SCRIPT, *map(str, cr3_bracket), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    first, again, after_kill, after_failure, last = json.loads(done.stdout)
+    assert first == again  # kept between merges
+    assert after_kill != again  # the dead one replaced
+    assert after_failure is None  # dropped after the failed merge
+    assert last not in (first, after_kill)
+    for pid in (first, after_kill, last):  # none outlives the process
+        assert not Path(f'/proc/{pid}').exists() or 'Z' in Path(f'/proc/{pid}/stat').read_text()
+    t = tags(out, 'XMP-fbstack:all')
+    assert t, 'the last merge wrote the stack tags'
