@@ -1,10 +1,14 @@
 """Benchmark: `focusbridge batch` against a shell loop of `focusbridge stack`, and through Dask.
 
     .venv/bin/python bench/bench_batch.py [--brackets 12 --frames 8 --size 1200x1700 --repeat 3]
+        [--camera-metadata]
 
 Generates (once, cached under bench/work/batch-sets/) BRACKETS synthetic brackets of FRAMES
 16-bit TIFF frames each (tests/synthetic.py make_bracket, seed = bracket number), one folder
-per bracket, then runs, one after the other on the same inputs:
+per bracket (with `--camera-metadata`, every frame carries the tags of a real Canon JPEG, maker
+notes included, as a camera's frames do: every stack then merges metadata with exiftool;
+without it the frames carry none and no exiftool runs), then runs, one after the other on the
+same inputs:
 
 1. loop:  `focusbridge stack DIR/*.tif -o OUT/DIR_stacked.tif` for every bracket, sequentially;
 2. batch: `focusbridge batch DIR... --by-folder --output-dir OUT --jobs 2`;
@@ -57,8 +61,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def generate(sets: Path, brackets: int, frames: int, size: tuple[int, int]) -> list[Path]:
-    """Bracket folders sets/b00 ... (kept between runs: a folder with all frames is reused)."""
+def generate(
+    sets: Path, brackets: int, frames: int, size: tuple[int, int], camera: Path | None = None
+) -> list[Path]:
+    """Bracket folders sets/b00 ... (kept between runs: a folder with all frames is reused).
+    `camera`: a camera file whose tags (EXIF, maker notes) every frame gets, as a camera's
+    frames carry them: then every stack merges metadata with exiftool."""
     from synthetic import make_bracket, save_bracket
 
     folders = []
@@ -70,7 +78,13 @@ def generate(sets: Path, brackets: int, frames: int, size: tuple[int, int]) -> l
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.monotonic()
         bracket = make_bracket(n_frames=frames, size=size, seed=b, bit_depth=16)
-        save_bracket(bracket, folder, ".tif", 16, prefix=f"{folder.name}_")
+        saved = save_bracket(bracket, folder, ".tif", 16, prefix=f"{folder.name}_")
+        if camera is not None:
+            subprocess.run(
+                ["exiftool", "-q", "-overwrite_original", "-TagsFromFile", str(camera)]
+                + ["-all:all", "-ThumbnailImage=", *map(str, saved)],
+                check=True,
+            )
         (folder / ".done").write_text("")
         print(f"  generated {folder.name} in {time.monotonic() - t0:.1f} s", flush=True)
     return folders
@@ -226,18 +240,28 @@ def main() -> int:
         default=3,
         help="rounds of the three runs, interleaved; the table shows medians (default 3)",
     )
+    ap.add_argument(
+        "--camera-metadata",
+        action="store_true",
+        help="frames carry a camera's tags (tests/data/camera-metadata/Canon.jpg), so every "
+        "stack merges metadata, as on a camera's frames",
+    )
     ap.add_argument("--report", default=str(WORK / "batch-results.md"))
     args = ap.parse_args()
     size = parse_size(args.size)
     if not Path(TIME).exists():
         sys.exit(f"{TIME} is missing (apt-get install time)")
 
+    camera = ROOT / "tests" / "data" / "camera-metadata" / "Canon.jpg"
     name = f"{args.brackets}x{args.frames}-{size[0]}x{size[1]}"
+    name += "-camera" if args.camera_metadata else ""
     sets = WORK / "batch-sets" / name
     runs = WORK / "batch-runs"
     print(f"inputs: {sets}", flush=True)
     t0 = time.monotonic()
-    folders = generate(sets, args.brackets, args.frames, size)
+    folders = generate(
+        sets, args.brackets, args.frames, size, camera if args.camera_metadata else None
+    )
     print(f"inputs ready in {time.monotonic() - t0:.1f} s", flush=True)
 
     runners = {
@@ -261,7 +285,9 @@ def main() -> int:
     mp = size[0] * size[1] / 1e6
     lines = [
         f"Batch benchmark: {args.brackets} brackets x {args.frames} frames x "
-        f"{size[0]}x{size[1]} ({mp:.1f} MP, 16-bit TIFF); {os.cpu_count()} cores, "
+        f"{size[0]}x{size[1]} ({mp:.1f} MP, 16-bit TIFF"
+        + (", a camera's tags on every frame" if args.camera_metadata else ", no metadata")
+        + f"); {os.cpu_count()} cores, "
         f"{platform.machine()}, Python {platform.python_version()}",
         "",
         "| run | wall (s) | s/bracket | CPU (s) | peak RSS per worker (MiB) | peak / single stack |",

@@ -234,16 +234,17 @@ def keep_exiftool() -> None:
     calls, in this process: for batch and Dask workers, which merge bracket after bracket.
     Starting exiftool and compiling its writers costs more CPU than a merge's own work (on
     8 x 2 MP TIFFs, 0.68 s a merge with a fresh exiftool, 0.30 s with a kept one). A kept
-    exiftool ends with its thread or process (PR_SET_PDEATHSIG, :func:`_own_session`) and at
-    interpreter exit; one that died meanwhile is started again."""
+    exiftool ends at interpreter exit (:func:`end_kept_exiftool`: a process pool's worker, which
+    skips atexit, calls it itself) or with its thread or process (PR_SET_PDEATHSIG,
+    :func:`_own_session`); one that died meanwhile is started again."""
     if not _Kept.wanted:
         _Kept.wanted = True
-        atexit.register(_drop_kept)
+        atexit.register(end_kept_exiftool)
 
 
 def _kept_exiftool():
     if _kept.et is not None and not _alive(_kept.et):
-        _drop_kept()
+        end_kept_exiftool()
     if _kept.et is None:
         stack = ExitStack()
         _kept.et = stack.enter_context(open_exiftool())
@@ -251,11 +252,12 @@ def _kept_exiftool():
     try:
         yield _kept.et
     except BaseException:
-        _drop_kept()  # a failed call may leave it mid-command: never reuse it
+        end_kept_exiftool()  # a failed call may leave it mid-command: never reuse it
         raise
 
 
-def _drop_kept() -> None:
+def end_kept_exiftool() -> None:
+    """End this thread's kept exiftool, if any."""
     stack, _kept.stack, _kept.et = _kept.stack, None, None
     if stack is not None:
         stack.close()

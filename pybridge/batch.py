@@ -175,15 +175,18 @@ def _worker_init(parent: int, threads: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(1)
+    from multiprocessing.util import Finalize
+
     import cv2
 
-    from exif.tool import keep_exiftool
+    from exif.tool import end_kept_exiftool, keep_exiftool
 
     from .memory import reuse_freed_memory
 
     reuse_freed_memory()
     cv2.setNumThreads(threads)
     keep_exiftool()  # one exiftool for the worker's brackets, not one started for each
+    Finalize(None, end_kept_exiftool, exitpriority=10)  # a pool process's exit skips atexit
 
 
 # ------------------------------------------------------------------------------ the journal
