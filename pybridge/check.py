@@ -361,14 +361,19 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
     valid_blocks_all: list = [None] * n
     gains = [1.0] * n
     fallback = [False] * n
-    flows: dict[int, tuple] = {}  # pair (i, i+1) -> block flow x, y and where it is reliable
+    flows: dict = {}  # pair (i, i+1) -> block flow x, y and where it is reliable (a Future first)
     state: dict = {}
 
     def load(step: int):
         return pool.submit(_load_small, frames[order[step]], max_pixels, long_side, channels)
 
-    # reading (decoding) is most of the work on large frames: two frames are read at a time
-    with ThreadPoolExecutor(max_workers=_READ_AHEAD, thread_name_prefix="check-read") as pool:
+    # reading (decoding) is most of the work on large frames: two frames are read at a time;
+    # the optical flow of each pair (a third of the rest) runs beside the next frame's
+    # alignment, in one thread of its own (which alone uses its DIS flow object)
+    with (
+        ThreadPoolExecutor(max_workers=_READ_AHEAD, thread_name_prefix="check-read") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-flow") as flow_pool,
+    ):
         pending = deque(load(step) for step in range(min(_READ_AHEAD, n)))
         for step, index in enumerate(order):
             if cancel is not None and cancel():
@@ -411,8 +416,9 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
                 if not (t.fallback or fallback[other]):
                     neighbour = state["ref_small"] if other == ref else state["prev_small"]
                     first, second = (neighbour, small) if other < index else (small, neighbour)
-                    flows[min(index, other)] = _flow(state, first, second)
+                    flows[min(index, other)] = flow_pool.submit(_flow, state, first, second)
             state["prev_small"] = small
+        flows = {pair: flow.result() for pair, flow in flows.items()}
     return (
         _Measures(
             fine=np.stack(fine),
