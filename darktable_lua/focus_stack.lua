@@ -326,7 +326,7 @@ end
 -- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -
 
 -- the selected images' own darktable groups: 0-based indexes into `images` of the images
--- that share a group leader, for every leader shared by two or more
+-- that share a group leader, for every leader shared by images of two or more files
 local function user_groups(images)
   local members, leaders = {}, {}
   for i, img in ipairs(images) do
@@ -338,9 +338,15 @@ local function user_groups(images)
     end
     table.insert(members[key], i - 1)
   end
+  -- a group of one file is no bracket: darktable puts a duplicate into its original's group
   local groups = {}
   for _, key in ipairs(leaders) do
-    if #members[key] >= 2 then groups[#groups + 1] = members[key] end
+    local files, distinct = {}, 0
+    for _, i in ipairs(members[key]) do
+      local file = naming.image_file(images[i + 1])
+      if not files[file] then files[file] = true; distinct = distinct + 1 end
+    end
+    if distinct >= 2 then groups[#groups + 1] = members[key] end
   end
   return groups
 end
@@ -588,6 +594,13 @@ for ext in ([[3fr ari arw bay braw cap cr2 cr3 crw cs1 dcr dcs dng drf eip erf f
 -- files where it reads them (else on 16-bit exports), with a coverage map beside the first
 -- one, imported into its group. Returns the check's status, or nil (a message is shown)
 local function check_selection(images)
+  -- what this script made (a result, its maps, aligned frames: a stacked group selected
+  -- whole) is no frame of the bracket, as in find_brackets
+  local not_ours = {}
+  for _, img in ipairs(images) do
+    if not results.is_output(img) then not_ours[#not_ours + 1] = img end
+  end
+  if #not_ours >= 2 then images = not_ours end
   local bridge = claim_bridge(#images, 2, _("check bracket: select at least two images"))
   if not bridge then return nil end
   local ok, result, message = pcall(function()
@@ -653,8 +666,16 @@ end
 local function run_lens_job(images, action, preset, fields)
   local bridge = claim_bridge(#images, 1, _("lens data: select at least one image"))
   if not bridge then return nil end
-  local files = {}
-  for i, img in ipairs(images) do files[i] = naming.image_file(img) end
+  -- each file once: darktable's duplicates of an image share its file, and an undo that names
+  -- a file twice restores it twice (the change before the last one too)
+  local files, seen = {}, {}
+  for _, img in ipairs(images) do
+    local file = naming.image_file(img)
+    if not seen[file] then
+      seen[file] = true
+      files[#files + 1] = file
+    end
+  end
   local manifest = {action = action, files = files, dry_run = false}
   if action == "set" then
     if preset and preset ~= "" then manifest.preset = preset end
@@ -663,6 +684,19 @@ local function run_lens_job(images, action, preset, fields)
   local ok, status, message = pcall(jobs.run_bridge_job, "lens", manifest, nil, {bridge = bridge})
   if not ok then return {ok = false, error = tostring(status)} end
   return status or {ok = false, error = message}
+end
+
+-- the images whose files have `outcome` in a lens job's results
+local function images_with_outcome(images, status, outcome)
+  local wanted = {}
+  for _, r in ipairs(type(status.results) == "table" and status.results or {}) do
+    if type(r) == "table" and r.outcome == outcome then wanted[tostring(r.file)] = true end
+  end
+  local out = {}
+  for _, img in ipairs(images) do
+    if wanted[naming.image_file(img)] then out[#out + 1] = img end
+  end
+  return out
 end
 
 local function show_lens_outcome(status)
@@ -703,6 +737,13 @@ local function lens_apply(action)
   if not status.ok then
     local fmt = action == "set" and _("lens data failed: %s") or _("lens undo failed: %s")
     notify(string.format(fmt, tostring(status.error or _("see the module"))))
+    -- failed on some files only: the files it changed all the same stay undoable (a set), or
+    -- are no longer to undo (an undo: the next one acts on the files that failed)
+    local done = images_with_outcome(images, status, action == "set" and "updated" or "restored")
+    if #done > 0 then
+      refresh_exif(done)
+      state.last_lens_images = action == "set" and done or images_with_outcome(images, status, "error")
+    end
   elseif action == "set" then
     state.last_lens_images = images
     refresh_exif(images)
@@ -866,6 +907,8 @@ local function storage_initialize(_storage, format, images, _high_quality, extra
 end
 
 local function storage_store(_storage, image, _format, filename, number, _total, _high_quality, extra)
+  extra.stored = extra.stored or {}
+  extra.stored[image.id] = true
   if extra.refused or extra.self_export or not extra.dir then
     os.remove(filename)
     return
@@ -883,6 +926,19 @@ local function storage_finalize_flow(image_table, extra)
   if extra.refused then
     for _, tmpfile in pairs(image_table) do os.remove(tmpfile) end
     return
+  end
+  -- darktable calls finalize also when it skipped an image (its file is missing), or stopped
+  -- at a cancel or a failed export: a bracket with a frame missing is not stacked
+  local selected = naming.sort_by_name(extra.images or {})
+  for i = 1, #selected do
+    local img = selected[i]  -- (not `for _, img`: _ is gettext here)
+    if not (extra.stored and extra.stored[img.id]) then
+      notify(string.format(_("focus stack: %s was not exported (missing, failed or cancelled): nothing stacked"),
+        img.filename))
+      for _, tmpfile in pairs(image_table) do os.remove(tmpfile) end
+      if extra.dir then jobs.remove_job_dir({dir = extra.dir, frames = extra.frames}) end
+      return
+    end
   end
   if extra.self_export then
     stack_selection(naming.sort_by_name(extra.images or {}))

@@ -1936,3 +1936,155 @@ def test_callbacks_while_widgets_are_made_change_nothing(tmp_path):
     align.clicked_callback(align)
     assert p.fake.prefs['focus_stack/align'] is False
     assert p.fake.storages['focus_stack'].widget[2].value is False
+
+
+# --- hostile input and partial outcomes ------------------------------------------------------
+
+
+def test_progress_and_status_that_are_no_objects_are_ignored(plugin):
+    """A bridge that prints garbage (a progress line `42`, a status `true`) is no crash of the
+    poll loop (which would drop the job folder under a bridge still running): the run goes
+    on to the bridge's real answer."""
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg']))
+
+    def garbage(m, jobdir):
+        Path(m['pid_file']).write_text('4242\n')
+        Path(m['progress_file']).write_text('42\ntrue\n')
+        Path(m['status_file']).write_text('true')
+        p.pending = (m, jobdir)
+
+    def finish(ms):
+        p.sleeps += 1
+        if p.sleeps == 3 and p.pending:
+            m, _ = p.pending
+            Path(m['output']).write_bytes(b'stacked')
+            p._status(m, {'ok': True, 'output': m['output'], 'depth_map': None, 'error': None})
+            p.pending = None
+        assert p.sleeps < 50
+
+    p._bridge = garbage
+    p.fake.sleep_handler = finish
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack: imported a_stacked.tif'
+    assert leftovers(p) == [] and p.api.state.busy is False
+
+
+def test_a_backslash_in_a_file_name_is_no_folder(plugin):
+    """On Linux `\\` is a character of a file name: the result and the coverage map go beside
+    the frames (not into a folder `x` that happens to exist there), named after them."""
+    p = plugin
+    (p.photos / 'x').mkdir()
+    imgs = p.images(['x\\a.jpg', 'x\\b.jpg'])
+    p.select(imgs)
+    p.click('stack_button')
+    assert p.manifests[0]['output'] == str(p.photos / 'x\\a_stacked.tif')
+    assert p.printed[-1] == 'focus stack: imported x\\a_stacked.tif'
+    p.select(imgs)
+    p.click('check_button')
+    assert p.manifests[-1]['coverage_map'] == str(p.photos / 'x\\a_coverage.png')
+    assert list((p.photos / 'x').iterdir()) == []
+
+
+def test_check_leaves_out_our_own_outputs(plugin):
+    """A stacked group selected whole (frames, result, depth map, an earlier coverage map):
+    the check looks at the frames only, as a stack would."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    p.select(imgs)
+    p.click('stack_button')
+    p.click('check_button')
+    p.select(list(p.fake.all_images.values()))  # the frames, the result, the coverage map
+    p.click('check_button')
+    assert [Path(f).name for f in p.manifests[-1]['frames']] == ['a.jpg', 'b.jpg', 'c.jpg']
+    assert p.manifests[-1]['coverage_map'] == str(p.photos / 'a_coverage_2.png')
+
+
+@pytest.mark.parametrize('bpp', [16, 8])
+def test_export_target_stacks_nothing_when_darktable_skipped_a_frame(plugin, bpp):
+    """darktable skips an image whose file is missing, and stops at a cancel or a failed
+    export, then still calls finalize: no stack of the frames that happened to come."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    st = p.fake.storages['focus_stack']
+    fmt = p.lua.table(bpp=bpp, extension='tif')
+    extra = p.lua.table()
+    p.call(st.initialize, st, fmt, p.lua.table_from(imgs), True, extra)
+    table = p.lua.table()
+    for n, img in enumerate([imgs[0], imgs[2]], 1):  # b.jpg never reaches store
+        f = p.dt_tmp / f'{Path(img.filename).stem}.tif'
+        f.write_bytes(b'II*\0darktable export')
+        p.call(st.store, st, img, fmt, str(f), n, len(imgs), True, extra)
+        table[img] = str(f)
+    p.call(st.finalize, st, table, extra)
+    assert p.printed[-1] == (
+        'focus stack: b.jpg was not exported (missing, failed or cancelled): nothing stacked'
+    )
+    assert p.bridge_runs == 0 and p.imports == [] and leftovers(p) == []
+    assert list(p.fake.written_frames.values()) == []
+    assert p.api.state.storage_runs == 1 and p.api.state.busy is False
+
+
+def test_a_duplicate_in_its_originals_group_is_no_bracket(plugin):
+    """darktable puts a duplicate into its original's group: that group is one image twice,
+    not a bracket the user made, and is not sent to the bridge as one."""
+    p = plugin
+    imgs = timed(p.images(['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg']))
+    dup = p.fake.new_image(str(p.photos), 'b.jpg')
+    dup.exif_datetime_taken = imgs[1].exif_datetime_taken
+    dup.group_with(dup, imgs[1])
+    p.select([*imgs, dup])
+    p.click('stack_button')
+    found, stacked = p.manifests
+    assert found['kind'] == 'brackets' and 'groups' not in found
+    assert [Path(s).name for s in stacked['sources']] == [
+        'a.jpg',
+        'b.jpg',
+        'b.jpg',
+        'c.jpg',
+        'd.jpg',
+    ]
+
+
+def test_lens_names_each_file_once(plugin):
+    """A duplicate selected with its original: one file, named once, so that an undo restores
+    it once (named twice, the change before the last one was undone too)."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg'])
+    dup = p.fake.new_image(str(p.photos), 'a.jpg')
+    p.select([imgs[0], dup, imgs[1]])
+    p.api.widgets.lens_make.text = 'Canon'
+    p.click('lens_apply')
+    p.click('lens_undo')
+    files = [str(p.photos / 'a.jpg'), str(p.photos / 'b.jpg')]
+    assert [m['files'] for m in p.manifests] == [files, files]
+
+
+def test_lens_change_that_failed_on_some_files_stays_undoable(plugin):
+    """A lens change that failed on one file (read-only) changed the others all the same:
+    undo restores exactly those, and an undo that fails on one file leaves only that one."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    p.select(imgs)
+    p.api.widgets.lens_make.text = 'Canon'
+    outcomes = iter([('updated', 'error', 'updated'), ('restored', 'error'), ('restored',)])
+
+    def partial(m, jobdir):
+        results = [
+            {'file': f, 'outcome': o, 'message': 'read-only' if o == 'error' else ''}
+            for f, o in zip(m['files'], next(outcomes), strict=True)
+        ]
+        ok = all(r['outcome'] != 'error' for r in results)
+        p._status(m, {'ok': ok, 'error': None if ok else 'some failed', 'results': results})
+
+    p._bridge = partial
+    p.click('lens_apply')
+    assert p.printed[-1] == 'lens data failed: some failed'
+    acts = list(p.fake.actions.values())
+    assert list(acts[-1].selection.values()) == [imgs[0].id, imgs[2].id]  # EXIF re-read
+    p.click('lens_undo')
+    assert p.manifests[-1]['files'] == [str(p.photos / n) for n in ('a.jpg', 'c.jpg')]
+    assert p.printed[-1] == 'lens undo failed: some failed'
+    p.click('lens_undo')
+    assert p.manifests[-1]['files'] == [str(p.photos / 'c.jpg')]
+    assert p.printed[-1] == 'lens data restored'

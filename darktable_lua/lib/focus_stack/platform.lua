@@ -50,12 +50,17 @@ function platform.write_file(path, data)
   return true
 end
 
+-- the separators of a path: on Windows both, elsewhere only "/" (there a backslash is a
+-- character of the file's name)
+local SEP = platform.IS_WINDOWS and "[/\\]" or "/"
+local NOT_SEP = platform.IS_WINDOWS and "[^/\\]" or "[^/]"
+
 function platform.dirname(path)
-  return path:match("^(.*)[/\\][^/\\]*$") or "."
+  return path:match("^(.*)" .. SEP .. NOT_SEP .. "*$") or "."
 end
 
 function platform.basename(path)
-  return path:match("([^/\\]*)$")
+  return path:match("(" .. NOT_SEP .. "*)$")
 end
 
 function platform.basename_noext(path)

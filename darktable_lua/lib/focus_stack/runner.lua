@@ -206,7 +206,8 @@ function runner.new(state)
       local line = last_line(read_file(progress_path))
       if line then
         local p = json.decode(line)
-        if p and type(p.fraction) == "number" and p.fraction ~= last_fraction then
+        -- a line that is no object (garbage: a bare number, true) is no progress
+        if type(p) == "table" and type(p.fraction) == "number" and p.fraction ~= last_fraction then
           last_fraction = p.fraction
           last_change = os.time()
           progress_cb(p.fraction)
@@ -215,7 +216,7 @@ function runner.new(state)
       local status_text = read_file(status_path)
       if status_text and status_text ~= "" then
         local status = json.decode(status_text)
-        if status then return status end
+        if type(status) == "table" then return status end
       end
       local rc_text = read_file(rc_path)
       if rc_text and rc_text:match("%d") then
@@ -223,7 +224,7 @@ function runner.new(state)
         dt.control.sleep(runner.POLL_MS)
         status_text = read_file(status_path)
         local status = status_text and json.decode(status_text)
-        if status then return status end
+        if type(status) == "table" then return status end
         local code = tonumber(rc_text:match("(%d+)"))
         local err = last_line(read_file(job.dir .. PS .. "stderr.txt"))
         if err then err = err:gsub("^focusbridge: error: ", "") end
