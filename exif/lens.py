@@ -427,13 +427,18 @@ def set_lens(
         if dry_run:
             return LensReport([results[k] for k in order], dry_run=True)
 
+        attempted: set[str] = set()
         for args, keys in groups.items():
             for i in range(0, len(keys), BATCH):
                 if should_stop is not None and should_stop():
-                    raise ExifCancelled()
+                    # the files written so far (and those that failed): the caller can say
+                    # which ones to undo
+                    done = [results[k] for k in order if k in attempted or not results[k].ok]
+                    raise ExifCancelled(LensReport(done))
                 batch = {k: results[k] for k in keys[i : i + BATCH]}
                 minor = ['-m'] if ignore_minor else []
                 _write_batch(et, session, [*minor, *args], batch, stats)
+                attempted.update(batch)
 
         # read back: what the files now say
         written = [k for k in order if results[k].ok]

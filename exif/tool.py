@@ -52,7 +52,13 @@ class ExiftoolMissing(ExifError):
 
 
 class ExifCancelled(Cancelled):
-    """The caller asked to stop (``should_stop``); everything already written is recorded."""
+    """The caller asked to stop (``should_stop``); everything already written is recorded.
+    ``done``: what the run had finished by then (for ``set_lens``, the LensReport of the
+    files it wrote, each undoable), or None."""
+
+    def __init__(self, done=None):
+        super().__init__()
+        self.done = done
 
 
 def find_exiftool() -> str | None:

@@ -679,58 +679,68 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     except OptionError as exc:
         raise ManifestError(path, str(exc)) from None
     progress("lens", count=len(files), fraction=0.1)
-    if job.action == "undo":
-        results = []
-        for f in files:  # one at a time, so a cancel stops between files
-            if cancel is not None and cancel():
-                raise Cancelled()
-            r = undo_lens([f])[0]
-            results.append(
-                {
-                    "file": str(r.path),
-                    "outcome": "restored" if r.undone else "unchanged",
-                    "message": r.error or ("" if r.undone else "nothing to undo"),
-                }
-                if r.ok
-                else {"file": str(r.path), "outcome": "error", "message": r.error}
+    results = []
+    try:
+        if job.action == "undo":
+            for f in files:  # one at a time, so a cancel stops between files
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                results.append(_undo_result(undo_lens([f])[0]))
+        else:
+            report = set_lens(
+                files,
+                lens_spec(job.preset, **fields),
+                dry_run=job.dry_run,
+                should_stop=cancel,
             )
-    else:
-        report = set_lens(
-            files,
-            lens_spec(job.preset, **fields),
-            dry_run=job.dry_run,
-            should_stop=cancel,
-        )
-        results = []
-        for r in report.results:
-            if not r.ok:
-                results.append({"file": str(r.path), "outcome": "error", "message": r.error})
-                continue
-            message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
-            if r.not_writable:
-                message += (
-                    ("; " if message else "")
-                    + "not in this file's maker notes: "
-                    + ", ".join(r.not_writable)
-                )
-            results.append(
-                {
-                    "file": str(r.path),
-                    "outcome": "updated" if r.changes else "unchanged",
-                    "message": message,
-                }
-            )
-    ok = all(r["outcome"] != "error" for r in results)
+            results = [_set_result(r) for r in report.results]
+    except Cancelled as exc:
+        # what was done before the cancel is reported, so the plugin can undo exactly that
+        done = getattr(exc, "done", None)
+        if done is not None:
+            results = [_set_result(r) for r in done.results]
+        changed = sum(r["outcome"] in ("updated", "restored") for r in results)
+        return {
+            "ok": False,
+            "error": f"cancelled after changing {changed} of {len(files)} files",
+            "cancelled": True,
+            "results": results,
+        }
     failed = [r for r in results if r["outcome"] == "error"]
     error = (
-        None
-        if ok
-        else (
-            f"{len(failed)} of {len(results)} files failed; first: "
-            f"{failed[0]['file']}: {failed[0]['message']}"
-        )
+        f"{len(failed)} of {len(results)} files failed; first: "
+        f"{failed[0]['file']}: {failed[0]['message']}"
+        if failed
+        else None
     )
-    return {"ok": ok, "error": error, "results": results}
+    return {"ok": not failed, "error": error, "results": results}
+
+
+def _undo_result(r) -> dict:
+    if not r.ok:
+        return {"file": str(r.path), "outcome": "error", "message": r.error}
+    return {
+        "file": str(r.path),
+        "outcome": "restored" if r.undone else "unchanged",
+        "message": r.error or ("" if r.undone else "nothing to undo"),
+    }
+
+
+def _set_result(r) -> dict:
+    if not r.ok:
+        return {"file": str(r.path), "outcome": "error", "message": r.error}
+    message = "; ".join(f"{tag}: {old or '-'} -> {new}" for tag, old, new in r.changes)
+    if r.not_writable:
+        message += (
+            ("; " if message else "")
+            + "not in this file's maker notes: "
+            + ", ".join(r.not_writable)
+        )
+    return {
+        "file": str(r.path),
+        "outcome": "updated" if r.changes else "unchanged",
+        "message": message,
+    }
 
 
 def _write_pid(pid_file: str | None) -> None:

@@ -2088,3 +2088,31 @@ def test_lens_change_that_failed_on_some_files_stays_undoable(plugin):
     p.click('lens_undo')
     assert p.manifests[-1]['files'] == [str(p.photos / 'c.jpg')]
     assert p.printed[-1] == 'lens data restored'
+
+
+def test_a_cancelled_lens_change_stays_undoable_for_the_files_it_changed(plugin):
+    """A lens change cancelled half-way: the bridge's status (cancelled, exit 130) names the
+    files it wrote; undo restores exactly those."""
+    p = plugin
+    imgs = p.images(['a.jpg', 'b.jpg', 'c.jpg'])
+    p.select(imgs)
+    p.api.widgets.lens_make.text = 'Canon'
+
+    def cancelled(m, jobdir):
+        results = [{'file': m['files'][0], 'outcome': 'updated', 'message': ''}]
+        p._status(
+            m,
+            {
+                'ok': False,
+                'cancelled': True,
+                'error': 'cancelled after changing 1 of 3 files',
+                'results': results,
+            },
+        )
+
+    p._bridge = cancelled
+    p.click('lens_apply')
+    assert 'cancelled after changing 1 of 3 files' in p.printed[-1]
+    p._bridge = None
+    p.click('lens_undo')
+    assert p.manifests[-1]['files'] == [str(p.photos / 'a.jpg')]

@@ -212,6 +212,8 @@ def test_should_stop_between_batches(bracket, tmp_path):
     assert str(err.value) == 'cancelled' and isinstance(err.value, Cancelled)
     changed = [p for p in files if p.read_bytes() != before[p]]
     assert len(changed) == BATCH
+    # the error says which files were written: the caller (darktable) can undo just those
+    assert sorted(r.path for r in err.value.done.results if r.changes) == sorted(changed)
     results = undo_lens(files, store=store)
     assert all(r.ok for r in results)
     assert sorted(r.path for r in results if r.undone == 1) == sorted(changed)
@@ -239,3 +241,30 @@ def test_a_dead_commands_journal_is_settled_by_the_next(bracket, tmp_path, monke
     assert [f.name for f in store_files(store.root) if f.name.startswith('batch-')]
     assert undo_lens([p], store=UndoStore(store.root))[0].undone == 1
     assert p.read_bytes() == before[p] and store_files(store.root) == []
+
+
+def test_a_cancelled_lens_job_reports_the_files_it_changed(bracket, tmp_path, monkeypatch):
+    """run-job's lens kind (the darktable module): a cancel after the first batch gives a
+    status that names the files written (outcome "updated"), and an undo job of just those
+    files restores them all."""
+    from pybridge.job import _run_lens
+
+    files, before = bracket
+    monkeypatch.setenv('FOCUSBRIDGE_UNDO_DIR', str(tmp_path / 'undo'))
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    manifest = {'kind': 'lens', 'files': [str(f) for f in files], 'fields': {'model': 'L'}}
+    status = _run_lens(manifest, tmp_path / 'job.json', lambda *a, **k: None, cancel)
+    changed = sorted(str(p) for p in files if p.read_bytes() != before[p])
+    assert status['cancelled'] and not status['ok']
+    assert len(changed) == BATCH
+    assert sorted(r['file'] for r in status['results'] if r['outcome'] == 'updated') == changed
+    assert status['error'] == f'cancelled after changing {BATCH} of {len(files)} files'
+    undo = {'kind': 'lens', 'action': 'undo', 'files': changed}
+    status = _run_lens(undo, tmp_path / 'job.json', lambda *a, **k: None, None)
+    assert status['ok'] and {r['outcome'] for r in status['results']} == {'restored'}
+    assert all(p.read_bytes() == before[p] for p in files)
