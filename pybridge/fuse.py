@@ -235,6 +235,8 @@ class FrameDifferences:
         self.kept: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.first: list[tuple[np.ndarray, float]] | None = None  # the first pair's maps
         self.seen = 0
+        self.blocks: list[tuple[np.ndarray, np.ndarray]] = []  # per pair: noise, brightness
+        self.scale: np.ndarray | None = None  # noise_scale_table() once both pairs are in
 
     def observe(
         self, index: int, pixels: np.ndarray, valid: np.ndarray | None, statistics
@@ -254,19 +256,130 @@ class FrameDifferences:
             return None
         _, kept, first_valid = self.kept
         self.kept = None
-        d = cv2.subtract(kept.astype(np.float32), _grey(pixels))
-        del kept
+        kept = kept.astype(np.float32)
+        grey = _grey(pixels)
+        unclipped = _unclipped(kept, grey)
+        d = cv2.subtract(kept, grey)
         cv2.multiply(d, math.sqrt(0.5), dst=d)
         both = first_valid if valid is None else valid
         if first_valid is not None and valid is not None:
             both = cv2.bitwise_and(first_valid, valid)
+        if unclipped is not None:
+            both = unclipped if both is None else cv2.bitwise_and(both, unclipped)
+        brightness = cv2.addWeighted(kept, 0.5, grey, 0.5, 0.0, dst=kept)  # in place: memory
+        self.blocks.append(_noise_blocks(d, brightness, both))
+        del kept, grey, brightness
         maps = statistics(d, both)  # one at a time: memory is the budget
         if self.first is None:
             self.first = [_half(u) for u in maps]
             return None
         first, self.first = self.first, None
         self.seen = self.LOOK  # done
+        self.scale = noise_scale_table(self.blocks)
+        self.blocks = []
         return [_quiet_blocks(_single(*h), u) for h, u in zip(first, maps, strict=True)]
+
+
+CRUSHED, CLIPPED = 0.02, 0.98  # grey levels below / above which a frame's noise is cut off
+
+
+def _unclipped(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """uint8 mask of the pixels where neither frame is crushed to black or clipped to white,
+    or None when that is all of them or too little of the picture (under a quarter) to
+    measure on. There the noise is cut off (a JPEG's shadows crushed to 0-4 of 255, a black
+    vignette): blocks from there would be the quietest and set the noise of the whole frame,
+    several times too low for the rest of it, which then kept one frame's noise."""
+    low = cv2.compare(cv2.min(a, b), CRUSHED, cv2.CMP_GE)
+    cv2.bitwise_and(low, cv2.compare(cv2.max(a, b), CLIPPED, cv2.CMP_LE), dst=low)
+    inside = cv2.countNonZero(low)
+    if inside == low.size or inside < low.size / 4:
+        return None
+    return low
+
+
+def _noise_blocks(d: np.ndarray, brightness: np.ndarray, valid: np.ndarray | None, block=8):
+    """The noise energy (mean square of the difference `d`) and the mean brightness of every
+    8x8 block wholly inside `valid`."""
+    h, w = (d.shape[0] // block) * block, (d.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return np.empty(0, np.float32), np.empty(0, np.float32)
+    size = (w // block, h // block)
+    strip = 32 * block  # rows at a time: no frame-sized temporary (memory)
+    energy = np.concatenate(
+        [
+            cv2.resize(
+                cv2.multiply(d[top : min(top + strip, h), :w], d[top : min(top + strip, h), :w]),
+                (w // block, (min(top + strip, h) - top) // block),
+                interpolation=cv2.INTER_AREA,
+            )
+            for top in range(0, h, strip)
+        ]
+    )
+    level = cv2.resize(brightness[:h, :w], size, interpolation=cv2.INTER_AREA)
+    if valid is None:
+        return energy.ravel(), level.ravel()
+    inside = cv2.resize(valid[:h, :w], size, interpolation=cv2.INTER_AREA) == 255
+    return energy[inside], level[inside]
+
+
+NOISE_BANDS = 8  # brightness bands the noise is measured in
+NOISE_BAND_BLOCKS = 64  # blocks a band needs at least
+NOISE_SCALE_MIN = 1.5  # a picture whose brightest part is noisier by less: one noise level
+NOISE_SCALE_MAX = 4.0
+
+
+def noise_scale_table(blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+    """How much noisier than in the quietest part of the picture each brightness is: a table
+    of 256 factors (brightness 0..1 in steps of 1/255), or None where the noise is alike at
+    every brightness. Raw sensor data and linear exports have shot noise (variance a + b x
+    brightness): one noise level for the whole picture, measured where it is quietest (the
+    dark parts), left a bright background with one frame's noise in the result.
+
+    From the noise blocks of the frame differences (`_noise_blocks`): in each of 8 brightness
+    bands of equal block counts, the lowest tenth of the blocks' energies (as TieSpread's
+    quiet blocks), then a line fitted through the bands robustly (Theil-Sen: a band whose
+    blocks all hold detail in focus in one of the frames does not move it). Shot noise
+    cannot grow faster than that (its variance at most in proportion to the brightness: a
+    factor of at most sqrt(brightness / the darkest band's)); detail that misregistration or
+    focus leaves in the differences of bright textured parts can, so the factor is held to
+    that, to the bands' own values and to NOISE_SCALE_MAX. Below NOISE_SCALE_MIN at its largest, the picture keeps
+    one noise level (the synthetic benchmark scenes, with noise alike everywhere, read up to
+    1.33 from their texture alone)."""
+    energy = np.concatenate([e for e, _ in blocks]) if blocks else np.empty(0)
+    level = np.concatenate([b for _, b in blocks]) if blocks else np.empty(0)
+    bands = min(NOISE_BANDS, energy.size // NOISE_BAND_BLOCKS)
+    if bands < 3:
+        return None
+    order = np.argsort(level, kind="stable")
+    x, y = [], []
+    for part in np.array_split(order, bands):
+        x.append(float(np.median(level[part])))
+        y.append(float(np.percentile(energy[part], 10)))
+    x, y = np.array(x), np.array(y)
+    slopes = [
+        (y[j] - y[i]) / (x[j] - x[i])
+        for i in range(bands)
+        for j in range(i + 1, bands)
+        if x[j] - x[i] > 1e-3
+    ]
+    if not slopes:
+        return None
+    slope = float(np.median(slopes))
+    if slope <= 0:
+        return None
+    offset = float(np.median(y - slope * x))
+    quietest = offset + slope * x[0]
+    if quietest <= 0:
+        quietest = max(float(np.min(y)), 1e-12)
+    grid = np.clip(np.arange(256) / 255.0, x[0], x[-1])
+    # nor above the bands' own values: a camera's tone curve flattens the noise of the
+    # highlights, where the line would overshoot
+    fitted = np.minimum(offset + slope * grid, np.interp(grid, x, y))
+    factor = np.sqrt(np.maximum(fitted, quietest) / quietest)
+    if x[0] > 0:
+        factor = np.minimum(factor, np.sqrt(grid / x[0]))
+    factor = np.clip(factor, 1.0, NOISE_SCALE_MAX).astype(np.float32)
+    return factor if factor.max() >= NOISE_SCALE_MIN else None
 
 
 def _half(u: np.ndarray) -> tuple[np.ndarray, float]:
@@ -492,12 +605,19 @@ class _Fuser:
         if self.differences is not None:
             estimates = self.differences.observe(index, pixels, valid, self._statistics)
             if estimates is not None:
+                if self.differences.scale is not None:
+                    self._scale_noise(self.differences.scale, pixels)
                 for (ties, select), estimate in zip(self._noise_states(), estimates, strict=True):
                     if estimate is not None:
                         old = ties.threshold
                         ties.fix(*estimate)
                         select.retie(old, ties.threshold)
         return self.focus.update(index, focus, valid)
+
+    def _scale_noise(self, table: np.ndarray, pixels: np.ndarray) -> None:
+        """The noise grows with brightness by `table` (noise_scale_table), the brightness
+        being that of `pixels` (an aligned frame): the statistics that follow are scaled by it
+        where they are compared."""
 
     def _statistics(self, grey: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
         """Every noise-aware statistic of a grey picture (focus measure first), as the
@@ -582,6 +702,22 @@ class PyramidFuser(_Fuser):
         self.pyr: list[np.ndarray] | None = None
         self.select: list[SoftSelect] = []
         self.ties = [TieSpread(frame_count) for _ in range(self.contrast_levels)]
+        # how much noisier than in the quietest part each brightness is (None: alike
+        # everywhere), and the brightness at each contrast level (uint8) that it is read at
+        self.brightness: list[np.ndarray] = []
+        self.noise_table: np.ndarray | None = None
+
+    def _scale_noise(self, table, pixels):
+        # each contrast level's statistic is divided by the noise factor of its pixel's
+        # brightness: the same factor for every frame there, so which frame is sharpest does
+        # not change, and one tie threshold and spread serve every brightness. The maxima
+        # kept so far are brought to that scale. (The brightness maps exist only then: memory)
+        self.noise_table = table
+        self.brightness = _brightness_levels(pixels, self.contrast_levels)
+        for select, bright in zip(self.select, self.brightness, strict=True):
+            covered = select.top > _NONE / 2
+            _divide_by_table(select.top, bright, table)
+            select.top[~covered] = _NONE
 
     def _statistics(self, grey, valid):
         yield from super()._statistics(grey, valid)
@@ -599,6 +735,8 @@ class PyramidFuser(_Fuser):
     def _contrast(self, i: int, lap: np.ndarray, valid: np.ndarray | None):
         """Local contrast of pyramid level i, and the spread of it that noise explains."""
         u = self._local_contrast(lap)
+        if self.noise_table is not None:
+            _divide_by_table(u, self.brightness[i], self.noise_table)
         outside = None
         if valid is not None:
             outside = cv2.compare(valid, 255, cv2.CMP_LT)
@@ -660,6 +798,24 @@ class PyramidFuser(_Fuser):
             self.pyr[-1] = self.top_sum * (1.0 / self.frames)
         image = _collapse(self.pyr)
         return np.clip(image, 0.0, 1.0, out=image)  # in place (a new array): 0..1, as documented
+
+
+def _brightness_levels(pixels: np.ndarray, count: int) -> list[np.ndarray]:
+    """The frame's smoothed grey (0..255, uint8: a quarter of a float plane) at the size of
+    each of the first `count` pyramid levels."""
+    grey = cv2.GaussianBlur(_grey(pixels), (0, 0), 2.0)
+    out = [np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)]
+    for _ in range(count - 1):
+        grey = cv2.pyrDown(grey)
+        out.append(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def _divide_by_table(u: np.ndarray, brightness: np.ndarray, table: np.ndarray) -> None:
+    """u /= table[brightness], in place, in strips (no frame-sized temporary)."""
+    for top in range(0, u.shape[0], 256):
+        rows = slice(top, top + 256)
+        cv2.divide(u[rows], cv2.LUT(brightness[rows], table), dst=u[rows])
 
 
 def make_fuser(

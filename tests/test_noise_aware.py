@@ -145,3 +145,89 @@ def test_a_fuser_is_freed_as_soon_as_it_is_dropped(method):
         assert alive() is None
     finally:
         gc.enable()
+
+
+def _shoot(base: np.ndarray, sigma, seed: int) -> list[np.ndarray]:
+    """N frames of the flat field `base` (H x W) around the textured patch of the `bracket`
+    fixture (sharp in frame SHARP), with noise of std sigma(pixel value) in every frame."""
+    rng = np.random.default_rng(seed)
+    texture = rng.random((100, 100)).astype(np.float32) * 0.5 + 0.25
+    frames = []
+    for k in range(N):
+        img = base.copy()
+        blur = 2.0 * abs(k - SHARP)
+        img[PATCH] = cv2.GaussianBlur(texture, (0, 0), blur) if blur else texture
+        noisy = img + rng.normal(0, 1, img.shape).astype(np.float32) * sigma(img)
+        frames.append(np.repeat(noisy[..., None], 3, axis=2))
+    return frames
+
+
+def _flat_ratio(result: np.ndarray, frames, box) -> float:
+    return float(_highpass(result)[box].std()) / min(float(_highpass(f)[box].std()) for f in frames)
+
+
+def test_shot_noise_is_averaged_in_bright_areas_too():
+    """Noise that grows with brightness (shot noise: a raw file, a linear export): measured
+    where the picture is quietest (the dark half), one noise level left the bright half with
+    more than one frame's noise (1.2x the least noisy frame's here). The noise is measured
+    per brightness (fuse.noise_scale_table), so both halves come out averaged."""
+    base = np.full((H, W), 0.06, np.float32)
+    base[:, W // 2 :] = 0.85
+    frames = _shoot(base, lambda img: np.sqrt(1.3e-6 + 7.94e-4 * np.clip(img, 0, 1)), seed=11)
+    result = stack(frames, align=False).image
+    dark, bright = (slice(180, 230), slice(20, 120)), (slice(180, 230), slice(250, 350))
+    assert _flat_ratio(result, frames, bright) < 0.8  # 1.18 with one noise level
+    assert _flat_ratio(result, frames, dark) < 0.6
+
+
+def test_crushed_blacks_do_not_set_the_noise_level():
+    """A JPEG's shadows crushed to a few levels (a black vignette): almost no noise there. Its
+    blocks were the quietest and set the noise of the whole frame, and the background kept
+    one frame's noise (1.15x the least noisy frame's here); pixels crushed to black or
+    clipped to white are left out of the measurement (fuse._unclipped)."""
+    base = np.full((H, W), 0.08, np.float32)
+    yy, xx = np.mgrid[0:H, 0:W]
+    corners = np.hypot((yy - H / 2) / H, (xx - W / 2) / W) > 0.45
+    base[corners] = 0.0
+    quantum = 1 / 255
+
+    def sigma(img):
+        return np.where(img > 0.01, 0.01, 0.004).astype(np.float32)
+
+    frames = _shoot(base, sigma, seed=12)
+    for f in frames:  # the corners crushed to 0..2 of 255, as an 8-bit JPEG's tone curve does
+        f[corners] = np.round(np.clip(f[corners], 0, 2 * quantum) / quantum) * quantum
+    result = stack(frames, align=False).image
+    background = (slice(100, 150), slice(240, 320))
+    assert corners.mean() > 0.15 and not corners[background].any()
+    assert _flat_ratio(result, frames, background) < 0.8  # 1.15 with the crushed blocks
+
+
+def _bands(sigma, levels, blocks=2000, seed=0):
+    """Noise blocks (energy, brightness) as FrameDifferences gathers them."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(*levels, blocks).astype(np.float32)
+    # the energy of an 8x8 block of noise: a mean of 64 squares
+    energy = (rng.normal(0, 1, (blocks, 64)) ** 2).mean(axis=1) * sigma(level) ** 2
+    return energy.astype(np.float32), level
+
+
+def test_noise_scale_table_follows_shot_noise_and_nothing_else():
+    from pybridge.fuse import noise_scale_table
+
+    def shot(x):
+        return np.sqrt(1e-6 + 8e-4 * x)
+
+    table = noise_scale_table([_bands(shot, (0.05, 0.9)), _bands(shot, (0.05, 0.9), seed=1)])
+    assert table is not None and table.shape == (256,)
+    # relative to the darkest band's noise (~0.08 brightness), within 15 %
+    want = shot(np.array([0.5, 0.8])) / shot(0.08)
+    assert np.allclose(table[[128, 204]], want, rtol=0.15), (table[[128, 204]], want)
+    # noise alike at every brightness: no table
+    assert noise_scale_table([_bands(lambda x: 0.01 + 0 * x, (0.05, 0.9))]) is None
+    # detail left in the brightest eighth of the blocks (misregistered texture): no table
+    energy, level = _bands(lambda x: 0.01 + 0 * x, (0.05, 0.9))
+    energy[level > 0.8] *= 30
+    assert noise_scale_table([(energy, level)]) is None
+    # too few blocks to tell
+    assert noise_scale_table([_bands(shot, (0.05, 0.9), blocks=100)]) is None
