@@ -1,13 +1,13 @@
 """Benchmark: `focusbridge batch` against a shell loop of `focusbridge stack`, and through Dask.
 
     .venv/bin/python bench/bench_batch.py [--brackets 12 --frames 8 --size 1200x1700 --repeat 3]
-        [--camera-metadata]
+        [--no-metadata]
 
 Generates (once, cached under bench/work/batch-sets/) BRACKETS synthetic brackets of FRAMES
 16-bit TIFF frames each (tests/synthetic.py make_bracket, seed = bracket number), one folder
-per bracket (with `--camera-metadata`, every frame carries the tags of a real Canon JPEG, maker
-notes included, as a camera's frames do: every stack then merges metadata with exiftool;
-without it the frames carry none and no exiftool runs), then runs, one after the other on the
+per bracket; every frame carries the tags of a real Canon JPEG, maker notes included, as a
+camera's frames do, so every stack merges metadata with exiftool (`--no-metadata`: frames
+without any, as generated; then no exiftool runs), then runs, one after the other on the
 same inputs:
 
 1. loop:  `focusbridge stack DIR/*.tif -o OUT/DIR_stacked.tif` for every bracket, sequentially;
@@ -241,10 +241,12 @@ def main() -> int:
         help="rounds of the three runs, interleaved; the table shows medians (default 3)",
     )
     ap.add_argument(
-        "--camera-metadata",
-        action="store_true",
-        help="frames carry a camera's tags (tests/data/camera-metadata/Canon.jpg), so every "
-        "stack merges metadata, as on a camera's frames",
+        "--no-metadata",
+        dest="camera_metadata",
+        action="store_false",
+        help="frames without metadata (as generated) instead of frames with a camera's tags "
+        "(tests/data/camera-metadata/Canon.jpg, maker notes included), which every stack "
+        "merges onto its result, as with a camera's frames",
     )
     ap.add_argument("--report", default=str(WORK / "batch-results.md"))
     args = ap.parse_args()
