@@ -442,7 +442,8 @@ class _QuickAligner(ChainAligner):
     """The pipeline's chain alignment with one ECC pass per neighbour step, at the working
     size (320 px; the coarse pass at 256 px before it changes next to nothing this close,
     from the previous step's motion); a step that pass cannot do plausibly gets the full
-    coarse-to-fine registration."""
+    coarse-to-fine registration. At most 20 iterations: 40 or 10 gave the same findings on
+    every real and synthetic bracket of bench_check --findings, 20 took 10 % less time."""
 
     def _register(self, prev, cur):
         f = prev.f
@@ -452,7 +453,7 @@ class _QuickAligner(ChainAligner):
                 cur.grey,
                 _rescale(self._last_step, f),
                 cv2.MOTION_AFFINE,
-                iterations=40,
+                iterations=20,
                 eps=1e-4,
                 blur=5,
                 want_corr=True,
