@@ -442,8 +442,8 @@ class _QuickAligner(ChainAligner):
     """The pipeline's chain alignment with one ECC pass per neighbour step, at the working
     size (320 px; the coarse pass at 256 px before it changes next to nothing this close,
     from the previous step's motion); a step that pass cannot do plausibly gets the full
-    coarse-to-fine registration. At most 20 iterations: 40 or 10 gave the same findings on
-    every real and synthetic bracket of bench_check --findings, 20 took 10 % less time."""
+    coarse-to-fine registration. At most 20 iterations: the findings were those of 40 on
+    every real and synthetic bracket of bench_check --findings, in 10 % less time."""
 
     def _register(self, prev, cur):
         f = prev.f
