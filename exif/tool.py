@@ -248,6 +248,21 @@ def keep_exiftool() -> None:
         atexit.register(end_kept_exiftool)
 
 
+@contextmanager
+def exiftool_kept():
+    """:func:`keep_exiftool` for this block, in this thread only (a queue of stacks run one
+    after another, as darktable's batch job): the kept exiftool ends with the block."""
+    if _kept.wanted:  # kept already (a pool or Dask worker)
+        yield
+        return
+    _kept.wanted = True  # this thread's own attribute, over the class's default
+    try:
+        yield
+    finally:
+        del _kept.wanted
+        end_kept_exiftool()
+
+
 def _kept_exiftool():
     if _kept.et is not None and not _alive(_kept.et):
         end_kept_exiftool()

@@ -483,7 +483,34 @@ def _run_batch(manifest: dict, path: Path, progress, cancel) -> dict:
             raise ManifestError(
                 path, f"stacks[{i}]: output {stacks[i][2]} is also stacks[{outs.index(out)}]'s"
             )
+    from exif.tool import exiftool_kept
+
     total = sum(len(s[0]) for s in stacks)
+    with exiftool_kept():  # one exiftool merges the metadata of every stack
+        results, stopped = _run_stacks(stacks, options, total, progress, cancel)
+    failed = [(i, r) for i, r in enumerate(results) if not r["ok"] and not r["cancelled"]]
+    stacked = sum(r["ok"] for r in results)
+    if stopped:
+        error = f"cancelled after {stacked} of {len(results)} stacks"
+    elif failed:
+        error = (
+            f"{len(failed)} of {len(results)} stacks failed; first: stacks[{failed[0][0]}]: "
+            f"{failed[0][1]['error']}"
+        )
+    else:
+        error = None
+    return {
+        "ok": not failed and not stopped,
+        "error": error,
+        "cancelled": stopped,
+        "stacked": stacked,
+        "results": results,
+    }
+
+
+def _run_stacks(stacks, options, total: int, progress, cancel) -> tuple[list[dict], bool]:
+    """The batch job's stacks, one after another: each one's result, and whether a cancel
+    stopped them."""
     rearm = _signals_armed()
     results: list[dict] = []
     done = 0
@@ -522,24 +549,7 @@ def _run_batch(manifest: dict, path: Path, progress, cancel) -> dict:
             output=r["output"],
             outcome="done" if r["ok"] else "cancelled" if r["cancelled"] else "failed",
         )
-    failed = [(i, r) for i, r in enumerate(results) if not r["ok"] and not r["cancelled"]]
-    stacked = sum(r["ok"] for r in results)
-    if stopped:
-        error = f"cancelled after {stacked} of {len(results)} stacks"
-    elif failed:
-        error = (
-            f"{len(failed)} of {len(results)} stacks failed; first: stacks[{failed[0][0]}]: "
-            f"{failed[0][1]['error']}"
-        )
-    else:
-        error = None
-    return {
-        "ok": not failed and not stopped,
-        "error": error,
-        "cancelled": stopped,
-        "stacked": stacked,
-        "results": results,
-    }
+    return results, stopped
 
 
 def _batch_entry(entry, i: int, outputs, path: Path):

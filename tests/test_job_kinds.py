@@ -507,3 +507,46 @@ def test_the_schema_says_what_true_means_for_switches_that_are_on_by_default():
             assert props[name]["description"].startswith("true (default): "), name
             assert "; false: " in props[name]["description"], name
     assert StackOptions.schema()["properties"]["crop"]["description"].startswith("crop to")
+
+
+def test_a_batch_job_merges_every_stack_with_one_exiftool(tmp_path, brackets):
+    """darktable's queue (kind batch) runs its stacks in one process: one exiftool merges the
+    metadata of all of them (starting one costs more CPU than a merge) and ends with the job."""
+    import os
+
+    log = tmp_path / "starts.log"
+    wrapper = tmp_path / "exiftool"
+    real = subprocess.run(["which", "exiftool"], capture_output=True, text=True).stdout.strip()
+    wrapper.write_text(f'#!/bin/sh\necho started >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = job(
+        tmp_path / "job",
+        {
+            "kind": "batch",
+            "stacks": [
+                {"frames": [str(f) for f in b], "output": str(out / f"b{i}_stacked.tif")}
+                for i, b in enumerate(brackets)
+            ],
+        },
+    )
+    env = {**os.environ, "FOCUSBRIDGE_EXIFTOOL": str(wrapper)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pybridge", "run-job", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    st = status(tmp_path / "job")
+    assert st["stacked"] == 2
+    for i in range(2):  # both results carry their frames' merged tags
+        tags = subprocess.run(
+            ["exiftool", "-s3", "-DateTimeOriginal", str(out / f"b{i}_stacked.tif")],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert tags, i
+    assert log.read_text().count("started") == 1
