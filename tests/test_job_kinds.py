@@ -533,11 +533,7 @@ def test_a_batch_job_merges_every_stack_with_one_exiftool(tmp_path, brackets):
     )
     env = {**os.environ, "FOCUSBRIDGE_EXIFTOOL": str(wrapper)}
     done = subprocess.run(
-        [sys.executable, "-m", "pybridge", "run-job", str(manifest)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+        [*RUN_JOB, str(manifest)], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
     )
     assert done.returncode == 0, done.stderr
     st = status(tmp_path / "job")
