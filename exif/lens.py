@@ -349,8 +349,10 @@ def set_lens(
     store: UndoStore | None = None,
     ignore_minor: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> LensReport:
     """Write ``spec`` into every file; files that fail are reported, the others still done.
+    ``on_batch(files written so far, files to write)`` is called after each batch.
 
     ``ignore_minor`` passes exiftool's ``-m`` (write despite minor errors such as
     "[minor] Undersized IFD0 StripByteCounts").  ``should_stop`` is asked before each batch of
@@ -439,6 +441,8 @@ def set_lens(
                 minor = ['-m'] if ignore_minor else []
                 _write_batch(et, session, [*minor, *args], batch, stats)
                 attempted.update(batch)
+                if on_batch is not None:
+                    on_batch(len(attempted), sum(map(len, groups.values())))
 
         # read back: what the files now say
         written = [k for k in order if results[k].ok]

@@ -691,17 +691,23 @@ def _run_lens(manifest: dict, path: Path, progress, cancel) -> dict:
     progress("lens", count=len(files), fraction=0.1)
     results = []
     try:
+        # progress as the files are done: the plugin gives up on a job silent for 30 minutes
+        def done(count: int, total: int) -> None:
+            progress("lens", count=len(files), fraction=0.1 + 0.85 * count / max(total, 1))
+
         if job.action == "undo":
-            for f in files:  # one at a time, so a cancel stops between files
+            for k, f in enumerate(files):  # one at a time, so a cancel stops between files
                 if cancel is not None and cancel():
                     raise Cancelled()
                 results.append(_undo_result(undo_lens([f])[0]))
+                done(k + 1, len(files))
         else:
             report = set_lens(
                 files,
                 lens_spec(job.preset, **fields),
                 dry_run=job.dry_run,
                 should_stop=cancel,
+                on_batch=done,
             )
             results = [_set_result(r) for r in report.results]
     except Cancelled as exc:

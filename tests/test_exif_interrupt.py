@@ -268,3 +268,23 @@ def test_a_cancelled_lens_job_reports_the_files_it_changed(bracket, tmp_path, mo
     status = _run_lens(undo, tmp_path / 'job.json', lambda *a, **k: None, None)
     assert status['ok'] and {r['outcome'] for r in status['results']} == {'restored'}
     assert all(p.read_bytes() == before[p] for p in files)
+
+
+def test_a_lens_job_reports_progress_as_files_are_done(bracket, tmp_path, monkeypatch):
+    """The darktable plugin gives up on a job that reports nothing for 30 minutes: a lens
+    job on thousands of files reports after every batch (set) and every file (undo)."""
+    from pybridge.job import _run_lens
+
+    files, _ = bracket
+    monkeypatch.setenv('FOCUSBRIDGE_UNDO_DIR', str(tmp_path / 'undo'))
+    for action in ('set', 'undo'):
+        seen = []
+        manifest = {'kind': 'lens', 'action': action, 'files': [str(f) for f in files]}
+        if action == 'set':
+            manifest['fields'] = {'model': 'L'}
+        status = _run_lens(manifest, tmp_path / 'job.json', lambda *a, **k: seen.append(k), None)
+        assert status['ok'], status
+        fractions = [k['fraction'] for k in seen]
+        steps = -(-len(files) // BATCH) if action == 'set' else len(files)
+        assert len(fractions) == 1 + steps, (action, fractions)
+        assert fractions == sorted(fractions) and fractions[-1] >= 0.9
