@@ -282,7 +282,9 @@ def test_a_lens_job_reports_progress_as_files_are_done(bracket, tmp_path, monkey
         manifest = {'kind': 'lens', 'action': action, 'files': [str(f) for f in files]}
         if action == 'set':
             manifest['fields'] = {'model': 'L'}
-        status = _run_lens(manifest, tmp_path / 'job.json', lambda *a, **k: seen.append(k), None)
+        status = _run_lens(
+            manifest, tmp_path / 'job.json', lambda *a, _s=seen, **k: _s.append(k), None
+        )
         assert status['ok'], status
         fractions = [k['fraction'] for k in seen]
         steps = -(-len(files) // BATCH) if action == 'set' else len(files)
