@@ -30,220 +30,123 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import metrics  # noqa: E402
+import run_bench  # noqa: E402
 import synthetic  # noqa: E402
 
 BASE = ROOT / "bench" / "work" / "scenes"
 SETS = BASE / "sets"
 RUNS = BASE / "runs"
-OURS = str(ROOT / ".venv" / "bin" / "focusbridge")
-FW = str(ROOT / "bench" / "work" / "peers-venv" / "bin" / "focusweave")
 
 # ----------------------------------------------------------------------------------------
 # scenes
 
+# what the scenes share: the halo scene's thin hairs (glints off, the three nearest layers) on
+# a flat-fielded backdrop, and the default scene with one background half made flat
+_HAIRS = dict(
+    base="halo",
+    size=(800, 1000),
+    max_blur=14,
+    breathing=0.001,
+    shift=2,
+    rotation=0.05,
+    glints=False,
+    keep_layers=3,
+    flicker=0.02,
+)
+_FLAT = dict(
+    base="default-flat",
+    size=(800, 1000),
+    max_blur=8,
+    breathing=0.01,
+    shift=3,
+    rotation=0.1,
+    transform=None,
+    flicker=0.03,
+    fmt="tif",
+)
+# (1c)'s camera-like JPEG: shot noise (sd 0.006 at 0.08, 0.02 at 0.85), spatially correlated
+# (demosaic-like Gaussian 0.8 px, rescaled to the same sd), 8-bit JPEG q90, 21 frames
+_CAMERA_JPEG = dict(_HAIRS, n=21, noise=("shot-corr", 4.5e-4, 2e-3, 0.8), seed=10, fmt="jpg")
+
 SCENES = {
     # (1a) insect-like: bright thin hairs on a dark (~0.08) background, 25 frames, sd 0.02
     "darkbg-bright-hairs": dict(
-        base="halo",
-        n=25,
-        size=(800, 1000),
-        max_blur=14,
-        breathing=0.001,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
-        transform="invert",
-        noise=("gauss", 0.02),
-        seed=3,
-        flicker=0.02,
-        fmt="tif",
+        _HAIRS, n=25, transform="invert", noise=("gauss", 0.02), seed=3, fmt="tif"
     ),
     # (1b) dark hairs on a dark-grey (~0.13) background, 17 frames, sd 0.015
     "darkbg-dark-hairs": dict(
-        base="halo",
+        _HAIRS,
         n=17,
-        size=(800, 1000),
         max_blur=12,
         breathing=0.0015,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
         transform="darken",
         noise=("gauss", 0.015),
         seed=4,
-        flicker=0.02,
         fmt="tif",
     ),
-    # (1c) as 1a, but closer to a real camera JPEG: shot noise (sd 0.006 at 0.08, 0.02 at
-    # 0.85), spatially correlated (demosaic-like Gaussian 0.8 px, rescaled to the same sd),
-    # 8-bit JPEG q90, 21 frames
-    "darkbg-jpeg-corr": dict(
-        base="halo",
-        n=21,
-        size=(800, 1000),
-        max_blur=14,
-        breathing=0.001,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
-        transform="invert",
-        noise=("shot-corr", 4.5e-4, 2e-3, 0.8),
-        seed=10,
-        flicker=0.02,
-        fmt="jpg",
-    ),
+    # (1c) as 1a, but closer to a real camera JPEG (_CAMERA_JPEG)
+    "darkbg-jpeg-corr": dict(_CAMERA_JPEG, transform="invert"),
     # (1d) as 1a (Gaussian sd 0.02, TIFF) but the corners fall to black (clipped noise there),
     # as a dark vignetted insect shot: ~12 % of the frame
     "darkbg-blackcorners": dict(
-        base="halo",
+        _HAIRS,
         n=25,
-        size=(800, 1000),
-        max_blur=14,
-        breathing=0.001,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
         transform="invert-blackcorners",
         corner_t=0.45,
         noise=("gauss", 0.02),
         seed=3,
-        flicker=0.02,
         fmt="tif",
     ),
-    # (1e) 1c's camera-like JPEG (shot noise, correlated, q90) with 1d's black corners
-    "darkbg-jpeg-blackcorners": dict(
-        base="halo",
-        n=21,
-        size=(800, 1000),
-        max_blur=14,
-        breathing=0.001,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
-        transform="invert-blackcorners",
-        corner_t=0.45,
-        noise=("shot-corr", 4.5e-4, 2e-3, 0.8),
-        seed=10,
-        flicker=0.02,
-        fmt="jpg",
-    ),
+    # (1e) 1c's camera-like JPEG with 1d's black corners
+    "darkbg-jpeg-blackcorners": dict(_CAMERA_JPEG, transform="invert-blackcorners", corner_t=0.45),
     # (1f) as 1e with larger black corners (~25 % of the frame)
     "darkbg-jpeg-blackcorners25": dict(
-        base="halo",
-        n=21,
-        size=(800, 1000),
-        max_blur=14,
-        breathing=0.001,
-        shift=2,
-        rotation=0.05,
-        glints=False,
-        keep_layers=3,
-        transform="invert-blackcorners",
-        corner_t=0.33,
-        noise=("shot-corr", 4.5e-4, 2e-3, 0.8),
-        seed=10,
-        flicker=0.02,
-        fmt="jpg",
+        _CAMERA_JPEG, transform="invert-blackcorners", corner_t=0.33
     ),
     # (2b) shot noise, background half dark (0.06) and half bright (0.85), flat both:
     # sd = sqrt(8e-4 x + 1e-3^2): 0.007 on the dark half, 0.026 on the bright half
     "shot-darkbright": dict(
-        base="default-flat",
+        _FLAT,
         flat_colours=(0.06, 0.85),
         n=15,
-        size=(800, 1000),
         max_blur=10,
         breathing=0.003,
-        shift=3,
-        rotation=0.1,
-        transform=None,
         noise=("shot", 8e-4, 1e-3),
         seed=11,
         flicker=0.02,
-        fmt="tif",
     ),
     # (2) shot noise: sd = sqrt(6e-4 * x + 2e-3^2)  (0.008 at 0.1, 0.017 at 0.5, 0.023 at 0.9)
-    "shotnoise": dict(
-        base="default-flat",
-        n=11,
-        size=(800, 1000),
-        max_blur=8,
-        breathing=0.01,
-        shift=3,
-        rotation=0.1,
-        transform=None,
-        noise=("shot", 6e-4, 2e-3),
-        seed=5,
-        flicker=0.03,
-        fmt="tif",
-    ),
+    "shotnoise": dict(_FLAT, n=11, noise=("shot", 6e-4, 2e-3), seed=5),
     # (3) 8-bit JPEG q90 with sd 0.01 noise
-    "jpeg90": dict(
-        base="default-flat",
-        n=11,
-        size=(800, 1000),
-        max_blur=8,
-        breathing=0.01,
-        shift=3,
-        rotation=0.1,
-        transform=None,
-        noise=("gauss", 0.01),
-        seed=6,
-        flicker=0.03,
-        fmt="jpg",
-    ),
+    "jpeg90": dict(_FLAT, n=11, noise=("gauss", 0.01), seed=6, fmt="jpg"),
     # (4) 36 frames, small focus steps (blur step 8/35 px: ~5 frames pixel-sharp per depth)
     "manyframes": dict(
-        base="default-flat",
+        _FLAT,
         n=36,
         size=(700, 1000),
-        max_blur=8,
         breathing=0.0005,
         shift=2,
         rotation=0.05,
-        transform=None,
         noise=("gauss", 0.01),
         seed=7,
         flicker=0.02,
-        fmt="tif",
     ),
     # (5) smooth vignetted bright background (halo scene without glints), low noise
     "vignette": dict(
-        base="halo",
+        _HAIRS,
         n=11,
-        size=(800, 1000),
         max_blur=10,
         breathing=0.01,
         shift=3,
         rotation=0.1,
-        glints=False,
         keep_layers=2,
         transform="vignette",
         noise=("gauss", 0.002),
         seed=8,
-        flicker=0.02,
         fmt="tif",
     ),
     # (6) strong breathing: 0.6 %/frame, 4.8 % across 9 frames
-    "breathing5": dict(
-        base="default-flat",
-        n=9,
-        size=(800, 1000),
-        max_blur=8,
-        breathing=0.006,
-        shift=3,
-        rotation=0.1,
-        transform=None,
-        noise=("gauss", 0.01),
-        seed=9,
-        flicker=0.03,
-        fmt="tif",
-    ),
+    "breathing5": dict(_FLAT, n=9, breathing=0.006, noise=("gauss", 0.01), seed=9),
 }
 
 
@@ -457,39 +360,6 @@ def gen(name: str) -> None:
 TOOLS = ["ours", "ours-depthmap", "ours-noavg", "focusweave", "enfuse"]
 
 
-def steps(tool, frames, frame_dir, run_dir):
-    outp = run_dir / "out.tif"
-    fr = [str(p) for p in frames]
-    if tool.startswith("ours"):
-        extra = {
-            "ours": [],
-            "ours-depthmap": ["--method", "depthmap"],
-            "ours-noavg": ["--no-noise-averaging"],
-        }[tool]
-        return [[OURS, "stack", *fr, "-o", str(outp), "--overwrite", *extra]], outp
-    if tool == "focusweave":
-        return [[FW, str(frame_dir), "--keep-size", "--output", str(outp)]], outp
-    if tool == "enfuse":
-        prefix = str(run_dir / "aligned_")
-        aligned = [f"{prefix}{i:04d}.tif" for i in range(len(fr))]
-        return [
-            ["align_image_stack", "-m", "--use-given-order", "-a", prefix, *fr],
-            [
-                "enfuse",
-                "--exposure-weight=0",
-                "--saturation-weight=0",
-                "--contrast-weight=1",
-                "--hard-mask",
-                "--gray-projector=l-star",
-                "--contrast-window-size=5",
-                "-o",
-                str(outp),
-                *aligned,
-            ],
-        ], outp
-    raise ValueError(tool)
-
-
 def run(name, tools):
     meta = json.loads((SETS / name / "meta.json").read_text())
     frames = [Path(p) for p in meta["frames"]]
@@ -498,13 +368,20 @@ def run(name, tools):
         if rd.exists():
             shutil.rmtree(rd)
         rd.mkdir(parents=True)
-        cmds, outp = steps(tool, frames, SETS / name / "frames", rd)
+        # the commands run_bench.py gives each tool
+        bracket = run_bench.BracketSet(name, "synth", frames, SETS / name / "frames")
+        cmds, outp = run_bench.tool_steps(tool, bracket, rd, [])
         t0 = time.time()
         rc = 0
         with open(rd / "log.txt", "w") as log:
             for c in cmds:
                 rc = subprocess.run(
-                    c, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900
+                    c.argv,
+                    cwd=c.cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=900,
                 ).returncode
                 if rc:
                     break
