@@ -430,6 +430,7 @@ def set_lens(
             return LensReport([results[k] for k in order], dry_run=True)
 
         attempted: set[str] = set()
+        to_write = sum(map(len, groups.values()))
         for args, keys in groups.items():
             for i in range(0, len(keys), BATCH):
                 if should_stop is not None and should_stop():
@@ -442,7 +443,7 @@ def set_lens(
                 _write_batch(et, session, [*minor, *args], batch, stats)
                 attempted.update(batch)
                 if on_batch is not None:
-                    on_batch(len(attempted), sum(map(len, groups.values())))
+                    on_batch(len(attempted), to_write)
 
         # read back: what the files now say
         written = [k for k in order if results[k].ok]

@@ -361,7 +361,7 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
     valid_blocks_all: list = [None] * n
     gains = [1.0] * n
     fallback = [False] * n
-    flows: dict = {}  # pair (i, i+1) -> block flow x, y and where it is reliable (a Future first)
+    flow_jobs: dict = {}  # pair (i, i+1) -> the Future of its _flow
     state: dict = {}
 
     def load(step: int):
@@ -416,9 +416,10 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
                 if not (t.fallback or fallback[other]):
                     neighbour = state["ref_small"] if other == ref else state["prev_small"]
                     first, second = (neighbour, small) if other < index else (small, neighbour)
-                    flows[min(index, other)] = flow_pool.submit(_flow, state, first, second)
+                    flow_jobs[min(index, other)] = flow_pool.submit(_flow, state, first, second)
             state["prev_small"] = small
-        flows = {pair: flow.result() for pair, flow in flows.items()}
+        # pair (i, i+1) -> block flow x, y and where it is reliable
+        flows = {pair: job.result() for pair, job in flow_jobs.items()}
     return (
         _Measures(
             fine=np.stack(fine),

@@ -305,14 +305,15 @@ def _noise_blocks(d: np.ndarray, brightness: np.ndarray, valid: np.ndarray | Non
         return np.empty(0, np.float32), np.empty(0, np.float32)
     size = (w // block, h // block)
     strip = 32 * block  # rows at a time: no frame-sized temporary (memory)
+    d = d[:h, :w]
     energy = np.concatenate(
         [
             cv2.resize(
-                cv2.multiply(d[top : min(top + strip, h), :w], d[top : min(top + strip, h), :w]),
-                (w // block, (min(top + strip, h) - top) // block),
+                cv2.multiply(rows, rows),
+                (w // block, rows.shape[0] // block),
                 interpolation=cv2.INTER_AREA,
             )
-            for top in range(0, h, strip)
+            for rows in (d[top : top + strip] for top in range(0, h, strip))
         ]
     )
     level = cv2.resize(brightness[:h, :w], size, interpolation=cv2.INTER_AREA)
@@ -342,9 +343,9 @@ def noise_scale_table(blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray
     cannot grow faster than that (its variance at most in proportion to the brightness: a
     factor of at most sqrt(brightness / the darkest band's)); detail that misregistration or
     focus leaves in the differences of bright textured parts can, so the factor is held to
-    that, to the bands' own values and to NOISE_SCALE_MAX. Below NOISE_SCALE_MIN at its largest, the picture keeps
-    one noise level (the synthetic benchmark scenes, with noise alike everywhere, read up to
-    1.33 from their texture alone)."""
+    that, to the bands' own values and to NOISE_SCALE_MAX. Below NOISE_SCALE_MIN at its
+    largest, the picture keeps one noise level (the synthetic benchmark scenes, with noise
+    alike everywhere, read up to 1.33 from their texture alone)."""
     energy = np.concatenate([e for e, _ in blocks]) if blocks else np.empty(0)
     level = np.concatenate([b for _, b in blocks]) if blocks else np.empty(0)
     bands = min(NOISE_BANDS, energy.size // NOISE_BAND_BLOCKS)
