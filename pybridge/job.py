@@ -170,11 +170,28 @@ def read_manifest(path: Path) -> dict:
         raise ManifestError(path, "no such file") from None
     except RecursionError:
         raise ManifestError(path, "not a readable JSON job manifest (nested too deeply)") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, _not_utf8(exc)) from None
     except (OSError, ValueError) as exc:
         raise ManifestError(path, f"not a readable JSON job manifest ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ManifestError(path, "a job manifest must be a JSON object")
     return data
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """Which string of the manifest is not UTF-8 text: a file name from a folder written in
+    another encoding, most likely (the JSON string around the bad byte, shown with it
+    replaced)."""
+    raw = exc.object
+    start = raw.rfind(b'"', 0, exc.start) + 1
+    end = raw.find(b'"', exc.end)
+    text = raw[start : end if end >= 0 else len(raw)][:200].decode("utf-8", "replace")
+    return (
+        f"the string {json.dumps(text, ensure_ascii=False)} is not UTF-8 text "
+        f"(byte 0x{raw[exc.start]:02x} at offset {exc.start}); a job manifest holds UTF-8 "
+        "file names (rename a file whose name uses another encoding)"
+    )
 
 
 def check_manifest(data: dict, path: Path) -> None:

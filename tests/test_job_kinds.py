@@ -546,3 +546,17 @@ def test_a_batch_job_merges_every_stack_with_one_exiftool(tmp_path, brackets):
         ).stdout.strip()
         assert tags, i
     assert log.read_text().count("started") == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    """A manifest naming a file whose name is in another encoding (Latin-1 bytes) says which
+    string is not UTF-8 text, not only at which byte the decoder stopped."""
+    path = tmp_path / "manifest.json"
+    body = json.dumps({**_FRAMES, "output": "PLACEHOLDER"}).encode()
+    path.write_bytes(body.replace(b"PLACEHOLDER", b"/photos/M\xfccke_stack.tif"))
+    one_line_error(
+        run(path),
+        f"{path}: the string \"/photos/M\ufffdcke_stack.tif\" is not UTF-8 text (byte 0xfc at",
+        "rename a file whose name uses another encoding",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
