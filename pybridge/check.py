@@ -13,10 +13,18 @@ size. From the blocks' focus curves (the measure of one block along the frames) 
   the median fall from a block's best frame (one of the pair) to the other frame of the pair
   measures how far apart the two frames' focus lies; against the bracket's typical fall (the
   median over pairs) it gives the pair's step ratio e, its step in typical steps (with depths
-  spread evenly the median fall grows as e(e + 1)/2). A pair at e >= 1.6 (most of a frame's
-  worth of focus travel missing) is a gap; its blocks whose focus lies more than half a
-  typical step from both frames are the area sharp in neither (bbox, area fraction, the red
-  of the coverage map). Frames wasted at the ends are left out of this.
+  spread evenly the median fall grows as e(e + 1)/2). That fall also depends on what the
+  pair's blocks show: a patch lying right at a frame's focus, with a peaked focus curve, falls
+  further to both sides than the typical (mixed) content; at an end pair, whose blocks are
+  only those of the inner frame, such a patch alone can make an even step look 1.6-2x
+  typical (as can a busy patch mid-bracket). So a big step is checked against the same
+  blocks' fall to their other neighbour: for the blocks sharpest in one frame of the pair, the
+  fall across the pair over the fall to the frame on the far side (about e where depths are
+  spread evenly, about 1 where the step is no bigger than the next one, whatever the blocks
+  show); where that is under 1.5 it is the pair's step ratio instead. A pair at e >= 1.6
+  (most of a frame's worth of focus travel missing) is a gap; its blocks whose focus lies more
+  than half a typical step from both frames are the area sharp in neither (bbox, area
+  fraction, the red of the coverage map). Frames wasted at the ends are left out of this.
 * wasted frames: frames at the ends of the bracket that are the sharpest (almost) nowhere;
 * focus order: frames in the order given should form a chain in which neighbours are focused
   most alike; a clearly (10 %) shorter chain in another order (spectral seriation and local
@@ -79,6 +87,7 @@ _BLOCKS_LONG_SIDE = 64  # focus blocks along the long side
 _LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as cv2.COLOR_RGB2GRAY (the focus measure's)
 _PEAKED = 4.0  # a block has a focus peak when its best measure is 4x its worst
 GAP_STEP_RATIO = 1.6  # a pair this many typical steps apart is a gap
+_SIDE_RATIO = 1.5  # ... if its step is also this much bigger than the next one (_side_ratio)
 _WASTED_SHARE = 0.003  # an end frame sharpest in less than this share of blocks is wasted
 _DUPLICATE_SHARE = 0.25  # neighbours this alike (vs a typical pair) are duplicates
 _DUPLICATE_ABS = 0.03  # mean |log measure| difference below which neighbours are duplicates
@@ -624,7 +633,7 @@ def _pair_drops(measure: np.ndarray, textured: np.ndarray) -> np.ndarray:
     logs = np.log(np.maximum(measure, 1e-12))
     best = measure.argmax(axis=0)
     usable = textured & (best > 0) & (best < n - 1)
-    least = max(12, 0.004 * textured.size)
+    least = _least(textured)
     out = np.full(max(0, n - 1), np.nan)
     for i in range(n - 1):
         falls = np.concatenate(
@@ -636,6 +645,31 @@ def _pair_drops(measure: np.ndarray, textured: np.ndarray) -> np.ndarray:
         if falls.size >= least:
             out[i] = _median(falls)
     return out
+
+
+def _least(textured: np.ndarray) -> float:
+    """Blocks it takes to judge a neighbour pair."""
+    return max(12, 0.004 * textured.size)
+
+
+def _side_ratio(logs: np.ndarray, best: np.ndarray, usable: np.ndarray, i: int) -> float | None:
+    """The step of pair (i, i+1) against the step on the far side, as the same blocks see it:
+    over the blocks sharpest in frame i (i + 1), the median fall to i + 1 (i) over the median
+    fall to i - 1 (i + 2). Same blocks, so neither their texture nor where their depths lie
+    between the frames tells: about e for a step e times the next one, about 1 for an even
+    step. The larger ratio of the pair's two frames (not an end of the bracket) that hold
+    enough blocks (twice a pair's least, a quarter of the pair's): a frame between two gaps
+    says 1. None when neither holds enough."""
+    n = len(logs)
+    zones = ((i, i + 1, i - 1), (i + 1, i, i + 2))  # (frame, across the pair, far side)
+    masks = [usable & (best == b) if 0 < b < n - 1 else None for b, _, _ in zones]
+    total = sum(int(m.sum()) for m in masks if m is not None)
+    found = []
+    for (b, across, other), mask in zip(zones, masks, strict=True):
+        if mask is not None and mask.sum() >= max(2 * _least(usable), total / 4):
+            far = _median((logs[b] - logs[other])[mask])
+            found.append(_median((logs[b] - logs[across])[mask]) / max(far, 1e-6))
+    return max(found) if found else None
 
 
 def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Measures) -> None:
@@ -654,12 +688,20 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
     steps = np.maximum((-1 + np.sqrt(1 + 8 * ratio)) / 2, 1.0)
     logs = np.log(np.maximum(measure, 1e-12))
     best = measure.argmax(axis=0)
+    usable = textured & (best > 0) & (best < n - 1)
     unsharp = np.zeros(textured.shape, bool)
     for i in range(n - 1):
-        e = float(steps[i])
-        if judged[i]:
-            result.step_ratios[offset + i] = round(e, 2)
-        if not (judged[i] and e >= GAP_STEP_RATIO):
+        if not judged[i]:
+            continue
+        e: float | None = float(steps[i])
+        if e >= GAP_STEP_RATIO:  # big against the typical step; against the next one too?
+            side = _side_ratio(logs, best, usable, i)
+            if side is None:
+                e = None  # too few blocks to tell
+            elif side < _SIDE_RATIO:
+                e = max(side, 1.0)  # no bigger than the next step: the blocks fall far anyway
+        result.step_ratios[offset + i] = None if e is None else round(e, 2)
+        if e is None or e < GAP_STEP_RATIO:
             continue
         # blocks whose focus lies more than half a typical step from both frames
         between = textured & ((best == i) | (best == i + 1))

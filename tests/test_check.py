@@ -91,6 +91,19 @@ def test_reversed_order_is_fine_and_the_gap_is_still_found(bracket):
     assert result.to_json()["gaps"] == [[4, 5]]  # 10 frames reversed: 9-4 -> 5, 9-5 -> 4
 
 
+def test_what_the_end_pair_shows_is_no_gap_a_frame_missing_there_is():
+    """An end pair is judged from its inner frame's blocks alone. Here frame 1's are mostly an
+    object lying right at its focus, whose measure (steps of 3.1 px disk radius: a peaked focus
+    curve) falls further to both sides than the bracket's mixed content does: the step to
+    frame 0 looked 1.64 typical steps, a gap. Against the same blocks' fall towards frame 2
+    it is an even step. With frame 1 taken out, the end pair is a gap."""
+    b = make_bracket(10, (480, 640), max_blur=28.0, seed=5, flicker=0.005, slant=0.9)
+    result = check_bracket(b.frames)
+    assert result.gaps == [] and all(e is None or e < 1.6 for e in result.step_ratios)
+    result = check_bracket(without(b.frames, (1,)))
+    assert result.to_json()["gaps"] == [[0, 1]] and result.step_ratios[0] >= 1.6
+
+
 # -- wasted, order, duplicates, exposure, motion --------------------------------------------
 
 
