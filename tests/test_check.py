@@ -104,6 +104,20 @@ def test_what_the_end_pair_shows_is_no_gap_a_frame_missing_there_is():
     assert result.to_json()["gaps"] == [[0, 1]] and result.step_ratios[0] >= 1.6
 
 
+def test_one_frame_missing_where_a_step_halves_the_finest_measure():
+    """Steps of 2 px disk radius at the frames' own size (8 x 1 MP, thin hairs before a bright
+    backdrop): one typical step divides the check-size focus measure by about 2, so a missing
+    frame's double step nears that measure's floor and read only 1.41 (mid) and 1.49 (end)
+    typical steps, no gap. Judged at half size it reads 1.64 and 1.84. (Seeds 0-4, frames 1,
+    3 or 4 taken out: 8 of 15 found, 5 before; no gap in any whole bracket.)"""
+    b = make_bracket(
+        8, (866, 1155), max_blur=14.0, scene="halo", noise=0.002, flicker=0.005, seed=1
+    )
+    assert check_bracket(b.frames).gaps == []
+    assert check_bracket(without(b.frames, (4,))).to_json()["gaps"] == [[3, 4]]
+    assert check_bracket(without(b.frames, (1,))).to_json()["gaps"] == [[0, 1]]
+
+
 # -- wasted, order, duplicates, exposure, motion --------------------------------------------
 
 
@@ -113,6 +127,28 @@ def test_frames_focused_before_the_subject_are_wasted(bracket):
     result = check_bracket(before + bracket.frames)
     assert result.wasted[:2] == [0, 1] and 2 not in result.wasted
     assert result.gaps == []  # the step from a wasted frame into the bracket is no gap
+
+
+def test_blurred_frames_padding_both_ends_are_wasted_and_leave_the_order_alone(bracket):
+    """A bracket started before the subject and ended past it: both end frames are sharp
+    nowhere, so no block is near its sharpest in either. Their distance was taken as 0 (the
+    frames looked alike), the chain joining them as shorter: out of order, and neither gaps
+    nor wasted frames judged (depthmap10 with frames 4, 5 taken out did the same)."""
+    near, far = (cv2.GaussianBlur(bracket.frames[k], (0, 0), 3.0) for k in (0, -1))
+    result = check_bracket([near, *bracket.frames, far])
+    assert result.order == "in focus order" and result.gaps == []
+    assert result.wasted[0] == 0 and result.wasted[-1] == N + 1
+    result = check_bracket([near, *without(bracket.frames, (5, 6)), far])
+    assert result.order == "in focus order" and result.to_json()["gaps"] == [[5, 6]]
+
+
+def test_a_file_counter_that_wrapped_is_out_of_order(bracket):
+    """IMG_9999 then IMG_0001: sorted by name, the bracket's last frames come first."""
+    given = bracket.frames[7:] + bracket.frames[:7]
+    result = check_bracket(given)
+    assert result.order == "out of order"
+    focus = [(k + 7) % N for k in result.suggested_order]
+    assert focus in (list(range(N)), list(range(N))[::-1])
 
 
 def test_frames_out_of_order_and_the_order_they_belong_in(bracket):
