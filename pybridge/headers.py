@@ -116,11 +116,31 @@ def jpeg_png_header(path, data: bytes, kind: str) -> Header:
         im.info.get('icc_profile') or None,
     )
     if kind == 'png':
-        try:
-            im.verify()  # every chunk up to IEND there, with the right checksum
-        except Exception as exc:
-            raise _damaged(path, kind, exc) from exc
+        problem = _png_damage(data)
+        if problem:
+            raise InputError(path, f'corrupt or truncated PNG file ({problem})')
     return header
+
+
+def _png_damage(data: bytes) -> str | None:
+    """What is wrong with the PNG's chunks, or None when every chunk up to IEND is there with
+    the right checksum. (What Pillow's verify() checks, in a third of its time on a 12 MP
+    16-bit PNG: 0.036 s instead of 0.092, read twice per frame, probed and decoded; libpng
+    checks them too, but writes its complaints to stderr.)"""
+    view = memoryview(data)
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from('>I', data, pos)
+        kind = bytes(data[pos + 4 : pos + 8]).decode('latin-1')
+        after = pos + 12 + length
+        if after > end:
+            return f'chunk {kind} at byte {pos} runs past the end of the file'
+        if zlib.crc32(view[pos + 4 : after - 4]) != struct.unpack_from('>I', data, after - 4)[0]:
+            return f'chunk {kind} at byte {pos} has a wrong checksum'
+        if kind == 'IEND':
+            return None
+        pos = after
+    return 'no IEND chunk: the file ends early'
 
 
 def _damaged(path, kind: str, exc: Exception) -> InputError:

@@ -101,6 +101,22 @@ def test_truncated_png_is_refused_by_probe_too(tmp_path):
             fn(tmp_path / 'cut.png')
 
 
+def test_a_png_with_a_damaged_chunk_is_refused_by_probe_too(tmp_path):
+    png = bytearray(cv2.imencode('.png', asymmetric_rgb())[1].tobytes())
+    idat = png.find(b'IDAT')
+    png[idat + 40] ^= 0xFF  # one byte of the compressed pixels
+    (tmp_path / 'bit.png').write_bytes(bytes(png))
+    for fn in (probe_frame, read_frame):
+        with pytest.raises(
+            InputError,
+            match=f'bit.png: corrupt or truncated PNG file .chunk IDAT at byte {idat - 4} has a wrong checksum',
+        ):
+            fn(tmp_path / 'bit.png')
+    (tmp_path / 'cut.png').write_bytes(bytes(png[: idat + 100]))
+    with pytest.raises(InputError, match='chunk IDAT at byte .* runs past the end of the file'):
+        probe_frame(tmp_path / 'cut.png')
+
+
 def test_pillow_keeps_its_own_bomb_limit(tmp_path):
     # Our callers apply max_pixels; Pillow's process-wide limit stays as it was for programs
     # that import focusbridge and open their own images with Pillow.
