@@ -1,6 +1,8 @@
-"""Generalisation study of `focusbridge check`'s gap finding on varied synthetic brackets.
+"""Generalisation studies of `focusbridge check` on varied synthetic brackets: its gap finding,
+and (`--findings`) its other findings.
 
     .venv/bin/python bench/check_scenes.py [--scenes PATTERN,...] [--real] [--report FILE]
+    .venv/bin/python bench/check_scenes.py --findings [--real] [--scenes ...] [--baseline DIR]
 
 Renders a set of synthetic focus brackets (once: cached under bench/work/check-scenes/, which
 is git-ignored, 1.6 GB) and runs `pybridge.check.check_bracket` in-process on their files:
@@ -13,6 +15,26 @@ false gaps on complete brackets, gaps found at the right pairs, missed, extra. `
 the real brackets in ../shared/data/brackets (pcb7 must report its gap [0, 1]). The table
 also goes to bench/work/check-scenes.md (and .json). First run about 5 minutes on two cores
 (rendering), later runs about a minute.
+
+`--findings` (the other findings): every scene's complete bracket (and with `--real` the
+real ones, and make_bracket brackets breathing 0-5 % a frame, for motion) is read once as the
+check reads it (check size, the cheap decode) and manipulated there; the check takes those
+arrays as they are. Per bracket: complete and reversed (nothing may be reported but what the
+bracket shows: wasted only where less than 1 % of the subject, away from the borders, is
+focused with detail, from the depth map; real brackets: depthmap10's frames 0, 1); order:
+two frames swapped (neighbours, two apart, far apart), one moved, a stretch reversed,
+shuffled, a file counter that wrapped (must be out of order, and the suggested order must
+restore focus order); padded before, after, both with blurred copies of an end frame (those
+must be wasted; order unchanged); duplicates: a frame repeated identically, re-shot (every
+frame with fresh noise), re-shot 0.4 px shifted, the whole bracket JPEG-encoded and the copy
+encoded again; exposure: gain steps of 3, 6, 10 %, flicker of 2 %, a drift of 2 % a frame, a
+vignette change (a neighbour pair whose mean level differs by more than 5 % must be reported,
+3-5 % may be, in every case); motion: a patch where the frame is sharp moved 6 or 12 px (at
+check size, the threshold is 4) from one frame on. Prints the cases with a wrong or missed
+finding, then per manipulation and per finding the rates (false: reported where it may not
+be; detected: all it must report found). `--baseline DIR` checks with DIR/pybridge (an older
+copy, `git archive HEAD pybridge exif | tar -x -C DIR`) for a before/after. Report:
+bench/work/check-findings.md (and .json). About 5 minutes on two cores.
 
 Two generators, unlike each other:
 
@@ -55,9 +77,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+if "--baseline" in sys.argv[:-1]:  # an older pybridge/ to compare with (read before importing)
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--baseline") + 1]).resolve()))
 from synthetic import disk_kernel, make_bracket, save_image  # noqa: E402
 
-from pybridge.check import check_bracket  # noqa: E402
+from pybridge.check import check_bracket, check_long_side  # noqa: E402
+from pybridge.frames import probe_frame, read_frame_small  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "check-scenes"
 SHARED = ROOT.parent / "shared" / "data" / "brackets"
@@ -490,17 +515,447 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------- findings study
+
+
+@dataclass
+class Case:
+    """One manipulated bracket and what the check must (and may) report on it. Frames are
+    named by their focus position `pos` (the complete bracket's index; padding frames -1, -2
+    before it, n, n + 1 after it; a repeated frame the position of its original), so what is
+    reported (indexes into the frames given) is judged whatever the order given. Exposure
+    jumps are judged from the frames' mean levels (`judge`), for every case."""
+
+    bracket: str
+    name: str
+    family: str  # clean, order, duplicates, exposure, motion, wasted
+    frames: list
+    pos: list[float]
+    out_of_order: bool = False  # True: must be out of order; False: must be in focus order
+    duplicates: set = field(default_factory=set)  # position pairs that must be duplicates
+    motion: tuple[set, set] = (set(), set())  # position pairs: must, may be reported
+    wasted: tuple[set, set] = (set(), set())  # positions: must, may be reported wasted
+
+
+def load_checked(files) -> list[np.ndarray]:
+    """The frames as the check reads them (frames.read_frame_small at check_long_side): the
+    manipulations are made at that size, and the check takes arrays of it as they are."""
+    full = probe_frame(files[0])
+    side = check_long_side(max(full.height, full.width))
+    return [read_frame_small(f, side)[0].pixels for f in files]
+
+
+def _pair(pos, i: int, j: int) -> tuple:
+    return tuple(sorted((pos[i], pos[j])))
+
+
+def _blurred(frame: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(frame, (0, 0), sigma).reshape(frame.shape)
+
+
+def _noisy(frame: np.ndarray, rng, sigma: float) -> np.ndarray:
+    return np.clip(frame + rng.normal(0, sigma, frame.shape), 0, 1).astype(np.float32)
+
+
+def _jpeg(frame: np.ndarray, quality: int) -> np.ndarray:
+    data = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)[..., ::-1]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(data), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def _detail_place(frame: np.ndarray, radius: int) -> tuple[int, int]:
+    """Where the frame is most detailed (sharp), a patch of `radius` from the borders: where a
+    moving subject shows."""
+    grey = frame.mean(axis=2)
+    energy = cv2.GaussianBlur(cv2.Laplacian(grey, cv2.CV_32F) ** 2, (0, 0), radius / 2)
+    h, w = grey.shape
+    m = int(1.5 * radius)
+    inner = energy[m : h - m, m : w - m]
+    y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    return int(x) + m, int(y) + m
+
+
+def _moved(frame: np.ndarray, centre, radius: int, dx: float) -> np.ndarray:
+    """A round patch of the frame moved sideways by dx px (soft-edged), as in the tests."""
+    h, w = frame.shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    cv2.circle(mask, centre, radius, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(2.0, radius / 16))[..., None]
+    m = np.float32([[1, 0, dx], [0, 1, 0]])
+    shifted = cv2.warpAffine(frame, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    return (frame * (1 - mask) + shifted.reshape(frame.shape) * mask).astype(np.float32)
+
+
+def _times(frames, factors) -> list[np.ndarray]:
+    """Frames times per-frame factors (a number, or an image to multiply by), clipped."""
+    out = []
+    for f, g in zip(frames, factors, strict=True):
+        g = np.asarray(g, np.float32)
+        out.append(np.clip(f * (g[..., None] if g.ndim == 2 else g), 0, 1).astype(np.float32))
+    return out
+
+
+def cases(name: str, frames: list, allow_wasted: set, wasted_not: set) -> list[Case]:
+    """The manipulations of one complete bracket (frames in focus order, as given, at check
+    size). `allow_wasted`: positions that may be reported wasted (little or no detail is
+    focused there); `wasted_not`: positions that must not be (they add detail)."""
+    n = len(frames)
+    pos = list(range(n))
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    out = []
+    keep = {"wasted": (set(), set(allow_wasted))}
+
+    def add(label, family, given, where, **kw):
+        out.append(Case(name, label, family, given, list(where), **{**keep, **kw}))
+
+    def shown(label, family, order, **kw):  # an order of the complete bracket's frames
+        add(label, family, [frames[k] for k in order], order, **kw)
+
+    shown("complete", "clean", pos)
+    shown("reversed", "clean", pos[::-1])
+    # order: must be out of order, and the suggested order must restore focus order
+    mid = n // 2
+    for label, (a, b) in {
+        "swap neighbours": (mid, mid + 1),
+        "swap 2 apart": (mid - 1, mid + 1),
+        "swap far apart": (2, n - 3),
+    }.items():
+        if 0 <= a < b < n:
+            o = pos.copy()
+            o[a], o[b] = o[b], o[a]
+            shown(label, "order", o, out_of_order=True)
+    o = pos.copy()
+    o.insert(n - 2, o.pop(1))  # one frame moved: the second one to near the end
+    shown("one moved", "order", o, out_of_order=True)
+    a, b = n // 3, max(n // 3 + 2, 2 * n // 3)
+    shown("stretch reversed", "order", pos[:a] + pos[a:b][::-1] + pos[b:], out_of_order=True)
+    shuffled = [int(k) for k in rng.permutation(n)]
+    shown("shuffled", "order", shuffled, out_of_order=True)
+    k = (2 * n) // 3  # IMG_9999 then IMG_0001: the last third first
+    shown("counter wrapped", "order", pos[k:] + pos[:k], out_of_order=True)
+    # frames focused before / after the subject: wasted (and in order, no gap)
+    before = [_blurred(frames[0], s) for s in (4.0, 2.0)]
+    after = [_blurred(frames[-1], s) for s in (2.0, 4.0)]
+    for label, (fb, pb, fa, pa) in {
+        "padded before": (before, [-2, -1], [], []),
+        "padded after": ([], [], after, [n, n + 1]),
+        "padded both": (before[1:], [-1], after[:1], [n]),
+    }.items():
+        pads = set(pb + pa)
+        add(label, "wasted", fb + frames + fa, pb + pos + pa, wasted=(pads, pads | allow_wasted))
+    # duplicates: frame m shot twice. A re-shot copy differs from its original by noise (every
+    # frame gets its own), a slight shift, or another JPEG encoding of the whole bracket
+    m = mid - 1
+    sigma = 0.004
+    noisy = [_noisy(f, rng, sigma) for f in frames]
+    shift = np.float32([[1, 0, 0.4], [0, 1, -0.3]])
+    moved = cv2.warpAffine(frames[m], shift, frames[m].shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    jpeg = [_jpeg(f, 95) for f in frames]
+    where = pos[: m + 1] + [m] + pos[m + 1 :]
+    for label, given, copy in (
+        ("repeated (identical)", frames, frames[m]),
+        ("repeated (fresh noise)", noisy, _noisy(frames[m], rng, sigma)),
+        (
+            "repeated (0.4 px shift, noise)",
+            noisy,
+            _noisy(moved.reshape(frames[m].shape), rng, sigma),
+        ),
+        ("repeated (JPEG again)", jpeg, _jpeg(jpeg[m], 90)),
+    ):
+        add(
+            label,
+            "duplicates",
+            given[: m + 1] + [copy] + given[m + 1 :],
+            where,
+            duplicates={(m, m)},
+        )
+    # exposure: a gain step from frame e on, flicker, a smooth drift, a vignette change
+    e = mid + 1
+    for g in (0.03, 0.06, 0.10):
+        add(f"gain step {g:+.0%}", "exposure", _times(frames, [1.0] * e + [1 + g] * (n - e)), pos)
+    add("flicker 2 %", "exposure", _times(frames, list(1 + rng.uniform(-0.02, 0.02, n))), pos)
+    add("drift 2 %/frame", "exposure", _times(frames, [1.02 ** (k - mid) for k in pos]), pos)
+    h, w = frames[0].shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
+    vignette = 1 - 0.25 * r2  # corners 25 % darker from frame e on (the mean about 8 %)
+    add("vignette change", "exposure", _times(frames, [1.0] * e + [vignette] * (n - e)), pos)
+    # motion: a patch where frame e is sharp moved from frame e on (4 px at check size is the
+    # check's threshold: 6 and 12 px must be found)
+    radius = max(16, round(0.12 * min(h, w)))
+    centre = _detail_place(frames[e], radius)
+    for dx in (6, 12):
+        add(
+            f"patch moved {dx} px",
+            "motion",
+            frames[:e] + [_moved(f, centre, radius, dx) for f in frames[e:]],
+            pos,
+            motion=({(e - 1, e)}, {(e - 1, e)}),
+        )
+    for c in out:  # a frame that adds detail must not be called wasted
+        c.wasted = (c.wasted[0], c.wasted[1] - (wasted_not - c.wasted[0]))
+    return out
+
+
+def _levels(frames) -> list[float]:
+    return [float(np.mean(f)) for f in frames]
+
+
+def judge(case: Case, r) -> dict:
+    """What the check reported on a case, against what it must and may report. Exposure: a
+    neighbour pair whose mean level differs by more than 5 % must be reported, 3-5 % may be."""
+    pos = case.pos
+    wrong, missed = [], []
+    order_out = r.order == "out of order"
+    if order_out != case.out_of_order:
+        (missed if case.out_of_order else wrong).append("order")
+    restored = None
+    if order_out and r.suggested_order:
+        seq = [pos[k] for k in r.suggested_order]
+        restored = seq == sorted(seq) or seq == sorted(seq, reverse=True)
+        if case.out_of_order and not restored:
+            missed.append("suggested order")
+    dups = {_pair(pos, i, j) for i, j in r.duplicates}
+    wrong += [f"duplicate {p}" for p in dups - case.duplicates]
+    missed += [f"duplicate {p}" for p in case.duplicates - dups]
+    level = _levels(case.frames)
+    change = [level[i + 1] / max(level[i], 1e-6) - 1 for i in range(len(level) - 1)]
+    jumps = (
+        {_pair(pos, i, i + 1) for i, c in enumerate(change) if abs(c) > 0.05},
+        {_pair(pos, i, i + 1) for i, c in enumerate(change) if abs(c) > 0.03},
+    )
+    for key, found, (must, may) in (
+        ("jump", {_pair(pos, *j["between"]) for j in r.exposure_jumps}, jumps),
+        ("motion", {_pair(pos, *m["between"]) for m in r.motion}, case.motion),
+    ):
+        wrong += [f"{key} {p}" for p in found - may - must]
+        missed += [f"{key} {p}" for p in must - found]
+    wasted = {pos[k] for k in r.wasted}
+    must, may = case.wasted
+    if not order_out:  # wasted frames are not judged out of order
+        wrong += [f"wasted {p}" for p in sorted(wasted - may - must)]
+        missed += [f"wasted {p}" for p in sorted(must - wasted)]
+    return {
+        "bracket": case.bracket,
+        "case": case.name,
+        "family": case.family,
+        "frames": len(case.frames),
+        "order": "out" if order_out else "in",
+        "restored": restored,
+        "duplicates": r.duplicates,
+        "jumps": [[*j["between"], j["change"]] for j in r.exposure_jumps],
+        "motion": [m["between"] for m in r.motion],
+        "wasted": r.wasted,
+        "gaps": [g["between"] for g in r.gaps],
+        "misaligned": any("alignment failed" in n for n in r.notes),
+        "must": [
+            key
+            for key, want in (
+                ("order", case.out_of_order),
+                ("duplicate", case.duplicates),
+                ("jump", jumps[0]),
+                ("motion", case.motion[0]),
+                ("wasted", case.wasted[0]),
+            )
+            if want
+        ],
+        "wrong": wrong,
+        "missed": missed,
+    }
+
+
+REAL_FINDINGS = {  # real brackets: (files, frames focused in front of the subject)
+    "pcb7": ("pcb_*.jpg", set()),
+    "depthmap10": ("pcb_*.JPG", {0, 1}),
+    "ring6": ("step*.jpg", set()),
+}
+BREATHING = (0.0, 0.005, 0.01, 0.02, 0.05)  # make_bracket's breathing: scale change per frame
+
+
+def _focused(frames, depth) -> tuple[set, set]:
+    """From the depth map (frame units, reference geometry): the frames that must not be
+    reported wasted: the subject focused nearest them (|depth - k| < 0.5) is 1 % of it or
+    more away from the borders (5 % of the frame: breathing and shifts cut those off some
+    frames) and shows detail there (Laplacian energy 4x that of the frame focused farthest
+    from it). The others may be."""
+    n = len(frames)
+    h, w = frames[0].shape[:2]
+    d = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+    subject = np.isfinite(d)
+    inner = np.zeros((h, w), bool)
+    inner[h // 20 : h - h // 20, w // 20 : w - w // 20] = True
+    energy = [
+        cv2.Laplacian(cv2.GaussianBlur(f.mean(axis=2), (0, 0), 1.0), cv2.CV_32F) ** 2
+        for f in frames
+    ]
+    may, must_not = set(), set()
+    for k in range(n):
+        zone = subject & inner & (np.abs(np.nan_to_num(d, nan=-99.0) - k) < 0.5)
+        far = n - 1 if k < n / 2 else 0
+        if zone.sum() >= 0.01 * subject.sum() and (
+            energy[k][zone].mean() > 4 * energy[far][zone].mean()
+        ):
+            must_not.add(k)
+        else:
+            may.add(k)
+    return may, must_not
+
+
+def findings_brackets(scenes: list[Scene], real: bool):
+    """(name, frames at check size, may be wasted, must not be wasted, which families) of
+    every complete bracket: the scenes (given in their order: far to near where reversed),
+    the real brackets, and make_bracket brackets that breathe (each frame scaled by `b` more
+    than the one before; motion only)."""
+    for scene in scenes:
+        files, depth = render(scene)
+        frames = load_checked(files)
+        may, must_not = _focused(frames, depth)
+        if scene.reverse:
+            frames = frames[::-1]
+            may = {scene.frames - 1 - k for k in may}
+            must_not = {scene.frames - 1 - k for k in must_not}
+        yield scene.name, frames, may, must_not, "all"
+    if real:
+        for name, (pattern, front) in REAL_FINDINGS.items():
+            files = sorted((SHARED / name).glob(pattern))
+            if files:
+                yield f"real {name}", load_checked(files), front, set(), "all"
+    for b in BREATHING:
+        br = make_bracket(
+            10,
+            (600, 800),
+            max_blur=20.0,
+            breathing=b,
+            seed=1,
+            flicker=0.005,
+            noise=0.003,
+            slant=0.9,
+        )
+        may, must_not = _focused(br.frames, br.depth)
+        yield f"mb breathing {b:.1%}/frame", br.frames, may, must_not, "motion"
+
+
+def run_findings(scenes: list[Scene], real: bool) -> list[dict]:
+    rows = []
+    for name, frames, may, must_not, which in findings_brackets(scenes, real):
+        for case in cases(name, frames, may, must_not):
+            if which != "all" and case.family not in ("clean", which):
+                continue
+            t0 = time.perf_counter()
+            r = check_bracket(case.frames)
+            row = judge(case, r)
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            rows.append(row)
+            if row["wrong"] or row["missed"]:
+                print(_fmt_finding(row), flush=True)
+    return rows
+
+
+def _fmt_finding(row: dict) -> str:
+    found = []
+    if row["order"] == "out":
+        found.append("out of order" + ("" if row["restored"] else " (suggestion wrong)"))
+    for key in ("duplicates", "jumps", "motion", "wasted", "gaps"):
+        if row[key]:
+            found.append(f"{key} {row[key]}")
+    if row["misaligned"]:
+        found.append("alignment failed")
+    return (
+        f"| {row['bracket']} | {row['frames']} | {row['case']} | {'; '.join(found) or '-'} | "
+        f"{', '.join(row['wrong']) or '-'} | {', '.join(row['missed']) or '-'} |"
+    )
+
+
+def findings_summary(rows: list[dict]) -> list[str]:
+    """Per manipulation: brackets, detected (everything it must report found, and for order
+    the suggestion right), with a wrong finding (anything it may not report), and which; then
+    per finding the false-positive rate over all cases, and the
+    detection rate over those that must show it (order: out of order, and the suggested
+    order right)."""
+    lines = [
+        "",
+        "| manipulation | brackets | detected | with a wrong finding | wrong findings |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["case"] for r in rows):
+        subset = [r for r in rows if r["case"] == name]
+        detect = sum(not r["missed"] for r in subset)
+        kinds: dict = {}
+        for r in subset:
+            for w in dict.fromkeys(w.split(" ")[0] for w in r["wrong"]):
+                kinds[w] = kinds.get(w, 0) + 1
+        lines.append(
+            f"| {name} | {len(subset)} | {'-' if subset[0]['family'] == 'clean' else detect} | "
+            f"{sum(bool(r['wrong']) for r in subset)} | "
+            + (", ".join(f"{k} x{v}" for k, v in kinds.items()) or "-")
+            + " |"
+        )
+    lines += [
+        "",
+        "| finding | false: cases with it reported wrongly | rate | detected: cases that must "
+        "show it, all of it found | rate |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("order", "duplicate", "jump", "motion", "wasted"):
+        bad = sum(any(w.startswith(key) for w in r["wrong"]) for r in rows)
+        meant = [r for r in rows if key in r["must"]]
+        found = sum(
+            not any(
+                m.split(" ")[0] == key or (key == "order" and m.startswith("suggested"))
+                for m in r["missed"]
+            )
+            for r in meant
+        )
+        lines.append(
+            f"| {key} | {bad} of {len(rows)} | {bad / max(1, len(rows)):.1%} | "
+            f"{found} of {len(meant)} | {found / max(1, len(meant)):.0%} |"
+        )
+    meant = [r for r in rows if "order" in r["must"]]
+    out = [r for r in meant if r["order"] == "out"]
+    lines.append(
+        f"\norder: out of order found in {len(out)} of {len(meant)} shuffled brackets, the "
+        f"suggested order right in {sum(bool(r['restored']) for r in out)} of them"
+    )
+    lines.append(f"check time: {sum(r['seconds'] for r in rows):.0f} s in all, {len(rows)} checks")
+    return lines
+
+
+def main_findings(scenes: list[Scene], args) -> int:
+    head = [
+        "| bracket | frames | manipulation | found | wrong | missed |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("cases with a wrong or a missed finding:\n" + "\n".join(head), flush=True)
+    rows = run_findings(scenes, args.real)
+    tail = findings_summary(rows)
+    print("\n".join(tail))
+    report = args.report or ROOT / "bench" / "work" / "check-findings.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    bad = [_fmt_finding(r) for r in rows if r["wrong"] or r["missed"]]
+    report.write_text("\n".join(head + bad + tail) + "\n")
+    report.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenes", default="", help="comma-separated substrings of scene names")
     ap.add_argument("--real", action="store_true", help="also the real brackets in ../shared")
-    ap.add_argument("--report", type=Path, default=ROOT / "bench" / "work" / "check-scenes.md")
+    ap.add_argument(
+        "--findings", action="store_true", help="the study of the other findings (see above)"
+    )
+    ap.add_argument("--baseline", metavar="DIR", help="check with DIR/pybridge (an older copy)")
+    ap.add_argument("--report", type=Path, help="default bench/work/check-scenes.md (-findings.md)")
     args = ap.parse_args(argv)
     wanted = [s for s in args.scenes.split(",") if s]
     scenes = [s for s in _scenes() if not wanted or any(w in s.name for w in wanted)]
     if not PHOTO.exists():
         print(f"  ({PHOTO} not found: the photo-textured scenes are left out)")
         scenes = [s for s in scenes if s.params.get("texture") != "photo"]
+    if args.findings:
+        return main_findings(scenes, args)
+    args.report = args.report or ROOT / "bench" / "work" / "check-scenes.md"
     head = [
         "| scene | size | frames | removed | expected | found | verdict | step ratios | "
         "area expected/found |",

@@ -25,20 +25,27 @@ size. From the blocks' focus curves (the measure of one block along the frames) 
   (most of a frame's worth of focus travel missing) is a gap; its blocks whose focus lies more
   than half a typical step from both frames are the area sharp in neither (bbox, area
   fraction, the red of the coverage map). Frames wasted at the ends are left out of this.
-* wasted frames: frames at the ends of the bracket that are the sharpest (almost) nowhere;
+* wasted frames: frames at the ends of the bracket that are the sharpest (almost) nowhere
+  (not counting flat ground beside the subject, where a frame focused past it measures
+  highest as its blur spreads there: a block counts where its measure falls 4x towards the
+  end of the bracket farther from its sharpest frame);
 * focus order: frames in the order given should form a chain in which neighbours are focused
   most alike; a clearly (10 %) shorter chain in another order (spectral seriation and local
-  search) means the frames are out of order, and that order is suggested. Reversed order is
-  fine; which end is near is only known from focus distances (`distances`, from EXIF);
-* duplicates: neighbouring frames whose focus maps are the same;
+  search) means the frames are out of order, and that order is suggested. Judged on the
+  frames sharp somewhere (how far apart two frames sharp almost nowhere are is unknown);
+  those go to the end of the suggested order they are nearer. Reversed order is fine;
+  which end is near is only known from focus distances (`distances`, from EXIF);
+* duplicates: neighbouring frames whose focus maps are the same (against the typical
+  difference of neighbours in focus order);
 * exposure jumps: neighbours whose brightness differs by more than 4 % (the aligner's gain);
 * subject motion: a patch that moves between two neighbours after alignment (dense optical
   flow at half the check size, trusted only at corners and texture) by more than 4 px at the
   check size, beyond the flow the neighbouring pairs show there, scaled by the focus travel
   (breathing that differs with depth and defocus spreading across edges change smoothly along
-  a bracket; a subject that moves once does not). Conservative: pairs a big focus step apart
-  (1.5x the typical one, gaps included) are not judged, and smaller moves, or a subject
-  creeping steadily through the whole bracket, go unreported.
+  a bracket; a subject that moves once does not), where the pair's own flow is the larger.
+  Conservative: pairs a big focus step apart (1.5x the typical one, gaps included) are not
+  judged, and smaller moves, or a subject creeping steadily through the whole bracket, go
+  unreported.
 
 This module is engine-level: it takes frames (paths or arrays) and optional focus distances in
 metres, and knows nothing of EXIF.
@@ -261,8 +268,8 @@ def check_bracket(
     measure = _measure_for_steps(measures)
     logs = np.log(np.maximum(measure, 1e-12))
     textured = _peaked(measure) & measures.covered
-    travel = _distances(logs, textured)
-    _order(result, travel, textured, distances)
+    travel, placed, robust = _distances(logs, textured)
+    _order(result, travel, placed, textured, distances)
     if textured.sum() < 16:
         result.notes.append("too little detail to judge focus (blank or out-of-focus frames?)")
     elif result.order == "out of order":
@@ -279,7 +286,7 @@ def check_bracket(
     # across a gap the defocus changes too much for the flow to mean motion
     gaps = [g["between"] for g in result.gaps]
     steps = [float(travel[i, i + 1]) for i in range(n - 1)]
-    motion = _motion_events(measures.flows, steps, measures.block, measures.scale, size)
+    motion = _motion_events(measures.flows, steps, robust, measures.block, measures.scale, size)
     result.motion = [m for m in motion if m["between"] not in gaps]
     bad = [i for i, f in enumerate(measures.fallback) if f]
     if bad:
@@ -553,17 +560,22 @@ def _flow(state, a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fx, fy, reliable
 
 
-def _motion_events(flows: dict, steps, block: int, scale: float, size) -> list[dict]:
+def _motion_events(flows: dict, steps, robust, block: int, scale: float, size) -> list[dict]:
     """Pairs whose flow, beyond what the neighbouring pairs show at the same place, moves a
     patch of the picture by more than _MOTION_PX. Focus breathing that differs with depth and
     defocus spreading across edges move things too, but smoothly along the bracket and in
     proportion to the focus travel: a neighbour pair's flow counts scaled by how much further
-    (`steps`: focus distance between each pair's frames) this pair's frames are apart."""
+    (`steps`: focus distance between each pair's frames) this pair's frames are apart.
+    `robust`: each pair's step as the median over all blocks with detail."""
     events = []
     typical = _median(steps) if len(steps) else 0.0
+    usual = _median(robust) if len(robust) else 0.0
     for i in sorted(flows):
-        if steps[i] > 1.5 * typical:
-            continue  # a big focus step: defocus changes too much for flow to mean motion
+        # a big focus step: defocus changes too much for flow to mean motion. Big by both
+        # measures: a moved patch where the two frames are sharp raises the mean over those
+        # blocks (`steps`) like a focus step; the median over all blocks hardly moves
+        if steps[i] > 1.5 * typical and robust[i] > 1.5 * usual:
+            continue
         fx, fy, reliable = flows[i]
         others = []
         for k in (i - 1, i + 1):
@@ -575,7 +587,10 @@ def _motion_events(flows: dict, steps, block: int, scale: float, size) -> list[d
             pick = np.argmin(np.stack([np.hypot(o[0], o[1]) for o in others]), axis=0)
             ox = np.choose(pick, [o[0] for o in others])
             oy = np.choose(pick, [o[1] for o in others])
-        moved = (reliable & (np.hypot(fx - ox, fy - oy) > _MOTION_PX)).astype(np.uint8)
+        # and the pair's own flow the larger: where only the neighbour's moved (an end pair
+        # beside the move has no other neighbour) the difference is that move, mirrored
+        moved = reliable & (np.hypot(fx - ox, fy - oy) > _MOTION_PX)
+        moved = (moved & (np.hypot(fx, fy) > np.hypot(ox, oy))).astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(moved, connectivity=8)
         if count < 2:
             continue
@@ -734,8 +749,14 @@ def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int] | None:
     seen = valid.sum(axis=0) >= max(3, n // 2)
     top = np.nanmax(np.where(seen, inside, 1.0), axis=0)
     low = np.nanmin(np.where(seen, inside, 1.0), axis=0)
-    peaked = seen & (top > _PEAKED * np.maximum(low, 1e-12))
-    best = np.where(valid, measure, -1.0).argmax(axis=0)[peaked]
+    best = np.where(valid, measure, -1.0).argmax(axis=0)
+    # a frame focused past the subject measures highest on flat ground beside it, where the
+    # subject's blur spreads (more the blurrier): such a block's measure rises towards the
+    # other end of the bracket too. Focus falls off towards the end farther from it.
+    far = np.where(best < n / 2, inside[-1], inside[0])
+    spill = np.isfinite(far) & (top <= _PEAKED * far)
+    peaked = seen & (top > _PEAKED * np.maximum(low, 1e-12)) & ~spill
+    best = best[peaked]
     if not best.size:  # every frame would be the sharpest nowhere
         return None
     share = np.bincount(best, minlength=n) / max(1, best.size)
@@ -751,10 +772,13 @@ def _wasted(measure: np.ndarray, valid: np.ndarray) -> list[int] | None:
     return sorted(wasted)
 
 
-def _distances(logs, textured) -> np.ndarray:
+def _distances(logs, textured) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How far apart every two frames are focused: the mean |log measure| difference over the
     blocks with detail that are near their sharpest (within 2x) in one of the two. (Over all
-    blocks, frames at the two ends would look alike: both blurred in the middle.)"""
+    blocks, frames at the two ends would look alike: both blurred in the middle.) Also which
+    frames are near their sharpest in enough blocks to be placed (a frame sharp almost nowhere,
+    focused before or after the subject, is not), and each neighbour pair's step as the median
+    difference over all those blocks (which a moved patch hardly changes)."""
     flat = logs[:, textured]
     near = flat >= flat.max(axis=0) - math.log(2.0)
     n = len(logs)
@@ -766,14 +790,16 @@ def _distances(logs, textured) -> np.ndarray:
         count[i] = either.sum(axis=1)
     # Two frames sharp almost nowhere (blurred ends of a padded bracket) share no such block:
     # their distance is unknown, not 0 (they would be taken for neighbours, and the bracket
-    # for out of order). So each distance is drawn towards the farthest one seen, by as much
-    # as a pair short of `least` blocks lacks (nothing for a pair that shares them).
+    # for out of order). So each distance is drawn towards the farthest one seen with the
+    # weight of `least` blocks: all the way for a pair that shares none, a few per cent for
+    # one that shares hundreds.
     least = max(12.0, 0.005 * flat.shape[1])
     seen = count >= least
     far = float((total[seen] / count[seen]).max()) if seen.any() else 0.0
     d = (total + least * far) / (count + least)
     np.fill_diagonal(d, 0.0)
-    return d
+    steps = np.array([_median(np.abs(flat[i] - flat[i + 1])) for i in range(n - 1)])
+    return d, near.sum(axis=1) >= least, steps
 
 
 def _path(d: np.ndarray, order: Sequence[int]) -> float:
@@ -822,13 +848,13 @@ def _seriate(d: np.ndarray) -> list[int]:
     return min(found, key=lambda order: _path(d, order))
 
 
-def _order(result: CheckResult, travel, textured, distances) -> None:
+def _order(result: CheckResult, travel, placed, textured, distances) -> None:
     """In focus order (near to far or far to near, when the distances tell), or out of order
-    with the order the frames' focus suggests. `travel`: _distances()."""
+    with the order the frames' focus suggests. `travel`, `placed`: _distances()."""
     n = len(travel)
     direction = _direction(distances)
     result.order = direction or "in focus order"
-    found = _better_order(travel) if n >= 3 and textured.sum() >= 16 else None
+    found = _better_order(travel, placed) if n >= 3 and textured.sum() >= 16 else None
     if found is None:
         if direction is None:
             result.notes.append("which end is near is unknown without focus distances")
@@ -842,14 +868,33 @@ def _order(result: CheckResult, travel, textured, distances) -> None:
     result.suggested_order = found
 
 
-def _better_order(d) -> list[int] | None:
+def _better_order(d, placed) -> list[int] | None:
     """An order of the frames whose chain is clearly (10 %) shorter than the order given, or
-    None when the order given (or its reverse) is as good."""
-    n = len(d)
-    found = _seriate(d)
-    if found in (list(range(n)), list(range(n - 1, -1, -1))):
+    None when the order given (or its reverse) is as good. Judged on the frames that can be
+    `placed` alone: how far apart two frames sharp almost nowhere are is not known (two
+    blurred frames at one end of a bracket are neighbours, at its two ends they are not, and
+    their distances look alike), so either guess made padded brackets out of order. Those
+    frames go to the end of the suggested order whose frame they are nearer, the nearest
+    next to it."""
+    keep = [int(i) for i in np.flatnonzero(placed)]
+    if len(keep) < 3:
         return None
-    return found if _path(d, found) < 0.9 * _path(d, range(n)) else None
+    sub = d[np.ix_(keep, keep)]
+    m = len(keep)
+    found = _seriate(sub)
+    if found in (list(range(m)), list(range(m - 1, -1, -1))):
+        return None
+    if _path(sub, found) >= 0.9 * _path(sub, range(m)):
+        return None
+    chain = [keep[k] for k in found]
+    rest = [i for i in range(len(d)) if i not in keep]
+    first = sorted(
+        (i for i in rest if d[i, chain[0]] <= d[i, chain[-1]]), key=lambda i: -d[i, chain[0]]
+    )
+    last = sorted(
+        (i for i in rest if d[i, chain[0]] > d[i, chain[-1]]), key=lambda i: d[i, chain[-1]]
+    )
+    return first + chain + last
 
 
 def _direction(distances) -> str | None:
@@ -876,7 +921,9 @@ def _step_mm(result: CheckResult, distances) -> None:
 def _duplicates(result: CheckResult, logs, covered) -> None:
     """Neighbours whose focus maps are the same over the more detailed half of the blocks:
     alike in absolute terms, or (with enough pairs to say what is typical) far more alike
-    than neighbours usually are."""
+    than neighbours usually are. Usually: along the focus order (the suggested one when out
+    of order; neighbours as given are then often far apart, and true neighbours looked alike
+    beside them)."""
     n = len(logs)
     top = logs.max(axis=0)
     detail = covered & (top > _median(top[covered])) if covered.any() else covered
@@ -884,7 +931,9 @@ def _duplicates(result: CheckResult, logs, covered) -> None:
         return
     flat = logs[:, detail]
     diffs = np.array([np.abs(flat[i] - flat[i + 1]).mean() for i in range(n - 1)])
-    alike = _DUPLICATE_SHARE * _median(diffs) if n >= 4 else 0.0
+    chain = result.suggested_order or list(range(n))
+    usual = [np.abs(flat[a] - flat[b]).mean() for a, b in zip(chain, chain[1:], strict=False)]
+    alike = _DUPLICATE_SHARE * _median(usual) if n >= 4 else 0.0
     for i, d in enumerate(diffs):
         if d < max(_DUPLICATE_ABS, alike):
             result.duplicates.append([i, i + 1])
