@@ -931,8 +931,10 @@ def _duplicates(result: CheckResult, logs, covered) -> None:
         return
     flat = logs[:, detail]
     diffs = np.array([np.abs(flat[i] - flat[i + 1]).mean() for i in range(n - 1)])
-    chain = result.suggested_order or list(range(n))
-    usual = [np.abs(flat[a] - flat[b]).mean() for a, b in zip(chain, chain[1:], strict=False)]
+    usual = diffs
+    if result.suggested_order:  # out of order: the neighbours in the order it suggests
+        chain = result.suggested_order
+        usual = [np.abs(flat[a] - flat[b]).mean() for a, b in zip(chain, chain[1:], strict=False)]
     alike = _DUPLICATE_SHARE * _median(usual) if n >= 4 else 0.0
     for i, d in enumerate(diffs):
         if d < max(_DUPLICATE_ABS, alike):
