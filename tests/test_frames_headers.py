@@ -4,6 +4,7 @@ a little byte-level code where no library does the job."""
 from __future__ import annotations
 
 import io
+import os
 
 import cv2
 import numpy as np
@@ -101,20 +102,44 @@ def test_truncated_png_is_refused_by_probe_too(tmp_path):
             fn(tmp_path / 'cut.png')
 
 
-def test_a_png_with_a_damaged_chunk_is_refused_by_probe_too(tmp_path):
+def test_a_png_with_a_damaged_chunk_is_refused_when_read(tmp_path):
     png = bytearray(cv2.imencode('.png', asymmetric_rgb())[1].tobytes())
     idat = png.find(b'IDAT')
     png[idat + 40] ^= 0xFF  # one byte of the compressed pixels
     (tmp_path / 'bit.png').write_bytes(bytes(png))
-    for fn in (probe_frame, read_frame):
-        with pytest.raises(
-            InputError,
-            match=f'bit.png: corrupt or truncated PNG file .chunk IDAT at byte {idat - 4} has a wrong checksum',
-        ):
-            fn(tmp_path / 'bit.png')
+    # the probe follows the chunks by their lengths (their layout is intact) without reading
+    # the pixels; the read checks every checksum
+    assert probe_frame(tmp_path / 'bit.png').width == 64
+    with pytest.raises(
+        InputError,
+        match=f'bit.png: corrupt or truncated PNG file .chunk IDAT at byte {idat - 4} has a wrong checksum',
+    ):
+        read_frame(tmp_path / 'bit.png')
+    for cut in (idat + 100, idat - 4 + 6):  # inside IDAT's data; inside its length and type
+        (tmp_path / 'cut.png').write_bytes(bytes(png[:cut]))
+        for fn in (probe_frame, read_frame):
+            with pytest.raises(InputError, match='cut.png: corrupt or truncated PNG file'):
+                fn(tmp_path / 'cut.png')
     (tmp_path / 'cut.png').write_bytes(bytes(png[: idat + 100]))
     with pytest.raises(InputError, match='chunk IDAT at byte .* runs past the end of the file'):
         probe_frame(tmp_path / 'cut.png')
+
+
+def test_a_png_probe_reads_only_its_head(tmp_path, monkeypatch):
+    # pixels past the first IDAT are never read by a probe: scramble them and it still passes
+    noise = np.random.default_rng(0).integers(0, 65535, (300, 400, 3), dtype=np.uint16)
+    png = bytearray(cv2.imencode('.png', noise)[1].tobytes())  # 720 KB, in 8 KB IDAT chunks
+    idat = png.find(b'IDAT')
+    png[idat + 8 : idat + 200] = bytes(192)
+    (tmp_path / 'big.png').write_bytes(bytes(png))
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(os, 'pread', lambda fd, n, at: reads.append(n) or real(fd, n, at))
+    info = probe_frame(tmp_path / 'big.png')
+    assert (info.width, info.height, info.channels, info.bit_depth) == (400, 300, 3, 16)
+    assert sum(reads) < 10_000 < len(png)
+    (tmp_path / 'tail.png').write_bytes(bytes(png) + b'data after IEND, which libpng ignores')
+    assert probe_frame(tmp_path / 'tail.png').width == 400
 
 
 def test_pillow_keeps_its_own_bomb_limit(tmp_path):
