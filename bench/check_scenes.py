@@ -126,6 +126,9 @@ def _scenes() -> list[Scene]:
         S("mb-halo-1mp-n8-b2", "make_bracket", (866, 1155), 8, 2.0, params=dict(scene="halo")),
         S("mb-3mp-n12-b2-rev", "make_bracket", (1500, 2000), 12, 2.0, noise=0.01, reverse=True),
         S("mb-0.5mp-n6-b2-noisy", "make_bracket", (600, 800), 6, 2.0, "jpg", 0.03),
+        # finely stepped (a focus-bracketing camera at a small step width): every removal is
+        # harmless, and the reference frame, unresampled by the generator, is the sharpest
+        S("mb-0.4mp-n28-b0.3-jpg", "make_bracket", (500, 750), 28, 8 / 27, "jpg", 0.01),
         # surface: continuous surfaces, natural textures, Gaussian or disk defocus
         S("sf-pink-slant-0.5mp-n10-g1", "surface", (600, 800), 10, 1.0, params=dict()),
         S("sf-pink-slant-2mp-n15-d2-jpg", "surface", (1225, 1633), 15, 2.0, "jpg", 0.01,
@@ -142,6 +145,8 @@ def _scenes() -> list[Scene]:
           params=dict(texture="photo", shape="wave")),
         S("sf-pink-slant-0.5mp-n40-g0.7", "surface", (600, 800), 40, 0.7, noise=0.01),
         S("sf-pink-slant-1mp-n5-d2", "surface", (866, 1155), 5, 2.0, params=dict(blur="disk")),
+        S("sf-photo-wave-1mp-n30-g0.3-jpg", "surface", (866, 1155), 30, 0.3, "jpg", 0.01,
+          params=dict(texture="photo", shape="wave")),
         S("sf-photo-terr-part-2mp-n10-d2-rev", "surface", (1225, 1633), 10, 2.0, reverse=True,
           params=dict(texture="photo", shape="terraces", subject=0.4, blur="disk")),
         S("sf-pink-dome-1mp-n10-d4-coarse", "surface", (866, 1155), 10, 4.0, noise=0.01,
@@ -649,7 +654,16 @@ def cases(name: str, frames: list, allow_wasted: set, wasted_not: set) -> list[C
     sigma = 0.004
     noisy = [_noisy(f, rng, sigma) for f in frames]
     shift = np.float32([[1, 0, 0.4], [0, 1, -0.3]])
-    moved = cv2.warpAffine(frames[m], shift, frames[m].shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    # Lanczos: a re-shot frame is not blurred, and bilinear blurs a copy by what its
+    # fractional shift decides (by 0.4, 0.3 px: half the focus measure's band), which a
+    # check that resamples bicubic then sees as another focus
+    moved = cv2.warpAffine(
+        frames[m],
+        shift,
+        frames[m].shape[1::-1],
+        flags=cv2.INTER_LANCZOS4,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     jpeg = [_jpeg(f, 95) for f in frames]
     where = pos[: m + 1] + [m] + pos[m + 1 :]
     for label, given, copy in (

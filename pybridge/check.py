@@ -2,10 +2,14 @@
 
 The frames are read at the check size the cheap way (`frames.read_frame_small`: JPEG scaled in
 the DCT domain, RAW at half size without demosaicing): half their long side, 750..1000 px, or
-as they are up to 1250 px (`check_long_side`); aligned the way the pipeline aligns them
-(`ChainAligner`, one ECC pass at 320 px, `warp_frame`) and measured with the fusers' focus measure
-(`fuse.focus_measure`) in a grid of blocks (64 along the long side). Nothing is fused at full
-size. From the blocks' focus curves (the measure of one block along the frames) it finds:
+as they are up to 1250 px (`check_long_side`), and at least 32 px across; aligned the way the
+pipeline aligns them (`ChainAligner`, one ECC pass at 320 px, `warp_frame`, bicubic) and
+measured with the fusers' focus measure (`fuse.focus_measure`) in a grid of blocks (64 along
+the long side). Bicubic, not bilinear: bilinear blurs each frame by what its fractional shift
+decides, and the reference frame, never resampled, measured up to 0.6 (log) sharper than its
+neighbours, more than a whole step of a finely stepped bracket (false gaps beside it, and a
+gap that moved with the choice of reference when the order was reversed). Nothing is fused at
+full size. From the blocks' focus curves (the measure of one block along the frames) it finds:
 
 * gaps: neighbouring frames i, i+1 between which part of the scene is sharp in neither. Where a
   block is sharpest in frame b, the measure falls towards both neighbours by about the same
@@ -22,9 +26,13 @@ size. From the blocks' focus curves (the measure of one block along the frames) 
   fall across the pair over the fall to the frame on the far side (about e where depths are
   spread evenly, about 1 where the step is no bigger than the next one, whatever the blocks
   show); where that is under 1.5 it is the pair's step ratio instead. A pair at e >= 1.6
-  (most of a frame's worth of focus travel missing) is a gap; its blocks whose focus lies more
-  than half a typical step from both frames are the area sharp in neither (bbox, area
-  fraction, the red of the coverage map). Frames wasted at the ends are left out of this.
+  (most of a frame's worth of focus travel missing) is a gap if its blocks also fall far in
+  absolute terms (0.3 in log measure at full size, in proportion to the check scale: a
+  finely stepped bracket's typical fall is next to nothing, and what a pair's blocks show
+  alone makes some pairs fall 2-3 times that); its blocks whose focus lies more than half a
+  typical step from both frames are the area sharp in neither (bbox, area fraction, the red
+  of the coverage map). Frames wasted at the ends and pairs found to be duplicates are left
+  out of this.
 * wasted frames: frames at the ends of the bracket that are the sharpest (almost) nowhere
   (not counting flat ground beside the subject, where a frame focused past it measures
   highest as its blur spreads there: a block counts where its measure falls 4x towards the
@@ -44,8 +52,9 @@ size. From the blocks' focus curves (the measure of one block along the frames) 
   (breathing that differs with depth and defocus spreading across edges change smoothly along
   a bracket; a subject that moves once does not), where the pair's own flow is the larger.
   Conservative: pairs a big focus step apart (1.5x the typical one, gaps included) are not
-  judged, and smaller moves, or a subject creeping steadily through the whole bracket, go
-  unreported.
+  judged, nor frames out of order (neighbours as given are not neighbours in focus) or
+  thinner than 128 px at the check size, and smaller moves, or a subject creeping steadily
+  through the whole bracket, go unreported.
 
 This module is engine-level: it takes frames (paths or arrays) and optional focus distances in
 metres, and knows nothing of EXIF.
@@ -88,6 +97,8 @@ CHECK_MIN_LONG_SIDE = 750  # most this and at least this; frames up to 25 % larg
 # CHECK_LONG_SIDE are checked as they are (their findings hold at their own size)
 _ALIGN_LONG_SIDE = 320  # the aligner's working size (the pipeline uses 800 on full frames;
 # smaller leaves misalignment that the motion check reads as motion)
+_MIN_SHORT_SIDE = 32  # px at check size: the optical flow (at half size) needs 16
+_MOTION_MIN_SIDE = 128  # px at check size: on a thinner strip the flow reads moves everywhere
 _READ_AHEAD = 2  # frames read at a time, ahead of the one being measured
 _FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM  # the faster ones miss moves of 5 px
 _BLOCKS_LONG_SIDE = 64  # focus blocks along the long side
@@ -96,6 +107,7 @@ _PEAKED = 4.0  # a block has a focus peak when its best measure is 4x its worst
 GAP_STEP_RATIO = 1.6  # a pair this many typical steps apart is a gap
 _COARSE_DROP = 0.7  # log fall per typical step past which steps are judged at half size
 _SIDE_RATIO = 1.5  # ... if its step is also this much bigger than the next one (_side_ratio)
+_GAP_FALL = 0.3  # ... and falls this much across it, times the check scale (_gaps)
 _WASTED_SHARE = 0.003  # an end frame sharpest in less than this share of blocks is wasted
 _DUPLICATE_SHARE = 0.25  # neighbours this alike (vs a typical pair) are duplicates
 _DUPLICATE_ABS = 0.03  # mean |log measure| difference below which neighbours are duplicates
@@ -192,7 +204,8 @@ class CheckResult:
             lines.append(f"duplicates: frames {i} and {j} are focused alike")
         for e in self.exposure_jumps:
             i, j = e["between"]
-            lines.append(f"exposure jump: frame {j} is {e['change']:+.1%} brighter than frame {i}")
+            how = "brighter" if e["change"] > 0 else "darker"
+            lines.append(f"exposure jump: frame {j} is {abs(e['change']):.1%} {how} than frame {i}")
         for m in self.motion:
             i, j = m["between"]
             lines.append(f"subject motion between frames {i} and {j}: {_place(m)}")
@@ -254,8 +267,14 @@ def check_bracket(
     writes = [("coverage map", Path(coverage_map))] if coverage_map is not None else []
     opts = StackOptions(overwrite=overwrite, max_pixels=max_pixels)
     channels, ref = check_before_pixels(frames, writes, opts)
-    full = _frame_long_side(frames[0], max_pixels)
-    work = check_long_side(full, long_side)
+    full, short = _frame_sides(frames[0], max_pixels)
+    if short < _MIN_SHORT_SIDE:
+        raise InputError(
+            _name(frames[0]), f"is {short} px across: a check needs at least {_MIN_SHORT_SIDE}"
+        )
+    # a thin strip is checked larger, so that it is still _MIN_SHORT_SIDE px across
+    work = max(check_long_side(full, long_side), math.ceil(_MIN_SHORT_SIDE * full / short))
+    work = min(work, full)
     colour = coverage_map is not None  # the composite is only wanted for the map
     measures, size, icc = _measure(frames, channels, ref, work, max_pixels, cancel, colour)
     if callable(distances):  # read alongside the pixel pass (exiftool)
@@ -270,10 +289,14 @@ def check_bracket(
     textured = _peaked(measure) & measures.covered
     travel, placed, robust = _distances(logs, textured)
     _order(result, travel, placed, textured, distances)
+    _duplicates(result, logs, measures.covered)
+    out_of_order = result.order == "out of order"
     if textured.sum() < 16:
         result.notes.append("too little detail to judge focus (blank or out-of-focus frames?)")
-    elif result.order == "out of order":
-        result.notes.append("gaps and wasted frames are not judged until the order is right")
+    elif out_of_order:
+        result.notes.append(
+            "gaps, wasted frames and motion are not judged until the order is right"
+        )
     else:
         wasted = _wasted(measure, measures.valid)
         if wasted is None:
@@ -281,13 +304,16 @@ def check_bracket(
         result.wasted = wasted or []
         useful = [i for i in range(n) if i not in result.wasted]
         _gaps(result, measure[useful[0] : useful[-1] + 1], useful[0], measures)
-    _duplicates(result, logs, measures.covered)
     _exposure(result, measures.gains)
-    # across a gap the defocus changes too much for the flow to mean motion
+    # across a gap the defocus changes too much for the flow to mean motion, and so it
+    # does between neighbours as given when they are out of order
     gaps = [g["between"] for g in result.gaps]
     steps = [float(travel[i, i + 1]) for i in range(n - 1)]
-    motion = _motion_events(measures.flows, steps, robust, measures.block, measures.scale, size)
+    flows = {} if out_of_order else measures.flows
+    motion = _motion_events(flows, steps, robust, measures.block, measures.scale, size)
     result.motion = [m for m in motion if m["between"] not in gaps]
+    if min(measures.shape) < _MOTION_MIN_SIDE:
+        result.notes.append("the frames are too thin to judge motion")
     bad = [i for i, f in enumerate(measures.fallback) if f]
     if bad:
         result.notes.append(
@@ -319,11 +345,15 @@ def check_long_side(full: int, long_side: int | None = None) -> int:
     return full if long_side >= 0.8 * full else long_side
 
 
-def _frame_long_side(src: FrameSource, max_pixels: int) -> int:
-    if isinstance(src, np.ndarray):
-        return max(src.shape[:2])
+def _frame_sides(src: FrameSource, max_pixels: int) -> tuple[int, int]:
+    """(long side, short side) of a frame, px."""
+    h, w = src.shape[:2] if isinstance(src, np.ndarray) else _probed(src, max_pixels)
+    return max(h, w), min(h, w)
+
+
+def _probed(src, max_pixels: int) -> tuple[int, int]:
     info = probe_frame(src, max_pixels=max_pixels)
-    return max(info.height, info.width)
+    return info.height, info.width
 
 
 def _load_small(src: FrameSource, max_pixels: int, long_side: int, channels: int):
@@ -430,7 +460,7 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
                 state["ref_small"] = small
             else:
                 other = index + (1 if index < ref else -1)  # the neighbour it was aligned to
-                if not (t.fallback or fallback[other]):
+                if not (t.fallback or fallback[other] or min(shape) < _MOTION_MIN_SIDE):
                     neighbour = state["ref_small"] if other == ref else state["prev_small"]
                     first, second = (neighbour, small) if other < index else (small, neighbour)
                     flow_jobs[min(index, other)] = flow_pool.submit(_flow, state, first, second)
@@ -489,14 +519,15 @@ def _name(src: FrameSource) -> str:
 
 
 def _warp(pixels: np.ndarray, t: Transform, shape, colour: bool):
-    """The frame on the reference grid with its gain (warp_frame, bilinear); without `colour`
-    only its luma (RGB -> grey weights times the gain, then warped: the same values)."""
+    """The frame on the reference grid with its gain (warp_frame, bicubic: see the module
+    docstring); without `colour` only its luma (RGB -> grey weights times the gain, then
+    warped: the same values)."""
     if colour or pixels.shape[2] == 1:
-        return warp_frame(pixels, t, shape, interpolation=cv2.INTER_LINEAR)
+        return warp_frame(pixels, t, shape, interpolation=cv2.INTER_CUBIC)
     weights = np.float32([_LUMA]) * t.gain.astype(np.float32)
     grey = cv2.transform(pixels, weights)
     plain = Transform(matrix=t.matrix, gain=np.ones(1, np.float32))
-    return warp_frame(grey, plain, shape, interpolation=cv2.INTER_LINEAR)
+    return warp_frame(grey, plain, shape, interpolation=cv2.INTER_CUBIC)
 
 
 def _fold(state, index, warped, valid, fine, coarse) -> np.ndarray:
@@ -582,15 +613,16 @@ def _motion_events(flows: dict, steps, robust, block: int, scale: float, size) -
             if k in flows:
                 grow = float(np.clip(steps[i] / max(steps[k], 1e-6), 1.0, 4.0))
                 others.append((flows[k][0] * grow, flows[k][1] * grow))
-        ox = oy = 0.0
-        if others:
-            pick = np.argmin(np.stack([np.hypot(o[0], o[1]) for o in others]), axis=0)
-            ox = np.choose(pick, [o[0] for o in others])
-            oy = np.choose(pick, [o[1] for o in others])
-        # and the pair's own flow the larger: where only the neighbour's moved (an end pair
+        # moved against each neighbour pair, not just the quieter one: where defocus turns to
+        # focus (text on a tilted board coming sharp) the flow is erratic in the pairs on
+        # both sides, and against the quieter alone it read as a move (tests/data pcb7, [4, 5]).
+        # And the pair's own flow the larger: where only the neighbour's moved (an end pair
         # beside the move has no other neighbour) the difference is that move, mirrored
-        moved = reliable & (np.hypot(fx - ox, fy - oy) > _MOTION_PX)
-        moved = (moved & (np.hypot(fx, fy) > np.hypot(ox, oy))).astype(np.uint8)
+        moved = reliable.copy()
+        for ox, oy in others or [(0.0, 0.0)]:
+            moved &= np.hypot(fx - ox, fy - oy) > _MOTION_PX
+            moved &= np.hypot(fx, fy) > np.hypot(ox, oy)
+        moved = moved.astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(moved, connectivity=8)
         if count < 2:
             continue
@@ -620,8 +652,11 @@ def _area(mask: np.ndarray, block: int, scale: float, size, least=(4, 0.003)) ->
 
 def _median(values) -> float:
     """np.median of the values (as it computes it), without the numpy.ma import that
-    np.median costs on its first use (start-up counts: the check is meant to be quick)."""
+    np.median costs on its first use (start-up counts: the check is meant to be quick); NaN
+    for no values (a bracket without detail)."""
     a = np.asarray(values).ravel()
+    if a.size == 0:
+        return math.nan
     lo, hi = (a.size - 1) // 2, a.size // 2
     return float(np.partition(a, [lo, hi])[[lo, hi]].mean())
 
@@ -697,6 +732,9 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
     result.step_ratios = [None] * (result.count - 1)
     textured = _peaked(measure) & measures.covered
     drops = _pair_drops(measure, textured)
+    for i, _ in result.duplicates:  # no focus step: not part of what is typical
+        if 0 <= i - offset < n - 1:
+            drops[i - offset] = np.nan
     judged = np.isfinite(drops)
     if n < 4 or judged.sum() < 3:
         result.notes.append("too few frames with detail in focus to judge gaps")
@@ -720,7 +758,13 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
             elif side < _SIDE_RATIO:
                 e = max(side, 1.0)  # no bigger than the next step: the blocks fall far anyway
         result.step_ratios[offset + i] = None if e is None else round(e, 2)
-        if e is None or e < GAP_STEP_RATIO:
+        # Also big in absolute terms: in a finely stepped bracket (28-40 frames, a blur step
+        # well under a pixel) the typical fall is close to nothing and content alone (what
+        # the pair's blocks show) makes a pair fall 2-3 typical steps: 0.10-0.21 on
+        # supersampled make_bracket brackets at full size. Real gaps of bench/check_scenes.py
+        # fall 0.43 and more at full size; the fall of a blur in frame pixels shrinks with
+        # the check size (1/3: 0.13-0.24), hence the scale.
+        if e is None or e < GAP_STEP_RATIO or drops[i] < _GAP_FALL * measures.scale:
             continue
         # blocks whose focus lies more than half a typical step from both frames
         between = textured & ((best == i) | (best == i + 1))
@@ -808,30 +852,39 @@ def _path(d: np.ndarray, order: Sequence[int]) -> float:
 
 
 def _shortened(d: np.ndarray, order: list[int]) -> list[int]:
-    """Local search for a shorter chain: reverse a stretch, or move one frame elsewhere, while
-    either shortens it (each change costed from the few links it alters)."""
+    """Local search for a shorter chain: reverse a stretch (2-opt), or move one frame elsewhere
+    (or-opt), while either shortens it. Each change is costed from the few links it alters, for
+    all changes at one position at once (numpy), and the best one there is made: a pass is
+    O(n^2), and a pass that changes nothing proves that no single change shortens the chain."""
     n = len(order)
-    length = _path(d, order)
+    # A dummy frame n, at distance 0 from every frame, stands before the first and after the
+    # last: the chain's end links cost 0, so the ends need no special cases.
+    pad = np.zeros((n + 1, n + 1))
+    pad[:n, :n] = d
+    q = np.array([n, *order, n])  # frames at positions 1..n
     improved = True
     while improved:
         improved = False
-        for a in range(n - 1):
-            for b in range(a + 1, n):
-                p = order
-                old = (d[p[a - 1], p[a]] if a else 0.0) + (d[p[b], p[b + 1]] if b < n - 1 else 0.0)
-                new = (d[p[a - 1], p[b]] if a else 0.0) + (d[p[a], p[b + 1]] if b < n - 1 else 0.0)
-                if new < old - 1e-9:
-                    order = p[:a] + p[a : b + 1][::-1] + p[b + 1 :]
-                    length, improved = length + new - old, True
-                    continue
-                for src, dst in ((a, b), (b, a)):  # move the frame at src to dst
-                    rest = p[:src] + p[src + 1 :]
-                    trial = rest[:dst] + [p[src]] + rest[dst:]
-                    shorter = _path(d, trial)
-                    if shorter < length - 1e-9:
-                        order, length, improved = trial, shorter, True
-                        break
-    return order
+        for i in range(1, n + 1):
+            links = pad[q[:-1], q[1:]]  # links[k]: position k to k + 1
+            x = q[i]
+            # 2-opt, reverse positions i..j (all j > i): links i-1|i and j|j+1 become i-1|j
+            # and i|j+1
+            rev = pad[q[i - 1], q[i + 1 : -1]] + pad[x, q[i + 2 :]] - links[i - 1] - links[i + 1 :]
+            # or-opt, move frame x into link g|g+1 (all g): its two links go and its neighbours
+            # join; g|g+1 goes, g|x and x|g+1 come. Its own two links are no move.
+            to = pad[x, q]
+            move = pad[q[i - 1], q[i + 1]] - links[i - 1] - links[i] + to[:-1] + to[1:] - links
+            move[i - 1 : i + 1] = np.inf
+            if rev.min(initial=np.inf) < min(move.min(), -1e-9):
+                j = i + 1 + int(np.argmin(rev))
+                q[i : j + 1] = q[i : j + 1][::-1].copy()
+                improved = True
+            elif move.min() < -1e-9:
+                g = int(np.argmin(move))
+                q = np.insert(np.delete(q, i), g + 1 if g < i else g, x)
+                improved = True
+    return [int(f) for f in q[1:-1]]
 
 
 def _seriate(d: np.ndarray) -> list[int]:

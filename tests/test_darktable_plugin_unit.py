@@ -1825,7 +1825,10 @@ def test_check_bracket_shows_the_findings_and_imports_the_coverage_map(plugin):
         'gap_details': [{'between': [1, 2], 'area_fraction': 0.047, 'bbox': [1, 2, 3, 4]}],
         'gaps': [[1, 2]],
         'wasted': [3],
-        'exposure_jumps': [{'between': [0, 1], 'change': 0.052}],
+        'exposure_jumps': [
+            {'between': [0, 1], 'change': 0.052},
+            {'between': [2, 3], 'change': -0.25},
+        ],
         'notes': ['which end is near is unknown without focus distances'],
     }
     p.select(imgs)
@@ -1838,7 +1841,8 @@ def test_check_bracket_shows_the_findings_and_imports_the_coverage_map(plugin):
         'order: in focus order',
         'gap between f2.jpg and f3.jpg: 4.7 % of the picture is sharp in neither',
         'wasted: f4.jpg (the sharpest nowhere)',
-        'exposure jump: f2.jpg is +5.2 % brighter than f1.jpg',
+        'exposure jump: f2.jpg is 5.2 % brighter than f1.jpg',
+        'exposure jump: f4.jpg is 25.0 % darker than f3.jpg',
         'note: which end is near is unknown without focus distances',
         'coverage map: f1_coverage.png',
     ]

@@ -122,8 +122,12 @@ function results.check_lines(check, names)
      function(g) return name(g.between[1]), name(g.between[2]), percent(g.area_fraction) end},
     {check.duplicates, _("duplicates: %s and %s are focused alike"),
      function(d) return name(d[1]), name(d[2]) end},
-    {check.exposure_jumps, _("exposure jump: %s is %+.1f %% brighter than %s"),
-     function(e) return name(e.between[2]), 100 * (tonumber(e.change) or 0), name(e.between[1]) end},
+    {check.exposure_jumps, "%s", function(e)
+      local change = tonumber(e.change) or 0
+      local message = change >= 0 and _("exposure jump: %s is %.1f %% brighter than %s")
+        or _("exposure jump: %s is %.1f %% darker than %s")
+      return string.format(message, name(e.between[2]), 100 * math.abs(change), name(e.between[1]))
+    end},
     {check.motion, _("subject motion between %s and %s: %s of the picture"),
      function(m) return name(m.between[1]), name(m.between[2]), percent(m.area_fraction) end},
   }
