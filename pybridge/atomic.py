@@ -81,8 +81,11 @@ def check_target(path: Path, overwrite: bool) -> None:
 
 
 def check_extension(path: Path, allowed: frozenset[str], what: str = 'output') -> None:
-    """Fail up front on an output name whose extension picks no format."""
+    """Fail up front on an output name whose extension picks no format (or that names a
+    folder: say so, not that its name lacks an extension)."""
     ext = path.suffix.lower()
+    if os.path.isdir(path):
+        raise OutputError(shown(path), 'is a folder')
     if ext not in allowed:
         raise OutputError(
             shown(path),

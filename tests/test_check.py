@@ -413,6 +413,9 @@ def test_check_errors_are_one_line_and_touch_nothing(gap_files, tmp_path):
     done = run(*gap_files, "--map", existing)
     assert done.returncode == 1 and "exists" in done.stderr
     assert existing.read_bytes() == b"keep"
+    (tmp_path / "maps").mkdir()  # a folder: said so, not that its name lacks an extension
+    done = run(*gap_files, "--map", tmp_path / "maps")
+    assert done.returncode == 1 and done.stderr.strip().endswith("maps: is a folder")
 
 
 def test_check_reads_focus_distances_for_direction_and_step(bracket, exiftool, tmp_path):
