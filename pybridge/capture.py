@@ -158,10 +158,12 @@ def check_with_distances(frames, sources=None, **options):
 def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str | None]:
     """Each frame's focus distance in metres (None where the file has none) from its EXIF or
     maker notes, and a note when they could not be read at all. Frames without metadata
-    (exported or generated TIFF, PNG or JPEG files) carry none: no exiftool for those."""
+    (exported or generated TIFF, PNG or JPEG files) carry none: exiftool is not asked about
+    those (nor about what is no regular file: a named pipe would block it)."""
     from .headers import may_carry_metadata
 
-    if not any(map(may_carry_metadata, frames)):
+    asked = [f for f in frames if may_carry_metadata(f)]
+    if not asked:
         return None, None
     try:
         from exif.focus import FOCUS_TAGS, focus_reading
@@ -172,7 +174,7 @@ def focus_distances(frames: list[str]) -> tuple[list[float | None] | None, str |
         return None, "exiftool is not installed, so focus distances were not read"
     try:
         with open_exiftool() as et:
-            data, _ = read_json(et, frames, FOCUS_TAGS)
+            data, _ = read_json(et, asked, FOCUS_TAGS)
     except ExifError as exc:
         return None, f"focus distances not read ({exc})"
     readings = [focus_reading(data.get(os.path.abspath(f)) or {}) for f in frames]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -265,6 +266,11 @@ def may_carry_metadata(path) -> bool:
     unreadable file is exiftool's to judge."""
     from .frames import RAW_EXTENSIONS  # here: frames reads headers through this module
 
+    try:  # a named pipe or device would block whoever opens it; the frame reader refuses it
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return True
     if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
         return True
     try:

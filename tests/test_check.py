@@ -4,6 +4,7 @@ synthetic brackets whose truth is known, the real brackets in tests/data, and th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -462,6 +463,20 @@ def test_frames_with_metadata_are_read_with_exiftool(test_data, tmp_path, exifto
     assert not may_carry_metadata(tif)
     exiftool("-overwrite_original", "-SubjectDistance=0.25", tif)
     assert may_carry_metadata(tif)
+
+
+def test_a_named_pipe_among_the_frames_is_refused_not_waited_for(test_data, tmp_path):
+    """The focus-distance thread opened every frame to look for metadata (and exiftool read
+    them): a named pipe blocked it, and the check never ended. Now it is left to the frame
+    reader, which refuses it in one line."""
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    camera = test_data / "camera-metadata" / "Canon.jpg"  # metadata: exiftool is asked
+    done = subprocess.run(
+        [*FOCUSBRIDGE, "check", camera, pipe], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "pipe.jpg: is not a regular file (a named pipe)" in done.stderr
 
 
 def test_focus_distances_from_real_maker_notes(test_data):
