@@ -347,13 +347,12 @@ def check_long_side(full: int, long_side: int | None = None) -> int:
 
 def _frame_sides(src: FrameSource, max_pixels: int) -> tuple[int, int]:
     """(long side, short side) of a frame, px."""
-    h, w = src.shape[:2] if isinstance(src, np.ndarray) else _probed(src, max_pixels)
+    if isinstance(src, np.ndarray):
+        h, w = src.shape[:2]
+    else:
+        info = probe_frame(src, max_pixels=max_pixels)
+        h, w = info.height, info.width
     return max(h, w), min(h, w)
-
-
-def _probed(src, max_pixels: int) -> tuple[int, int]:
-    info = probe_frame(src, max_pixels=max_pixels)
-    return info.height, info.width
 
 
 def _load_small(src: FrameSource, max_pixels: int, long_side: int, channels: int):
