@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,6 +218,15 @@ def test_an_exposure_jump(bracket):
     result = check_bracket(frames)
     (jump,) = result.exposure_jumps
     assert jump["between"] == [6, 7] and jump["change"] == pytest.approx(0.10, abs=0.02)
+    assert any(
+        re.fullmatch(r"exposure jump: frame 7 is \d+\.\d% brighter than frame 6", line)
+        for line in result.summary_lines()
+    )
+    darker = check_bracket(bracket.frames[:7] + [f * 0.9 for f in bracket.frames[7:]])
+    assert any(
+        re.fullmatch(r"exposure jump: frame 7 is \d+\.\d% darker than frame 6", line)
+        for line in darker.summary_lines()
+    )
 
 
 def _moved(frame, dx=12):

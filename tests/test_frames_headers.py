@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin
 from test_frames import asymmetric_rgb, png_bytes
 from test_frames_hostile import zero_png
 
+from pybridge import frames as frames_module
 from pybridge.errors import InputError
 from pybridge.frames import FrameInfo, probe_frame, read_frame
 from pybridge.headers import Header, jpeg_png_header, png_with_chunks, sniff
@@ -132,9 +133,17 @@ def test_a_png_probe_reads_only_its_head(tmp_path, monkeypatch):
     idat = png.find(b'IDAT')
     png[idat + 8 : idat + 200] = bytes(192)
     (tmp_path / 'big.png').write_bytes(bytes(png))
-    reads = []
+    reads = []  # bytes asked for, by pread or by the frame reader's whole-file read
     real = os.pread
     monkeypatch.setattr(os, 'pread', lambda fd, n, at: reads.append(n) or real(fd, n, at))
+    whole = frames_module._read
+
+    def counted(*args, **kwargs):
+        data = whole(*args, **kwargs)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(frames_module, '_read', counted)
     info = probe_frame(tmp_path / 'big.png')
     assert (info.width, info.height, info.channels, info.bit_depth) == (400, 300, 3, 16)
     assert sum(reads) < 10_000 < len(png)
