@@ -25,11 +25,13 @@ full size. From the blocks' focus curves (the measure of one block along the fra
   blocks' fall to their other neighbour: for the blocks sharpest in one frame of the pair, the
   fall across the pair over the fall to the frame on the far side (about e where depths are
   spread evenly, about 1 where the step is no bigger than the next one, whatever the blocks
-  show); where that is under 1.5 it is the pair's step ratio instead. A pair at e >= 1.6
-  (most of a frame's worth of focus travel missing) is a gap if its blocks also fall far in
-  absolute terms (0.3 in log measure at full size, in proportion to the check scale: a
-  finely stepped bracket's typical fall is next to nothing, and what a pair's blocks show
-  alone makes some pairs fall 2-3 times that); its blocks whose focus lies more than half a
+  show); where that is under 1.5 it is the pair's step ratio instead (frames on the far
+  side where the blocks stay as sharp, a tie within the depth of field, move the frame
+  compared with further out: _side_ratio). A pair at e >= 1.6 (most of a frame's worth of
+  focus travel missing) is a gap if its blocks also fall far in absolute terms (0.45 in log
+  measure at full size, in proportion to the check scale: a finely stepped bracket's
+  typical fall is next to nothing, and at the edge of each depth of field its blocks fall
+  4-5 times that at once); its blocks whose focus lies more than half a
   typical step from both frames are the area sharp in neither (bbox, area fraction, the red
   of the coverage map). Frames wasted at the ends and pairs found to be duplicates are left
   out of this.
@@ -41,11 +43,13 @@ full size. From the blocks' focus curves (the measure of one block along the fra
   most alike; a clearly (10 %) shorter chain in another order (spectral seriation and local
   search) means the frames are out of order, and that order is suggested. Judged on the
   frames sharp somewhere (how far apart two frames sharp almost nowhere are is unknown);
-  those go to the end of the suggested order they are nearer. Reversed order is fine;
+  those go to the end of the suggested order they are nearer. Frames found out of order
+  after a failed alignment step are measured again, each failed step taking its frame as
+  it is (_QuickAligner.restart_failed). Reversed order is fine;
   which end is near is only known from focus distances (`distances`, from EXIF);
 * duplicates: neighbouring frames whose focus maps are the same (against the typical
   difference of neighbours in focus order);
-* exposure jumps: neighbours whose brightness differs by more than 4 % (the aligner's gain);
+* exposure jumps: neighbours whose mean level differs by more than 4 %;
 * subject motion: a patch that moves between two neighbours after alignment (dense optical
   flow at half the check size, trusted only at corners and texture) by more than 4 px at the
   check size, beyond the flow the neighbouring pairs show there, scaled by the focus travel
@@ -107,7 +111,8 @@ _PEAKED = 4.0  # a block has a focus peak when its best measure is 4x its worst
 GAP_STEP_RATIO = 1.6  # a pair this many typical steps apart is a gap
 _COARSE_DROP = 0.7  # log fall per typical step past which steps are judged at half size
 _SIDE_RATIO = 1.5  # ... if its step is also this much bigger than the next one (_side_ratio)
-_GAP_FALL = 0.3  # ... and falls this much across it, times the check scale (_gaps)
+_PLATEAU = 0.25  # ... frames where the same blocks fall under this share of that are tied
+_GAP_FALL = 0.45  # ... and falls this much across it, times the check scale (_gaps)
 _WASTED_SHARE = 0.003  # an end frame sharpest in less than this share of blocks is wasted
 _DUPLICATE_SHARE = 0.25  # neighbours this alike (vs a typical pair) are duplicates
 _DUPLICATE_ABS = 0.03  # mean |log measure| difference below which neighbours are duplicates
@@ -136,8 +141,13 @@ class CheckResult:
     step_ratios: list[float | None] = field(default_factory=list)  # per neighbour pair
     step_mm: float | None = None  # the bracket's focus step from the focus distances
     notes: list[str] = field(default_factory=list)
+    judged_all: bool = True  # False when a note says something could not be judged
     coverage_map: str | None = None
     seconds: float = 0.0
+
+    def not_judged(self, note: str) -> None:
+        self.notes.append(note)
+        self.judged_all = False
 
     def to_json(self) -> dict:
         return {
@@ -155,6 +165,7 @@ class CheckResult:
             "step_ratios": self.step_ratios,
             "step_mm": self.step_mm,
             "notes": self.notes,
+            "judged_all": self.judged_all,
             "coverage_map": self.coverage_map,
             "seconds": round(self.seconds, 3),
         }
@@ -204,14 +215,23 @@ class CheckResult:
             lines.append(f"duplicates: frames {i} and {j} are focused alike")
         for e in self.exposure_jumps:
             i, j = e["between"]
-            how = "brighter" if e["change"] > 0 else "darker"
-            lines.append(f"exposure jump: frame {j} is {abs(e['change']):.1%} {how} than frame {i}")
+            change = e["change"]
+            how = (
+                f"{1 + change:.1f} times as bright as"  # a frame was black: no percent helps
+                if change >= 1
+                else f"{abs(change):.1%} {'brighter' if change > 0 else 'darker'} than"
+            )
+            lines.append(f"exposure jump: frame {j} is {how} frame {i}")
         for m in self.motion:
             i, j = m["between"]
             lines.append(f"subject motion between frames {i} and {j}: {_place(m)}")
         lines.extend(f"note: {n}" for n in self.notes)
-        if self.ok:
-            lines.append("no problems found")
+        if self.ok:  # the notes may say what was not judged: "no problems" would overstate
+            lines.append(
+                "no problems found"
+                if self.judged_all
+                else "no problems found in what could be judged"
+            )
         if self.coverage_map:
             lines.append(f"coverage map: {self.coverage_map}")
         return lines
@@ -231,7 +251,7 @@ class _Measures:
     coarse: np.ndarray  # n x bh x bw: focus measure at half the check size
     covered: np.ndarray  # bh x bw bool: inside every aligned frame
     valid: np.ndarray  # n x bh x bw bool: inside that aligned frame
-    gains: list[float]  # per frame: luminance gain onto the reference
+    levels: list[float]  # per frame: its mean level as read (all channels alike)
     fallback: list[bool]  # per frame: its alignment step failed
     flows: dict  # pair i (frames i, i+1) -> block flow x, y and where it is reliable
     composite: np.ndarray | None  # the quick max-focus composite at check size (for the map)
@@ -282,29 +302,34 @@ def check_bracket(
         if distances is not None and len(distances) != len(frames):
             raise ValueError("distances must have one entry per frame")
     n = len(frames)
-    h, w = measures.shape
-    result = CheckResult(count=n, size=size, check_size=(w, h))
-    measure = _measure_for_steps(measures)
-    logs = np.log(np.maximum(measure, 1e-12))
-    textured = _peaked(measure) & measures.covered
-    travel, placed, robust = _distances(logs, textured)
-    _order(result, travel, placed, textured, distances)
-    _duplicates(result, logs, measures.covered)
+    judged = _order_judged(measures, size, n, distances)
+    if judged[0].order == "out of order" and any(measures.fallback):
+        # aligned along frames out of order, failed steps misregister the frames (see
+        # _QuickAligner): measure again, each failed step taking its frame as it is, for a
+        # better suggested order. Still out of order, as it must be: the first verdict
+        # stands (two frames far apart swapped in a 40-frame bracket read as in order then)
+        again = _measure(frames, channels, ref, work, max_pixels, cancel, colour, restart=True)
+        rejudged = _order_judged(again[0], again[1], n, distances)
+        if rejudged[0].order == "out of order":
+            (measures, size, icc), judged = again, rejudged
+    result, measure, textured, travel, robust = judged
     out_of_order = result.order == "out of order"
     if textured.sum() < 16:
-        result.notes.append("too little detail to judge focus (blank or out-of-focus frames?)")
+        result.not_judged("too little detail to judge focus (blank or out-of-focus frames?)")
     elif out_of_order:
-        result.notes.append(
-            "gaps, wasted frames and motion are not judged until the order is right"
-        )
+        result.not_judged("gaps, wasted frames and motion are not judged until the order is right")
     else:
         wasted = _wasted(measure, measures.valid)
         if wasted is None:
-            result.notes.append("too few frames to judge wasted frames (it takes three)")
-        result.wasted = wasted or []
+            result.not_judged("too few frames to judge wasted frames (it takes three)")
+        # a copy of its neighbour wins no block (ties go to the first): a duplicate, not a
+        # frame focused where nothing is, unless the neighbour is wasted too
+        copies = {a: b for pair in result.duplicates for a, b in (pair, pair[::-1])}
+        wasted = wasted or []
+        result.wasted = [k for k in wasted if k not in copies or copies[k] in wasted]
         useful = [i for i in range(n) if i not in result.wasted]
         _gaps(result, measure[useful[0] : useful[-1] + 1], useful[0], measures)
-    _exposure(result, measures.gains)
+    _exposure(result, measures.levels)
     # across a gap the defocus changes too much for the flow to mean motion, and so it
     # does between neighbours as given when they are out of order
     gaps = [g["between"] for g in result.gaps]
@@ -313,10 +338,10 @@ def check_bracket(
     motion = _motion_events(flows, steps, robust, measures.block, measures.scale, size)
     result.motion = [m for m in motion if m["between"] not in gaps]
     if min(measures.shape) < _MOTION_MIN_SIDE:
-        result.notes.append("the frames are too thin to judge motion")
+        result.not_judged("the frames are too thin to judge motion")
     bad = [i for i, f in enumerate(measures.fallback) if f]
     if bad:
-        result.notes.append(
+        result.not_judged(
             "alignment failed for frame"
             + ("s " if len(bad) > 1 else " ")
             + ", ".join(map(str, bad))
@@ -328,6 +353,19 @@ def check_bracket(
         result.coverage_map = str(coverage_map)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _order_judged(measures: _Measures, size, n: int, distances):
+    """The findings that come first: order (with the order suggested) and duplicates."""
+    h, w = measures.shape
+    result = CheckResult(count=n, size=size, check_size=(w, h))
+    measure = _measure_for_steps(measures)
+    logs = np.log(np.maximum(measure, 1e-12))
+    textured = _peaked(measure) & measures.covered
+    travel, placed, robust = _distances(logs, textured)
+    _order(result, travel, placed, textured, distances)
+    _duplicates(result, logs, measures.covered)
+    return result, measure, textured, travel, robust
 
 
 # ---------------------------------------------------------------------- streaming pass
@@ -393,19 +431,20 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
 
 
-def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
+def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour, restart=False):
     """One pass in the pipeline's chain order: read (ahead, in threads), scale, align, warp,
     measure; keep only block measures, the composite (`colour`: for the map) and the
     neighbours for motion. Without the composite only the grey image is warped: the luma of
     the frame with its gain applied, which is what the focus measure and the flow see of the
-    warped colour frame (resampling is linear)."""
+    warped colour frame (resampling is linear). `restart`: _QuickAligner.restart_failed."""
     n = len(frames)
     aligner = _QuickAligner(model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE)
+    aligner.restart_failed = restart
     order = chain_order(n, ref)
     fine: list = [None] * n
     coarse: list = [None] * n
     valid_blocks_all: list = [None] * n
-    gains = [1.0] * n
+    levels: list = [None] * n
     fallback = [False] * n
     flow_jobs: dict = {}  # pair (i, i+1) -> the Future of its _flow
     state: dict = {}
@@ -429,7 +468,10 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
                 pending.append(load(step + _READ_AHEAD))
             if not state:
                 shape = pixels.shape[:2]
-                block = 2 * max(2, round(max(shape) / (2 * _BLOCKS_LONG_SIDE)))
+                # a thin strip keeps four rows of blocks (its long side alone gave it one)
+                block = 2 * max(
+                    2, min(round(max(shape) / (2 * _BLOCKS_LONG_SIDE)), min(shape) // 8)
+                )
                 bh, bw = shape[0] // block, shape[1] // block
                 state.update(
                     shape=shape,
@@ -450,9 +492,9 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
                 aligner.restart()
             t = aligner.set_reference(pixels) if index == ref else aligner.align(pixels)
             fallback[index] = t.fallback
-            gains[index] = float(np.mean(t.gain))
             warped, valid = _warp(pixels, t, state["shape"], colour)
             valid_blocks = _fold(state, index, warped, valid, fine, coarse)
+            levels[index] = float(pixels.mean(dtype=np.float64))  # as read: no gain in it
             valid_blocks_all[index] = valid_blocks
             small = _motion_image(state, warped, valid)
             if index == ref:
@@ -472,7 +514,7 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour):
             coarse=np.stack(coarse),
             covered=np.logical_and.reduce(valid_blocks_all),
             valid=np.stack(valid_blocks_all),
-            gains=gains,
+            levels=levels,
             fallback=fallback,
             flows=flows,
             composite=state["composite"],
@@ -490,7 +532,22 @@ class _QuickAligner(ChainAligner):
     size (320 px; the coarse pass at 256 px before it changes next to nothing this close,
     from the previous step's motion); a step that pass cannot do plausibly gets the full
     coarse-to-fine registration. At most 20 iterations: the findings were those of 40 on
-    every real and synthetic bracket of bench_check --findings, in 10 % less time."""
+    every real and synthetic bracket of bench_check --findings, in 10 % less time.
+
+    `restart_failed`: a step it cannot do takes the frame as it is (the reference's
+    geometry) and the chain goes on from there, instead of continuing the last step. For
+    frames out of focus order: neighbours as given are then far apart in focus, most steps
+    fail (74 of 100 in a shuffled 100-frame bracket), and continued steps piled up into
+    frames misregistered by tens of pixels."""
+
+    restart_failed = False
+
+    def align(self, pixels: np.ndarray) -> Transform:
+        t = super().align(pixels)
+        if self.restart_failed and t.fallback:
+            t = Transform(matrix=np.eye(3), gain=t.gain, correlation=t.correlation, fallback=True)
+            self._prev = (self._prev[0], t)
+        return t
 
     def _register(self, prev, cur):
         f = prev.f
@@ -705,23 +762,45 @@ def _least(textured: np.ndarray) -> float:
     return max(12, 0.004 * textured.size)
 
 
-def _side_ratio(logs: np.ndarray, best: np.ndarray, usable: np.ndarray, i: int) -> float | None:
+def _side_ratio(
+    logs: np.ndarray, best: np.ndarray, usable: np.ndarray, i: int, least_fall: float
+) -> float | None:
     """The step of pair (i, i+1) against the step on the far side, as the same blocks see it:
     over the blocks sharpest in frame i (i + 1), the median fall to i + 1 (i) over the median
     fall to i - 1 (i + 2). Same blocks, so neither their texture nor where their depths lie
     between the frames tells: about e for a step e times the next one, about 1 for an even
     step. The larger ratio of the pair's two frames (not an end of the bracket) that hold
     enough blocks (twice a pair's least, a quarter of the pair's): a frame between two gaps
-    says 1. None when neither holds enough."""
+    says 1. None when neither holds enough.
+
+    A zone judges only if its blocks see the step (fall least_fall across it), and frames on
+    the far side where they stay as sharp (falling under _PLATEAU of least_fall: a tie
+    within the depth of field, as when the blur step is well under the check's pixel) widen
+    the comparison: with p such frames the blocks' focus may lie up to p frames beyond, so
+    the frame that mirrors the pair's other frame is 2p + 1 away. Without that a finely
+    stepped bracket, whose blocks fall nothing to one side and a little to the other, reads
+    a gap at every edge of a depth of field. A zone whose mirror frame lies past the end
+    of the bracket says nothing."""
     n = len(logs)
-    zones = ((i, i + 1, i - 1), (i + 1, i, i + 2))  # (frame, across the pair, far side)
+    zones = ((i, i + 1, -1), (i + 1, i, +1))  # (frame, across the pair, towards the far side)
     masks = [usable & (best == b) if 0 < b < n - 1 else None for b, _, _ in zones]
     total = sum(int(m.sum()) for m in masks if m is not None)
     found = []
-    for (b, across, other), mask in zip(zones, masks, strict=True):
-        if mask is not None and mask.sum() >= max(2 * _least(usable), total / 4):
-            far = _median((logs[b] - logs[other])[mask])
-            found.append(_median((logs[b] - logs[across])[mask]) / max(far, 1e-6))
+    for (b, across, away), mask in zip(zones, masks, strict=True):
+        if mask is None or mask.sum() < max(2 * _least(usable), total / 4):
+            continue
+        fall = _median((logs[b] - logs[across])[mask])
+        if fall < least_fall:  # these blocks hardly see the step: a ratio of two noises
+            continue
+        tied = 0
+        while 0 <= b + away * (tied + 1) < n:
+            if _median((logs[b] - logs[b + away * (tied + 1)])[mask]) >= _PLATEAU * least_fall:
+                break
+            tied += 1
+        mirror = b + away * (2 * tied + 1)
+        if 0 <= mirror < n:
+            far = _median((logs[b] - logs[mirror])[mask])
+            found.append(fall / max(far, 1e-6))
     return max(found) if found else None
 
 
@@ -736,7 +815,7 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
             drops[i - offset] = np.nan
     judged = np.isfinite(drops)
     if n < 4 or judged.sum() < 3:
-        result.notes.append("too few frames with detail in focus to judge gaps")
+        result.not_judged("too few frames with detail in focus to judge gaps")
         return
     typical = _median(drops[judged])
     # a step e typical steps wide: median fall ~ e(e + 1)/2 typical falls
@@ -746,12 +825,13 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
     best = measure.argmax(axis=0)
     usable = textured & (best > 0) & (best < n - 1)
     unsharp = np.zeros(textured.shape, bool)
+    least_fall = _GAP_FALL * measures.scale
     for i in range(n - 1):
         if not judged[i]:
             continue
         e: float | None = float(steps[i])
         if e >= GAP_STEP_RATIO:  # big against the typical step; against the next one too?
-            side = _side_ratio(logs, best, usable, i)
+            side = _side_ratio(logs, best, usable, i, least_fall)
             if side is None:
                 e = None  # too few blocks to tell
             elif side < _SIDE_RATIO:
@@ -763,7 +843,7 @@ def _gaps(result: CheckResult, measure: np.ndarray, offset: int, measures: _Meas
         # supersampled make_bracket brackets at full size. Real gaps of bench/check_scenes.py
         # fall 0.43 and more at full size; the fall of a blur in frame pixels shrinks with
         # the check size (1/3: 0.13-0.24), hence the scale.
-        if e is None or e < GAP_STEP_RATIO or drops[i] < _GAP_FALL * measures.scale:
+        if e is None or e < GAP_STEP_RATIO or drops[i] < least_fall:
             continue
         # blocks whose focus lies more than half a typical step from both frames
         between = textured & ((best == i) | (best == i + 1))
@@ -993,10 +1073,12 @@ def _duplicates(result: CheckResult, logs, covered) -> None:
             result.duplicates.append([i, i + 1])
 
 
-def _exposure(result: CheckResult, gains: list[float]) -> None:
-    # a frame's level relative to the reference is 1 / its gain onto the reference
-    for i in range(len(gains) - 1):
-        change = gains[i] / gains[i + 1] - 1.0
+def _exposure(result: CheckResult, levels: list[float]) -> None:
+    """Neighbours' mean levels as read: not the aligner's gain, which is held within 0.5-2
+    for the stack's sake (a black frame read 50 % darker, and the jump back was lost)."""
+    for i in range(len(levels) - 1):
+        # black counts as 1e-3 of white
+        change = max(levels[i + 1], 1e-3) / max(levels[i], 1e-3) - 1.0
         if abs(change) > EXPOSURE_JUMP:
             result.exposure_jumps.append({"between": [i, i + 1], "change": round(change, 4)})
 

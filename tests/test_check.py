@@ -194,6 +194,23 @@ def test_frames_out_of_order_and_the_order_they_belong_in(bracket):
     assert result.gaps == [] and result.wasted == []  # not judged until the order is right
 
 
+def test_a_long_shuffled_bracket_gets_an_order_close_to_focus_order():
+    """QA: aligned along the order given, most steps between shuffled frames fail (far apart
+    in focus), and each failed step continued the last one: frames misregistered by tens of
+    pixels, and a suggested order with 20 of 59 links right (4 of 99 for 100 frames). A
+    bracket out of order is measured again, each failed step taking its frame as it is."""
+    n = 60
+    b = make_bracket(
+        n, (300, 400), max_blur=n - 1.0, noise=0.01, seed=4, slant=0.9, breathing=0.002
+    )
+    given = list(np.random.default_rng(1).permutation(n))
+    result = check_bracket([b.frames[i] for i in given])
+    assert result.order == "out of order"
+    found = [given[i] for i in result.suggested_order]
+    right = sum(abs(a - c) == 1 for a, c in zip(found, found[1:], strict=False))
+    assert right >= 0.7 * (n - 1)
+
+
 def test_a_repeated_frame_is_a_duplicate(bracket):
     rng = np.random.default_rng(3)
     again = np.clip(bracket.frames[5] + rng.normal(0, 0.005, bracket.frames[5].shape), 0, 1)
@@ -201,6 +218,14 @@ def test_a_repeated_frame_is_a_duplicate(bracket):
     result = check_bracket(frames)
     assert result.duplicates == [[5, 6]]
     assert result.gaps == []
+
+
+def test_the_last_frame_shot_twice_is_a_duplicate_not_wasted(bracket):
+    """QA: the copy wins no block (ties go to the first of two equal frames), so it was
+    reported twice over: a duplicate and a wasted frame."""
+    frames = make_bracket(3, (480, 640), max_blur=4.0, seed=1, flicker=0.005, slant=0.9).frames
+    result = check_bracket(frames + [frames[2]])
+    assert result.duplicates == [[2, 3]] and result.wasted == []
 
 
 def test_shuffled_frames_are_no_duplicates(bracket2):
@@ -226,6 +251,28 @@ def test_an_exposure_jump(bracket):
     assert any(
         re.fullmatch(r"exposure jump: frame 7 is \d+\.\d% darker than frame 6", line)
         for line in darker.summary_lines()
+    )
+
+
+def test_a_dark_frame_mid_bracket_is_a_jump_both_ways(bracket):
+    """QA: the aligner's gain (held within 0.5-2 for the stack) read a black frame as 50 %
+    darker and lost the jump back. The check now compares the frames' levels as measured."""
+    frames = list(bracket.frames)
+    frames[5] = frames[5] * 0.2  # the flash did not fire
+    frames[8] = np.zeros_like(frames[8])  # the lens cap
+    result = check_bracket(frames)
+    jumps = {tuple(j["between"]): j["change"] for j in result.exposure_jumps}
+    assert set(jumps) == {(4, 5), (5, 6), (7, 8), (8, 9)}
+    assert jumps[(4, 5)] == pytest.approx(-0.8, abs=0.02)
+    assert jumps[(5, 6)] == pytest.approx(4.0, rel=0.1)
+    assert jumps[(7, 8)] == pytest.approx(-1.0, abs=0.01) and jumps[(8, 9)] > 50
+    lines = result.summary_lines()
+    assert any(
+        re.fullmatch(r"exposure jump: frame 8 is 99\.\d% darker than frame 7", x) for x in lines
+    )
+    assert any(
+        re.fullmatch(r"exposure jump: frame 9 is \d+\.\d times as bright as frame 8", x)
+        for x in lines
     )
 
 
@@ -528,12 +575,38 @@ def test_a_finely_stepped_bracket_has_no_gap():
     assert result.gaps == [] and result.order == "in focus order" and result.duplicates == []
 
 
+@pytest.fixture(scope="module")
+def fine_bracket():
+    # 30 frames 0.45 px of blur apart, 16-bit: blocks stay as sharp over 2-3 frames (a blur
+    # under half a pixel does nothing) and then fall at once, a plateau and a cliff
+    return make_bracket(
+        30, (600, 800), max_blur=13.05, noise=0.01, seed=2, slant=0.9, bit_depth=16
+    ).frames
+
+
+def test_a_bracket_stepped_within_its_depth_of_field_has_no_gap(fine_bracket):
+    """QA: the edge of each plateau read as a gap, 4x the typical step (falls 0.4-0.5 while
+    the typical pair falls 0.04): [1, 2], [3, 4], [6, 7], [26, 27]."""
+    result = check_bracket(fine_bracket)
+    assert result.gaps == [] and result.order == "in focus order"
+
+
+def test_frames_missing_from_a_finely_stepped_bracket_are_a_gap(fine_bracket):
+    """Five frames out of the middle make a step of 2.7 px: a gap at the right pair, and no
+    other."""
+    result = check_bracket(without(fine_bracket, range(12, 17)))
+    assert [g["between"] for g in result.gaps] == [[11, 12]]
+
+
 @pytest.mark.parametrize("level", [0.0, 0.5])
 def test_frames_without_detail_are_a_note_not_a_crash(level):
     frames = [np.full((120, 160, 3), level, np.float32) for _ in range(4)]
     result = check_bracket(frames)
     assert "too little detail to judge focus (blank or out-of-focus frames?)" in result.notes
     assert result.gaps == [] and result.wasted == []
+    # QA: the note was followed by "no problems found", as if the frames had been judged
+    assert not result.judged_all and result.to_json()["judged_all"] is False
+    assert result.summary_lines()[-1] == "no problems found in what could be judged"
 
 
 def test_a_thin_strip_is_checked_at_least_32_px_across(bracket):
@@ -543,6 +616,21 @@ def test_a_thin_strip_is_checked_at_least_32_px_across(bracket):
     assert "the frames are too thin to judge motion" in result.notes
     with pytest.raises(check.InputError, match="is 20 px across: a check needs at least 32"):
         check_bracket([f[:20] for f in bracket.frames])
+
+
+@pytest.mark.parametrize("across", [32, 40])
+def test_a_strip_a_few_dozen_pixels_across_is_judged(across):
+    """QA: blocks sized by the long side alone left a 1600 x 32 strip one row of them, too
+    few to judge focus ("too little detail") or to tell wasted frames (most were called
+    so). A strip keeps four rows of blocks; the frames focused nowhere on it are wasted."""
+    b = make_bracket(12, (100, 1600), max_blur=16.0, seed=1, flicker=0.005, slant=0.9)
+    rows = slice(30, 30 + across)
+    result = check_bracket([f[rows] for f in b.frames])
+    depth = b.depth[rows]
+    nowhere = [k for k in range(12) if (np.abs(depth - k) < 0.5).mean() < 0.005]
+    assert result.judged_all is False  # motion is not judged on a strip
+    assert not any("too little detail" in n for n in result.notes)
+    assert result.wasted == nowhere == [0] and result.gaps == []
 
 
 def test_a_duplicate_is_no_focus_step(test_data):

@@ -1873,6 +1873,36 @@ def test_check_joins_the_group_of_an_earlier_stack(plugin):
     ]
 
 
+def test_check_without_problems_says_when_something_was_not_judged(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg']))
+    p.check_answer = {
+        'notes': ['too little detail to judge focus (blank or out-of-focus frames?)'],
+        'judged_all': False,
+    }
+    p.click('check_button')
+    assert p.api.widgets.stack_outcome.text.split('\n')[1:3] == [
+        'note: too little detail to judge focus (blank or out-of-focus frames?)',
+        'no problems found in what could be judged',
+    ]
+
+
+def test_check_says_times_as_bright_after_a_black_frame(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg', 'c.jpg']))
+    p.check_answer = {
+        'exposure_jumps': [
+            {'between': [0, 1], 'change': -0.998},
+            {'between': [1, 2], 'change': 479.09},
+        ],
+    }
+    p.click('check_button')
+    assert p.api.widgets.stack_outcome.text.split('\n')[1:3] == [
+        'exposure jump: b.jpg is 99.8 % darker than a.jpg',
+        'exposure jump: c.jpg is 480.1 times as bright as b.jpg',
+    ]
+
+
 def test_check_exports_frames_the_bridge_cannot_read(plugin):
     p = plugin
     imgs = p.images(['x1.heic', 'x2.heic'])

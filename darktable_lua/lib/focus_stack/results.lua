@@ -124,6 +124,10 @@ function results.check_lines(check, names)
      function(d) return name(d[1]), name(d[2]) end},
     {check.exposure_jumps, "%s", function(e)
       local change = tonumber(e.change) or 0
+      if change >= 1 then  -- a frame was black: no percent helps
+        return string.format(_("exposure jump: %s is %.1f times as bright as %s"),
+          name(e.between[2]), 1 + change, name(e.between[1]))
+      end
       local message = change >= 0 and _("exposure jump: %s is %.1f %% brighter than %s")
         or _("exposure jump: %s is %.1f %% darker than %s")
       return string.format(message, name(e.between[2]), 100 * math.abs(change), name(e.between[1]))
@@ -151,7 +155,10 @@ function results.check_lines(check, names)
   end
   local note = _("note: %s")
   for _, text in ipairs(check.notes or {}) do add(note, tostring(text)) end
-  if not problems then add("%s", _("no problems found")) end
+  if not problems then  -- the notes may say what was not judged
+    add("%s", check.judged_all == false and _("no problems found in what could be judged")
+      or _("no problems found"))
+  end
   return lines
 end
 
