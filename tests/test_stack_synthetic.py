@@ -301,3 +301,28 @@ def test_one_file_given_twice_is_refused(tmp_path, bracket):
         with pytest.raises(InputError, match=r"is given twice \(also as "):
             stack(frames, tmp_path / "out.tif", metadata=False)
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_hairs_before_a_bright_background_gain_from_the_next_levels_contrast(monkeypatch):
+    """Thin dark hairs in front of a bright, defocused background (the halo scene): the finest
+    level chooses its frame by its own contrast plus a share of the next level's, so the
+    defocused fringe and the noise, which have their energy in the finest octave, pick the
+    wrong frame less often. Without the share the edge band was 0.35-0.65 dB worse on four
+    such brackets; the choice must stay with the next level's help."""
+    from pybridge import fuse
+
+    b = make_bracket(
+        9,
+        (300, 450),
+        scene="halo",
+        max_blur=8.0,
+        noise=0.005,
+        breathing=0.01,
+        flicker=0.03,
+        seed=1,
+    )
+    band = _interior(b.truth.shape) & b.edge_band
+    with_share = psnr(stack(b.frames, crop=False).image, b.truth, band)
+    monkeypatch.setattr(fuse, "COARSE_SHARE", 0.0)
+    without = psnr(stack(b.frames, crop=False).image, b.truth, band)
+    assert with_share > without + 0.2, (with_share, without)
