@@ -265,12 +265,25 @@ local function stack_options(output, opts)
   return opts
 end
 
+-- the bridge's warnings (a frame it could not align, a colour profile it could not use) go
+-- to the log, and the first one into `msg`, the message shown
+local function with_warnings(msg, warnings)
+  if type(warnings) ~= "table" or #warnings == 0 then return msg end
+  for i = 1, #warnings do dt.print_log("focus_stack: warning: " .. tostring(warnings[i])) end
+  msg = msg .. "; " .. string.format(_("warning: %s"), tostring(warnings[1]))
+  if #warnings > 1 then
+    msg = msg .. " " .. string.format(_("(%d more in the log)"), #warnings - 1)
+  end
+  return msg
+end
+
 -- one bracket, as ever; `images` sorted darktable images, `frames` files darktable exported
 -- for them into `job_dir` (export target) or nil, `job_frames` every frame in that folder
 -- (nil: `frames`); returns true on success (a message is shown)
 local function stack(images, frames, job_dir, job_frames)
   local bridge = claim_bridge(#images, 2, _("focus stack: select at least two images"))
   if not bridge then return false end
+  local warnings
   local ok, result, message = pcall(function()
     local sources = {}
     for i, img in ipairs(images) do sources[i] = naming.image_file(img) end
@@ -311,11 +324,12 @@ local function stack(images, frames, job_dir, job_frames)
     if not imported then
       return nil, string.format(_("focus stack: could not import %s"), out)
     end
+    warnings = status.warnings
     return imported
   end)
   result = flow_result(ok, result, message, _("focus stack failed: %s"))
   if not result then return false end
-  notify(string.format(_("focus stack: imported %s"), result.filename))
+  notify(with_warnings(string.format(_("focus stack: imported %s"), result.filename), warnings))
   state.last_result = result
   state.last_results = {result}
   return true
@@ -490,7 +504,7 @@ local function stack_batch(brackets, frame_of, job_dir, job_frames, lines)
       return nil, string.format(_("focus stack failed: %s"), tostring(status.error or _("unknown error")))
     end
     -- every stack the bridge finished comes home, whatever happened to the others
-    local imported, first_error = {}, nil
+    local imported, first_error, warnings = {}, nil, {}
     for i, b in ipairs(brackets) do
       local r = status.results[i] or {}
       local name = stacks and stacks[i] and platform.basename(stacks[i].output) or b[1].filename
@@ -501,6 +515,11 @@ local function stack_batch(brackets, frame_of, job_dir, job_frames, lines)
       if img then
         imported[#imported + 1] = img
         lines[#lines + 1] = string.format(_("%s: %d frames"), img.filename, #b)
+        local said = type(r.warnings) == "table" and r.warnings or {}
+        for k = 1, #said do  -- (not `for _, ...`: `_` is the translation function)
+          warnings[#warnings + 1] = string.format("%s: %s", img.filename, tostring(said[k]))
+          lines[#lines + 1] = string.format(_("%s: warning: %s"), img.filename, tostring(said[k]))
+        end
       elseif r.cancelled then
         lines[#lines + 1] = string.format(_("%s: cancelled"), name)
       else
@@ -510,7 +529,8 @@ local function stack_batch(brackets, frame_of, job_dir, job_frames, lines)
         lines[#lines + 1] = string.format(_("%s: failed: %s"), name, why)
       end
     end
-    return {imported = imported, cancelled = status.cancelled, error = first_error}
+    return {imported = imported, cancelled = status.cancelled, error = first_error,
+      warnings = warnings}
   end)
   local text
   if not ok then
@@ -527,6 +547,7 @@ local function stack_batch(brackets, frame_of, job_dir, job_frames, lines)
       local names = {}
       for i, img in ipairs(result.imported) do names[i] = img.filename end
       text = string.format(_("focus stack: imported %d results: %s"), n, table.concat(names, ", "))
+      text = with_warnings(text, result.warnings)
     end
     if n > 0 then
       state.last_result = result.imported[n]

@@ -468,6 +468,14 @@ def _align_and_fuse(
                 f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
             del warped
             progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
+    for index, t in enumerate(transforms):
+        if t.fallback:  # silent before: a stray frame from another shot was fused as it came
+            neighbour = index - 1 if index > ref else index + 1  # the one it is aligned to
+            warnings.append(
+                f"{_name(frames[index])}: could not be aligned to {_name(frames[neighbour])}; "
+                "its place is predicted from the frames before it (is one of the two from "
+                "another shot, or without detail?)"
+            )
     fused = fuser.finish()
     other = fusers[1].finish().image if len(fusers) > 1 else None
     del fuser, fusers  # their state: only the maps in `fused` are still needed

@@ -103,6 +103,7 @@ class Plugin:
         self.sleeps = 0
         self.shell = False  # True: run commands for real through sh
         self.status_extra: dict = {}
+        self.batch_warnings: dict = {}  # bracket index -> the warnings its batch result carries
         self.lens_results = None
         self.pid_text: str | None = '4242\n'  # what the bridge writes to pid_file
         self.kills: list[str] = []
@@ -436,6 +437,7 @@ class Plugin:
                             'ok': True,
                             'error': None,
                             'cancelled': False,
+                            'warnings': self.batch_warnings.get(i, []),
                             **self._stack_files(m, e, m.get('options') or {}),
                         }
                     )
@@ -2150,3 +2152,44 @@ def test_a_cancelled_lens_change_stays_undoable_for_the_files_it_changed(plugin)
     p._bridge = None
     p.click('lens_undo')
     assert p.manifests[-1]['files'] == [str(p.photos / 'a.jpg')]
+
+
+def test_the_bridges_warnings_are_shown_with_the_result_and_logged(tmp_path):
+    """A frame the bridge could not align is stacked all the same; the photographer must
+    hear of it in darktable too, not only on a terminal nobody watches."""
+    p = Plugin(tmp_path)
+    p.status_extra = {
+        'warnings': [
+            'b.jpg: could not be aligned to a.jpg; its place is predicted',
+            'c.jpg: could not be aligned to b.jpg; its place is predicted',
+        ]
+    }
+    p.select(p.images(['a.jpg', 'b.jpg', 'c.jpg']))
+    p.click('stack_button')
+    assert p.printed[-1] == (
+        'focus stack: imported a_stacked.tif; warning: b.jpg: could not be aligned to a.jpg; '
+        'its place is predicted (1 more in the log)'
+    )
+    logs = list(p.fake.logs.values())
+    for warning in p.status_extra['warnings']:
+        assert f'focus_stack: warning: {warning}' in logs
+    p.status_extra = {'warnings': []}
+    p.click('stack_button')
+    assert p.printed[-1] == 'focus stack: imported a_stacked_2.tif'
+
+
+def test_warnings_of_stacks_in_a_queue_are_said_per_result(plugin):
+    p = plugin
+    three_brackets(p)
+    p.batch_warnings = {1: ['b2.tif: could not be aligned to b1.tif']}
+    p.click('stack_button')
+    assert p.printed[-1] == (
+        'focus stack: imported 3 results: a1_stacked.tif, b1_stacked.tif, c1_stacked.tif; '
+        'warning: b1_stacked.tif: b2.tif: could not be aligned to b1.tif'
+    )
+    outcome = p.api.widgets.stack_outcome.text.split('\n')
+    at = outcome.index('b1_stacked.tif: 3 frames')
+    assert outcome[at + 1] == 'b1_stacked.tif: warning: b2.tif: could not be aligned to b1.tif'
+    assert 'focus_stack: warning: b1_stacked.tif: b2.tif: could not be aligned to b1.tif' in list(
+        p.fake.logs.values()
+    )

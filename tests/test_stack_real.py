@@ -147,3 +147,21 @@ def test_broken_raw_in_a_bracket_is_a_one_line_error(tmp_path, test_data, bad):
         stack([*good, broken], tmp_path / "out.tif", metadata=False)
     assert str(broken) in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_frame_from_another_shot_is_named_in_a_warning(tmp_path, test_data):
+    """A stray frame (here pcb7's, in the middle of depthmap10, where it is the reference)
+    cannot be aligned with its neighbours. The stack still runs, but says which frames did not
+    line up and with what, instead of fusing them silently where their motion was guessed."""
+    frames = _frames(test_data, "depthmap10", "*.JPG")
+    size = cv2.imread(str(frames[0])).shape[1::-1]
+    stray = tmp_path / "stray.jpg"
+    cv2.imwrite(
+        str(stray), cv2.resize(cv2.imread(str(_frames(test_data, "pcb7", "pcb_*")[3])), size)
+    )
+    bracket = [*frames[:5], stray, *frames[5:]]
+    warnings = stack(bracket).warnings
+    assert len(warnings) == 2, warnings
+    for neighbour in (frames[4], frames[5]):
+        assert f"{neighbour}: could not be aligned to {stray}" in warnings[0] + warnings[1]
+    assert stack(frames).warnings == []
