@@ -744,6 +744,8 @@ def judge(case: Case, r) -> dict:
     ):
         wrong += [f"{key} {p}" for p in found - may - must]
         missed += [f"{key} {p}" for p in must - found]
+    # every frame of a case is of its bracket: a frame called stray is always wrong
+    wrong += [f"stray {pos[k]}" for k in getattr(r, "stray", [])]  # (older code: none)
     wasted = {pos[k] for k in r.wasted}
     must, may = case.wasted
     if not order_out:  # wasted frames are not judged out of order
@@ -760,6 +762,7 @@ def judge(case: Case, r) -> dict:
         "jumps": [[*j["between"], j["change"]] for j in r.exposure_jumps],
         "motion": [m["between"] for m in r.motion],
         "wasted": r.wasted,
+        "stray": getattr(r, "stray", []),
         "gaps": [g["between"] for g in r.gaps],
         "misaligned": any("alignment failed" in n for n in r.notes),
         "must": [

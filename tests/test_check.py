@@ -347,6 +347,35 @@ def test_real_bracket_with_frames_taken_out(test_data):
     assert [1, 2] in result.to_json()["gaps"]
 
 
+@pytest.fixture(scope="module")
+def stray_shot(test_data, tmp_path_factory):
+    """A frame of another subject (pcb7's, at depthmap10's size) for depthmap10."""
+    size = cv2.imread(str(_real(test_data, "depthmap10")[0])).shape[1::-1]
+    path = tmp_path_factory.mktemp("stray") / "stray.jpg"
+    cv2.imwrite(str(path), cv2.resize(cv2.imread(str(_real(test_data, "pcb7")[3])), size))
+    return path
+
+
+@pytest.mark.parametrize("at", [3, 5])  # 5: the middle of 11, the frame the others align to
+def test_a_shot_of_something_else_does_not_belong_and_is_left_out(test_data, stray_shot, at):
+    """It lines up with neither neighbour, which line up with each other. As the reference it
+    misregistered every frame: frames 8-10 read as wasted, with jumps to and from it; now
+    the rest reads as depthmap10 alone, numbered as given."""
+    files = _real(test_data, "depthmap10")
+    alone = check_bracket(files).to_json()
+    result = check_bracket([*files[:at], stray_shot, *files[at:]])
+    data = result.to_json()
+    assert data["stray"] == [at] and not result.ok
+    assert data["order"] == "in focus order" and data["gaps"] == [] and data["motion"] == []
+    assert data["wasted"] == [0, 1] == alone["wasted"]
+    assert [e["between"] for e in data["exposure_jumps"]] == [[1, 2]]
+    assert len(data["step_ratios"]) == 10 and data["step_ratios"][at - 1 : at + 1] == [None] * 2
+    same = [r for k, r in enumerate(data["step_ratios"]) if k not in (at - 1, at)]
+    assert same == [r for k, r in enumerate(alone["step_ratios"]) if k != at - 1]
+    assert f"frame {at} does not belong to the bracket" in result.summary_lines()[1]
+    assert alone["stray"] == []
+
+
 # -- the check size and the reduced read ---------------------------------------------------
 
 

@@ -1905,6 +1905,19 @@ def test_check_says_times_as_bright_after_a_black_frame(plugin):
     ]
 
 
+def test_check_names_a_frame_that_does_not_belong(plugin):
+    p = plugin
+    p.select(p.images(['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg']))
+    p.check_answer = {'stray': [2], 'wasted': [3]}
+    p.click('check_button')
+    assert p.api.widgets.stack_outcome.text.split('\n')[:3] == [
+        'c.jpg does not belong to the bracket: it lines up with neither neighbour '
+        '(left out of the rest)',
+        'order: in focus order',
+        'wasted: d.jpg (the sharpest nowhere)',
+    ]
+
+
 def test_check_exports_frames_the_bridge_cannot_read(plugin):
     p = plugin
     imgs = p.images(['x1.heic', 'x2.heic'])

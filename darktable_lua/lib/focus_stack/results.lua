@@ -136,6 +136,12 @@ function results.check_lines(check, names)
      function(m) return name(m.between[1]), name(m.between[2]), percent(m.area_fraction) end},
   }
   local problems = false
+  local stray = check.stray or {}
+  for k = 1, #stray do  -- (not `for _, ...`: `_` is the translation function)
+    problems = true
+    add(_("%s does not belong to the bracket: it lines up with neither neighbour (left out of the rest)"),
+      name(stray[k]))
+  end
   if check.order == "out of order" then
     problems = true
     add(_("out of focus order: in focus order they would be %s"), list(check.suggested_order))
