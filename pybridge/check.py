@@ -11,9 +11,10 @@ neighbours, more than a whole step of a finely stepped bracket (false gaps besid
 gap that moved with the choice of reference when the order was reversed). Nothing is fused at
 full size. From the blocks' focus curves (the measure of one block along the frames) it finds:
 
-* stray frames: a frame inside the bracket that is not of it (a shot of something else): the
-  alignment steps into and out of it both failed, it has detail, its thumbnail looks like
-  neither neighbour's, and they line up with each other (_stray_frames). Everything else is
+* stray frames: a frame that is not of the bracket (a shot of something else, a test shot
+  before it): the alignment steps into and out of it both failed, it has detail, its
+  thumbnail looks like neither neighbour's, and they line up with each other
+  (_stray_frames). Everything else is
   then judged on the frames without it, numbered as given (a stray reference frame had
   misregistered every frame against it);
 * gaps: neighbouring frames i, i+1 between which part of the scene is sharp in neither. Where a
@@ -197,8 +198,8 @@ class CheckResult:
         ]
         for k in self.stray:
             lines.append(
-                f"frame {k} does not belong to the bracket: it lines up with neither neighbour, "
-                "which line up with each other (left out of the other findings)"
+                f"frame {k} does not belong to the bracket: it lines up with no neighbour and "
+                "looks like none (left out of the other findings)"
             )
         if self.order == "out of order":
             lines.append(
@@ -400,31 +401,44 @@ _STRAY_LIKENESS = 0.3
 
 
 def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, max_pixels):
-    """Frames inside the bracket that are not of it (a shot of something else between two of
-    its frames): the alignment steps into and out of the frame both failed, it has detail,
-    its thumbnail looks like neither neighbour's, and the frames on either side of it line
-    up with each other. An end frame has one neighbour, so a stray one cannot be told from
-    a featureless one: ends are not judged."""
+    """Frames that are not of the bracket (a shot of something else between two of its
+    frames, a test shot before it): the alignment steps into and out of the frame both
+    failed, it has detail, its thumbnail looks like neither neighbour's, and the frames on
+    either side of it line up with each other. An end frame has one neighbour: there the
+    step on from that neighbour must have held."""
     n, fallback = len(frames), measures.fallback
+    if n < 3:
+        return []
+
+    def failed(a: int, b: int) -> bool:
+        """The alignment step between neighbours a, b failed (the chain aligns the one
+        farther from the reference to the other)."""
+        return fallback[a] if abs(a - ref) > abs(b - ref) else fallback[b]
+
     detail = [float(np.percentile(f, 99)) for f in measures.fine]
     typical = float(np.median(detail))
     found = []
-    for k in range(1, n - 1):
-        onward = k + 1 if k > ref else k - 1  # the frame the chain aligns to k next
-        into = fallback[k - 1] and fallback[k + 1] if k == ref else fallback[k]
-        if not (into and fallback[onward]) or detail[k] < _STRAY_DETAIL * typical:
+    for k in range(n):
+        sides = [i for i in (k - 1, k + 1) if 0 <= i < n]
+        if not all(failed(k, i) for i in sides) or detail[k] < _STRAY_DETAIL * typical:
             continue
-        before, frame, after = (
-            _load_small(frames[i], max_pixels, long_side, channels)[0] for i in (k - 1, k, k + 1)
+        if len(sides) == 1:  # an end frame: its neighbour must line up with the next one
+            on = 2 * sides[0] - k
+            if failed(sides[0], on):
+                continue
+        frame, *beside = (
+            _load_small(frames[i], max_pixels, long_side, channels)[0] for i in (k, *sides)
         )
-        if max(_likeness(frame, before), _likeness(frame, after)) >= _STRAY_LIKENESS:
+        if max(_likeness(frame, other) for other in beside) >= _STRAY_LIKENESS:
             continue
-        aligner = _QuickAligner(
-            model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE
-        )
-        aligner.set_reference(before)
-        if not aligner.align(after).fallback:
-            found.append(k)
+        if len(beside) == 2:
+            aligner = _QuickAligner(
+                model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE
+            )
+            aligner.set_reference(beside[0])
+            if aligner.align(beside[1]).fallback:
+                continue
+        found.append(k)
     return found
 
 

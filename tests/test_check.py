@@ -356,21 +356,26 @@ def stray_shot(test_data, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("at", [3, 5])  # 5: the middle of 11, the frame the others align to
+@pytest.mark.parametrize("at", [0, 3, 5, 10])  # 5: the middle of 11, the reference; 0, 10: ends
 def test_a_shot_of_something_else_does_not_belong_and_is_left_out(test_data, stray_shot, at):
-    """It lines up with neither neighbour, which line up with each other. As the reference it
-    misregistered every frame: frames 8-10 read as wasted, with jumps to and from it; now
-    the rest reads as depthmap10 alone, numbered as given."""
+    """It lines up with no neighbour and looks like none. As the reference it misregistered
+    every frame: frames 8-10 read as wasted, with jumps to and from it; now the rest reads as
+    depthmap10 alone, numbered as given (a test shot before the bracket is found too)."""
     files = _real(test_data, "depthmap10")
     alone = check_bracket(files).to_json()
     result = check_bracket([*files[:at], stray_shot, *files[at:]])
     data = result.to_json()
+
+    def given(k):
+        return k + (k >= at)
+
     assert data["stray"] == [at] and not result.ok
     assert data["order"] == "in focus order" and data["gaps"] == [] and data["motion"] == []
-    assert data["wasted"] == [0, 1] == alone["wasted"]
-    assert [e["between"] for e in data["exposure_jumps"]] == [[1, 2]]
-    assert len(data["step_ratios"]) == 10 and data["step_ratios"][at - 1 : at + 1] == [None] * 2
-    same = [r for k, r in enumerate(data["step_ratios"]) if k not in (at - 1, at)]
+    assert data["wasted"] == [given(k) for k in alone["wasted"]] and alone["wasted"] == [0, 1]
+    assert [e["between"] for e in data["exposure_jumps"]] == [[given(1), given(2)]]
+    ratios = data["step_ratios"]
+    assert len(ratios) == 10 and all(ratios[k] is None for k in (at - 1, at) if 0 <= k < 10)
+    same = [r for k, r in enumerate(ratios) if k not in (at - 1, at)]
     assert same == [r for k, r in enumerate(alone["step_ratios"]) if k != at - 1]
     assert f"frame {at} does not belong to the bracket" in result.summary_lines()[1]
     assert alone["stray"] == []

@@ -1911,8 +1911,8 @@ def test_check_names_a_frame_that_does_not_belong(plugin):
     p.check_answer = {'stray': [2], 'wasted': [3]}
     p.click('check_button')
     assert p.api.widgets.stack_outcome.text.split('\n')[:3] == [
-        'c.jpg does not belong to the bracket: it lines up with neither neighbour '
-        '(left out of the rest)',
+        'c.jpg does not belong to the bracket: it lines up with no neighbour and looks like '
+        'none (left out of the rest)',
         'order: in focus order',
         'wasted: d.jpg (the sharpest nowhere)',
     ]
