@@ -623,7 +623,8 @@ def _measure(frames, channels, ref, long_side, max_pixels, cancel, colour, resta
             fallback[index] = t.fallback
             warped, valid = _warp(pixels, t, state["shape"], colour)
             valid_blocks = _fold(state, index, warped, valid, fine, coarse)
-            levels[index] = float(pixels.mean(dtype=np.float64))  # as read: no gain in it
+            # as read: no gain in it (cv2.mean sums in double, at a quarter of numpy's time)
+            levels[index] = float(np.mean(cv2.mean(pixels)[: pixels.shape[2]]))
             valid_blocks_all[index] = valid_blocks
             small = _motion_image(state, warped, valid)
             if index == ref:
