@@ -14,9 +14,8 @@ full size. From the blocks' focus curves (the measure of one block along the fra
 * stray frames: a frame that is not of the bracket (a shot of something else, a test shot
   before it): the alignment steps into and out of it both failed, it has detail, its
   thumbnail looks like neither neighbour's, and they line up with each other
-  (_stray_frames). Everything else is
-  then judged on the frames without it, numbered as given (a stray reference frame had
-  misregistered every frame against it);
+  (_stray_frames). Everything else is then judged on the frames without it, numbered as
+  given (a stray reference frame had misregistered every frame against it);
 * gaps: neighbouring frames i, i+1 between which part of the scene is sharp in neither. Where a
   block is sharpest in frame b, the measure falls towards both neighbours by about the same
   factor in an evenly stepped bracket (log measure ~ parabola in focus position). For each pair
@@ -149,6 +148,7 @@ class CheckResult:
     step_mm: float | None = None  # the bracket's focus step from the focus distances
     notes: list[str] = field(default_factory=list)
     judged_all: bool = True  # False when a note says something could not be judged
+    unaligned: list[int] = field(default_factory=list)  # said in a note, not a JSON key
     coverage_map: str | None = None
     seconds: float = 0.0
 
@@ -370,9 +370,9 @@ def check_bracket(
     result.motion = [m for m in motion if m["between"] not in gaps]
     if min(measures.shape) < _MOTION_MIN_SIDE:
         result.not_judged("the frames are too thin to judge motion")
-    bad = [i for i, f in enumerate(measures.fallback) if f]
-    if bad:
-        result.not_judged(_unaligned_note(bad))
+    result.unaligned = [i for i, f in enumerate(measures.fallback) if f]
+    if result.unaligned:
+        result.not_judged(_unaligned_note(result.unaligned))
     _step_mm(result, distances)
     if coverage_map is not None:
         _write_map(Path(coverage_map), measures, result, icc, overwrite)
@@ -381,12 +381,11 @@ def check_bracket(
     return result
 
 
-_UNALIGNED = "alignment failed for frame"
-
-
 def _unaligned_note(frames: list[int]) -> str:
     s = "s " if len(frames) > 1 else " "
-    return f"{_UNALIGNED}{s}{', '.join(map(str, frames))} (motion there is not judged)"
+    return (
+        f"alignment failed for frame{s}{', '.join(map(str, frames))} (motion there is not judged)"
+    )
 
 
 # a stray frame has detail: its sharpest blocks reach this share of a typical frame's (a
@@ -477,10 +476,10 @@ def _renumbered(rest: CheckResult, kept: list[int], n: int, stray: list[int]) ->
         if kept[k + 1] == kept[k] + 1:
             ratios[kept[k]] = ratio
     rest.step_ratios = ratios
-    for k, note in enumerate(rest.notes):
-        if note.startswith(_UNALIGNED):
-            numbers = note[len(_UNALIGNED) :].split("(")[0].strip(" s").split(", ")
-            rest.notes[k] = _unaligned_note([kept[int(v)] for v in numbers])
+    if rest.unaligned:
+        at = rest.notes.index(_unaligned_note(rest.unaligned))
+        rest.unaligned = [kept[k] for k in rest.unaligned]
+        rest.notes[at] = _unaligned_note(rest.unaligned)
     return rest
 
 

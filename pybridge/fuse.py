@@ -774,20 +774,19 @@ class PyramidFuser(_Fuser):
         less noise (hairs against a bright background: +0.45..+0.56 dB). `in_place`: grey
         levels may be overwritten (the frame differences' pyramid, which nothing reads again)."""
         share = COARSE_SHARE if self.contrast_levels > 1 else 0.0
-        pending = []
+        first = e0 = None  # the finest level and its energy, waiting for the next level's
         for i, lap in enumerate(levels):
             if i >= self.contrast_levels:
                 yield lap, None
                 continue
             if i == 0 and share > 0:
-                pending.append((lap, self._local_energy(lap, in_place)))
+                first, e0 = lap, self._local_energy(lap, in_place)
                 continue
             energy = self._local_energy(lap, in_place)
-            if pending:
-                first, e0 = pending.pop()
+            if e0 is not None:
                 _add_up(e0, energy, share)
                 yield first, cv2.sqrt(e0, dst=e0)
-                del first, e0
+                first = e0 = None
             yield lap, cv2.sqrt(energy, dst=energy)
 
     def _local_energy(self, lap: np.ndarray, in_place: bool = False) -> np.ndarray:

@@ -1875,42 +1875,41 @@ def test_check_joins_the_group_of_an_earlier_stack(plugin):
     ]
 
 
+def checked(p, names, answer) -> list[str]:
+    """The module's lines after checking images `names` with the bridge answering `answer`."""
+    p.select(p.images(names))
+    p.check_answer = answer
+    p.click('check_button')
+    return p.api.widgets.stack_outcome.text.split('\n')
+
+
 def test_check_without_problems_says_when_something_was_not_judged(plugin):
-    p = plugin
-    p.select(p.images(['a.jpg', 'b.jpg']))
-    p.check_answer = {
+    answer = {
         'notes': ['too little detail to judge focus (blank or out-of-focus frames?)'],
         'judged_all': False,
     }
-    p.click('check_button')
-    assert p.api.widgets.stack_outcome.text.split('\n')[1:3] == [
+    assert checked(plugin, ['a.jpg', 'b.jpg'], answer)[1:3] == [
         'note: too little detail to judge focus (blank or out-of-focus frames?)',
         'no problems found in what could be judged',
     ]
 
 
 def test_check_says_times_as_bright_after_a_black_frame(plugin):
-    p = plugin
-    p.select(p.images(['a.jpg', 'b.jpg', 'c.jpg']))
-    p.check_answer = {
+    answer = {
         'exposure_jumps': [
             {'between': [0, 1], 'change': -0.998},
             {'between': [1, 2], 'change': 479.09},
         ],
     }
-    p.click('check_button')
-    assert p.api.widgets.stack_outcome.text.split('\n')[1:3] == [
+    assert checked(plugin, ['a.jpg', 'b.jpg', 'c.jpg'], answer)[1:3] == [
         'exposure jump: b.jpg is 99.8 % darker than a.jpg',
         'exposure jump: c.jpg is 480.1 times as bright as b.jpg',
     ]
 
 
 def test_check_names_a_frame_that_does_not_belong(plugin):
-    p = plugin
-    p.select(p.images(['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg']))
-    p.check_answer = {'stray': [2], 'wasted': [3]}
-    p.click('check_button')
-    assert p.api.widgets.stack_outcome.text.split('\n')[:3] == [
+    answer = {'stray': [2], 'wasted': [3]}
+    assert checked(plugin, ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'], answer)[:3] == [
         'c.jpg does not belong to the bracket: it lines up with no neighbour and looks like '
         'none (left out of the rest)',
         'order: in focus order',
