@@ -107,13 +107,13 @@ class SoftSelect:
         # frame weighs exp((u - M) / T). Weights stay relative to the maximum, so a spread
         # that is still being estimated in the first frames only changes the newer weights.
         new_top = cv2.max(self.top, u)
-        # in place, in the kept planes (full-size planes: memory is the budget)
+        # in place, in the old maximum's plane (full-size planes: memory is the budget)
         shrink = cv2.addWeighted(self.top, 1.0 / spread, new_top, -1.0 / spread, 0.0, dst=self.top)
-        cv2.exp(shrink, dst=shrink)
+        _exp_weight(shrink)
         cv2.multiply(self.total, shrink, dst=self.total)
-        np.copyto(self.top, new_top)
-        weight = cv2.addWeighted(u, 1.0 / spread, new_top, -1.0 / spread, 0.0, dst=new_top)
-        cv2.exp(weight, dst=weight)
+        self.top = new_top
+        weight = cv2.addWeighted(u, 1.0 / spread, new_top, -1.0 / spread, 0.0, dst=shrink)
+        _exp_weight(weight)
         cv2.add(self.total, weight, dst=self.total)
         return cv2.divide(weight, self.total, dst=weight)
 
@@ -125,6 +125,17 @@ class SoftSelect:
 
 
 _NONE = np.float32(-1e30)  # the statistic of a pixel a frame does not cover
+
+# exp() of a weight's log this low is below any float32 share of a mean of weights >= 1; lower
+# ones are raised to it first: cv2.exp takes 40-200 times longer on arguments under -87 (its
+# result underflows), which sharp detail's rivals and uncovered pixels reach
+_LOG_WEIGHT_MIN = -60.0
+
+
+def _exp_weight(x: np.ndarray) -> None:
+    """x = exp(max(x, _LOG_WEIGHT_MIN)), in place."""
+    cv2.max(x, _LOG_WEIGHT_MIN, dst=x)
+    cv2.exp(x, dst=x)
 
 
 class TieSpread:
@@ -388,7 +399,10 @@ def _half(u: np.ndarray) -> tuple[np.ndarray, float]:
     """A statistic map kept in half precision (a quarter of a frame's size instead of half),
     scaled by a power of two (exact) so that its typical value sits where float16 is finest;
     what it does not cover becomes -inf."""
-    typical = np.median(u[u > 0]) if np.any(u > 0) else 1.0
+    # (from every 4th row and column: only its power of two is used)
+    sample = u[::4, ::4]
+    positive = sample[sample > 0]
+    typical = np.median(positive) if positive.size else 1.0
     scale = 2.0 ** -round(math.log2(typical))
     with np.errstate(over="ignore"):  # _NONE: -inf is as far out of every tie
         return (u * np.float32(scale)).astype(np.float16), scale
@@ -461,7 +475,10 @@ class _FocusTracker:
         cv2.max(self.second, f, dst=self.second)
         cv2.copyTo(self.best, wins, self.second)
         cv2.copyTo(f, wins, self.best)
-        self.depth[wins > 0] = index
+        # masked OpenCV writes: numpy's boolean indexing is ten times slower where the
+        # winners are scattered (noise)
+        cv2.subtract(self.depth, self.depth, dst=self.depth, mask=wins)
+        cv2.add(self.depth, index, dst=self.depth, mask=wins)
         if self.ties is None:
             return np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
         u, outside = _focus_statistic(f, valid is not None)
