@@ -458,18 +458,18 @@ class _FocusTracker:
     ):
         self.best = np.full(shape, -1.0, np.float32)
         self.second = np.zeros(shape, np.float32)
-        self.depth = np.zeros(shape, np.uint16)
-        self.coverage = np.zeros(shape, np.uint16)
+        # frame indices and counts: one byte a pixel while they fit (peak memory; widened to
+        # uint16 in finish())
+        small = frame_count is not None and frame_count <= 255
+        self.depth = np.zeros(shape, np.uint8 if small else np.uint16)
+        self.coverage = np.zeros_like(self.depth)
         self.soft = SoftSelect(shape)
         self.ties = TieSpread(frame_count) if noise_aware else None
 
     def update(self, index: int, f: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns alpha
         (float32 0..1), this frame's share of the noise-aware weighted mean so far."""
-        if valid is not None:
-            cv2.add(self.coverage, 1, dst=self.coverage, mask=valid, dtype=cv2.CV_16U)
-        else:
-            cv2.add(self.coverage, 1, dst=self.coverage, dtype=cv2.CV_16U)
+        cv2.add(self.coverage, 1, dst=self.coverage, mask=valid)
         wins = cv2.compare(f, self.best, cv2.CMP_GT)
         # runner-up: the old best where this frame wins, else the larger of runner-up and f
         cv2.max(self.second, f, dst=self.second)
@@ -681,9 +681,9 @@ class _Fuser:
         image = self._image().astype(np.float32, copy=False)
         return FusionResult(
             image=image,
-            depth=self.focus.depth,
+            depth=self.focus.depth.astype(np.uint16, copy=False),
             confidence=self.focus.confidence(),
-            coverage=self.focus.coverage,
+            coverage=self.focus.coverage.astype(np.uint16, copy=False),
         )
 
 

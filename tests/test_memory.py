@@ -83,4 +83,6 @@ def test_the_command_line_program_tunes_malloc_and_a_caller_in_process_does_not(
     in_process = (
         "from pybridge.cli import main\nmain(['plan', '--magnification', '1', '--aperture', '8'])"
     )
-    assert mapped(in_process, MALLOC_TRIM_THRESHOLD_="65536") == ["True", "True", "True"]
+    # (not whether malloc_trim then hands memory back: with the environment's low trim
+    # threshold, free() may already have done so, depending on where the heap's top lies)
+    assert mapped(in_process, MALLOC_TRIM_THRESHOLD_="65536")[:2] == ["True", "True"]
