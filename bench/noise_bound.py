@@ -54,23 +54,35 @@ from pybridge.pipeline import stack  # noqa: E402
 NEIGHBOUR_WEIGHTS = (0.2, 0.4, 0.7, 1.0)
 
 
-def bounds(spec: dict) -> dict[str, tuple[float, float]]:
-    b = make_bracket(**spec)
-    n = spec["n_frames"]
-    h, w = b.truth.shape[:2]
+def _inner(h: int, w: int) -> np.ndarray:
+    """The pixels scored: all but a 3 % border."""
     border = int(0.03 * max(h, w))
     inner = np.zeros((h, w), bool)
     inner[border : h - border, border : w - border] = True
+    return inner
+
+
+def _on_truth_grid(b, k: int) -> np.ndarray:
+    """Frame k of bracket b warped back with the generator's own transform."""
+    h, w = b.truth.shape[:2]
+    return cv2.warpAffine(
+        b.frames[k],
+        b.transforms[k][:2],
+        (w, h),
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+
+
+def bounds(spec: dict) -> dict[str, tuple[float, float]]:
+    b = make_bracket(**spec)
+    n = spec["n_frames"]
+    inner = _inner(*b.truth.shape[:2])
 
     def score(img):
         return psnr(img, b.truth, inner), psnr(img, b.truth, inner & b.edge_band)
 
-    aligned = np.stack(
-        [
-            cv2.warpAffine(f, t[:2], (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-            for f, t in zip(b.frames, b.transforms, strict=True)
-        ]
-    )
+    aligned = np.stack([_on_truth_grid(b, k) for k in range(n)])
     focus = np.clip(np.rint(b.depth), 0, n - 1).astype(int)
     rows, cols = np.indices(focus.shape)
     pick = aligned[focus, rows, cols]
@@ -118,19 +130,10 @@ def level0_oracles(spec: dict, iterations: int) -> dict[str, float]:
     """PSNR (dB, inside the 3 % border) of ours and of the finest-level oracles (module doc)."""
     noisy, clean = make_bracket(**spec), make_bracket(**dict(spec, noise=0.0))
     h, w = noisy.truth.shape[:2]
-    border = int(0.03 * max(h, w))
-    inner = np.zeros((h, w), bool)
-    inner[border : h - border, border : w - border] = True
+    inner = _inner(h, w)
 
     def aligned(b, k):  # frame k on the truth's grid, its gain divided out
-        f = cv2.warpAffine(
-            b.frames[k],
-            b.transforms[k][:2],
-            (w, h),
-            flags=cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REFLECT,
-        )
-        return f / b.gains[k]
+        return _on_truth_grid(b, k) / b.gains[k]
 
     n = spec["n_frames"]
     levels = [_finest(aligned(noisy, k))[0] for k in range(n)]
