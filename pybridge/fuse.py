@@ -475,8 +475,8 @@ class _FocusTracker:
         self.second = np.zeros(shape, np.float32)
         # frame indices and counts: one byte a pixel while they fit (peak memory; widened to
         # uint16 in finish())
-        small = frame_count is not None and frame_count <= 255
-        self.depth = np.zeros(shape, np.uint8 if small else np.uint16)
+        fits_a_byte = frame_count is not None and frame_count <= 255
+        self.depth = np.zeros(shape, np.uint8 if fits_a_byte else np.uint16)
         self.coverage = np.zeros_like(self.depth)
         self.soft = SoftSelect(reduced)
         self.ties = TieSpread(frame_count) if noise_aware else None
