@@ -120,6 +120,28 @@ def test_depth_map_follows_scene_depth(bracket):
     assert (err <= 1.0).mean() > 0.9
 
 
+@pytest.mark.parametrize("count", [255, 300])
+def test_depth_and_coverage_count_past_one_byte(count):
+    """The fuser keeps frame indices and counts in one byte a pixel while they fit: a bracket
+    of 255 frames (the last index 254) and one of 300 both come out right, as uint16."""
+    from pybridge.fuse import make_fuser
+
+    rng = np.random.default_rng(5)
+    texture = rng.random((24, 24, 3)).astype(np.float32)
+    flat = np.full((24, 24, 3), 0.5, np.float32)
+    fuser = make_fuser("pyramid", (24, 24), 3, frame_count=count)
+    valid = np.full((24, 24), 255, np.uint8)
+    valid[:, :4] = 0  # every frame misses four columns but the sharp one
+    for k in range(count):
+        sharp = k == count - 1
+        fuser.add(k, texture if sharp else flat, None if sharp else valid)
+    result = fuser.finish()
+    assert result.depth.dtype == np.uint16 and result.coverage.dtype == np.uint16
+    assert np.median(result.depth[6:18, 6:18]) == count - 1
+    assert result.coverage[:, 6:].min() == count
+    assert result.coverage[:, :4].max() == 1
+
+
 def test_crop_keeps_only_the_common_area(bracket):
     full = stack(bracket.frames)
     cropped = stack(bracket.frames, crop=True)
