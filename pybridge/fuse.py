@@ -133,8 +133,12 @@ _LOG_WEIGHT_MIN = -60.0
 
 
 def _exp_weight(x: np.ndarray) -> None:
-    """x = exp(max(x, _LOG_WEIGHT_MIN)), in place."""
+    """x = exp(x) for x a weight's log relative to the maximum (<= 0), in place. Clamped to
+    _LOG_WEIGHT_MIN..0: where neither the kept maximum nor the new statistic covers a pixel,
+    (_NONE - _NONE) / spread is rounding noise of 1e21 or more, whose exp would be infinite
+    and the weights NaN from there on."""
     cv2.max(x, _LOG_WEIGHT_MIN, dst=x)
+    cv2.min(x, 0.0, dst=x)
     cv2.exp(x, dst=x)
 
 
@@ -478,6 +482,7 @@ class _FocusTracker:
         fits_a_byte = frame_count is not None and frame_count <= 255
         self.depth = np.zeros(shape, np.uint8 if fits_a_byte else np.uint16)
         self.coverage = np.zeros_like(self.depth)
+        self.updates = 0
         self.soft = SoftSelect(reduced)
         self.ties = TieSpread(frame_count) if noise_aware else None
 
@@ -485,6 +490,10 @@ class _FocusTracker:
         """Fold in one frame's focus measure `f` (from aligned_focus_measure). Returns alpha
         (float32 0..1, `down` levels below full size), this frame's share of the noise-aware
         weighted mean so far."""
+        if self.depth.dtype == np.uint8 and (index > 254 or self.updates >= 255):
+            # more frames than the count given: widen rather than saturate
+            self.depth, self.coverage = (a.astype(np.uint16) for a in (self.depth, self.coverage))
+        self.updates += 1
         cv2.add(self.coverage, 1, dst=self.coverage, mask=valid)
         wins = cv2.compare(f, self.best, cv2.CMP_GT)
         # runner-up: the old best where this frame wins, else the larger of runner-up and f
@@ -494,7 +503,7 @@ class _FocusTracker:
         # masked OpenCV writes: numpy's boolean indexing is ten times slower where the
         # winners are scattered (noise)
         cv2.subtract(self.depth, self.depth, dst=self.depth, mask=wins)
-        cv2.add(self.depth, index, dst=self.depth, mask=wins)
+        cv2.add(self.depth, int(index), dst=self.depth, mask=wins)  # (cv2: no numpy ints)
         if self.ties is None:
             alpha = np.multiply(wins, np.float32(1 / 255), dtype=np.float32)
             return _reduced(alpha, None, self.down)[0]
@@ -539,7 +548,7 @@ def _reduced(u: np.ndarray, outside: np.ndarray | None, down: int):
         u = cv2.pyrDown(u)
         outside = cv2.pyrDown(outside) if outside is not None else None
     if outside is not None:
-        outside = cv2.compare(outside, 0, cv2.CMP_GT)
+        outside = np.where(outside > 0, np.uint8(255), np.uint8(0))  # (cv2.compare: not 1x1)
         u[outside > 0] = _NONE
     return u, outside
 

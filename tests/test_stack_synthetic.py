@@ -142,6 +142,34 @@ def test_depth_and_coverage_count_past_one_byte(count):
     assert result.coverage[:, :4].max() == 1
 
 
+def test_fuser_api_takes_what_stack_never_passes():
+    """Through make_fuser directly: numpy integer indices, more frames than the count given
+    (indices and counts past one byte are widened, not saturated), and pixels that no frame
+    covers, the first one included (no NaN, which would spread into covered pixels)."""
+    from pybridge.fuse import make_fuser
+
+    rng = np.random.default_rng(0)
+    flat = np.full((16, 16, 1), 0.5, np.float32)
+    fuser = make_fuser("depthmap", (16, 16), 1, frame_count=9)
+    for k in np.arange(300):
+        fuser.add(k, rng.random((16, 16, 1), dtype=np.float32) if k == 299 else flat)
+    result = fuser.finish()
+    assert result.depth.max() == 299 and result.coverage.max() == 300
+
+    b = make_bracket(
+        5, (96, 128), seed=2, shift=0, rotation=0, breathing=0, flicker=0, noise=0.02, max_blur=4
+    )
+    valid = np.full((96, 128), 255, np.uint8)
+    valid[:, :10] = 0
+    for method in ("pyramid", "depthmap"):
+        fuser = make_fuser(method, (96, 128), 3, frame_count=5)
+        for k in chain_order(5, 2):
+            fuser.add(k, b.frames[k], valid)
+        image = fuser.finish().image
+        assert not np.isnan(image).any(), method
+        assert psnr(image[:, 16:], b.truth[:, 16:]) > 25, method
+
+
 def test_crop_keeps_only_the_common_area(bracket):
     full = stack(bracket.frames)
     cropped = stack(bracket.frames, crop=True)
