@@ -12,7 +12,8 @@ number of frames, so a 300-frame bracket needs the memory of a 15-frame one.
   finest level plus a share of the next level's, as detail in focus has energy in both octaves
   and noise mostly in the finest). With halo suppression (default) the coarse levels do not
   pick by contrast, which is what spreads a defocused foreground's blur into a halo; they
-  follow the full-resolution focus decision, blended through a Gaussian pyramid of its mask.
+  follow the focus decision (its noise-aware weights computed FOCUS_WEIGHTS_LEVEL levels
+  down), blended through a Gaussian pyramid of its mask.
 
 Noise-aware (default): where several frames are equally sharp within what sensor noise
 explains (flat areas, backgrounds, overlapping depths of field), both fusers average them
