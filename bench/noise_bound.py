@@ -49,6 +49,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from synthetic import make_bracket, psnr  # noqa: E402
 
+from pybridge.fuse import _collapse, _laplacian_levels  # noqa: E402
 from pybridge.pipeline import stack  # noqa: E402
 
 NEIGHBOUR_WEIGHTS = (0.2, 0.4, 0.7, 1.0)
@@ -102,13 +103,13 @@ WINDOWS = (1.0, 2.0)  # Gaussian sigma (px) of the window the level-0 oracles fi
 
 
 def _finest(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(finest Laplacian level, the rest): the rest is the next Gaussian level."""
-    down = cv2.pyrDown(img)
-    return img - cv2.pyrUp(down, dstsize=(img.shape[1], img.shape[0])), down
+    """(finest Laplacian level, the next Gaussian level), as the pyramid fuser splits it."""
+    level, down = _laplacian_levels(img, 1)
+    return level, down
 
 
 def _with_finest(level: np.ndarray, down: np.ndarray) -> np.ndarray:
-    return np.clip(cv2.pyrUp(down, dstsize=(level.shape[1], level.shape[0])) + level, 0, 1)
+    return np.clip(_collapse([level, down]), 0, 1)
 
 
 def _non_negative(gram: np.ndarray, target: np.ndarray, start: np.ndarray, iterations: int):
