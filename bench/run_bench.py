@@ -269,13 +269,24 @@ def _flat_entry(name: str, frames: list[Path], reference: Path) -> dict | None:
     return entry
 
 
-def build_sets(names: list[str], quick: bool) -> list[BracketSet]:
+SEEDED_GROUPS = ("synth", "noise", "halo")  # the groups whose seeds --seeds replaces
+
+
+def build_sets(names: list[str], quick: bool, seeds: list[int] | None = None) -> list[BracketSet]:
+    """The bracket sets of the groups `names`, written under bench/work once. `seeds`: other
+    seeds for the synthetic, noise-limited and halo groups than the report's (a check that a
+    result is not one seed's)."""
     base = WORK / ("sets-quick" if quick else "sets")
     specs = _synth_specs(quick)
     out: list[BracketSet] = []
     for name in names:
         if name in specs:
-            for spec in specs[name]:
+            group = specs[name]
+            if seeds is not None and name in SEEDED_GROUPS:
+                # one spec per other setting (the noise group's two levels), then each seed
+                others = {tuple(sorted((k, v) for k, v in s.items() if k != "seed")) for s in group}
+                group = [dict(o, seed=seed) for o in sorted(others) for seed in seeds]
+            for spec in group:
                 out.append(_synth_set(name, spec, base))
         else:
             if quick and name != "ring6":
@@ -1111,6 +1122,13 @@ def main(argv=None) -> int:
         default=None,
         help="also write a full report (table, command, machine) to this Markdown file",
     )
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated generator seeds for the synth, noise and halo sets instead of "
+        "the report's (0,1,2 / 0,1 / 0,1): a check that a result holds on scenes the report "
+        "does not have",
+    )
     ap.add_argument("--generate-only", action="store_true", help="write the bracket sets and stop")
     a = ap.parse_args(argv)
 
@@ -1130,7 +1148,8 @@ def main(argv=None) -> int:
         return 2
 
     print("bracket sets:", flush=True)
-    sets = build_sets(sets_wanted, a.quick)
+    seeds = [int(v) for v in a.seeds.split(",") if v] if a.seeds else None
+    sets = build_sets(sets_wanted, a.quick, seeds)
     for s in sets:
         print(f"  {s.name}: {len(s.frames)} frames, {s.megapixels:.2f} MP", flush=True)
     if a.generate_only:
