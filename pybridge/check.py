@@ -198,8 +198,8 @@ class CheckResult:
         ]
         for k in self.stray:
             lines.append(
-                f"frame {k} does not belong to the bracket: it lines up with no neighbour and "
-                "looks like none (left out of the other findings)"
+                f"frame {k} does not belong to the bracket: it lines up with no frame of the "
+                "bracket beside it and looks like none (left out of the other findings)"
             )
         if self.order == "out of order":
             lines.append(
@@ -401,10 +401,10 @@ _STRAY_LIKENESS = 0.3
 
 def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, max_pixels):
     """Frames that are not of the bracket (a shot of something else between two of its
-    frames, a test shot before it): the alignment steps into and out of the frame both
-    failed, it has detail, its thumbnail looks like neither neighbour's, and the frames on
-    either side of it line up with each other. An end frame has one neighbour: there the
-    step on from that neighbour must have held."""
+    frames, a test shot before it, or two such side by side): the alignment steps into and
+    out of the frame, or the pair, both failed, each has detail, each one's thumbnail looks
+    like neither neighbour's, and the frames on either side line up with each other. At an
+    end there is one neighbour: there the step on from that neighbour must have held."""
     n, fallback = len(frames), measures.fallback
     if n < 3:
         return []
@@ -414,31 +414,46 @@ def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, ma
         farther from the reference to the other)."""
         return fallback[a] if abs(a - ref) > abs(b - ref) else fallback[b]
 
+    def small(i: int) -> np.ndarray:
+        return _load_small(frames[i], max_pixels, long_side, channels)[0]
+
     detail = [float(np.percentile(f, 99)) for f in measures.fine]
     typical = float(np.median(detail))
-    found = []
-    for k in range(n):
-        sides = [i for i in (k - 1, k + 1) if 0 <= i < n]
-        if not all(failed(k, i) for i in sides) or detail[k] < _STRAY_DETAIL * typical:
-            continue
-        if len(sides) == 1:  # an end frame: its neighbour must line up with the next one
-            on = 2 * sides[0] - k
-            if failed(sides[0], on):
+    found: list[int] = []
+    # single frames first: a pair is looked for only where no frame of it is stray alone
+    # (two frames side by side from elsewhere: each one's other neighbour is the other one,
+    # so neither is found alone)
+    for run in (1, 2):
+        for first in range(n - run + 1):
+            inside = list(range(first, first + run))
+            sides = [i for i in (first - 1, first + run) if 0 <= i < n]
+            if any(k in found for k in inside):
                 continue
-        frame, *beside = (
-            _load_small(frames[i], max_pixels, long_side, channels)[0] for i in (k, *sides)
-        )
-        if max(_likeness(frame, other) for other in beside) >= _STRAY_LIKENESS:
-            continue
-        if len(beside) == 2:
-            aligner = _QuickAligner(
-                model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE
-            )
-            aligner.set_reference(beside[0])
-            if aligner.align(beside[1]).fallback:
+            steps = [(first - 1, first), (first + run - 1, first + run)]
+            if not all(failed(a, b) for a, b in steps if 0 <= a and b < n):
                 continue
-        found.append(k)
-    return found
+            if any(detail[k] < _STRAY_DETAIL * typical for k in inside):
+                continue
+            if len(sides) == 1:  # at an end: its neighbour must line up with the next one
+                on = sides[0] + (1 if sides[0] > first else -1)
+                if not 0 <= on < n or failed(sides[0], on):
+                    continue
+            beside = [small(i) for i in sides]
+            if any(
+                _likeness(frame, other) >= _STRAY_LIKENESS
+                for frame in map(small, inside)
+                for other in beside
+            ):
+                continue
+            if len(beside) == 2:
+                aligner = _QuickAligner(
+                    model="similarity", match_gain=True, work_long_side=_ALIGN_LONG_SIDE
+                )
+                aligner.set_reference(beside[0])
+                if aligner.align(beside[1]).fallback:
+                    continue
+            found.extend(inside)
+    return sorted(found)
 
 
 def _likeness(a: np.ndarray, b: np.ndarray, width: int = 32) -> float:

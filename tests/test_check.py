@@ -381,6 +381,43 @@ def test_a_shot_of_something_else_does_not_belong_and_is_left_out(test_data, str
     assert alone["stray"] == []
 
 
+@pytest.fixture(scope="module")
+def stray_pair(test_data, tmp_path_factory):
+    """Two neighbouring frames of another bracket (pcb7's 4th and 5th, at depthmap10's size):
+    they line up with each other, and each one's other neighbour is the other one."""
+    size = cv2.imread(str(_real(test_data, "depthmap10")[0])).shape[1::-1]
+    folder = tmp_path_factory.mktemp("stray-pair")
+    pair = []
+    for k in (3, 4):
+        pair.append(folder / f"other_{k}.jpg")
+        cv2.imwrite(str(pair[-1]), cv2.resize(cv2.imread(str(_real(test_data, "pcb7")[k])), size))
+    return pair
+
+
+# 0, 10: at an end; 5: the pair holds the middle of 12 frames, the reference
+@pytest.mark.parametrize("at", [0, 3, 5, 10])
+def test_two_shots_of_something_else_side_by_side_are_left_out(test_data, stray_pair, at):
+    files = _real(test_data, "depthmap10")
+    alone = check_bracket(files).to_json()
+    result = check_bracket([*files[:at], *stray_pair, *files[at:]])
+    data = result.to_json()
+
+    def given(k):
+        return k + 2 * (k >= at)
+
+    assert data["stray"] == [at, at + 1] and not result.ok
+    assert data["order"] == "in focus order" and data["gaps"] == [] and data["motion"] == []
+    assert data["wasted"] == [given(k) for k in alone["wasted"]]
+    assert [e["between"] for e in data["exposure_jumps"]] == [
+        [given(a), given(b)] for a, b in (e["between"] for e in alone["exposure_jumps"])
+    ]
+    ratios = data["step_ratios"]
+    assert len(ratios) == 11
+    assert all(ratios[k] is None for k in (at - 1, at, at + 1) if 0 <= k < 11)
+    told = [line.split(":")[0] for line in result.summary_lines()[1:3]]
+    assert told == [f"frame {k} does not belong to the bracket" for k in (at, at + 1)]
+
+
 # -- the check size and the reduced read ---------------------------------------------------
 
 

@@ -1910,8 +1910,8 @@ def test_check_says_times_as_bright_after_a_black_frame(plugin):
 def test_check_names_a_frame_that_does_not_belong(plugin):
     answer = {'stray': [2], 'wasted': [3]}
     assert checked(plugin, ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'], answer)[:3] == [
-        'c.jpg does not belong to the bracket: it lines up with no neighbour and looks like '
-        'none (left out of the rest)',
+        'c.jpg does not belong to the bracket: it lines up with no frame of the bracket '
+        'beside it and looks like none (left out of the rest)',
         'order: in focus order',
         'wasted: d.jpg (the sharpest nowhere)',
     ]

@@ -139,8 +139,8 @@ function results.check_lines(check, names)
   local stray = check.stray or {}
   for k = 1, #stray do  -- (not `for _, ...`: `_` is the translation function)
     problems = true
-    add(_("%s does not belong to the bracket: it lines up with no neighbour and looks like none "
-      .. "(left out of the rest)"), name(stray[k]))
+    add(_("%s does not belong to the bracket: it lines up with no frame of the bracket beside it "
+      .. "and looks like none (left out of the rest)"), name(stray[k]))
   end
   if check.order == "out of order" then
     problems = true
