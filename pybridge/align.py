@@ -35,6 +35,27 @@ _WORK_LONG_SIDE = 800  # alignment resolution: ~0.1 px accuracy at 24 MP, and fa
 _COARSE_LONG_SIDE = 256  # first ECC pass, catches shifts of tens of pixels
 
 
+def likeness(a: np.ndarray, b: np.ndarray, width: int = 32) -> float:
+    """Correlation of two grey pictures' thumbnails (zero mean, unit norm): how alike what
+    they show is, whatever their focus and exposure."""
+
+    def thumb(g):
+        t = cv2.resize(
+            g, (width, max(2, round(g.shape[0] * width / g.shape[1]))), interpolation=cv2.INTER_AREA
+        )
+        t = t - t.mean()
+        return t / (np.linalg.norm(t) + 1e-12)
+
+    return float(np.sum(thumb(a) * thumb(b)))
+
+
+# a frame of another picture: its thumbnail's likeness to a frame of the bracket stays under
+# this. Frames of one scene focused far apart, whose alignment fails as well (a frame moved or
+# swapped far, a shuffled bracket), are 0.46-0.98 alike on depthmap10 and synthetic brackets;
+# other scenes -0.31..0.01
+STRAY_LIKENESS = 0.3
+
+
 @dataclass
 class Transform:
     """Where frame pixels come from: `matrix` maps reference coordinates to frame coordinates
@@ -132,6 +153,10 @@ class ChainAligner:
     `restart()` and `align(pixels)` for reference-1, -2, ...
     """
 
+    # after two failed steps in a row, try the frame before the failed one (False: the
+    # check, which judges the failed steps themselves)
+    step_around = True
+
     def __init__(
         self,
         model: str = "similarity",
@@ -145,28 +170,56 @@ class ChainAligner:
         self.work_long_side = work_long_side
         self._ref: tuple[_Small, Transform] | None = None
         self._prev: tuple[_Small, Transform] | None = None
+        self._good: tuple[_Small, Transform] | None = None  # the last frame whose step held
         self._last_step: np.ndarray = np.eye(3)  # previous neighbour step, in full-res pixels
+        # the last align() passed a stray: the frame before it failed its own step, this one
+        # lines up with the frame before that instead, and the stray looks like neither
+        self.passed_stray = False
+        # the last frame aligned failed its step and looks unlike the frame it was aligned to,
+        # whose own step held (at the end of a bracket: a shot of something else)
+        self.looks_foreign = False
 
     def set_reference(self, pixels: np.ndarray) -> Transform:
         t = Transform()
-        self._ref = self._prev = (_Small(pixels, self.work_long_side), t)
+        self._ref = self._prev = self._good = (_Small(pixels, self.work_long_side), t)
         self._last_step = np.eye(3)
+        self.passed_stray = self.looks_foreign = False
         return t
 
     def restart(self) -> None:
         """Start a new chain direction from the reference."""
-        self._prev = self._ref
+        self._prev = self._good = self._ref
         self._last_step = np.eye(3)
+        self.passed_stray = self.looks_foreign = False
 
     def align(self, pixels: np.ndarray) -> Transform:
         if self._prev is None:
             raise RuntimeError("set_reference() first")
         prev_small, prev_t = self._prev
         cur = _Small(pixels, self.work_long_side)
+        self.passed_stray = False
         if self.model == "none":
             step, corr, fallback = np.eye(3), 1.0, False
         else:
             step, corr, fallback = self._register(prev_small, cur)
+        self.looks_foreign = (
+            fallback
+            and self._good is self._prev
+            and likeness(prev_small.grey, cur.grey) < STRAY_LIKENESS
+        )
+        if fallback and self.step_around and self._good is not self._prev:
+            # the previous frame failed its own step too: if it is a shot of something else,
+            # this frame lines up with the one before it, and the chain goes on from there
+            # (not from the place guessed for the stray)
+            good_small, good_t = self._good
+            around, around_corr, around_failed = self._register(good_small, cur)
+            if not around_failed:
+                self.passed_stray = (
+                    max(likeness(prev_small.grey, other.grey) for other in (good_small, cur))
+                    < STRAY_LIKENESS
+                )
+                prev_small, prev_t = good_small, good_t
+                step, corr, fallback = around, around_corr, False
         self._last_step = step
         # step maps previous-frame coords -> current-frame coords; chain back to the reference
         matrix = step @ prev_t.matrix
@@ -177,6 +230,8 @@ class ChainAligner:
             matrix=matrix, gain=gain.astype(np.float32), correlation=corr, fallback=fallback
         )
         self._prev = (cur, t)
+        if not fallback:
+            self._good = self._prev
         return t
 
     # -- one neighbour step ---------------------------------------------------------------

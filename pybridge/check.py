@@ -84,11 +84,13 @@ import cv2
 import numpy as np
 
 from .align import (
+    STRAY_LIKENESS,
     ChainAligner,
     Transform,
     _nearest_similarity,
     _rescale,
     _scale_matrix,
+    likeness,
     warp_frame,
 )
 from .atomic import atomic_output
@@ -392,11 +394,6 @@ def _unaligned_note(frames: list[int]) -> str:
 # frame without any, black or focused on nothing, fails its alignment too, and is reported
 # as what it is: exposure jumps, wasted)
 _STRAY_DETAIL = 0.5
-# ... and shows another picture: the correlation of its 32 px wide thumbnail with each
-# neighbour's stays under this. Frames of one scene focused far apart, whose alignment fails
-# as well (a frame moved or swapped far, a shuffled bracket), correlate 0.46-0.98 on
-# depthmap10 and synthetic brackets; other scenes -0.31..0.01
-_STRAY_LIKENESS = 0.3
 
 
 def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, max_pixels):
@@ -440,7 +437,7 @@ def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, ma
                     continue
             beside = [small(i) for i in sides]
             if any(
-                _likeness(frame, other) >= _STRAY_LIKENESS
+                likeness(_grey(frame), _grey(other)) >= STRAY_LIKENESS
                 for frame in map(small, inside)
                 for other in beside
             ):
@@ -454,21 +451,6 @@ def _stray_frames(frames, measures: _Measures, ref: int, channels, long_side, ma
                     continue
             found.extend(inside)
     return sorted(found)
-
-
-def _likeness(a: np.ndarray, b: np.ndarray, width: int = 32) -> float:
-    """Correlation of two frames' grey thumbnails (zero mean, unit norm): what they show,
-    whatever their focus and exposure."""
-
-    def thumb(img):
-        g = _grey(img)
-        t = cv2.resize(
-            g, (width, max(2, round(g.shape[0] * width / g.shape[1]))), interpolation=cv2.INTER_AREA
-        )
-        t = t - t.mean()
-        return t / (np.linalg.norm(t) + 1e-12)
-
-    return float(np.sum(thumb(a) * thumb(b)))
 
 
 def _renumbered(rest: CheckResult, kept: list[int], n: int, stray: list[int]) -> CheckResult:
@@ -685,6 +667,7 @@ class _QuickAligner(ChainAligner):
     frames misregistered by tens of pixels."""
 
     restart_failed = False
+    step_around = False  # the check judges every failed step as it is
 
     def align(self, pixels: np.ndarray) -> Transform:
         t = super().align(pixels)

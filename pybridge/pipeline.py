@@ -428,17 +428,39 @@ def _align_and_fuse(
         if store is not None:
             store.keep(index, warped, icc)
         measure = aligned_focus_measure(warped, valid, window_sigma_for(first["shape"]))
-        return warped, valid, measure, t, icc
+        foreign = index != ref and aligner.looks_foreign
+        return warped, valid, measure, t, icc, index != ref and aligner.passed_stray, foreign
 
     fuser = None
     fusers = []
     icc = None
+    # a frame whose alignment step failed waits for the next one: if that lines up with the
+    # frame before it instead, and it looks like neither, it is a shot of something else and
+    # is left out (fused, its detail would stand in the result where its place was guessed)
+    held: tuple[int, int, list] | None = None  # (index, step, [warped, valid, measure])
+    left_out: list[int] = []
+
+    def fold(fusers: list, index: int, step: int, frame: list) -> None:
+        warped, valid, measure = frame
+        frame.clear()
+        # add() in two steps: the focus measure is freed before the fold's temporaries come;
+        # only the last fuser may overwrite the frame (none changes its mask)
+        weights = [f.weigh(index, measure, valid, warped) for f in fusers]
+        del measure
+        for f in fusers:
+            # popped, not iterated: the fold frees each weights plane as soon as it can
+            f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
+        del warped
+        progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-align") as pool:
         pending = pool.submit(read_and_register, order[0])
         for step, index in enumerate(order):
             if cancel is not None and cancel():
                 raise Cancelled()
-            warped, valid, measure, t, frame_icc = pending.result()
+            warped, valid, measure, t, frame_icc, passed_stray, foreign = pending.result()
+            frame = [warped, valid, measure]
+            del warped, valid, measure
             if step + 1 < count:
                 pending = pool.submit(read_and_register, order[step + 1])
             if fuser is None:
@@ -459,17 +481,47 @@ def _align_and_fuse(
             progress(
                 "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
             )
-            # add() in two steps: the focus measure is freed before the fold's temporaries come;
-            # only the last fuser may overwrite the frame (none changes its mask)
-            weights = [f.weigh(index, measure, valid, warped) for f in fusers]
-            del measure
-            for f in fusers:
-                # popped, not iterated: the fold frees each weights plane as soon as it can
-                f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
-            del warped
-            progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
+            if held is not None:
+                held_index, held_step, held_frame = held
+                held = None
+                if passed_stray:
+                    left_out.append(held_index)
+                    held_frame.clear()
+                    progress(
+                        "fuse",
+                        frame=held_index,
+                        count=count,
+                        fraction=_FRAMES_SHARE * (held_step + 1) / count,
+                    )
+                else:
+                    fold(fusers, held_index, held_step, held_frame)
+            outwards = 1 if index > ref else -1
+            if t.fallback and 0 <= index + outwards < count:  # the next frame goes on from it
+                held = (index, step, frame)
+                continue
+            if t.fallback and foreign:  # at an end: a test shot before the bracket, or after
+                left_out.append(index)
+                frame.clear()
+                progress(
+                    "fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count
+                )
+                continue
+            fold(fusers, index, step, frame)
     for index, t in enumerate(transforms):
-        if t.fallback:  # silent before: a stray frame from another shot was fused as it came
+        if index in left_out and 0 < index < count - 1:
+            warnings.append(
+                f"{_name(frames[index])}: left out: it lines up with neither "
+                f"{_name(frames[index - 1])} nor {_name(frames[index + 1])}, which line up with "
+                "each other, and looks like neither (a shot of something else?)"
+            )
+        elif index in left_out:
+            neighbour = index + 1 if index == 0 else index - 1
+            warnings.append(
+                f"{_name(frames[index])}: left out: it does not line up with "
+                f"{_name(frames[neighbour])}, the frame beside it at the end of the bracket, and "
+                "looks nothing like it (a shot of something else?)"
+            )
+        elif t.fallback:  # silent before: a stray frame from another shot was fused as it came
             neighbour = index - 1 if index > ref else index + 1  # the one it is aligned to
             warnings.append(
                 f"{_name(frames[index])}: could not be aligned to {_name(frames[neighbour])}; "
@@ -480,7 +532,7 @@ def _align_and_fuse(
     other = fusers[1].finish().image if len(fusers) > 1 else None
     del fuser, fusers  # their state: only the maps in `fused` are still needed
 
-    box = common_area(fused.coverage, count) if opts.crop else None
+    box = common_area(fused.coverage, count - len(left_out)) if opts.crop else None
     image, depth, conf = fused.image, fused.depth, fused.confidence
     if box is not None:
         top, left, h, w = box

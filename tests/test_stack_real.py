@@ -149,6 +149,31 @@ def test_broken_raw_in_a_bracket_is_a_one_line_error(tmp_path, test_data, bad):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def other_shot(test_data, tmp_path_factory):
+    """A frame of another subject (pcb7's, at depthmap10's size) for depthmap10."""
+    size = cv2.imread(str(_frames(test_data, "depthmap10", "*.JPG")[0])).shape[1::-1]
+    path = tmp_path_factory.mktemp("other") / "other.jpg"
+    cv2.imwrite(path, cv2.resize(cv2.imread(str(_frames(test_data, "pcb7", "pcb_*")[3])), size))
+    return path
+
+
+# 0, 10: at an end (a test shot before or after the bracket); 3, 8: on either side of the
+# reference (frame 5 of 11)
+@pytest.mark.parametrize("at", [0, 3, 8, 10])
+def test_a_shot_of_something_else_among_the_frames_is_left_out(test_data, other_shot, at):
+    """Fused, its detail stood in the result wherever it was the sharpest frame (16-20 dB from
+    the bracket's own stack); left out, the result is the bracket's, and a warning says so."""
+    frames = _frames(test_data, "depthmap10", "*.JPG")
+    result = stack([*frames[:at], other_shot, *frames[at:]])
+    reference = result.reference - (result.reference > at)  # the same frame, without it
+    alone = stack(frames, reference=reference)
+    assert result.image.shape == alone.image.shape
+    assert psnr(result.image, alone.image) > 50
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{other_shot}: left out")
+    assert alone.warnings == []
+
+
 def test_a_frame_from_another_shot_is_named_in_a_warning(tmp_path, test_data):
     """A stray frame (here pcb7's, in the middle of depthmap10, where it is the reference)
     cannot be aligned with its neighbours. The stack still runs, but says which frames did not

@@ -201,6 +201,30 @@ def test_aligner_falls_back_on_a_featureless_frame():
     assert not t3.fallback
 
 
+def test_aligner_steps_around_a_shot_of_something_else():
+    """After a frame of another scene (its step fails), the next frame fails against it too,
+    is registered to the frame before it instead, and the chain goes on from the bracket's
+    frames: the same transform as without the stray, not one chained from a guess."""
+    b = make_bracket(6, (240, 320), breathing=0.01, seed=2)
+    other = make_bracket(6, (240, 320), breathing=0.01, seed=7).frames[2]
+    clean = ChainAligner()
+    clean.set_reference(b.frames[2])
+    expected = [clean.align(b.frames[k]) for k in (3, 4, 5)]
+    al = ChainAligner()
+    al.set_reference(b.frames[2])
+    got = [al.align(b.frames[3])]
+    assert not al.passed_stray and not al.looks_foreign
+    stray = al.align(other)
+    assert stray.fallback and al.looks_foreign and not al.passed_stray
+    got.append(al.align(b.frames[4]))
+    assert al.passed_stray and not got[-1].fallback
+    got.append(al.align(b.frames[5]))
+    assert not al.passed_stray and not got[-1].fallback
+    for t, e in zip(got, expected, strict=True):
+        assert np.allclose(t.matrix[:2, :2], e.matrix[:2, :2], atol=1e-3)
+        assert np.allclose(t.matrix[:2, 2], e.matrix[:2, 2], atol=0.1)
+
+
 def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels_and_icc(
     tmp_path, bracket, icc_profile
 ):
