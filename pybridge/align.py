@@ -176,7 +176,8 @@ class ChainAligner:
         # lines up with the frame before that instead, and the stray looks like neither
         self.passed_stray = False
         # the last frame aligned failed its step and looks unlike the frame it was aligned to,
-        # whose own step held (at the end of a bracket: a shot of something else)
+        # whose own step to the frame before it held (at the end of a bracket: a shot of
+        # something else; next to the reference nothing tells which of the two is)
         self.looks_foreign = False
 
     def set_reference(self, pixels: np.ndarray) -> Transform:
@@ -205,6 +206,7 @@ class ChainAligner:
         self.looks_foreign = (
             fallback
             and self._good is self._prev
+            and self._prev is not self._ref  # (which of the two is foreign, if only those?)
             and likeness(prev_small.grey, cur.grey) < STRAY_LIKENESS
         )
         if fallback and self.step_around and self._good is not self._prev:

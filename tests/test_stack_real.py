@@ -174,6 +174,15 @@ def test_a_shot_of_something_else_among_the_frames_is_left_out(test_data, other_
     assert alone.warnings == []
 
 
+def test_beside_the_reference_nothing_tells_which_frame_is_the_other_shot(test_data, other_shot):
+    """A short bracket whose end frame beside the reference fails to line up: either could be
+    the shot of something else, so both are stacked, and the warning names the failed step."""
+    frames = _frames(test_data, "depthmap10", "*.JPG")
+    for bracket in ([frames[3], other_shot], [other_shot, frames[3], frames[4]]):
+        warnings = stack(bracket).warnings
+        assert len(warnings) == 1 and ": could not be aligned to " in warnings[0], warnings
+
+
 def test_a_frame_from_another_shot_is_named_in_a_warning(tmp_path, test_data):
     """A stray frame (here pcb7's, in the middle of depthmap10, where it is the reference)
     cannot be aligned with its neighbours. The stack still runs, but says which frames did not
