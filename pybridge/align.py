@@ -49,6 +49,10 @@ def likeness(a: np.ndarray, b: np.ndarray, width: int = 32) -> float:
     return float(np.sum(thumb(a) * thumb(b)))
 
 
+# the most failed frames a step around spans (further apart, frames of a bracket differ by
+# more than a registration's plausible motion allows, and every step would cost two)
+_MAX_STEP_AROUND = 2
+
 # a frame of another picture: its thumbnail's likeness to a frame of the bracket stays under
 # this. Frames of one scene focused far apart, whose alignment fails as well (a frame moved or
 # swapped far, a shuffled bracket), are 0.46-0.98 alike on depthmap10 and synthetic brackets;
@@ -171,6 +175,7 @@ class ChainAligner:
         self._ref: tuple[_Small, Transform] | None = None
         self._prev: tuple[_Small, Transform] | None = None
         self._good: tuple[_Small, Transform] | None = None  # the last frame whose step held
+        self._since_good = 0  # frames aligned since then (their steps failed)
         self._last_step: np.ndarray = np.eye(3)  # previous neighbour step, in full-res pixels
         # the last align() passed a stray: the frame before it failed its own step, this one
         # lines up with the frame before that instead, and the stray looks like neither
@@ -183,6 +188,7 @@ class ChainAligner:
     def set_reference(self, pixels: np.ndarray) -> Transform:
         t = Transform()
         self._ref = self._prev = self._good = (_Small(pixels, self.work_long_side), t)
+        self._since_good = 0
         self._last_step = np.eye(3)
         self.passed_stray = self.looks_foreign = False
         return t
@@ -190,6 +196,7 @@ class ChainAligner:
     def restart(self) -> None:
         """Start a new chain direction from the reference."""
         self._prev = self._good = self._ref
+        self._since_good = 0
         self._last_step = np.eye(3)
         self.passed_stray = self.looks_foreign = False
 
@@ -205,24 +212,29 @@ class ChainAligner:
             step, corr, fallback = self._register(prev_small, cur)
         self.looks_foreign = (
             fallback
+            and self.step_around  # (the stack's question; the check asks its own)
             and self._good is self._prev
             and self._prev is not self._ref  # (which of the two is foreign, if only those?)
             and likeness(prev_small.grey, cur.grey) < STRAY_LIKENESS
         )
-        if fallback and self.step_around and self._good is not self._prev:
+        around = False
+        if fallback and self.step_around and 0 < self._since_good <= _MAX_STEP_AROUND:
             # the previous frame failed its own step too: if it is a shot of something else,
             # this frame lines up with the one before it, and the chain goes on from there
             # (not from the place guessed for the stray)
             good_small, good_t = self._good
-            around, around_corr, around_failed = self._register(good_small, cur)
-            if not around_failed:
-                self.passed_stray = (
+            two, two_corr, two_failed = self._register(good_small, cur, self._since_good + 1)
+            if not two_failed:
+                # a stray where one frame stood between (with more, the step between them
+                # failed too, and which of them are of the bracket is not known)
+                self.passed_stray = self._since_good == 1 and (
                     max(likeness(prev_small.grey, other.grey) for other in (good_small, cur))
                     < STRAY_LIKENESS
                 )
                 prev_small, prev_t = good_small, good_t
-                step, corr, fallback = around, around_corr, False
-        self._last_step = step
+                step, corr, fallback, around = two, two_corr, False, True
+        if not around:  # (a step over several frames is no guess for the next one)
+            self._last_step = step
         # step maps previous-frame coords -> current-frame coords; chain back to the reference
         matrix = step @ prev_t.matrix
         gain = (
@@ -232,12 +244,17 @@ class ChainAligner:
             matrix=matrix, gain=gain.astype(np.float32), correlation=corr, fallback=fallback
         )
         self._prev = (cur, t)
-        if not fallback:
-            self._good = self._prev
+        if fallback:
+            self._since_good += 1
+        else:
+            self._good, self._since_good = self._prev, 0
         return t
 
     # -- one neighbour step ---------------------------------------------------------------
-    def _register(self, prev: _Small, cur: _Small) -> tuple[np.ndarray, float, bool]:
+    def _register(
+        self, prev: _Small, cur: _Small, steps: int = 1
+    ) -> tuple[np.ndarray, float, bool]:
+        """One registration of `cur` onto `prev`, `steps` bracket steps before it."""
         motion = {
             "similarity": cv2.MOTION_AFFINE,
             "affine": cv2.MOTION_AFFINE,
@@ -245,7 +262,7 @@ class ChainAligner:
             "translation": cv2.MOTION_TRANSLATION,
         }[self.model]
         f = prev.f
-        guess = self._last_step  # breathing continues at the same rate
+        guess = np.linalg.matrix_power(self._last_step, steps)  # breathing goes on alike
         try:
             # coarse: start from the predicted motion, add a phase-correlation shift estimate
             cf = f * prev.coarse_f
@@ -263,7 +280,7 @@ class ChainAligner:
         full = np.linalg.inv(_scale_matrix(f)) @ w @ _scale_matrix(f)
         if self.model == "similarity":
             full = _nearest_similarity(full)
-        if not self._plausible(full, prev.grey.shape, f) or corr < 0.2:
+        if not self._plausible(full, prev.grey.shape, f, steps) or corr < 0.2:
             return guess, float(corr), True
         return full, float(corr), False
 
@@ -279,15 +296,21 @@ class ChainAligner:
         return (out, corr) if want_corr else out
 
     @staticmethod
-    def _plausible(m: np.ndarray, shape_small, f) -> bool:
-        """Neighbour frames differ by a few per cent at most (breathing up to ~2 % a frame);
-        reject wild ECC results, which happen on heavily defocused, low-detail frames."""
+    def _plausible(m: np.ndarray, shape_small, f, steps: int = 1) -> bool:
+        """Neighbour frames differ by a few per cent at most (breathing up to ~2 % a frame),
+        frames `steps` apart by that many times; reject wild ECC results, which happen on
+        heavily defocused, low-detail frames."""
         s = math.sqrt(abs(np.linalg.det(m[:2, :2])))
         rot = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
         h, w = shape_small[0] / f, shape_small[1] / f
         shift = math.hypot(m[0, 2] - (s - 1) * w / 2, m[1, 2] - (s - 1) * h / 2)
         persp = abs(m[2, 0]) * w + abs(m[2, 1]) * h
-        return 0.97 < s < 1.03 and rot < 3 and shift < 0.1 * max(h, w) and persp < 0.02
+        return (
+            0.97**steps < s < 1.03**steps
+            and rot < 3 * steps
+            and shift < 0.1 * steps * max(h, w)
+            and persp < 0.02 * steps
+        )
 
     def _gain_step(self, prev: _Small, cur: _Small, step: np.ndarray) -> np.ndarray:
         """Per-channel gain that makes `cur` match `prev` over their overlap, measured on the

@@ -676,7 +676,7 @@ class _QuickAligner(ChainAligner):
             self._prev = (self._prev[0], t)
         return t
 
-    def _register(self, prev, cur):
+    def _register(self, prev, cur, steps=1):  # (one step at a time: no step_around)
         f = prev.f
         try:
             w, corr = self._ecc(

@@ -74,6 +74,7 @@ class StackResult:
     metadata_written: bool = False
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     timings: dict = field(default_factory=dict)
+    left_out: list[int] = field(default_factory=list)  # shots of something else, not fused
 
     def report(self, sources: Sequence[str] | None = None) -> dict:
         """The JSON report: per-frame transforms and what was written."""
@@ -90,6 +91,7 @@ class StackResult:
             "layers": str(self.layers_path) if self.layers_path else None,
             "metadata": self.metadata_written,
             "warnings": list(self.warnings),
+            "left_out": list(self.left_out),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "frames": [
                 dict(index=i, source=(str(sources[i]) if sources else None), **t.to_dict())
@@ -437,7 +439,7 @@ def _align_and_fuse(
     # a frame whose alignment step failed waits for the next one: if that lines up with the
     # frame before it instead, and it looks like neither, it is a shot of something else and
     # is left out (fused, its detail would stand in the result where its place was guessed)
-    held: tuple[int, int, list] | None = None  # (index, step, [warped, valid, measure])
+    held: tuple | None = None  # (index, step, [warped, valid, measure], its ICC profile)
     left_out: list[int] = []
 
     def fold(fusers: list, index: int, step: int, frame: list) -> None:
@@ -476,13 +478,9 @@ def _align_and_fuse(
                     for method in [opts.method, *([other_method] if other_method else [])]
                 ]
                 fuser = fusers[0]
-            icc = icc or frame_icc
             transforms[index] = t
-            progress(
-                "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
-            )
-            if held is not None:
-                held_index, held_step, held_frame = held
+            if held is not None:  # (first: its progress comes before this frame's)
+                held_index, held_step, held_frame, held_icc = held
                 held = None
                 if passed_stray:
                     left_out.append(held_index)
@@ -494,10 +492,14 @@ def _align_and_fuse(
                         fraction=_FRAMES_SHARE * (held_step + 1) / count,
                     )
                 else:
+                    icc = icc or held_icc
                     fold(fusers, held_index, held_step, held_frame)
+            progress(
+                "align", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 0.5) / count
+            )
             outwards = 1 if index > ref else -1
             if t.fallback and 0 <= index + outwards < count:  # the next frame goes on from it
-                held = (index, step, frame)
+                held = (index, step, frame, frame_icc)
                 continue
             if t.fallback and foreign:  # at an end: a test shot before the bracket, or after
                 left_out.append(index)
@@ -506,6 +508,7 @@ def _align_and_fuse(
                     "fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count
                 )
                 continue
+            icc = icc or frame_icc
             fold(fusers, index, step, frame)
     for index, t in enumerate(transforms):
         if index in left_out and 0 < index < count - 1:
@@ -549,6 +552,7 @@ def _align_and_fuse(
         crop=box,
         icc=icc,
         warnings=list(dict.fromkeys(warnings)),
+        left_out=sorted(left_out),
     )
 
 

@@ -171,7 +171,21 @@ def test_a_shot_of_something_else_among_the_frames_is_left_out(test_data, other_
     assert result.image.shape == alone.image.shape
     assert psnr(result.image, alone.image) > 50
     assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{other_shot}: left out")
-    assert alone.warnings == []
+    assert result.left_out == [at] and result.report()["left_out"] == [at]
+    assert alone.warnings == [] and alone.left_out == []
+
+
+def test_frames_of_the_bracket_are_not_left_out_and_progress_only_grows(test_data):
+    """Every other frame of depthmap10: steps between frames far apart in focus fail, so
+    frames are held back until the next step says what they are; all are of the bracket."""
+    events = []
+    result = stack(
+        _frames(test_data, "depthmap10", "*.JPG")[::2],
+        progress=lambda phase, **at: events.append(at["fraction"]),
+    )
+    assert any(t.fallback for t in result.transforms)
+    assert result.left_out == [] and all(": could not be aligned to " in w for w in result.warnings)
+    assert events == sorted(events) and len(events) == 2 * 5
 
 
 def test_beside_the_reference_nothing_tells_which_frame_is_the_other_shot(test_data, other_shot):

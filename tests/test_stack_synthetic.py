@@ -225,6 +225,23 @@ def test_aligner_steps_around_a_shot_of_something_else():
         assert np.allclose(t.matrix[:2, 2], e.matrix[:2, 2], atol=0.1)
 
 
+def test_which_shots_of_something_else_the_stack_leaves_out():
+    """One in place of a frame is left out, also where the frames breathe 2 % a step (the step
+    around it spans two); two of different scenes side by side are not (the step between them
+    failed too, and which frames are of the bracket is not known): both are stacked with a
+    warning, as before."""
+    f = make_bracket(9, (240, 320), seed=2).frames
+    a, b = (make_bracket(9, (240, 320), seed=s).frames[2] for s in (7, 11))
+    result = stack([*f[:6], a, b, *f[6:]])
+    assert result.left_out == [] and [t.fallback for t in result.transforms[6:8]] == [True] * 2
+    # (one line: arrays have no names, so the two warnings read alike)
+    assert result.warnings and all(": could not be aligned to " in w for w in result.warnings)
+    breathing = list(make_bracket(9, (240, 320), breathing=0.02, seed=2).frames)
+    breathing[6] = a
+    result = stack(breathing)
+    assert result.left_out == [6] and len(result.warnings) == 1
+
+
 def test_16bit_tiff_bracket_in_gives_16bit_tiff_out_with_real_levels_and_icc(
     tmp_path, bracket, icc_profile
 ):
