@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         if code is None:
             raise
         print_failure(code, message)
+        if argv is None:  # decided too: a second Ctrl-C or SIGTERM while the interpreter shuts
+            signals.finished()  # down would kill it, with no exit status of ours (-15, -2)
         return code
 
 
