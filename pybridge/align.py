@@ -213,7 +213,7 @@ class ChainAligner:
         self.looks_foreign = (
             fallback
             and self.step_around  # (the stack's question; the check asks its own)
-            and self._good is self._prev
+            and self._since_good == 0  # (its neighbour's own step held)
             and self._prev is not self._ref  # (which of the two is foreign, if only those?)
             and likeness(prev_small.grey, cur.grey) < STRAY_LIKENESS
         )

@@ -430,8 +430,8 @@ def _align_and_fuse(
         if store is not None:
             store.keep(index, warped, icc)
         measure = aligned_focus_measure(warped, valid, window_sigma_for(first["shape"]))
-        foreign = index != ref and aligner.looks_foreign
-        return warped, valid, measure, t, icc, index != ref and aligner.passed_stray, foreign
+        # (set_reference clears both flags)
+        return warped, valid, measure, t, icc, aligner.passed_stray, aligner.looks_foreign
 
     fuser = None
     fusers = []
@@ -441,6 +441,9 @@ def _align_and_fuse(
     # is left out (fused, its detail would stand in the result where its place was guessed)
     held: tuple | None = None  # (index, step, [warped, valid, measure], its ICC profile)
     left_out: list[int] = []
+
+    def done(index: int, step: int) -> None:
+        progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
 
     def fold(fusers: list, index: int, step: int, frame: list) -> None:
         warped, valid, measure = frame
@@ -453,7 +456,12 @@ def _align_and_fuse(
             # popped, not iterated: the fold frees each weights plane as soon as it can
             f.fold(warped, valid, weights.pop(0), reuse=f is fusers[-1])
         del warped
-        progress("fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count)
+        done(index, step)
+
+    def leave_out(index: int, step: int, frame: list) -> None:
+        left_out.append(index)
+        frame.clear()
+        done(index, step)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-align") as pool:
         pending = pool.submit(read_and_register, order[0])
@@ -483,14 +491,7 @@ def _align_and_fuse(
                 held_index, held_step, held_frame, held_icc = held
                 held = None
                 if passed_stray:
-                    left_out.append(held_index)
-                    held_frame.clear()
-                    progress(
-                        "fuse",
-                        frame=held_index,
-                        count=count,
-                        fraction=_FRAMES_SHARE * (held_step + 1) / count,
-                    )
+                    leave_out(held_index, held_step, held_frame)
                 else:
                     icc = icc or held_icc
                     fold(fusers, held_index, held_step, held_frame)
@@ -502,11 +503,7 @@ def _align_and_fuse(
                 held = (index, step, frame, frame_icc)
                 continue
             if t.fallback and foreign:  # at an end: a test shot before the bracket, or after
-                left_out.append(index)
-                frame.clear()
-                progress(
-                    "fuse", frame=index, count=count, fraction=_FRAMES_SHARE * (step + 1) / count
-                )
+                leave_out(index, step, frame)
                 continue
             icc = icc or frame_icc
             fold(fusers, index, step, frame)
